@@ -1,0 +1,250 @@
+//! The flow record: one bidirectional conversation, oriented initiator → responder.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Protocol, Timestamp, community_id_v1};
+
+/// TCP flags as a bit set (`FIN` = 0x01 … `CWR` = 0x80, the header's own bit order).
+///
+/// Prints as the letters of the flags set, in bit order: `F` `S` `R` `P` `A` `U` `E` `C` (so a complete
+/// connection's initiator side is `FSPA`); the empty string when none were seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+const FLAG_LETTERS: [u8; 8] = *b"FSRPAUEC";
+
+impl TcpFlags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+
+    /// Whether every bit of `flags` is set.
+    pub fn contains(self, flags: u8) -> bool {
+        self.0 & flags == flags
+    }
+}
+
+impl fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (bit, letter) in FLAG_LETTERS.iter().enumerate() {
+            if self.0 & (1 << bit) != 0 {
+                write!(f, "{}", *letter as char)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for TcpFlags {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TcpFlags {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        let mut bits = 0u8;
+        for c in text.bytes() {
+            let bit = FLAG_LETTERS.iter().position(|l| *l == c).ok_or_else(|| {
+                serde::de::Error::custom(format!("unknown TCP flag {:?} in {text:?}", c as char))
+            })?;
+            bits |= 1 << bit;
+        }
+        Ok(TcpFlags(bits))
+    }
+}
+
+/// How the initiator of a flow was determined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Orientation {
+    /// Seen: a TCP SYN or SCTP INIT (or their answers), or the first packet of a flow of another protocol.
+    #[default]
+    Observed,
+    /// Guessed from ports because the capture started mid-conversation (well-known or service port = responder).
+    Inferred,
+}
+
+/// Why a flow record was closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndReason {
+    /// The capture ended while the flow was still active.
+    #[default]
+    EndOfCapture,
+    /// No packet for longer than the protocol's idle timeout.
+    IdleTimeout,
+    /// A live export of a flow that goes on (active timeout); later records continue it.
+    ActiveTimeout,
+    /// TCP: FIN in both directions, or RST, and then quiet.
+    TcpClosed,
+    /// TCP: a new SYN reused the ports of this connection.
+    TcpReused,
+    /// Removed early because the flow table was full (counted as an eviction).
+    Evicted,
+}
+
+/// Which way a packet crossed an interface, from the pod's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// The pod sent it (the host side of the veth received it).
+    FromPod,
+    /// The pod receives it (the host side of the veth transmitted it).
+    ToPod,
+}
+
+/// Where a live flow was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObservationPoint {
+    /// Node name.
+    pub node: String,
+    /// Interface name on the node (host side of the pod's veth).
+    pub interface: String,
+    /// Direction of the flow's initiator packets at that interface.
+    pub direction: Direction,
+}
+
+/// One bidirectional flow, oriented initiator → responder. The JSON form is weir's stable flow record format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Initiator address.
+    pub src: IpAddr,
+    /// Initiator port (TCP, UDP, SCTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    /// Responder address.
+    pub dst: IpAddr,
+    /// Responder port (TCP, UDP, SCTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// IP protocol.
+    pub proto: Protocol,
+    /// ICMP/ICMPv6 type of the initiator's first packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP/ICMPv6 code of the initiator's first packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// ICMP/ICMPv6 identifier that keys request/reply flows (echo and the like).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
+    /// Packets initiator → responder.
+    pub packets: u64,
+    /// IP bytes (header + payload) initiator → responder.
+    pub bytes: u64,
+    /// Packets responder → initiator.
+    pub reply_packets: u64,
+    /// IP bytes responder → initiator.
+    pub reply_bytes: u64,
+    /// Time of the first packet.
+    pub start: Timestamp,
+    /// Time of the last packet.
+    pub end: Timestamp,
+    /// TCP flags seen initiator → responder (empty for other protocols).
+    pub tcp_flags: TcpFlags,
+    /// TCP flags seen responder → initiator.
+    #[serde(default)]
+    pub reply_tcp_flags: TcpFlags,
+    /// How the initiator was determined.
+    pub orientation: Orientation,
+    /// Why the record was closed.
+    #[serde(default)]
+    pub end_reason: EndReason,
+    /// Community ID v1, to join with Zeek, Suricata or Wireshark.
+    pub community_id: String,
+    /// Where the flow was seen (live capture only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<ObservationPoint>,
+}
+
+impl FlowRecord {
+    /// The Community ID of this record's tuple.
+    pub fn compute_community_id(&self) -> String {
+        let (a, b) = match (self.icmp_type, self.icmp_code) {
+            (Some(t), Some(c)) if self.proto.is_icmp() => (u16::from(t), u16::from(c)),
+            _ => (self.src_port.unwrap_or(0), self.dst_port.unwrap_or(0)),
+        };
+        community_id_v1(self.src, self.dst, self.proto, a, b)
+    }
+
+    /// Total packets, both directions.
+    pub fn total_packets(&self) -> u64 {
+        self.packets + self.reply_packets
+    }
+
+    /// Total IP bytes, both directions.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes + self.reply_bytes
+    }
+
+    /// A deterministic order for output: by start time, then by tuple.
+    pub fn sort_key(&self) -> impl Ord + use<> {
+        (
+            self.start,
+            self.src,
+            self.src_port,
+            self.dst,
+            self.dst_port,
+            self.proto,
+            self.icmp_id,
+            self.icmp_type,
+            self.end,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_print_in_bit_order_and_parse_back() {
+        let f = TcpFlags(TcpFlags::SYN | TcpFlags::ACK | TcpFlags::FIN | TcpFlags::PSH);
+        assert_eq!(f.to_string(), "FSPA");
+        let json = serde_json::to_string(&f).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<TcpFlags>(&json).ok(), Some(f));
+        assert!(serde_json::from_str::<TcpFlags>("\"SX\"").is_err());
+    }
+
+    #[test]
+    fn record_json_has_schema_field_order_and_omits_absent_fields() {
+        let record = FlowRecord {
+            src: IpAddr::from([10, 244, 1, 5]),
+            src_port: Some(43512),
+            dst: IpAddr::from([10, 96, 0, 10]),
+            dst_port: Some(53),
+            proto: Protocol::UDP,
+            icmp_type: None,
+            icmp_code: None,
+            icmp_id: None,
+            packets: 1,
+            bytes: 74,
+            reply_packets: 1,
+            reply_bytes: 120,
+            start: Timestamp(1_795_342_800_123_456_000),
+            end: Timestamp(1_795_342_800_124_001_000),
+            tcp_flags: TcpFlags(0),
+            reply_tcp_flags: TcpFlags(0),
+            orientation: Orientation::Observed,
+            end_reason: EndReason::EndOfCapture,
+            community_id: String::new(),
+            observed_at: None,
+        };
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        assert!(json.starts_with(r#"{"src":"10.244.1.5","src_port":43512,"dst":"10.96.0.10","dst_port":53,"proto":"UDP","packets":1,"bytes":74,"reply_packets":1,"reply_bytes":120,"start":"2026-11-22T10:20:00.123456Z""#), "{json}");
+        let back: FlowRecord = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, record);
+    }
+}

@@ -1,0 +1,20 @@
+//! Plain data shared by every weir crate.
+//!
+//! This crate holds the types that cross crate boundaries and the stable wire formats built from them: the flow
+//! record (`weir flows --format jsonl`, documented in `docs/flow-record.md`), protocols, timestamps, link types
+//! and observation points. It does no I/O and has no logic beyond conversions and formatting, so every other
+//! crate can depend on it.
+
+#![deny(missing_docs)]
+
+mod community_id;
+mod flow;
+mod link;
+mod protocol;
+mod time;
+
+pub use community_id::{community_id_v1, icmp_counterpart};
+pub use flow::{Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags};
+pub use link::LinkType;
+pub use protocol::Protocol;
+pub use time::{Timestamp, TimestampParseError};

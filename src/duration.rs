@@ -1,0 +1,76 @@
+//! Durations on the command line: `500ms`, `30s`, `5m`, `2h`, or plain seconds.
+
+use std::time::Duration;
+
+use weir_flow::FlowConfig;
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number with ms, s, m or h, such as 30s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+/// Applies `--idle-timeout`: one duration for every protocol, or `proto=duration` pairs separated by commas
+/// (`tcp`, `tcp-closed`, `udp`, `icmp`, `other`).
+pub fn apply_idle_timeouts(config: &mut FlowConfig, spec: &str) -> Result<(), String> {
+    if !spec.contains('=') {
+        let d = parse_duration(spec)?;
+        config.tcp_idle = d;
+        config.udp_idle = d;
+        config.icmp_idle = d;
+        config.other_idle = d;
+        config.tcp_closed_idle = config.tcp_closed_idle.min(d);
+        return Ok(());
+    }
+    for part in spec.split(',') {
+        let (proto, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid idle timeout {part:?}: expected PROTO=DURATION"))?;
+        let d = parse_duration(value)?;
+        match proto.trim() {
+            "tcp" => config.tcp_idle = d,
+            "tcp-closed" => config.tcp_closed_idle = d,
+            "udp" => config.udp_idle = d,
+            "icmp" => config.icmp_idle = d,
+            "other" => config.other_idle = d,
+            other => {
+                return Err(format!(
+                    "unknown protocol {other:?} in --idle-timeout: use tcp, tcp-closed, udp, icmp or other"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_idle_specs() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7d").is_err());
+        assert!(parse_duration("s").is_err());
+        let mut c = FlowConfig::default();
+        assert!(apply_idle_timeouts(&mut c, "udp=5s,tcp=1m").is_ok());
+        assert_eq!((c.udp_idle, c.tcp_idle), (Duration::from_secs(5), Duration::from_secs(60)));
+        assert!(apply_idle_timeouts(&mut c, "sctp=1s").is_err());
+        assert!(apply_idle_timeouts(&mut c, "2s").is_ok());
+        assert_eq!(c.tcp_closed_idle, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,134 @@
+//! Capture files to finished flows, on one thread or several.
+//!
+//! With several workers, the calling thread reads batches and hands each one (shared, not copied) to every
+//! worker; each worker decodes every packet but keeps only the flows in its hash share, so flow tables are never
+//! shared and the packet path takes no lock. Batches are recycled once every worker has dropped them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+use crossbeam_channel::bounded;
+use weir_capture::{Batch, CaptureError, CaptureWarning, FileSource, ReaderStats};
+use weir_flow::{ExtractStats, FinishedFlow, FlowConfig, FlowExtractor};
+
+/// What reading one capture produced.
+pub struct FileFlows {
+    pub flows: Vec<FinishedFlow>,
+    pub stats: ExtractStats,
+    pub reader: ReaderStats,
+    pub warnings: Vec<CaptureWarning>,
+    /// Reading stopped early on this error (the flows before it are complete).
+    pub error: Option<CaptureError>,
+}
+
+/// Reads one capture into flows with `threads` workers.
+pub fn extract_file(
+    source: &mut FileSource,
+    config: &FlowConfig,
+    threads: usize,
+) -> Result<FileFlows> {
+    let (flows, stats, error) = if threads <= 1 {
+        extract_single(source, config)
+    } else {
+        extract_parallel(source, config, threads)?
+    };
+    Ok(FileFlows {
+        flows,
+        stats,
+        reader: source.stats(),
+        warnings: source.warnings(),
+        error,
+    })
+}
+
+fn extract_single(
+    source: &mut FileSource,
+    config: &FlowConfig,
+) -> (Vec<FinishedFlow>, ExtractStats, Option<CaptureError>) {
+    let mut extractor = FlowExtractor::new(config.clone());
+    let mut batch = Batch::default();
+    let mut error = None;
+    loop {
+        match source.next_batch(&mut batch) {
+            Ok(true) => {
+                for p in batch.iter() {
+                    extractor.packet(p.timestamp, p.link, p.data);
+                }
+            }
+            Ok(false) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let (flows, stats) = extractor.finish();
+    (flows, stats, error)
+}
+
+fn extract_parallel(
+    source: &mut FileSource,
+    config: &FlowConfig,
+    workers: usize,
+) -> Result<(Vec<FinishedFlow>, ExtractStats, Option<CaptureError>)> {
+    let hasher = weir_flow::FlowHasher::default();
+    let mut senders = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for worker in 0..workers {
+        let (tx, rx) = bounded::<Arc<Batch>>(4);
+        senders.push(tx);
+        let mut extractor =
+            FlowExtractor::partitioned(config.clone(), hasher.clone(), worker, workers);
+        handles.push(std::thread::spawn(move || {
+            for batch in rx {
+                for p in batch.iter() {
+                    extractor.packet(p.timestamp, p.link, p.data);
+                }
+            }
+            extractor.finish()
+        }));
+    }
+    let mut pool: Vec<Arc<Batch>> = Vec::new();
+    let mut error = None;
+    loop {
+        // Reuse a batch every worker is done with; otherwise allocate (bounded by the channel depth).
+        let mut batch = match pool.iter().position(|b| Arc::strong_count(b) == 1) {
+            Some(i) => pool.swap_remove(i),
+            None => Arc::new(Batch::default()),
+        };
+        let Some(buf) = Arc::get_mut(&mut batch) else {
+            continue;
+        };
+        match source.next_batch(buf) {
+            Ok(true) => {
+                for tx in &senders {
+                    // A worker only hangs up by panicking, which `join` reports below.
+                    let _ = tx.send(Arc::clone(&batch));
+                }
+                pool.push(batch);
+            }
+            Ok(false) => break,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(senders);
+    let mut flows = Vec::new();
+    let mut stats = ExtractStats::default();
+    for handle in handles {
+        let (mut f, s) = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("a flow worker thread panicked"))?;
+        flows.append(&mut f);
+        stats.merge(&s);
+    }
+    Ok((flows, stats, error))
+}
+
+/// Opens a capture, naming the file in the error.
+pub fn open(path: &Path) -> Result<FileSource, CaptureError> {
+    FileSource::open(path)
+}

@@ -136,7 +136,15 @@ fn icmp_info(r: &FlowRecord) -> String {
 
 pub fn write_table<W: Write>(mut w: W, records: &[FlowRecord]) -> io::Result<()> {
     let header = [
-        "START", "PROTO", "SOURCE", "", "DESTINATION", "PACKETS", "BYTES", "DETAIL", "END",
+        "START",
+        "PROTO",
+        "SOURCE",
+        "",
+        "DESTINATION",
+        "PACKETS →/←",
+        "BYTES →/←",
+        "DETAIL",
+        "END",
     ];
     let rows: Vec<[String; 9]> = records
         .iter()

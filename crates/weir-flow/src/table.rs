@@ -117,6 +117,10 @@ impl FlowKey {
             }
         } else if p.proto.is_icmp() && p.has_l4 {
             match icmp_request_type(p.proto, p.l4_type) {
+                // Pinging oneself: the addresses tie, so the message says which way it goes.
+                Some(request) if p.src == p.dst => {
+                    (p.icmp_id, u16::from(request), p.l4_type == request)
+                }
                 Some(request) => (p.icmp_id, u16::from(request), by_addr),
                 None => (
                     u16::from(p.l4_type) << 8 | u16::from(p.icmp_code),
@@ -205,6 +209,12 @@ impl FlowEntry {
             Protocol::SCTP if p.l4_type == 1 => (sender_is_lo, false),
             Protocol::SCTP if p.l4_type == 2 => (!sender_is_lo, false),
             Protocol::SCTP => by_ports(),
+            // An echo (or other) reply seen first: its receiver asked.
+            Protocol::ICMP | Protocol::ICMPV6
+                if icmp_request_type(p.proto, p.l4_type).is_some_and(|r| r != p.l4_type) =>
+            {
+                (!sender_is_lo, false)
+            }
             _ => (sender_is_lo, false),
         };
         let (icmp_type, icmp_code) = match icmp_request_type(p.proto, p.l4_type) {
@@ -590,7 +600,12 @@ impl FlowTable {
                 .map(|(key, entry)| FinishedFlow {
                     key,
                     entry,
-                    reason: EndReason::EndOfCapture,
+                    // A connection that already closed says so, even if its close timeout had not run out.
+                    reason: if key.proto == Protocol::TCP && entry.closed() {
+                        EndReason::TcpClosed
+                    } else {
+                        EndReason::EndOfCapture
+                    },
                 }),
         );
         (finished, self.stats)
@@ -603,5 +618,63 @@ impl FlowTable {
         u64::try_from(self.idle_limit(key, entry))
             .ok()
             .map(Duration::from_nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn icmp(src: [u8; 4], dst: [u8; 4], icmp_type: u8) -> DecodedPacket {
+        let mut s = [0u8; 16];
+        let mut d = [0u8; 16];
+        s[..4].copy_from_slice(&src);
+        d[..4].copy_from_slice(&dst);
+        DecodedPacket {
+            src: s,
+            dst: d,
+            v6: false,
+            proto: Protocol::ICMP,
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+            l4_type: icmp_type,
+            icmp_code: 0,
+            icmp_id: 9,
+            has_l4: true,
+            ip_len: 84,
+            fragment: None,
+        }
+    }
+
+    fn run(packets: &[DecodedPacket]) -> Vec<FlowRecord> {
+        let mut t = FlowTable::new(FlowConfig::default(), foldhash::fast::RandomState::default());
+        for (i, p) in packets.iter().enumerate() {
+            let ts = Timestamp(1_000 + i as i64);
+            let (key, lo) = FlowKey::of_packet(p);
+            t.update(t.hash(&key), key, lo, p, ts);
+        }
+        t.finish().0.iter().map(FinishedFlow::to_record).collect()
+    }
+
+    // Regression: `ping 127.0.0.1` counted requests and replies in one direction (addresses tie).
+    #[test]
+    fn ping_to_self_counts_requests_and_replies_apart() {
+        let lo = [127, 0, 0, 1];
+        let r = run(&[icmp(lo, lo, 8), icmp(lo, lo, 0), icmp(lo, lo, 8), icmp(lo, lo, 0)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].packets, r[0].reply_packets), (2, 2));
+        assert_eq!(r[0].icmp_type, Some(8));
+    }
+
+    // Regression: an echo flow first seen by its reply made the replier the initiator.
+    #[test]
+    fn echo_reply_seen_first_keeps_the_requester_as_initiator() {
+        let (a, b) = ([10, 0, 0, 9], [10, 0, 0, 1]);
+        let r = run(&[icmp(b, a, 0), icmp(a, b, 8), icmp(b, a, 0)]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].src, IpAddr::from(a));
+        assert_eq!((r[0].packets, r[0].reply_packets), (1, 2));
+        assert_eq!((r[0].icmp_type, r[0].icmp_id), (Some(8), Some(9)));
     }
 }

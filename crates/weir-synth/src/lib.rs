@@ -8,8 +8,10 @@
 
 #![deny(missing_docs)]
 
+mod scenarios;
 mod synth;
 mod writer;
 
+pub use scenarios::{EPOCH, bench_mix, pod_traffic, write_bundled_pcaps};
 pub use synth::{Capture, Close, ExpectedFlow, Link, Synth, SynthPacket, TcpSpec};
 pub use writer::{PcapOptions, PcapNgOptions, write_pcap, write_pcapng};

@@ -1,0 +1,101 @@
+//! Golden outputs of `weir flows` for every capture in `pcaps/`, and the generator's determinism.
+//!
+//! Run with `WEIR_BLESS=1` to rewrite the expected files after an intended change, then review the diff.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bundled_captures() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("pcaps"))
+        .unwrap_or_else(|e| panic!("pcaps/: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".pcap") || name.ends_with(".pcapng") || name.ends_with(".pcap.gz")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "bundled captures missing: {files:?}");
+    files
+}
+
+fn weir(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running weir: {e}"));
+    assert!(
+        out.status.success(),
+        "weir {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_golden(expected: &Path, actual: &str) {
+    if std::env::var_os("WEIR_BLESS").is_some() {
+        if let Some(dir) = expected.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(expected, actual).unwrap_or_else(|e| panic!("{e}"));
+        return;
+    }
+    let want = std::fs::read_to_string(expected).unwrap_or_else(|e| {
+        panic!("{}: {e} (run with WEIR_BLESS=1 to create it)", expected.display())
+    });
+    if want != actual {
+        let first = want
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} differs at line {}:\n  expected: {}\n  actual:   {}\n(run with WEIR_BLESS=1 to accept)",
+            expected.display(),
+            first + 1,
+            want.lines().nth(first).unwrap_or("<end>"),
+            actual.lines().nth(first).unwrap_or("<end>")
+        );
+    }
+}
+
+#[test]
+fn flows_of_every_bundled_capture_match_the_golden_files() {
+    for capture in bundled_captures() {
+        let name = capture
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = capture.to_string_lossy().into_owned();
+        let jsonl = weir(&["flows", "--format", "jsonl", &path]);
+        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.jsonl")), &jsonl);
+        let csv = weir(&["flows", "--format", "csv", &path]);
+        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.csv")), &csv);
+        let table = weir(&["flows", "--format", "table", &path]);
+        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.txt")), &table);
+    }
+}
+
+#[test]
+fn the_generated_captures_are_reproduced_byte_for_byte() {
+    let dir = std::env::temp_dir().join(format!("weir-synth-{}", std::process::id()));
+    weir_synth::write_bundled_pcaps(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut generated: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    generated.sort();
+    assert!(generated.len() >= 3);
+    for file in &generated {
+        let name = file.file_name().unwrap_or_default();
+        let fresh = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
+        let committed = std::fs::read(root().join("pcaps").join(name))
+            .unwrap_or_else(|e| panic!("pcaps/{}: {e}", name.to_string_lossy()));
+        assert!(fresh == committed, "pcaps/{} is not what the generator writes", name.to_string_lossy());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

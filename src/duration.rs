@@ -8,15 +8,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number with ms, s, m or h, such as 30s"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number with ms, s, m or h, such as 30s")
+    })?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
     };
     Ok(d)
 }
@@ -68,7 +72,10 @@ mod tests {
         assert!(parse_duration("s").is_err());
         let mut c = FlowConfig::default();
         assert!(apply_idle_timeouts(&mut c, "udp=5s,tcp=1m").is_ok());
-        assert_eq!((c.udp_idle, c.tcp_idle), (Duration::from_secs(5), Duration::from_secs(60)));
+        assert_eq!(
+            (c.udp_idle, c.tcp_idle),
+            (Duration::from_secs(5), Duration::from_secs(60))
+        );
         assert!(apply_idle_timeouts(&mut c, "sctp=1s").is_err());
         assert!(apply_idle_timeouts(&mut c, "2s").is_ok());
         assert_eq!(c.tcp_closed_idle, Duration::from_secs(2));

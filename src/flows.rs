@@ -180,7 +180,11 @@ fn print_summary(t: &Totals, flows: usize, elapsed: Duration) {
             "  skipped  {:<9} {:<22} {n:>12}{}",
             reason.layer(),
             reason.name(),
-            if reason.is_malformed() { "  (malformed)" } else { "" }
+            if reason.is_malformed() {
+                "  (malformed)"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(

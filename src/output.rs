@@ -193,7 +193,10 @@ pub fn write_table<W: Write>(mut w: W, records: &[FlowRecord]) -> io::Result<()>
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         line(&mut w, &cells)?;
     }
-    if records.iter().any(|r| r.orientation == Orientation::Inferred) {
+    if records
+        .iter()
+        .any(|r| r.orientation == Orientation::Inferred)
+    {
         writeln!(
             w,
             "\n~> orientation inferred from ports (the capture started mid-conversation)"

@@ -19,10 +19,7 @@ fn corpus_files() -> Vec<PathBuf> {
     });
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "pcap" || x == "pcapng")
-        })
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
         .collect();
     files.sort();
     files
@@ -81,7 +78,11 @@ fn run_one(path: &Path) -> Outcome {
 #[test]
 fn every_corpus_capture_is_read_without_panic_or_hang_and_every_packet_is_accounted() {
     let files = corpus_files();
-    assert!(files.len() >= 800, "expected the whole corpus, found {} files", files.len());
+    assert!(
+        files.len() >= 800,
+        "expected the whole corpus, found {} files",
+        files.len()
+    );
     let mut totals = (0u64, 0u64, 0u64);
     let mut errors = Vec::new();
     for path in &files {
@@ -157,7 +158,17 @@ fn damaged_copies_of_corpus_captures_fail_cleanly() {
     for path in files.iter().step_by(7) {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{e}"));
         let mut variants: Vec<Vec<u8>> = Vec::new();
-        for cut in [1, 3, 10, 23, 24, 25, 40, bytes.len() / 2, bytes.len().saturating_sub(1)] {
+        for cut in [
+            1,
+            3,
+            10,
+            23,
+            24,
+            25,
+            40,
+            bytes.len() / 2,
+            bytes.len().saturating_sub(1),
+        ] {
             variants.push(bytes[..cut.min(bytes.len())].to_vec());
         }
         for at in [8, 12, 20, 28, 32, 36, 44] {
@@ -168,7 +179,8 @@ fn damaged_copies_of_corpus_captures_fail_cleanly() {
             }
         }
         for v in variants {
-            let Ok(mut src) = FileSource::new("damaged".into(), std::io::Cursor::new(v), None) else {
+            let Ok(mut src) = FileSource::new("damaged".into(), std::io::Cursor::new(v), None)
+            else {
                 continue;
             };
             let mut x = FlowExtractor::new(FlowConfig::default());

@@ -28,7 +28,12 @@ fn at(ms: i64) -> Timestamp {
 /// Pod traffic with every feature the flow table must get right.
 fn scenario(link: Link) -> Capture {
     let mut s = Synth::new(link, 7);
-    s.tcp(TcpSpec::new(sock("10.244.1.5:43512"), sock("10.244.2.9:8080"), at(0), 3));
+    s.tcp(TcpSpec::new(
+        sock("10.244.1.5:43512"),
+        sock("10.244.2.9:8080"),
+        at(0),
+        3,
+    ));
     s.tcp(TcpSpec {
         close: Close::Rst,
         ..TcpSpec::new(sock("10.244.1.5:43514"), sock("10.244.3.2:5432"), at(1), 2)
@@ -44,13 +49,48 @@ fn scenario(link: Link) -> Capture {
         ..TcpSpec::new(sock("10.244.4.4:39000"), sock("10.244.5.5:6379"), at(3), 4)
     });
     // The same ports twice: two connections, two flows.
-    s.tcp(TcpSpec::new(sock("10.244.1.9:40000"), sock("10.244.2.9:80"), at(10), 1));
-    s.tcp(TcpSpec::new(sock("10.244.1.9:40000"), sock("10.244.2.9:80"), at(50), 2));
-    s.udp(sock("10.244.1.5:53001"), sock("10.96.0.10:53"), at(4), 2, (40, 120), 1_000_000);
-    s.icmp_echo(ip("10.244.1.5"), ip("10.244.2.9"), 0x1234, 3, at(5), 1_000_000);
+    s.tcp(TcpSpec::new(
+        sock("10.244.1.9:40000"),
+        sock("10.244.2.9:80"),
+        at(10),
+        1,
+    ));
+    s.tcp(TcpSpec::new(
+        sock("10.244.1.9:40000"),
+        sock("10.244.2.9:80"),
+        at(50),
+        2,
+    ));
+    s.udp(
+        sock("10.244.1.5:53001"),
+        sock("10.96.0.10:53"),
+        at(4),
+        2,
+        (40, 120),
+        1_000_000,
+    );
+    s.icmp_echo(
+        ip("10.244.1.5"),
+        ip("10.244.2.9"),
+        0x1234,
+        3,
+        at(5),
+        1_000_000,
+    );
     s.icmp_echo(ip("fd00::5"), ip("fd00::9"), 77, 2, at(6), 1_000_000);
-    s.tcp(TcpSpec::new(sock("[fd00::5]:41000"), sock("[fd00::9]:9090"), at(7), 2));
-    s.udp_fragmented(sock("10.244.1.5:40001"), sock("10.244.2.9:4789"), at(8), 3000, 1400);
+    s.tcp(TcpSpec::new(
+        sock("[fd00::5]:41000"),
+        sock("[fd00::9]:9090"),
+        at(7),
+        2,
+    ));
+    s.udp_fragmented(
+        sock("10.244.1.5:40001"),
+        sock("10.244.2.9:4789"),
+        at(8),
+        3000,
+        1400,
+    );
     s.other_protocol(ip("10.244.1.5"), ip("10.244.9.9"), 47, 3, at(9), 1000);
     s.finish()
 }
@@ -88,7 +128,11 @@ fn extract(bytes: Vec<u8>, workers: usize) -> Vec<FlowRecord> {
 }
 
 fn assert_matches(records: &[FlowRecord], truth: &[ExpectedFlow], what: &str) {
-    assert_eq!(records.len(), truth.len(), "{what}: flow count\n{records:#?}");
+    assert_eq!(
+        records.len(),
+        truth.len(),
+        "{what}: flow count\n{records:#?}"
+    );
     for t in truth {
         let found = records.iter().find(|r| {
             r.src == t.src
@@ -162,7 +206,10 @@ fn every_link_type_and_format_gives_the_exact_flows() {
                 big_endian,
             };
             write_pcapng(&mut buf, cap.link, &cap.packets, opts).unwrap_or_else(|e| panic!("{e}"));
-            outputs.push((format!("pcapng resol={tsresol} ifaces={interfaces} sections={section_every}"), buf));
+            outputs.push((
+                format!("pcapng resol={tsresol} ifaces={interfaces} sections={section_every}"),
+                buf,
+            ));
         }
         for (what, bytes) in outputs {
             let what = format!("{link:?} {what}");
@@ -176,7 +223,8 @@ fn every_link_type_and_format_gives_the_exact_flows() {
 fn orientation_end_reasons_and_reuse_are_reported() {
     let cap = scenario(Link::Ethernet);
     let mut buf = Vec::new();
-    write_pcap(&mut buf, cap.link, &cap.packets, PcapOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    write_pcap(&mut buf, cap.link, &cap.packets, PcapOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let records = extract(buf, 1);
     let reason = |port: u16, start: Timestamp| {
         records
@@ -184,20 +232,54 @@ fn orientation_end_reasons_and_reuse_are_reported() {
             .find(|r| r.dst_port == Some(port) && r.start == start)
             .map(|r| (r.end_reason, r.orientation))
     };
-    assert_eq!(reason(8080, at(0)), Some((EndReason::TcpClosed, Orientation::Observed)));
-    assert_eq!(reason(443, at(2)), Some((EndReason::EndOfCapture, Orientation::Observed)));
-    assert_eq!(reason(6379, at(3)), Some((EndReason::EndOfCapture, Orientation::Inferred)));
+    assert_eq!(
+        reason(8080, at(0)),
+        Some((EndReason::TcpClosed, Orientation::Observed))
+    );
+    assert_eq!(
+        reason(443, at(2)),
+        Some((EndReason::EndOfCapture, Orientation::Observed))
+    );
+    assert_eq!(
+        reason(6379, at(3)),
+        Some((EndReason::EndOfCapture, Orientation::Inferred))
+    );
     // The first connection on reused ports ends when the new SYN arrives.
-    assert_eq!(reason(80, at(10)), Some((EndReason::TcpClosed, Orientation::Observed)));
-    assert_eq!(reason(80, at(50)), Some((EndReason::TcpClosed, Orientation::Observed)));
+    assert_eq!(
+        reason(80, at(10)),
+        Some((EndReason::TcpClosed, Orientation::Observed))
+    );
+    assert_eq!(
+        reason(80, at(50)),
+        Some((EndReason::TcpClosed, Orientation::Observed))
+    );
 }
 
 #[test]
 fn idle_timeouts_split_flows_and_snaplen_keeps_ip_lengths() {
     let mut s = Synth::new(Link::Ethernet, 1);
-    s.udp(sock("10.0.0.1:5000"), sock("10.0.0.2:53"), at(0), 1, (40, 60), 1_000_000);
-    s.udp(sock("10.0.0.1:5000"), sock("10.0.0.2:53"), at(120_000), 1, (40, 60), 1_000_000);
-    s.tcp(TcpSpec::new(sock("10.0.0.1:6000"), sock("10.0.0.2:80"), at(200_000), 1));
+    s.udp(
+        sock("10.0.0.1:5000"),
+        sock("10.0.0.2:53"),
+        at(0),
+        1,
+        (40, 60),
+        1_000_000,
+    );
+    s.udp(
+        sock("10.0.0.1:5000"),
+        sock("10.0.0.2:53"),
+        at(120_000),
+        1,
+        (40, 60),
+        1_000_000,
+    );
+    s.tcp(TcpSpec::new(
+        sock("10.0.0.1:6000"),
+        sock("10.0.0.2:80"),
+        at(200_000),
+        1,
+    ));
     let cap = s.finish();
     let mut buf = Vec::new();
     let opts = PcapOptions {
@@ -226,8 +308,10 @@ fn a_full_table_evicts_the_least_recent_flows_and_loses_no_packet() {
     }
     let cap = s.finish();
     let mut buf = Vec::new();
-    write_pcap(&mut buf, cap.link, &cap.packets, PcapOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    let mut src = FileSource::new("t".into(), Cursor::new(buf), None).unwrap_or_else(|e| panic!("{e}"));
+    write_pcap(&mut buf, cap.link, &cap.packets, PcapOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut src =
+        FileSource::new("t".into(), Cursor::new(buf), None).unwrap_or_else(|e| panic!("{e}"));
     let config = FlowConfig {
         max_flows: 64,
         ..FlowConfig::default()
@@ -242,7 +326,10 @@ fn a_full_table_evicts_the_least_recent_flows_and_loses_no_packet() {
     let (flows, stats) = x.finish();
     assert!(stats.table.evicted > 0);
     assert!(stats.table.peak_flows <= 64);
-    let evicted = flows.iter().filter(|f| f.end_reason() == EndReason::Evicted).count() as u64;
+    let evicted = flows
+        .iter()
+        .filter(|f| f.end_reason() == EndReason::Evicted)
+        .count() as u64;
     assert_eq!(evicted, stats.table.evicted);
     let packets: u64 = flows.iter().map(|f| f.to_record().total_packets()).sum();
     assert_eq!(packets, 400);

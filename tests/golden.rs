@@ -45,7 +45,10 @@ fn check_golden(expected: &Path, actual: &str) {
         return;
     }
     let want = std::fs::read_to_string(expected).unwrap_or_else(|e| {
-        panic!("{}: {e} (run with WEIR_BLESS=1 to create it)", expected.display())
+        panic!(
+            "{}: {e} (run with WEIR_BLESS=1 to create it)",
+            expected.display()
+        )
     });
     if want != actual {
         let first = want
@@ -72,11 +75,26 @@ fn flows_of_every_bundled_capture_match_the_golden_files() {
             .unwrap_or_default();
         let path = capture.to_string_lossy().into_owned();
         let jsonl = weir(&["flows", "--format", "jsonl", &path]);
-        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.jsonl")), &jsonl);
+        check_golden(
+            &root()
+                .join("pcaps/expected")
+                .join(format!("{name}.flows.jsonl")),
+            &jsonl,
+        );
         let csv = weir(&["flows", "--format", "csv", &path]);
-        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.csv")), &csv);
+        check_golden(
+            &root()
+                .join("pcaps/expected")
+                .join(format!("{name}.flows.csv")),
+            &csv,
+        );
         let table = weir(&["flows", "--format", "table", &path]);
-        check_golden(&root().join("pcaps/expected").join(format!("{name}.flows.txt")), &table);
+        check_golden(
+            &root()
+                .join("pcaps/expected")
+                .join(format!("{name}.flows.txt")),
+            &table,
+        );
     }
 }
 
@@ -95,7 +113,11 @@ fn the_generated_captures_are_reproduced_byte_for_byte() {
         let fresh = std::fs::read(file).unwrap_or_else(|e| panic!("{e}"));
         let committed = std::fs::read(root().join("pcaps").join(name))
             .unwrap_or_else(|e| panic!("pcaps/{}: {e}", name.to_string_lossy()));
-        assert!(fresh == committed, "pcaps/{} is not what the generator writes", name.to_string_lossy());
+        assert!(
+            fresh == committed,
+            "pcaps/{} is not what the generator writes",
+            name.to_string_lossy()
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

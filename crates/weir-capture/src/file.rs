@@ -162,7 +162,7 @@ impl FileSource {
             name: name.clone(),
             source,
         };
-        let mut head = [0u8; 16];
+        let mut head = [0u8; 48];
         let mut n = read_full(&mut input, &mut head[..4]).map_err(io_err)?;
         if n == 0 {
             return Err(CaptureError::Empty { name });

@@ -6,7 +6,7 @@
 //! which accept snap-length-truncated packets. What cannot be decoded comes back as a [`SkipReason`], so every
 //! packet is either accounted to a flow or counted with a reason.
 
-use etherparse::{IpNumber, LaxIpv4Slice, LaxIpv6Slice, Ipv6ExtensionSlice, err};
+use etherparse::{IpNumber, Ipv6ExtensionSlice, LaxIpv4Slice, LaxIpv6Slice, err};
 use weir_model::{LinkType, Protocol, icmp_counterpart};
 
 /// Why a packet was not accounted to a flow. Each reason belongs to one layer; see [`SkipReason::layer`].
@@ -426,7 +426,11 @@ mod tests {
             .single_vlan(100.try_into().unwrap_or_default())
             .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
             .tcp(40000, 80, 1, 1000);
-        let builder = if flags_syn { builder.syn() } else { builder.ack(5) };
+        let builder = if flags_syn {
+            builder.syn()
+        } else {
+            builder.ack(5)
+        };
         let mut out = Vec::new();
         builder.write(&mut out, b"hello").unwrap_or_default();
         out
@@ -436,7 +440,10 @@ mod tests {
     fn ethernet_vlan_ipv4_tcp() {
         let pkt = decode(LinkType::ETHERNET, &tcp_frame(true));
         let Ok(pkt) = pkt else { panic!("{pkt:?}") };
-        assert_eq!((pkt.src_port, pkt.dst_port, pkt.proto), (40000, 80, Protocol::TCP));
+        assert_eq!(
+            (pkt.src_port, pkt.dst_port, pkt.proto),
+            (40000, 80, Protocol::TCP)
+        );
         assert_eq!(pkt.tcp_flags & 0x02, 0x02);
         assert_eq!(pkt.ip_len, 20 + 20 + 5);
         assert_eq!(&pkt.src[..4], &[10, 0, 0, 1]);
@@ -450,10 +457,22 @@ mod tests {
             let _ = decode(LinkType::LINUX_SLL, &frame[..len]);
             let _ = decode(LinkType::RAW, &frame[..len]);
         }
-        assert_eq!(decode(LinkType::ETHERNET, &frame[..10]), Err(SkipReason::LinkTruncated));
-        assert_eq!(decode(LinkType::ETHERNET, &frame[..16]), Err(SkipReason::VlanTruncated));
-        assert_eq!(decode(LinkType::ETHERNET, &frame[..30]), Err(SkipReason::Ipv4Truncated));
-        assert_eq!(decode(LinkType::ETHERNET, &frame[..50]), Err(SkipReason::TcpTruncated));
+        assert_eq!(
+            decode(LinkType::ETHERNET, &frame[..10]),
+            Err(SkipReason::LinkTruncated)
+        );
+        assert_eq!(
+            decode(LinkType::ETHERNET, &frame[..16]),
+            Err(SkipReason::VlanTruncated)
+        );
+        assert_eq!(
+            decode(LinkType::ETHERNET, &frame[..30]),
+            Err(SkipReason::Ipv4Truncated)
+        );
+        assert_eq!(
+            decode(LinkType::ETHERNET, &frame[..50]),
+            Err(SkipReason::TcpTruncated)
+        );
     }
 
     #[test]
@@ -465,7 +484,10 @@ mod tests {
             .unwrap_or_default();
         let pkt = decode(LinkType::RAW, &out);
         let Ok(pkt) = pkt else { panic!("{pkt:?}") };
-        assert_eq!((pkt.proto, pkt.l4_type, pkt.icmp_id), (Protocol::ICMPV6, 128, 0x1234));
+        assert_eq!(
+            (pkt.proto, pkt.l4_type, pkt.icmp_id),
+            (Protocol::ICMPV6, 128, 0x1234)
+        );
         assert!(pkt.v6);
         assert_eq!(icmp_request_type(Protocol::ICMPV6, 129), Some(128));
         assert_eq!(icmp_request_type(Protocol::ICMP, 3), None);
@@ -478,8 +500,14 @@ mod tests {
         assert_eq!(decode(LinkType::ETHERNET, &arp), Err(SkipReason::Arp));
         arp[12..14].copy_from_slice(&100u16.to_be_bytes());
         assert_eq!(decode(LinkType::ETHERNET, &arp), Err(SkipReason::Llc));
-        assert_eq!(decode(LinkType(147), &arp), Err(SkipReason::UnsupportedLinkType));
-        assert_eq!(decode(LinkType::RAW, &[0x50, 0, 0]), Err(SkipReason::BadIpVersion));
+        assert_eq!(
+            decode(LinkType(147), &arp),
+            Err(SkipReason::UnsupportedLinkType)
+        );
+        assert_eq!(
+            decode(LinkType::RAW, &[0x50, 0, 0]),
+            Err(SkipReason::BadIpVersion)
+        );
         for (i, r) in SkipReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }

@@ -253,6 +253,12 @@ impl FlowExtractor {
     /// Ends the stream: closes every open flow and returns all finished flows with the final counters.
     pub fn finish(self) -> (Vec<FinishedFlow>, ExtractStats) {
         let (flows, table) = self.table.finish();
-        (flows, ExtractStats { table, ..self.stats })
+        (
+            flows,
+            ExtractStats {
+                table,
+                ..self.stats
+            },
+        )
     }
 }

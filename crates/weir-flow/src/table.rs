@@ -64,8 +64,9 @@ fn nanos(d: Duration) -> i64 {
 const SERVICE_PORTS: [u16; 62] = [
     1080, 1433, 1521, 1883, 2049, 2181, 2379, 2380, 3000, 3306, 3389, 4222, 4317, 4318, 5000, 5044,
     5432, 5601, 5672, 6379, 6443, 7000, 7001, 8000, 8008, 8080, 8081, 8086, 8088, 8125, 8200, 8443,
-    8500, 8888, 9000, 9042, 9090, 9091, 9092, 9093, 9094, 9100, 9200, 9300, 9411, 9418, 9443, 10250,
-    10255, 10256, 11211, 15000, 15001, 15006, 15010, 15012, 15014, 15017, 15021, 15090, 27017, 50051,
+    8500, 8888, 9000, 9042, 9090, 9091, 9092, 9093, 9094, 9100, 9200, 9300, 9411, 9418, 9443,
+    10250, 10255, 10256, 11211, 15000, 15001, 15006, 15010, 15012, 15014, 15017, 15021, 15090,
+    27017, 50051,
 ];
 
 /// Whether a port looks like the listening side of a connection.
@@ -189,7 +190,8 @@ impl FlowEntry {
         let syn = p.tcp_flags & TcpFlags::SYN != 0;
         let ack = p.tcp_flags & TcpFlags::ACK != 0;
         let by_ports = || {
-            let responder_is_lo = match (is_service_port(key.lo_port), is_service_port(key.hi_port)) {
+            let responder_is_lo = match (is_service_port(key.lo_port), is_service_port(key.hi_port))
+            {
                 (true, false) => true,
                 (false, true) => false,
                 _ if key.lo_port != key.hi_port => key.lo_port < key.hi_port,
@@ -648,7 +650,10 @@ mod tests {
     }
 
     fn run(packets: &[DecodedPacket]) -> Vec<FlowRecord> {
-        let mut t = FlowTable::new(FlowConfig::default(), foldhash::fast::RandomState::default());
+        let mut t = FlowTable::new(
+            FlowConfig::default(),
+            foldhash::fast::RandomState::default(),
+        );
         for (i, p) in packets.iter().enumerate() {
             let ts = Timestamp(1_000 + i as i64);
             let (key, lo) = FlowKey::of_packet(p);
@@ -661,7 +666,12 @@ mod tests {
     #[test]
     fn ping_to_self_counts_requests_and_replies_apart() {
         let lo = [127, 0, 0, 1];
-        let r = run(&[icmp(lo, lo, 8), icmp(lo, lo, 0), icmp(lo, lo, 8), icmp(lo, lo, 0)]);
+        let r = run(&[
+            icmp(lo, lo, 8),
+            icmp(lo, lo, 0),
+            icmp(lo, lo, 8),
+            icmp(lo, lo, 0),
+        ]);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].packets, r[0].reply_packets), (2, 2));
         assert_eq!(r[0].icmp_type, Some(8));

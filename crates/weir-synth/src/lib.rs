@@ -14,4 +14,4 @@ mod writer;
 
 pub use scenarios::{EPOCH, bench_mix, pod_traffic, write_bundled_pcaps};
 pub use synth::{Capture, Close, ExpectedFlow, Link, Synth, SynthPacket, TcpSpec};
-pub use writer::{PcapOptions, PcapNgOptions, write_pcap, write_pcapng};
+pub use writer::{PcapNgOptions, PcapOptions, write_pcap, write_pcapng};

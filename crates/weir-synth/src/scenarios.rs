@@ -74,7 +74,12 @@ pub fn pod_traffic(link: Link) -> Capture {
         request: 180,
         response: 2400,
         gap: 20_000_000,
-        ..TcpSpec::new(SocketAddr::new(api, 38_211), SocketAddr::new(db, 5432), at(1), 40)
+        ..TcpSpec::new(
+            SocketAddr::new(api, 38_211),
+            SocketAddr::new(db, 5432),
+            at(1),
+            40,
+        )
     });
     for i in 0..3u16 {
         s.tcp(TcpSpec {
@@ -91,14 +96,24 @@ pub fn pod_traffic(link: Link) -> Capture {
     s.tcp(TcpSpec {
         close: Close::Rst,
         exchanges: 0,
-        ..TcpSpec::new(SocketAddr::new(frontend, 46_001), SocketAddr::new(db, 5432), at(1500), 0)
+        ..TcpSpec::new(
+            SocketAddr::new(frontend, 46_001),
+            SocketAddr::new(db, 5432),
+            at(1500),
+            0,
+        )
     });
     s.icmp_echo(frontend, api, 0x0a0b, 4, at(700), 250_000_000);
     let (f6, a6): (IpAddr, IpAddr) = (
         "fd00:10:244:1::a".parse().unwrap_or(frontend),
         "fd00:10:244:2::14".parse().unwrap_or(api),
     );
-    s.tcp(TcpSpec::new(SocketAddr::new(f6, 41_000), SocketAddr::new(a6, 8080), at(900), 2));
+    s.tcp(TcpSpec::new(
+        SocketAddr::new(f6, 41_000),
+        SocketAddr::new(a6, 8080),
+        at(900),
+        2,
+    ));
     s.icmp_echo(f6, a6, 9, 2, at(950), 100_000_000);
     s.udp_fragmented(
         SocketAddr::new(api, 51_000),
@@ -147,7 +162,12 @@ pub fn bench_mix(packets: u64, flows: u64, seed: u64) -> Capture {
                 request,
                 response,
                 gap: 300_000,
-                ..TcpSpec::new(SocketAddr::new(client, cport), SocketAddr::new(server, sport), start, exchanges)
+                ..TcpSpec::new(
+                    SocketAddr::new(client, cport),
+                    SocketAddr::new(server, sport),
+                    start,
+                    exchanges,
+                )
             });
         }
     }
@@ -178,7 +198,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -188,15 +212,32 @@ fn crc32(data: &[u8]) -> u32 {
 pub fn write_bundled_pcaps(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let eth = pod_traffic(Link::Ethernet);
-    write_pcap(create(&dir.join("pod-traffic.pcap"))?, eth.link, &eth.packets, PcapOptions::default())?;
+    write_pcap(
+        create(&dir.join("pod-traffic.pcap"))?,
+        eth.link,
+        &eth.packets,
+        PcapOptions::default(),
+    )?;
     let any = pod_traffic(Link::LinuxSll2);
-    let opts = PcapNgOptions { tsresol: 9, interfaces: 2, ..PcapNgOptions::default() };
-    write_pcapng(create(&dir.join("pod-traffic-any.pcapng"))?, any.link, &any.packets, opts)?;
+    let opts = PcapNgOptions {
+        tsresol: 9,
+        interfaces: 2,
+        ..PcapNgOptions::default()
+    };
+    write_pcapng(
+        create(&dir.join("pod-traffic-any.pcapng"))?,
+        any.link,
+        &any.packets,
+        opts,
+    )?;
     let qinq = pod_traffic(Link::QinQ(100, 200));
     let mut raw = Vec::new();
-    let opts = PcapOptions { nanos: true, big_endian: true, snaplen: 96 };
+    let opts = PcapOptions {
+        nanos: true,
+        big_endian: true,
+        snaplen: 96,
+    };
     write_pcap(&mut raw, qinq.link, &qinq.packets, opts)?;
     create(&dir.join("pod-traffic-qinq-snap96.pcap.gz"))?.write_all(&gzip_stored(&raw))?;
     Ok(())
 }
-

@@ -121,7 +121,12 @@ pub struct TcpSpec {
 
 impl TcpSpec {
     /// A short HTTP-like connection: handshake, `exchanges` rounds of 200/800 bytes, FIN close, 100 µs apart.
-    pub fn new(client: SocketAddr, server: SocketAddr, start: Timestamp, exchanges: u32) -> TcpSpec {
+    pub fn new(
+        client: SocketAddr,
+        server: SocketAddr,
+        start: Timestamp,
+        exchanges: u32,
+    ) -> TcpSpec {
         TcpSpec {
             client,
             server,
@@ -247,7 +252,13 @@ impl Synth {
         }
     }
 
-    fn new_flow(&mut self, src: IpAddr, dst: IpAddr, ports: Option<(u16, u16)>, proto: Protocol) -> usize {
+    fn new_flow(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ports: Option<(u16, u16)>,
+        proto: Protocol,
+    ) -> usize {
         self.truth.push(ExpectedFlow {
             src,
             src_port: ports.map(|p| p.0),
@@ -351,13 +362,43 @@ impl Synth {
             if let Some(t) = self.truth.get_mut(flow) {
                 t.orientation = Orientation::Inferred;
             }
-            self.tcp_packet(flow, tick(), s, c, false, sseq, Some(cseq), PSH, spec.response);
+            self.tcp_packet(
+                flow,
+                tick(),
+                s,
+                c,
+                false,
+                sseq,
+                Some(cseq),
+                PSH,
+                spec.response,
+            );
             sseq = sseq.wrapping_add(spec.response as u32);
         }
         for _ in 0..spec.exchanges {
-            self.tcp_packet(flow, tick(), c, s, true, cseq, Some(sseq), PSH, spec.request);
+            self.tcp_packet(
+                flow,
+                tick(),
+                c,
+                s,
+                true,
+                cseq,
+                Some(sseq),
+                PSH,
+                spec.request,
+            );
             cseq = cseq.wrapping_add(spec.request as u32);
-            self.tcp_packet(flow, tick(), s, c, false, sseq, Some(cseq), PSH, spec.response);
+            self.tcp_packet(
+                flow,
+                tick(),
+                s,
+                c,
+                false,
+                sseq,
+                Some(cseq),
+                PSH,
+                spec.response,
+            );
             sseq = sseq.wrapping_add(spec.response as u32);
             self.tcp_packet(flow, tick(), c, s, true, cseq, Some(sseq), 0, 0);
         }
@@ -377,7 +418,15 @@ impl Synth {
         self
     }
 
-    fn udp_packet(&mut self, flow: usize, ts: Timestamp, from: SocketAddr, to: SocketAddr, forward: bool, len: usize) {
+    fn udp_packet(
+        &mut self,
+        flow: usize,
+        ts: Timestamp,
+        from: SocketAddr,
+        to: SocketAddr,
+        forward: bool,
+        len: usize,
+    ) {
         let step = ip_step(from.ip(), to.ip()).udp(from.port(), to.port());
         let body = vec![0x5au8; len];
         let mut out = Vec::with_capacity(step.size(len));
@@ -405,14 +454,29 @@ impl Synth {
         let mut ts = start.0;
         for _ in 0..exchanges {
             self.udp_packet(flow, Timestamp(ts), client, server, true, sizes.0);
-            self.udp_packet(flow, Timestamp(ts + gap / 2), server, client, false, sizes.1);
+            self.udp_packet(
+                flow,
+                Timestamp(ts + gap / 2),
+                server,
+                client,
+                false,
+                sizes.1,
+            );
             ts += gap;
         }
         self
     }
 
     /// ICMP (or ICMPv6) echo requests and replies with one identifier.
-    pub fn icmp_echo(&mut self, a: IpAddr, b: IpAddr, id: u16, count: u16, start: Timestamp, gap: i64) -> &mut Synth {
+    pub fn icmp_echo(
+        &mut self,
+        a: IpAddr,
+        b: IpAddr,
+        id: u16,
+        count: u16,
+        start: Timestamp,
+        gap: i64,
+    ) -> &mut Synth {
         let v6 = a.is_ipv6() || b.is_ipv6();
         let proto = if v6 { Protocol::ICMPV6 } else { Protocol::ICMP };
         let flow = self.new_flow(a, b, None, proto);
@@ -432,7 +496,13 @@ impl Synth {
                     (true, false) => step.icmpv6_echo_reply(id, seq).write(&mut out, &body),
                 };
                 if written.is_ok() {
-                    self.emit(flow, Timestamp(ts + if forward { 0 } else { gap / 2 }), forward, out, 0);
+                    self.emit(
+                        flow,
+                        Timestamp(ts + if forward { 0 } else { gap / 2 }),
+                        forward,
+                        out,
+                        0,
+                    );
                 }
             }
             ts += gap;
@@ -441,11 +511,22 @@ impl Synth {
     }
 
     /// Packets of a protocol weir keys by number only (GRE, ESP, ...), one way.
-    pub fn other_protocol(&mut self, a: IpAddr, b: IpAddr, proto: u8, count: u32, start: Timestamp, gap: i64) -> &mut Synth {
+    pub fn other_protocol(
+        &mut self,
+        a: IpAddr,
+        b: IpAddr,
+        proto: u8,
+        count: u32,
+        start: Timestamp,
+        gap: i64,
+    ) -> &mut Synth {
         let flow = self.new_flow(a, b, None, Protocol(proto));
         for i in 0..count {
             let mut out = Vec::new();
-            if ip_step(a, b).write(&mut out, IpNumber(proto), &[0x11; 40]).is_ok() {
+            if ip_step(a, b)
+                .write(&mut out, IpNumber(proto), &[0x11; 40])
+                .is_ok()
+            {
                 self.emit(flow, Timestamp(start.0 + i64::from(i) * gap), true, out, 0);
             }
         }
@@ -472,7 +553,8 @@ impl Synth {
             Protocol::UDP,
         );
         // Build the whole datagram, then cut its IP payload (UDP header + data) into fragments.
-        let step = PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(client.port(), server.port());
+        let step =
+            PacketBuilder::ipv4(src.octets(), dst.octets(), 64).udp(client.port(), server.port());
         let mut whole = Vec::new();
         if step.write(&mut whole, &vec![0x33u8; payload]).is_err() {
             return self;
@@ -483,7 +565,13 @@ impl Synth {
         let mut ts = start.0;
         for (i, piece) in l4.chunks(chunk).enumerate() {
             let offset = i * chunk;
-            let Ok(mut header) = Ipv4Header::new(piece.len() as u16, 64, IpNumber::UDP, src.octets(), dst.octets()) else {
+            let Ok(mut header) = Ipv4Header::new(
+                piece.len() as u16,
+                64,
+                IpNumber::UDP,
+                src.octets(),
+                dst.octets(),
+            ) else {
                 return self;
             };
             header.identification = self.ip_id;

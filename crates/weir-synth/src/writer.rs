@@ -34,22 +34,43 @@ fn captured(data: &[u8], snaplen: u32) -> &[u8] {
 }
 
 /// Writes packets as a pcap file.
-pub fn write_pcap<W: Write>(mut w: W, link: LinkType, packets: &[SynthPacket], opts: PcapOptions) -> io::Result<()> {
+pub fn write_pcap<W: Write>(
+    mut w: W,
+    link: LinkType,
+    packets: &[SynthPacket],
+    opts: PcapOptions,
+) -> io::Result<()> {
     let be = opts.big_endian;
     let mut out = Vec::with_capacity(1 << 20);
-    put32(&mut out, if opts.nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 }, be);
+    put32(
+        &mut out,
+        if opts.nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 },
+        be,
+    );
     put16(&mut out, 2, be);
     put16(&mut out, 4, be);
     put32(&mut out, 0, be);
     put32(&mut out, 0, be);
-    put32(&mut out, if opts.snaplen == 0 { 262_144 } else { opts.snaplen }, be);
+    put32(
+        &mut out,
+        if opts.snaplen == 0 {
+            262_144
+        } else {
+            opts.snaplen
+        },
+        be,
+    );
     put32(&mut out, u32::from(link.0), be);
     for p in packets {
         let data = captured(&p.data, opts.snaplen);
         let secs = p.ts.0.div_euclid(1_000_000_000);
         let nanos = p.ts.0.rem_euclid(1_000_000_000);
         put32(&mut out, secs as u32, be);
-        put32(&mut out, if opts.nanos { nanos } else { nanos / 1000 } as u32, be);
+        put32(
+            &mut out,
+            if opts.nanos { nanos } else { nanos / 1000 } as u32,
+            be,
+        );
         put32(&mut out, data.len() as u32, be);
         put32(&mut out, p.data.len() as u32, be);
         out.extend_from_slice(data);
@@ -112,7 +133,12 @@ fn block(out: &mut Vec<u8>, kind: u32, body: &[u8], be: bool) {
 }
 
 /// Writes packets as a pcapng file.
-pub fn write_pcapng<W: Write>(mut w: W, link: LinkType, packets: &[SynthPacket], opts: PcapNgOptions) -> io::Result<()> {
+pub fn write_pcapng<W: Write>(
+    mut w: W,
+    link: LinkType,
+    packets: &[SynthPacket],
+    opts: PcapNgOptions,
+) -> io::Result<()> {
     let be = opts.big_endian;
     let interfaces = opts.interfaces.max(1);
     let mut out = Vec::with_capacity(1 << 20);

@@ -12,8 +12,8 @@ use weir_flow::{ExtractStats, FlowConfig};
 use weir_model::FlowRecord;
 
 use crate::duration::{apply_idle_timeouts, parse_duration};
-use crate::output::{FlowFormat, human, write_csv, write_jsonl, write_table};
-use crate::pipeline::{extract_file, open};
+use crate::output::{FlowFormat, human, write_csv, write_table};
+use crate::pipeline::{extract_file, open, write_parallel};
 
 #[derive(Args)]
 pub struct FlowsArgs {
@@ -107,18 +107,34 @@ pub fn run(args: FlowsArgs) -> Result<ExitCode> {
         totals.stats.merge(&result.stats);
         finished.extend(result.flows);
     }
-    let mut records: Vec<FlowRecord> = finished.iter().map(|f| f.to_record()).collect();
-    records.sort_unstable_by_key(|r| r.sort_key());
-    let stdout = io::stdout().lock();
-    let out = io::BufWriter::with_capacity(1 << 16, stdout);
+    // Start times rarely tie, so most comparisons never build the full key.
+    finished.sort_unstable_by(|a, b| {
+        a.start()
+            .cmp(&b.start())
+            .then_with(|| a.sort_key().cmp(&b.sort_key()))
+    });
+    let threads = usize::from(args.threads);
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     match format {
-        FlowFormat::Jsonl => write_jsonl(out, &records),
-        FlowFormat::Csv => write_csv(out, &records),
-        FlowFormat::Table => write_table(out, &records),
+        FlowFormat::Jsonl => write_parallel(&finished, threads, &mut out, |flows, buf| {
+            for f in flows {
+                f.to_record().write_json_line(buf);
+            }
+        }),
+        FlowFormat::Csv => {
+            let records: Vec<FlowRecord> = finished.iter().map(|f| f.to_record()).collect();
+            write_csv(&mut out, &records)
+        }
+        FlowFormat::Table => {
+            let records: Vec<FlowRecord> = finished.iter().map(|f| f.to_record()).collect();
+            write_table(&mut out, &records)
+        }
     }
+    .and_then(|()| out.flush())
     .context("writing flow records")?;
+    let flow_count = finished.len();
     if args.summary {
-        print_summary(&totals, records.len(), started.elapsed());
+        print_summary(&totals, flow_count, started.elapsed());
     }
     Ok(if failed {
         ExitCode::FAILURE

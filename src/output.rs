@@ -15,14 +15,6 @@ pub enum FlowFormat {
     Table,
 }
 
-pub fn write_jsonl<W: Write>(mut w: W, records: &[FlowRecord]) -> io::Result<()> {
-    for r in records {
-        serde_json::to_writer(&mut w, r)?;
-        w.write_all(b"\n")?;
-    }
-    w.flush()
-}
-
 const CSV_COLUMNS: &str = "src,src_port,dst,dst_port,proto,icmp_type,icmp_code,icmp_id,packets,bytes,reply_packets,reply_bytes,start,end,tcp_flags,reply_tcp_flags,orientation,end_reason,community_id,observed_node,observed_interface,observed_direction";
 
 fn opt<T: ToString>(v: Option<T>) -> String {

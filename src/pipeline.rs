@@ -12,6 +12,44 @@ use crossbeam_channel::bounded;
 use weir_capture::{Batch, CaptureError, CaptureWarning, FileSource, ReaderStats};
 use weir_flow::{ExtractStats, FinishedFlow, FlowConfig, FlowExtractor};
 
+/// Formats finished flows on `threads` threads and writes them in order. Work goes in rounds of one block per
+/// thread, so memory stays bounded by `threads` blocks however many flows there are.
+pub fn write_parallel<F, W>(
+    flows: &[FinishedFlow],
+    threads: usize,
+    out: &mut W,
+    format: F,
+) -> std::io::Result<()>
+where
+    F: Fn(&[FinishedFlow], &mut Vec<u8>) + Sync,
+    W: std::io::Write,
+{
+    const BLOCK: usize = 8192;
+    let threads = threads.max(1);
+    let mut buffers: Vec<Vec<u8>> = vec![Vec::new(); threads];
+    for round in flows.chunks(BLOCK * threads) {
+        let blocks: Vec<&[FinishedFlow]> = round.chunks(BLOCK).collect();
+        if blocks.len() == 1 {
+            buffers[0].clear();
+            format(blocks[0], &mut buffers[0]);
+        } else {
+            std::thread::scope(|scope| {
+                for (block, buf) in blocks.iter().zip(buffers.iter_mut()) {
+                    let format = &format;
+                    scope.spawn(move || {
+                        buf.clear();
+                        format(block, buf);
+                    });
+                }
+            });
+        }
+        for buf in buffers.iter().take(blocks.len()) {
+            out.write_all(buf)?;
+        }
+    }
+    Ok(())
+}
+
 /// What reading one capture produced.
 pub struct FileFlows {
     pub flows: Vec<FinishedFlow>,
@@ -73,9 +111,11 @@ fn extract_parallel(
     workers: usize,
 ) -> Result<(Vec<FinishedFlow>, ExtractStats, Option<CaptureError>)> {
     let hasher = weir_flow::FlowHasher::default();
-    let mut senders = Vec::with_capacity(workers);
-    let mut handles = Vec::with_capacity(workers);
-    for worker in 0..workers {
+    // The reading thread is worker 0 as well, so `workers` threads keep `workers` cores busy.
+    let mut own = FlowExtractor::partitioned(config.clone(), hasher.clone(), 0, workers);
+    let mut senders = Vec::with_capacity(workers - 1);
+    let mut handles = Vec::with_capacity(workers - 1);
+    for worker in 1..workers {
         let (tx, rx) = bounded::<Arc<Batch>>(4);
         senders.push(tx);
         let mut extractor =
@@ -106,6 +146,9 @@ fn extract_parallel(
                     // A worker only hangs up by panicking, which `join` reports below.
                     let _ = tx.send(Arc::clone(&batch));
                 }
+                for p in batch.iter() {
+                    own.packet(p.timestamp, p.link, p.data);
+                }
                 pool.push(batch);
             }
             Ok(false) => break,
@@ -116,8 +159,7 @@ fn extract_parallel(
         }
     }
     drop(senders);
-    let mut flows = Vec::new();
-    let mut stats = ExtractStats::default();
+    let (mut flows, mut stats) = own.finish();
     for handle in handles {
         let (mut f, s) = handle
             .join()

@@ -25,6 +25,7 @@ fn corpus_files() -> Vec<PathBuf> {
     files
 }
 
+#[derive(Debug)]
 struct Outcome {
     packets: u64,
     decoded: u64,

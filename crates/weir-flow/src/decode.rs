@@ -177,8 +177,32 @@ fn be16(data: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([b[0], b[1]]))
 }
 
+/// The IP packet inside a frame.
+#[derive(Clone, Copy, Debug)]
+enum Network<'a> {
+    V4(&'a [u8]),
+    V6(&'a [u8]),
+}
+
 /// Decodes one captured frame of the given link type.
 pub fn decode(link: LinkType, data: &[u8]) -> Result<DecodedPacket, SkipReason> {
+    match network(link, data)? {
+        Network::V4(ip) => ipv4(ip),
+        Network::V6(ip) => ipv6(ip),
+    }
+}
+
+/// The source and destination address bytes of a frame (4 or 16 each), found with the link layer alone and no
+/// validation of the IP header. Workers that split a stream use it to skip, cheaply, the packets of flows they
+/// do not own; every packet of a flow (fragments included) has the same pair.
+pub fn address_pair(link: LinkType, data: &[u8]) -> Option<(&[u8], &[u8])> {
+    match network(link, data).ok()? {
+        Network::V4(ip) => Some((ip.get(12..16)?, ip.get(16..20)?)),
+        Network::V6(ip) => Some((ip.get(8..24)?, ip.get(24..40)?)),
+    }
+}
+
+fn network(link: LinkType, data: &[u8]) -> Result<Network<'_>, SkipReason> {
     match link {
         LinkType::ETHERNET => {
             let ethertype = be16(data, 12).ok_or(SkipReason::LinkTruncated)?;
@@ -218,22 +242,22 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<DecodedPacket, SkipReason> 
                 }
             };
             match value {
-                2 => ipv4(&data[4..]),
-                10 | 23 | 24 | 28 | 30 => ipv6(&data[4..]),
+                2 => Ok(Network::V4(&data[4..])),
+                10 | 23 | 24 | 28 | 30 => Ok(Network::V6(&data[4..])),
                 _ => Err(SkipReason::OtherEthertype),
             }
         }
         LinkType::RAW | LinkType::RAW_BSD_12 | LinkType::RAW_BSD_14 => raw_ip(data),
-        LinkType::IPV4 => ipv4(data),
-        LinkType::IPV6 => ipv6(data),
+        LinkType::IPV4 => Ok(Network::V4(data)),
+        LinkType::IPV6 => Ok(Network::V6(data)),
         _ => Err(SkipReason::UnsupportedLinkType),
     }
 }
 
-fn raw_ip(data: &[u8]) -> Result<DecodedPacket, SkipReason> {
+fn raw_ip(data: &[u8]) -> Result<Network<'_>, SkipReason> {
     match data.first().map(|b| b >> 4) {
-        Some(4) => ipv4(data),
-        Some(6) => ipv6(data),
+        Some(4) => Ok(Network::V4(data)),
+        Some(6) => Ok(Network::V6(data)),
         Some(_) => Err(SkipReason::BadIpVersion),
         None => Err(SkipReason::LinkTruncated),
     }
@@ -243,7 +267,7 @@ fn ethertype_payload(
     mut ethertype: u16,
     data: &[u8],
     mut at: usize,
-) -> Result<DecodedPacket, SkipReason> {
+) -> Result<Network<'_>, SkipReason> {
     let mut tags = 0;
     while ETH_VLAN.contains(&ethertype) {
         tags += 1;
@@ -255,8 +279,8 @@ fn ethertype_payload(
     }
     let payload = data.get(at..).ok_or(SkipReason::LinkTruncated)?;
     match ethertype {
-        ETH_IPV4 => ipv4(payload),
-        ETH_IPV6 => ipv6(payload),
+        ETH_IPV4 => Ok(Network::V4(payload)),
+        ETH_IPV6 => Ok(Network::V6(payload)),
         ETH_ARP => Err(SkipReason::Arp),
         t if t < 0x0600 => Err(SkipReason::Llc),
         _ => Err(SkipReason::OtherEthertype),

@@ -1,10 +1,11 @@
 //! Decoding, fragment tracking and flow accounting joined into one per-worker pipeline stage.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use weir_model::{LinkType, Protocol, Timestamp};
 
-use crate::decode::{DecodedPacket, SkipReason, decode};
+use crate::decode::{DecodedPacket, SkipReason, address_pair, decode};
 use crate::table::{FinishedFlow, FlowConfig, FlowKey, FlowTable, TableStats};
 
 /// Packets skipped, by reason.
@@ -130,9 +131,13 @@ struct Partition {
 }
 
 impl Partition {
-    /// Maps the high half of the flow hash onto `0..workers` (the table uses the low bits for buckets).
+    /// Maps the high half of a hash onto `0..workers`.
     fn owns(&self, hash: u64) -> bool {
         ((hash >> 32) * self.workers) >> 32 == self.worker
+    }
+
+    fn is_split(&self) -> bool {
+        self.workers > 1
     }
 
     fn is_leader(&self) -> bool {
@@ -142,10 +147,12 @@ impl Partition {
 
 /// Decodes packets and accounts them to flows: one per worker.
 ///
-/// Several extractors can split one packet stream: each is offered every packet, decodes it, and keeps only the
-/// flows whose hash falls in its share ([`FlowExtractor::partitioned`]). Every worker sees every timestamp, so
-/// timeouts fire identically whatever the number of workers; packets that belong to no flow are counted once, by
-/// worker 0.
+/// Several extractors can split one packet stream ([`FlowExtractor::partitioned`]): each is offered every packet
+/// and owns the packets whose unordered address pair hashes into its share. Finding the pair takes the link
+/// layer alone, so a worker skips the packets of others for a few nanoseconds and fully decodes only its own;
+/// all packets of a flow, IP fragments included, share the pair and so the worker. Every worker sees every
+/// timestamp, so timeouts fire identically whatever the number of workers. A packet whose addresses cannot be
+/// found belongs to worker 0, which counts why it was skipped.
 #[derive(Debug)]
 pub struct FlowExtractor {
     table: FlowTable,
@@ -178,19 +185,22 @@ impl FlowExtractor {
         }
     }
 
-    fn skip(&mut self, reason: SkipReason) {
-        if self.partition.is_leader() {
-            self.stats.skipped.add(reason);
-        }
-    }
-
     /// Offers one captured frame.
     #[inline]
     pub fn packet(&mut self, ts: Timestamp, link: LinkType, data: &[u8]) {
         self.offered(ts);
+        if self.partition.is_split() {
+            let owned = match address_pair(link, data) {
+                Some((a, b)) => self.partition.owns(self.pair_hash(a, b)),
+                None => self.partition.is_leader(),
+            };
+            if !owned {
+                return;
+            }
+        }
         match decode(link, data) {
             Ok(p) => self.account(ts, &p),
-            Err(reason) => self.skip(reason),
+            Err(reason) => self.stats.skipped.add(reason),
         }
     }
 
@@ -198,6 +208,15 @@ impl FlowExtractor {
     #[inline]
     pub fn decoded(&mut self, ts: Timestamp, p: &DecodedPacket) {
         self.offered(ts);
+        if self.partition.is_split() {
+            let len = if p.v6 { 16 } else { 4 };
+            if !self
+                .partition
+                .owns(self.pair_hash(&p.src[..len], &p.dst[..len]))
+            {
+                return;
+            }
+        }
         self.account(ts, p);
     }
 
@@ -210,12 +229,26 @@ impl FlowExtractor {
         }
     }
 
+    /// A hash of the unordered address pair, the same for both directions. Addresses are compared and hashed as
+    /// integers: this runs for every packet on every worker.
+    #[inline]
+    fn pair_hash(&self, a: &[u8], b: &[u8]) -> u64 {
+        let int = |x: &[u8]| -> u128 {
+            let mut wide = [0u8; 16];
+            let n = x.len().min(16);
+            wide[..n].copy_from_slice(&x[..n]);
+            u128::from_be_bytes(wide)
+        };
+        let (a, b) = (int(a), int(b));
+        self.table.hasher().hash_one((a.min(b), a.max(b)))
+    }
+
     #[inline]
     fn account(&mut self, ts: Timestamp, p: &DecodedPacket) {
         let (key, sender_is_lo) = match p.fragment {
             Some(f) if !f.first => match self.fragments.later(p, f.id, ts.0) {
                 Some(found) => found,
-                None => return self.skip(SkipReason::OrphanFragment),
+                None => return self.stats.skipped.add(SkipReason::OrphanFragment),
             },
             Some(f) => {
                 let (key, sender_is_lo) = FlowKey::of_packet(p);
@@ -225,9 +258,6 @@ impl FlowExtractor {
             None => FlowKey::of_packet(p),
         };
         let hash = self.table.hash(&key);
-        if !self.partition.owns(hash) {
-            return;
-        }
         self.stats.decoded += 1;
         self.table.update(hash, key, sender_is_lo, p, ts);
     }

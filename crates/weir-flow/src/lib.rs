@@ -12,7 +12,7 @@ mod decode;
 mod extract;
 mod table;
 
-pub use decode::{DecodedPacket, Fragment, SkipReason, decode};
+pub use decode::{DecodedPacket, Fragment, SkipReason, address_pair, decode};
 pub use extract::{ExtractStats, FlowExtractor, SkipCounts};
 pub use table::{FinishedFlow, FlowConfig, FlowKey, FlowTable, TableStats, is_service_port};
 

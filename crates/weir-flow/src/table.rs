@@ -294,6 +294,17 @@ impl FinishedFlow {
 
     /// The flow record, oriented initiator → responder, with its Community ID.
     pub fn to_record(&self) -> FlowRecord {
+        let mut record = self.record_without_id();
+        record.community_id = record.compute_community_id();
+        record
+    }
+
+    /// The order of output: [`FlowRecord::sort_key`] of the record, without hashing its Community ID.
+    pub fn sort_key(&self) -> impl Ord + use<> {
+        self.record_without_id().sort_key()
+    }
+
+    fn record_without_id(&self) -> FlowRecord {
         let k = &self.key;
         let e = &self.entry;
         let (i, r) = if e.initiator_is_lo { (0, 1) } else { (1, 0) };
@@ -306,7 +317,7 @@ impl FinishedFlow {
         let icmp = k.proto.is_icmp();
         let icmp_id = (icmp && k.hi_port != ICMP_ONE_WAY && has_identifier(k.proto, e.icmp_type))
             .then_some(k.lo_port);
-        let mut record = FlowRecord {
+        FlowRecord {
             src: k.addr(src),
             src_port: ports.then_some(src_port),
             dst: k.addr(dst),
@@ -331,9 +342,7 @@ impl FinishedFlow {
             end_reason: self.reason,
             community_id: String::new(),
             observed_at: None,
-        };
-        record.community_id = record.compute_community_id();
-        record
+        }
     }
 }
 
@@ -365,15 +374,53 @@ impl TableStats {
     }
 }
 
+/// Timeouts in nanoseconds, copied out of the config for the packet path.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    tcp: i64,
+    tcp_closed: i64,
+    udp: i64,
+    icmp: i64,
+    other: i64,
+    active: Option<i64>,
+}
+
+impl Limits {
+    fn idle(&self, proto: Protocol, entry: &FlowEntry) -> i64 {
+        match proto {
+            Protocol::TCP if entry.closed() => self.tcp_closed,
+            Protocol::TCP => self.tcp,
+            Protocol::UDP => self.udp,
+            Protocol::ICMP | Protocol::ICMPV6 => self.icmp,
+            _ => self.other,
+        }
+    }
+
+    fn idle_reason(&self, proto: Protocol, entry: &FlowEntry) -> EndReason {
+        if proto == Protocol::TCP && entry.closed() {
+            EndReason::TcpClosed
+        } else {
+            EndReason::IdleTimeout
+        }
+    }
+
+    /// How often to sweep: a quarter of the shortest timeout, between 1 and 15 seconds. Exactness does not depend
+    /// on it (see [`FlowTable::update`]); only how soon quiet flows are reported.
+    fn sweep_interval(&self) -> i64 {
+        let shortest = [self.tcp, self.tcp_closed, self.udp, self.icmp, self.other]
+            .into_iter()
+            .chain(self.active)
+            .min()
+            .unwrap_or(SWEEP_MIN);
+        (shortest / 4).clamp(SWEEP_MIN, SWEEP_MAX)
+    }
+}
+
 /// A table of open flows. See the module documentation for the design.
 pub struct FlowTable {
     config: FlowConfig,
-    tcp_idle: i64,
-    tcp_closed_idle: i64,
-    udp_idle: i64,
-    icmp_idle: i64,
-    other_idle: i64,
-    active: Option<i64>,
+    limits: Limits,
+    sweep_interval: i64,
     hasher: foldhash::fast::RandomState,
     flows: HashTable<(FlowKey, FlowEntry)>,
     finished: Vec<FinishedFlow>,
@@ -393,18 +440,23 @@ impl std::fmt::Debug for FlowTable {
     }
 }
 
-const SWEEP_INTERVAL: i64 = 1_000_000_000;
+const SWEEP_MIN: i64 = 1_000_000_000;
+const SWEEP_MAX: i64 = 15_000_000_000;
 
 impl FlowTable {
     /// An empty table. Tables that split one packet stream between them must share `hasher` (clone it).
     pub fn new(config: FlowConfig, hasher: foldhash::fast::RandomState) -> FlowTable {
-        FlowTable {
-            tcp_idle: nanos(config.tcp_idle),
-            tcp_closed_idle: nanos(config.tcp_closed_idle),
-            udp_idle: nanos(config.udp_idle),
-            icmp_idle: nanos(config.icmp_idle),
-            other_idle: nanos(config.other_idle),
+        let limits = Limits {
+            tcp: nanos(config.tcp_idle),
+            tcp_closed: nanos(config.tcp_closed_idle),
+            udp: nanos(config.udp_idle),
+            icmp: nanos(config.icmp_idle),
+            other: nanos(config.other_idle),
             active: config.active_timeout.map(nanos),
+        };
+        FlowTable {
+            limits,
+            sweep_interval: limits.sweep_interval(),
             config,
             hasher,
             flows: HashTable::new(),
@@ -416,10 +468,15 @@ impl FlowTable {
         }
     }
 
-    /// The hash of a key, as the table uses it. Its high 32 bits are free for partitioning between tables.
+    /// The hash of a key, as the table uses it.
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// The seeded hasher of this table.
+    pub fn hasher(&self) -> &foldhash::fast::RandomState {
+        &self.hasher
     }
 
     /// Flows currently open.
@@ -444,62 +501,33 @@ impl FlowTable {
         if now.0 > self.clock {
             self.clock = now.0;
         }
-        // Sweep at most once a second of flow time, and only after enough packets that a full scan costs at
-        // most a few steps per packet, even when timestamps jump on every packet.
+        // Sweep at most once per interval of flow time, and only after enough packets that a full scan costs at
+        // most two steps per packet, even when timestamps jump on every packet.
         if self.clock >= self.next_sweep
-            && self.packets_since_sweep >= (self.flows.len() as u64 / 8).max(1)
+            && self.packets_since_sweep >= (self.flows.len() as u64 / 2).max(1)
         {
             self.sweep();
         }
     }
 
-    fn idle_limit(&self, key: &FlowKey, entry: &FlowEntry) -> i64 {
-        match key.proto {
-            Protocol::TCP if entry.closed() => self.tcp_closed_idle,
-            Protocol::TCP => self.tcp_idle,
-            Protocol::UDP => self.udp_idle,
-            Protocol::ICMP | Protocol::ICMPV6 => self.icmp_idle,
-            _ => self.other_idle,
-        }
-    }
-
     fn sweep(&mut self) {
         self.packets_since_sweep = 0;
-        self.next_sweep = self.clock.saturating_add(SWEEP_INTERVAL);
+        self.next_sweep = self.clock.saturating_add(self.sweep_interval);
         let clock = self.clock;
-        let (tcp_closed, tcp, udp, icmp, other, active) = (
-            self.tcp_closed_idle,
-            self.tcp_idle,
-            self.udp_idle,
-            self.icmp_idle,
-            self.other_idle,
-            self.active,
-        );
+        let limits = self.limits;
         let finished = &mut self.finished;
         self.flows.retain(|(key, entry)| {
-            let limit = match key.proto {
-                Protocol::TCP if entry.closed() => tcp_closed,
-                Protocol::TCP => tcp,
-                Protocol::UDP => udp,
-                Protocol::ICMP | Protocol::ICMPV6 => icmp,
-                _ => other,
-            };
-            if clock.saturating_sub(entry.last) > limit {
+            if clock.saturating_sub(entry.last) > limits.idle(key.proto, entry) {
                 if entry.has_packets() {
-                    let reason = if key.proto == Protocol::TCP && entry.closed() {
-                        EndReason::TcpClosed
-                    } else {
-                        EndReason::IdleTimeout
-                    };
                     finished.push(FinishedFlow {
                         key: *key,
                         entry: *entry,
-                        reason,
+                        reason: limits.idle_reason(key.proto, entry),
                     });
                 }
                 return false;
             }
-            if let Some(active) = active
+            if let Some(active) = limits.active
                 && entry.has_packets()
                 && clock.saturating_sub(entry.first) >= active
             {
@@ -552,7 +580,24 @@ impl FlowTable {
         ts: Timestamp,
     ) {
         let eq = |slot: &(FlowKey, FlowEntry)| slot.0 == key;
+        let limits = self.limits;
         if let Some((_, entry)) = self.flows.find_mut(hash, eq) {
+            // Idleness is judged here, at the packet, so flows split exactly at their timeout however rarely the
+            // sweep runs; the sweep only reclaims memory and reports flows that went quiet.
+            if ts.0.saturating_sub(entry.last) > limits.idle(key.proto, entry)
+                && entry.has_packets()
+            {
+                let reason = limits.idle_reason(key.proto, entry);
+                let old = std::mem::replace(entry, FlowEntry::new(&key, sender_is_lo, p));
+                self.finished.push(FinishedFlow {
+                    key,
+                    entry: old,
+                    reason,
+                });
+                self.stats.created += 1;
+                entry.apply(sender_is_lo, p, ts.0);
+                return;
+            }
             let new_syn = p.proto == Protocol::TCP
                 && p.has_l4
                 && p.tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN
@@ -595,19 +640,23 @@ impl FlowTable {
     /// Closes every open flow (end of capture) and returns all finished flows.
     pub fn finish(mut self) -> (Vec<FinishedFlow>, TableStats) {
         let mut finished = std::mem::take(&mut self.finished);
+        let (clock, limits) = (self.clock, self.limits);
         finished.extend(
             self.flows
                 .drain()
                 .filter(|(_, e)| e.has_packets())
-                .map(|(key, entry)| FinishedFlow {
-                    key,
-                    entry,
-                    // A connection that already closed says so, even if its close timeout had not run out.
-                    reason: if key.proto == Protocol::TCP && entry.closed() {
-                        EndReason::TcpClosed
+                .map(|(key, entry)| {
+                    // The reason must not depend on whether a sweep happened to run before the end: a flow already
+                    // past its idle timeout ended by timing out, and a closed connection says so.
+                    let reason = if clock.saturating_sub(entry.last)
+                        > limits.idle(key.proto, &entry)
+                        || (key.proto == Protocol::TCP && entry.closed())
+                    {
+                        limits.idle_reason(key.proto, &entry)
                     } else {
                         EndReason::EndOfCapture
-                    },
+                    };
+                    FinishedFlow { key, entry, reason }
                 }),
         );
         (finished, self.stats)
@@ -617,7 +666,7 @@ impl FlowTable {
     pub fn idle_timeout(&self, key: &FlowKey) -> Option<Duration> {
         let hash = self.hash(key);
         let (_, entry) = self.flows.find(hash, |slot| slot.0 == *key)?;
-        u64::try_from(self.idle_limit(key, entry))
+        u64::try_from(self.limits.idle(key.proto, entry))
             .ok()
             .map(Duration::from_nanos)
     }

@@ -77,7 +77,9 @@ pub enum Orientation {
 }
 
 /// Why a flow record was closed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum EndReason {
     /// The capture ended while the flow was still active.
@@ -93,6 +95,20 @@ pub enum EndReason {
     TcpReused,
     /// Removed early because the flow table was full (counted as an eviction).
     Evicted,
+}
+
+impl EndReason {
+    /// The name in flow records (`end-of-capture`, `idle-timeout`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::EndOfCapture => "end-of-capture",
+            EndReason::IdleTimeout => "idle-timeout",
+            EndReason::ActiveTimeout => "active-timeout",
+            EndReason::TcpClosed => "tcp-closed",
+            EndReason::TcpReused => "tcp-reused",
+            EndReason::Evicted => "evicted",
+        }
+    }
 }
 
 /// Which way a packet crossed an interface, from the pod's point of view.
@@ -169,7 +185,135 @@ pub struct FlowRecord {
     pub observed_at: Option<ObservationPoint>,
 }
 
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn push_opt(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
+    if let Some(v) = value {
+        push_field(out, name);
+        push_u64(out, v);
+    }
+}
+
 impl FlowRecord {
+    /// Appends the record as one line of JSON, byte for byte what `serde_json` writes, but several times faster:
+    /// bulk output writes millions of records. Records with an observation point go through `serde_json`.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        if self.observed_at.is_some() {
+            if serde_json::to_writer(&mut *out, self).is_ok() {
+                out.push(b'\n');
+            }
+            return;
+        }
+        out.extend_from_slice(b"{\"src\":\"");
+        push_ip(out, self.src);
+        out.push(b'"');
+        push_opt(out, "src_port", self.src_port.map(u64::from));
+        push_field(out, "dst");
+        out.push(b'"');
+        push_ip(out, self.dst);
+        out.push(b'"');
+        push_opt(out, "dst_port", self.dst_port.map(u64::from));
+        push_field(out, "proto");
+        match self.proto.name() {
+            Some(name) => {
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.push(b'"');
+            }
+            None => push_u64(out, u64::from(self.proto.0)),
+        }
+        push_opt(out, "icmp_type", self.icmp_type.map(u64::from));
+        push_opt(out, "icmp_code", self.icmp_code.map(u64::from));
+        push_opt(out, "icmp_id", self.icmp_id.map(u64::from));
+        for (name, v) in [
+            ("packets", self.packets),
+            ("bytes", self.bytes),
+            ("reply_packets", self.reply_packets),
+            ("reply_bytes", self.reply_bytes),
+        ] {
+            push_field(out, name);
+            push_u64(out, v);
+        }
+        for (name, t) in [("start", self.start), ("end", self.end)] {
+            push_field(out, name);
+            out.push(b'"');
+            t.write_rfc3339(out);
+            out.push(b'"');
+        }
+        for (name, flags) in [
+            ("tcp_flags", self.tcp_flags),
+            ("reply_tcp_flags", self.reply_tcp_flags),
+        ] {
+            push_field(out, name);
+            out.push(b'"');
+            for (bit, letter) in FLAG_LETTERS.iter().enumerate() {
+                if flags.0 & (1 << bit) != 0 {
+                    out.push(*letter);
+                }
+            }
+            out.push(b'"');
+        }
+        push_field(out, "orientation");
+        out.extend_from_slice(match self.orientation {
+            Orientation::Observed => b"\"observed\"".as_slice(),
+            Orientation::Inferred => b"\"inferred\"".as_slice(),
+        });
+        push_field(out, "end_reason");
+        out.push(b'"');
+        out.extend_from_slice(self.end_reason.name().as_bytes());
+        out.push(b'"');
+        push_field(out, "community_id");
+        // Community IDs are base64 with a version prefix: nothing to escape. Anything else goes through serde.
+        if self
+            .community_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+/=:".contains(&b))
+        {
+            out.push(b'"');
+            out.extend_from_slice(self.community_id.as_bytes());
+            out.push(b'"');
+        } else if serde_json::to_writer(&mut *out, &self.community_id).is_err() {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
     /// The Community ID of this record's tuple.
     pub fn compute_community_id(&self) -> String {
         let (a, b) = match (self.icmp_type, self.icmp_code) {
@@ -246,5 +390,46 @@ mod tests {
         assert!(json.starts_with(r#"{"src":"10.244.1.5","src_port":43512,"dst":"10.96.0.10","dst_port":53,"proto":"UDP","packets":1,"bytes":74,"reply_packets":1,"reply_bytes":120,"start":"2026-11-22T10:20:00.123456Z""#), "{json}");
         let back: FlowRecord = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn fast_json_writer_is_byte_identical_to_serde() {
+        let base: FlowRecord = serde_json::from_str(r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":47,"packets":0,"bytes":0,"reply_packets":0,"reply_bytes":0,"start":"1970-01-01T00:00:00Z","end":"2262-04-11T23:47:16.854775807Z","tcp_flags":"","orientation":"inferred","community_id":"1:x"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut variants = vec![base.clone()];
+        let mut v = base.clone();
+        v.src = "fd00::1".parse().unwrap_or(v.src);
+        v.dst = "::ffff:10.0.0.2".parse().unwrap_or(v.dst);
+        v.proto = Protocol::ICMPV6;
+        (v.icmp_type, v.icmp_code, v.icmp_id) = (Some(128), Some(0), Some(65535));
+        v.packets = u64::MAX;
+        v.tcp_flags = TcpFlags(0xff);
+        v.end_reason = EndReason::TcpReused;
+        variants.push(v);
+        let mut v = base.clone();
+        (v.src_port, v.dst_port, v.proto) = (Some(0), Some(65535), Protocol::TCP);
+        v.community_id = "weird \"quoted\"\n".into();
+        v.start = Timestamp(-5);
+        variants.push(v);
+        for reason in [
+            EndReason::IdleTimeout,
+            EndReason::ActiveTimeout,
+            EndReason::TcpClosed,
+            EndReason::Evicted,
+        ] {
+            let mut v = base.clone();
+            v.end_reason = reason;
+            variants.push(v);
+        }
+        for r in variants {
+            let mut fast = Vec::new();
+            r.write_json_line(&mut fast);
+            let mut slow = serde_json::to_vec(&r).unwrap_or_default();
+            slow.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&slow)
+            );
+        }
     }
 }

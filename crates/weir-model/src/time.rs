@@ -76,24 +76,54 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Appends `n` as exactly `width` decimal digits (the value is below 10^width).
+fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+impl Timestamp {
+    /// Appends the RFC 3339 form (as [`fmt::Display`] prints it) to `out`, without going through `fmt`: flow
+    /// output prints two timestamps per record, millions of times.
+    pub fn write_rfc3339(self, out: &mut Vec<u8>) {
+        let secs = self.0.div_euclid(NANOS_PER_SEC);
+        let nanos = self.0.rem_euclid(NANOS_PER_SEC) as u64;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let sod = secs.rem_euclid(86_400) as u64;
+        if (0..=9999).contains(&year) {
+            push_digits(out, year as u64, 4);
+        } else {
+            out.extend_from_slice(year.to_string().as_bytes());
+        }
+        out.push(b'-');
+        push_digits(out, u64::from(month), 2);
+        out.push(b'-');
+        push_digits(out, u64::from(day), 2);
+        out.push(b'T');
+        push_digits(out, sod / 3600, 2);
+        out.push(b':');
+        push_digits(out, sod / 60 % 60, 2);
+        out.push(b':');
+        push_digits(out, sod % 60, 2);
+        out.push(b'.');
+        if nanos % 1000 == 0 {
+            push_digits(out, nanos / 1000, 6);
+        } else {
+            push_digits(out, nanos, 9);
+        }
+        out.push(b'Z');
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(NANOS_PER_SEC);
-        let nanos = self.0.rem_euclid(NANOS_PER_SEC);
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        let sod = secs.rem_euclid(86_400);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60
-        )?;
-        if nanos % 1000 == 0 {
-            write!(f, ".{:06}Z", nanos / 1000)
-        } else {
-            write!(f, ".{nanos:09}Z")
-        }
+        let mut buf = Vec::with_capacity(32);
+        self.write_rfc3339(&mut buf);
+        f.write_str(&String::from_utf8_lossy(&buf))
     }
 }
 
@@ -187,6 +217,14 @@ mod tests {
         assert_eq!(Timestamp::parse(&t.to_string()), Ok(t));
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000Z");
         assert_eq!(Timestamp(-1_000).to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            Timestamp(i64::MAX).to_string(),
+            "2262-04-11T23:47:16.854775807Z"
+        );
+        assert_eq!(
+            Timestamp(i64::MIN).to_string(),
+            "1677-09-21T00:12:43.145224192Z"
+        );
     }
 
     #[test]

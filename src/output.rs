@@ -163,7 +163,7 @@ pub fn write_table<W: Write>(mut w: W, records: &[FlowRecord]) -> io::Result<()>
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths = header.map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());

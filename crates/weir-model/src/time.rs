@@ -110,7 +110,7 @@ impl Timestamp {
         out.push(b':');
         push_digits(out, sod % 60, 2);
         out.push(b'.');
-        if nanos % 1000 == 0 {
+        if nanos.is_multiple_of(1000) {
             push_digits(out, nanos / 1000, 6);
         } else {
             push_digits(out, nanos, 9);

@@ -583,32 +583,24 @@ impl FlowTable {
         let limits = self.limits;
         if let Some((_, entry)) = self.flows.find_mut(hash, eq) {
             // Idleness is judged here, at the packet, so flows split exactly at their timeout however rarely the
-            // sweep runs; the sweep only reclaims memory and reports flows that went quiet.
-            if ts.0.saturating_sub(entry.last) > limits.idle(key.proto, entry)
-                && entry.has_packets()
-            {
-                let reason = limits.idle_reason(key.proto, entry);
-                let old = std::mem::replace(entry, FlowEntry::new(&key, sender_is_lo, p));
-                self.finished.push(FinishedFlow {
-                    key,
-                    entry: old,
-                    reason,
-                });
-                self.stats.created += 1;
-                entry.apply(sender_is_lo, p, ts.0);
-                return;
-            }
+            // sweep runs; the sweep only reclaims memory and reports flows that went quiet. A fresh SYN on these
+            // ports (not a retransmission) also ends the old connection.
+            let idle = ts.0.saturating_sub(entry.last) > limits.idle(key.proto, entry)
+                && entry.has_packets();
             let new_syn = p.proto == Protocol::TCP
                 && p.has_l4
                 && p.tcp_flags & (TcpFlags::SYN | TcpFlags::ACK) == TcpFlags::SYN
                 && !(entry.syn_only && sender_is_lo == entry.initiator_is_lo);
-            if new_syn {
-                // A fresh SYN on these ports: the old connection is over and a new one begins.
-                let reason = if entry.closed() {
-                    EndReason::TcpClosed
-                } else {
-                    EndReason::TcpReused
-                };
+            let restart = if idle {
+                Some(limits.idle_reason(key.proto, entry))
+            } else if new_syn && entry.closed() {
+                Some(EndReason::TcpClosed)
+            } else if new_syn {
+                Some(EndReason::TcpReused)
+            } else {
+                None
+            };
+            if let Some(reason) = restart {
                 let old = std::mem::replace(entry, FlowEntry::new(&key, sender_is_lo, p));
                 self.finished.push(FinishedFlow {
                     key,

@@ -13,7 +13,7 @@ use weir_model::FlowRecord;
 
 use crate::duration::{apply_idle_timeouts, parse_duration};
 use crate::output::{FlowFormat, human, write_csv, write_table};
-use crate::pipeline::{extract_file, open, write_parallel};
+use crate::pipeline::{extract_file, write_parallel};
 
 #[derive(Args)]
 pub struct FlowsArgs {
@@ -80,7 +80,7 @@ pub fn run(args: FlowsArgs) -> Result<ExitCode> {
     let mut finished = Vec::new();
     let mut failed = false;
     for path in &args.captures {
-        let mut source = match open(path) {
+        let mut source = match weir_capture::FileSource::open(path) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("weir: error: {e}");

@@ -4,7 +4,6 @@
 //! worker; each worker decodes every packet but keeps only the flows in its hash share, so flow tables are never
 //! shared and the packet path takes no lock. Batches are recycled once every worker has dropped them.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -168,9 +167,4 @@ fn extract_parallel(
         stats.merge(&s);
     }
     Ok((flows, stats, error))
-}
-
-/// Opens a capture, naming the file in the error.
-pub fn open(path: &Path) -> Result<FileSource, CaptureError> {
-    FileSource::open(path)
 }

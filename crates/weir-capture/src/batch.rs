@@ -66,21 +66,6 @@ impl Batch {
         self.packets.is_empty()
     }
 
-    /// The packet at `index`, if any.
-    pub fn get(&self, index: usize) -> Option<Packet<'_>> {
-        let meta = self.packets.get(index)?;
-        let data = self
-            .buf
-            .get(meta.offset..meta.offset + meta.caplen as usize)?;
-        Some(Packet {
-            timestamp: meta.ts,
-            link: meta.link,
-            data,
-            orig_len: meta.orig_len,
-            interface: meta.interface,
-        })
-    }
-
     /// The packets in capture order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Packet<'_>> + '_ {
         let buf = &self.buf[..self.filled];
@@ -94,10 +79,5 @@ impl Batch {
             orig_len: meta.orig_len,
             interface: meta.interface,
         })
-    }
-
-    /// Bytes of capture data described by this batch.
-    pub fn byte_len(&self) -> usize {
-        self.filled
     }
 }

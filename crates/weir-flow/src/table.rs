@@ -653,15 +653,6 @@ impl FlowTable {
         );
         (finished, self.stats)
     }
-
-    /// The idle timeout that applies to a flow now (for diagnostics and tests).
-    pub fn idle_timeout(&self, key: &FlowKey) -> Option<Duration> {
-        let hash = self.hash(key);
-        let (_, entry) = self.flows.find(hash, |slot| slot.0 == *key)?;
-        u64::try_from(self.limits.idle(key.proto, entry))
-            .ok()
-            .map(Duration::from_nanos)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,417 @@
+//! The cluster as weir sees it: plain records distilled from the API objects, and the indexes built over them.
+//!
+//! Records keep only what attribution and policy evaluation read, so the state of a 5,000-pod cluster is a few
+//! megabytes and every lookup is a hash probe. NetworkPolicies stay as their k8s-openapi objects because the
+//! policy engine compiles them itself and its explanations quote them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use weir_model::Protocol;
+
+/// Labels of an object, sorted by key.
+pub type Labels = BTreeMap<String, String>;
+
+/// The index of a pod in [`ClusterState::pods`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodId(pub u32);
+
+/// The index of a node in [`ClusterState::nodes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+/// The index of a Service in [`ClusterState::services`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// A namespace and its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// Name.
+    pub name: String,
+    /// Labels, always including `kubernetes.io/metadata.name` (the API server sets it on every namespace).
+    pub labels: Labels,
+    /// True when the snapshot held pods or policies in this namespace but not the Namespace itself.
+    pub inferred: bool,
+}
+
+/// A node and the addresses its host-network traffic comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// `status.addresses` of type InternalIP and ExternalIP.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A port a container declares (`spec.containers[].ports[]`), which named policy and Service ports resolve to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContainerPort {
+    /// The port's name, if it has one.
+    pub name: Option<String>,
+    /// The port number.
+    pub port: u16,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
+}
+
+/// The kind of a workload that owns pods.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    /// apps/v1 Deployment (through its ReplicaSet).
+    Deployment,
+    /// apps/v1 ReplicaSet without a Deployment.
+    ReplicaSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job without a CronJob.
+    Job,
+    /// batch/v1 CronJob (through its Job).
+    CronJob,
+    /// A pod no controller owns.
+    Pod,
+    /// Any other controller kind (a custom resource, for example).
+    Other(String),
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::Pod => "Pod",
+            WorkloadKind::Other(kind) => kind,
+        })
+    }
+}
+
+/// The workload a pod belongs to, found by following controller ownerReferences upwards.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// What kind of controller it is.
+    pub kind: WorkloadKind,
+    /// Namespace (the pod's).
+    pub namespace: String,
+    /// Name of the controller (or of the pod, for a bare pod).
+    pub name: String,
+    /// True when a link of the chain was not in the snapshot and was inferred (a ReplicaSet's Deployment
+    /// from the `pod-template-hash` naming convention).
+    pub inferred: bool,
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// `status.podIPs` (or `status.podIP`); for a hostNetwork pod these are its node's addresses.
+    pub ips: Vec<IpAddr>,
+    /// `spec.nodeName`, resolved when the Node is in the snapshot.
+    pub node_name: Option<String>,
+    /// The node it runs on, when that Node is in the snapshot.
+    pub node: Option<NodeId>,
+    /// `spec.hostNetwork`: the pod shares its node's network namespace and NetworkPolicy does not apply to it.
+    pub host_network: bool,
+    /// `status.phase` (Pending, Running, Succeeded, Failed, Unknown), empty when absent.
+    pub phase: String,
+    /// Ports declared by its containers (and restartable init containers, i.e. sidecars).
+    pub ports: Vec<ContainerPort>,
+    /// The workload that owns it.
+    pub workload: Workload,
+}
+
+impl Pod {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// True when the pod has finished (Succeeded or Failed) and no longer holds its IP.
+    pub fn is_terminated(&self) -> bool {
+        self.phase == "Succeeded" || self.phase == "Failed"
+    }
+
+    /// The port number a container port name stands for under a protocol, if a container declares it.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+}
+
+/// Where a Service port sends traffic on its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// A container port name, resolved per backend pod.
+    Name(String),
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port's name (empty for a Service's single unnamed port).
+    pub name: String,
+    /// The port clients connect to on the ClusterIP.
+    pub port: u16,
+    /// TCP, UDP or SCTP.
+    pub protocol: Protocol,
+    /// `targetPort` (defaults to `port`).
+    pub target: TargetPort,
+}
+
+/// One address of an EndpointSlice, with the port numbers the slice gives each named Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The endpoint's address.
+    pub ip: IpAddr,
+    /// The pod behind it (`targetRef`), when that pod is in the snapshot.
+    pub pod: Option<PodId>,
+    /// `conditions.ready` (absent counts as ready, as the API defines).
+    pub ready: bool,
+    /// Slice port name → (port, protocol), as the slice that listed this endpoint gives them.
+    pub ports: Vec<(String, u16, Protocol)>,
+}
+
+/// A Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.clusterIPs` (empty for headless and ExternalName Services).
+    pub cluster_ips: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`, if any.
+    pub selector: Option<Labels>,
+    /// Backends from the Service's EndpointSlices.
+    pub backends: Vec<Backend>,
+    /// True when at least one EndpointSlice for it was in the snapshot.
+    pub has_endpoint_slices: bool,
+}
+
+impl Service {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A backend a Service port resolves to: the pod (if known), its address and the port traffic arrives on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedBackend {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// The pod behind it, when known.
+    pub pod: Option<PodId>,
+    /// The port after DNAT.
+    pub port: u16,
+    /// Whether the endpoint is ready.
+    pub ready: bool,
+}
+
+/// A NetworkPolicy with the file it came from (so later errors can name it).
+#[derive(Clone, Debug)]
+pub struct PolicyObject {
+    /// The object as the API server returned it.
+    pub policy: NetworkPolicy,
+    /// The file it was read from.
+    pub source: Arc<str>,
+}
+
+impl PolicyObject {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.policy.metadata.namespace.as_deref().unwrap_or(""),
+            self.policy.metadata.name.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// Who an address belongs to in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IpOwner {
+    /// A pod with its own network namespace.
+    Pod(PodId),
+    /// A node (hostNetwork pods on it share the address).
+    Node(NodeId),
+    /// A Service ClusterIP.
+    Service(ServiceId),
+}
+
+/// The whole cluster: objects sorted by namespace and name, and lookups by address.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub(crate) namespaces: Vec<Namespace>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) pods: Vec<Pod>,
+    pub(crate) services: Vec<Service>,
+    pub(crate) policies: Vec<PolicyObject>,
+    pub(crate) by_ip: HashMap<IpAddr, IpOwner>,
+    pub(crate) namespace_index: HashMap<String, usize>,
+    pub(crate) pod_index: HashMap<(String, String), PodId>,
+    pub(crate) service_index: HashMap<(String, String), ServiceId>,
+    pub(crate) host_network_pods: HashMap<NodeId, Vec<PodId>>,
+    pub(crate) ip_conflicts: u64,
+}
+
+impl ClusterState {
+    /// Namespaces, sorted by name.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    /// A namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespace_index.get(name).map(|&i| &self.namespaces[i])
+    }
+
+    /// Nodes, sorted by name.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+
+    /// Pods, sorted by namespace and name.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// A pod by id.
+    pub fn pod(&self, id: PodId) -> &Pod {
+        &self.pods[id.0 as usize]
+    }
+
+    /// A pod by namespace and name.
+    pub fn find_pod(&self, namespace: &str, name: &str) -> Option<PodId> {
+        self.pod_index
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// Services, sorted by namespace and name.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// A Service by id.
+    pub fn service(&self, id: ServiceId) -> &Service {
+        &self.services[id.0 as usize]
+    }
+
+    /// A Service by namespace and name.
+    pub fn find_service(&self, namespace: &str, name: &str) -> Option<ServiceId> {
+        self.service_index
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+    }
+
+    /// NetworkPolicies, sorted by namespace and name.
+    pub fn policies(&self) -> &[PolicyObject] {
+        &self.policies
+    }
+
+    /// Who owns an address: a pod, a node (and its hostNetwork pods) or a Service ClusterIP.
+    pub fn owner_of(&self, ip: IpAddr) -> Option<IpOwner> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    /// The hostNetwork pods running on a node.
+    pub fn host_network_pods(&self, node: NodeId) -> &[PodId] {
+        self.host_network_pods
+            .get(&node)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// How many addresses were claimed by two live pods (the later one in name order won).
+    pub fn ip_conflicts(&self) -> u64 {
+        self.ip_conflicts
+    }
+
+    /// The backends a Service port (by number and protocol) sends traffic to, with the port each receives it
+    /// on. EndpointSlices decide when the snapshot has them; otherwise the selector and `targetPort` are
+    /// resolved against the pods, as the EndpointSlice controller would.
+    pub fn resolve_service(
+        &self,
+        id: ServiceId,
+        port: u16,
+        protocol: Protocol,
+    ) -> Option<(&ServicePort, Vec<ResolvedBackend>)> {
+        let service = self.service(id);
+        let service_port = service
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)?;
+        let mut backends = Vec::new();
+        if service.has_endpoint_slices {
+            for backend in &service.backends {
+                let slice_port = backend
+                    .ports
+                    .iter()
+                    .find(|(name, _, proto)| *name == service_port.name && *proto == protocol);
+                if let Some(&(_, number, _)) = slice_port {
+                    backends.push(ResolvedBackend {
+                        ip: backend.ip,
+                        pod: backend.pod,
+                        port: number,
+                        ready: backend.ready,
+                    });
+                }
+            }
+        } else if let Some(selector) = &service.selector {
+            for (index, pod) in self.pods.iter().enumerate() {
+                if pod.namespace != service.namespace
+                    || pod.is_terminated()
+                    || !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+                {
+                    continue;
+                }
+                let number = match &service_port.target {
+                    TargetPort::Number(n) => Some(*n),
+                    TargetPort::Name(name) => pod.named_port(name, protocol),
+                };
+                if let (Some(number), Some(&ip)) = (number, pod.ips.first()) {
+                    backends.push(ResolvedBackend {
+                        ip,
+                        pod: Some(PodId(index as u32)),
+                        port: number,
+                        ready: pod.phase == "Running",
+                    });
+                }
+            }
+        }
+        Some((service_port, backends))
+    }
+}

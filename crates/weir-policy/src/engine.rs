@@ -1,0 +1,884 @@
+//! The verdict engine.
+//!
+//! A verdict depends on an endpoint only through a few facts: which policies select it for ingress and for
+//! egress, which policy peers match it (selector peers by its namespace and labels, ipBlock peers by its
+//! address), and which container ports it names. [`PolicySet::new`] computes those facts once per pod address
+//! and interns equal sets as one *identity*; the replicas of a Deployment usually share one. A verdict is then a
+//! pure function of (source identity, destination identity, port, protocol), which [`VerdictCache`] memoizes,
+//! so judging a flow on a warm cache is two address lookups and one hash probe. Two facts are not part of an
+//! identity and are applied after the cache: a pod may always reach itself, and a pod and its own node may
+//! always reach each other (both per the Kubernetes documentation).
+//!
+//! The set is immutable and `Sync`; each worker keeps its own cache.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
+use weir_cluster::{ClusterState, ContainerPort, IpOwner, NodeId, PodId};
+use weir_model::Protocol;
+
+use crate::compile::{
+    self, CompiledPolicy, Direction, Peer, PolicyError, PortMatch, PortSpec, Rule,
+};
+
+type Map<K, V> = HashMap<K, V, FixedState>;
+
+/// What an address is, for policy purposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A pod with its own network namespace: subject to NetworkPolicy.
+    Pod(PodId),
+    /// A node, or a hostNetwork pod on it (they share its address): not subject to NetworkPolicy, and only
+    /// ipBlock peers match it.
+    Node(NodeId),
+    /// Anything else: outside the cluster, or not in the snapshot.
+    External,
+}
+
+/// A reference to one rule of a policy, with the peer and port entries that matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    /// Index into [`PolicySet::policies`].
+    pub policy: u32,
+    /// Index into the policy's ingress or egress rules.
+    pub rule: u16,
+    peer: u16,
+    port: u16,
+}
+
+const ALL: u16 = u16::MAX;
+
+impl RuleRef {
+    /// The index of the matching entry of the rule's `from`/`to`, or `None` when the rule has no peers
+    /// (it matches every peer).
+    pub fn peer(&self) -> Option<u16> {
+        (self.peer != ALL).then_some(self.peer)
+    }
+
+    /// The index of the matching entry of the rule's `ports`, or `None` when the rule lists no ports.
+    pub fn port(&self) -> Option<u16> {
+        (self.port != ALL).then_some(self.port)
+    }
+}
+
+/// How one direction (the source's egress or the destination's ingress) judged a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// That end is not a pod subject to NetworkPolicy (external, a node, a hostNetwork pod).
+    NotApplicable,
+    /// No policy selecting the pod has this policy type: everything is allowed.
+    NotIsolated,
+    /// Isolated, and this rule (the first in policy order) allows the connection.
+    AllowedBy(RuleRef),
+    /// Isolated and no rule allows it, but a pod and its own node can always reach each other.
+    OwnNode,
+    /// Isolated and no rule allows it, but a pod can always reach itself.
+    SamePod,
+    /// Isolated, and no rule of any policy selecting the pod allows the connection.
+    Denied,
+}
+
+impl Decision {
+    /// Whether this direction lets the connection through.
+    pub fn allowed(self) -> bool {
+        self != Decision::Denied
+    }
+}
+
+/// The verdict on a connection: both the source's egress and the destination's ingress must allow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Verdict {
+    /// The source pod's egress.
+    pub egress: Decision,
+    /// The destination pod's ingress.
+    pub ingress: Decision,
+}
+
+impl Verdict {
+    /// Whether the connection is allowed.
+    pub fn allowed(&self) -> bool {
+        self.egress.allowed() && self.ingress.allowed()
+    }
+}
+
+/// An endpoint and the address it uses (a pod without an address has none; ipBlocks then cannot match it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Address {
+    /// What it is.
+    pub endpoint: Endpoint,
+    /// Its address.
+    pub ip: Option<IpAddr>,
+}
+
+/// The facts a verdict depends on; equal facts give equal verdicts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Identity {
+    /// Subject to NetworkPolicy (a pod with its own network namespace).
+    subject: bool,
+    /// Policies selecting it that isolate ingress, in policy order.
+    ingress: Vec<u32>,
+    /// Policies selecting it that isolate egress, in policy order.
+    egress: Vec<u32>,
+    /// Peers matching it, sorted.
+    peers: Vec<u32>,
+    /// Its container ports, for named ports.
+    ports: Vec<ContainerPort>,
+}
+
+/// All NetworkPolicies of a cluster, compiled, with each pod's identity precomputed.
+#[derive(Debug)]
+pub struct PolicySet {
+    id: u64,
+    cluster: Arc<ClusterState>,
+    policies: Vec<CompiledPolicy>,
+    peers: Vec<Peer>,
+    ip_block_peers: Vec<u32>,
+    identities: Vec<Identity>,
+    identity_index: Map<Identity, u32>,
+    /// Identity of each node address.
+    by_ip: Map<IpAddr, u32>,
+    /// Identity of each pod at each of its addresses (in `Pod::ips` order; one entry for a pod without any).
+    pod_identities: Vec<Vec<u32>>,
+}
+
+static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Memoized verdicts (and identities of addresses outside the cluster) for one worker.
+#[derive(Debug, Default)]
+pub struct VerdictCache {
+    set: u64,
+    verdicts: Map<CacheKey, Verdict>,
+    external_ips: Map<IpAddr, u32>,
+    external: Vec<Identity>,
+    external_index: Map<Vec<u32>, u32>,
+    stats: CacheStats,
+}
+
+/// How a [`VerdictCache`] has done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Verdicts answered from the cache.
+    pub hits: u64,
+    /// Verdicts computed.
+    pub misses: u64,
+    /// Times the cache reached its bound and was emptied.
+    pub resets: u64,
+}
+
+/// The cache empties itself past this many verdicts (about 40 MB), so memory stays bounded whatever the
+/// traffic; a reset only costs recomputation.
+const MAX_CACHED_VERDICTS: usize = 1 << 20;
+const MAX_CACHED_EXTERNAL: usize = 1 << 18;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    src: u32,
+    dst: u32,
+    /// The port, or `u32::MAX` for traffic without one.
+    port: u32,
+    protocol: u8,
+}
+
+impl VerdictCache {
+    /// An empty cache.
+    pub fn new() -> VerdictCache {
+        VerdictCache::default()
+    }
+
+    /// Hits, misses and resets so far.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    fn bind(&mut self, set: &PolicySet) {
+        if self.set != set.id {
+            *self = VerdictCache {
+                set: set.id,
+                stats: self.stats,
+                ..VerdictCache::default()
+            };
+        }
+    }
+}
+
+impl PolicySet {
+    /// Compiles every NetworkPolicy of the cluster and computes each pod's identity.
+    pub fn new(cluster: Arc<ClusterState>) -> Result<PolicySet, PolicyError> {
+        let mut peers = Vec::new();
+        let policies = cluster
+            .policies()
+            .iter()
+            .map(|p| compile::compile(p, &mut peers))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ip_block_peers = peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p, Peer::IpBlock { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let mut set = PolicySet {
+            id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+            cluster,
+            policies,
+            peers,
+            ip_block_peers,
+            identities: Vec::new(),
+            identity_index: Map::default(),
+            by_ip: Map::default(),
+            pod_identities: Vec::new(),
+        };
+        set.compute_identities();
+        Ok(set)
+    }
+
+    fn intern(&mut self, identity: Identity) -> u32 {
+        if let Some(&id) = self.identity_index.get(&identity) {
+            return id;
+        }
+        let id = self.identities.len() as u32;
+        self.identities.push(identity.clone());
+        self.identity_index.insert(identity, id);
+        id
+    }
+
+    fn ip_block_matches(&self, ip: Option<IpAddr>) -> Vec<u32> {
+        let Some(ip) = ip else { return Vec::new() };
+        self.ip_block_peers
+            .iter()
+            .copied()
+            .filter(|&id| self.peers[id as usize].ip_block_contains(ip))
+            .collect()
+    }
+
+    fn compute_identities(&mut self) {
+        let cluster = self.cluster.clone();
+        let namespaces = cluster.namespaces();
+        // Which namespaces each selector peer looks in, computed once per peer.
+        let ns_index = |name: &str| namespaces.iter().position(|n| n.name == name);
+        let peer_namespaces: Vec<Vec<bool>> = self
+            .peers
+            .iter()
+            .map(|peer| match peer {
+                Peer::Pods {
+                    namespaces: scope, ..
+                } => namespaces
+                    .iter()
+                    .map(|ns| match scope {
+                        compile::NamespaceScope::Own(own) => *own == ns.name,
+                        compile::NamespaceScope::Matching(s) => s.matches(&ns.labels),
+                    })
+                    .collect(),
+                Peer::IpBlock { .. } => Vec::new(),
+            })
+            .collect();
+        // Pods with the same namespace and labels match the same selectors: evaluate each group once.
+        let mut groups: std::collections::HashMap<(&str, &weir_cluster::Labels), GroupFacts> =
+            std::collections::HashMap::new();
+        let mut pod_identities = Vec::with_capacity(cluster.pods().len());
+        for pod in cluster.pods() {
+            let ips: Vec<Option<IpAddr>> = if pod.ips.is_empty() {
+                vec![None]
+            } else {
+                pod.ips.iter().copied().map(Some).collect()
+            };
+            let mut per_ip = Vec::with_capacity(ips.len());
+            for ip in ips {
+                let identity = if pod.host_network {
+                    self.address_identity(ip)
+                } else {
+                    let (ingress, egress, selector_peers) = groups
+                        .entry((pod.namespace.as_str(), &pod.labels))
+                        .or_insert_with(|| {
+                            let ns = ns_index(&pod.namespace);
+                            let mut ingress = Vec::new();
+                            let mut egress = Vec::new();
+                            for (i, policy) in self.policies.iter().enumerate() {
+                                if policy.namespace == pod.namespace
+                                    && policy.selector.matches(&pod.labels)
+                                {
+                                    if policy.isolates_ingress {
+                                        ingress.push(i as u32);
+                                    }
+                                    if policy.isolates_egress {
+                                        egress.push(i as u32);
+                                    }
+                                }
+                            }
+                            let selector_peers = self
+                                .peers
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, peer)| match peer {
+                                    Peer::Pods { pods, .. } => {
+                                        ns.is_some_and(|ns| peer_namespaces[*i][ns])
+                                            && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+                                    }
+                                    Peer::IpBlock { .. } => false,
+                                })
+                                .map(|(i, _)| i as u32)
+                                .collect();
+                            (ingress, egress, selector_peers)
+                        })
+                        .clone();
+                    let mut peers = selector_peers;
+                    peers.extend(self.ip_block_matches(ip));
+                    peers.sort_unstable();
+                    let mut ports = pod.ports.clone();
+                    ports.sort();
+                    ports.dedup();
+                    Identity {
+                        subject: true,
+                        ingress,
+                        egress,
+                        peers,
+                        ports,
+                    }
+                };
+                per_ip.push(self.intern(identity));
+            }
+            pod_identities.push(per_ip);
+        }
+        for node in cluster.nodes() {
+            for &ip in &node.addresses {
+                let id = self.intern(self.address_identity(Some(ip)));
+                self.by_ip.insert(ip, id);
+            }
+        }
+        self.pod_identities = pod_identities;
+    }
+
+    fn address_identity(&self, ip: Option<IpAddr>) -> Identity {
+        Identity {
+            subject: false,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+            peers: self.ip_block_matches(ip),
+            ports: Vec::new(),
+        }
+    }
+
+    /// The cluster the set was built from.
+    pub fn cluster(&self) -> &ClusterState {
+        &self.cluster
+    }
+
+    /// The compiled policies, in the cluster's order (namespace, name).
+    pub fn policies(&self) -> &[CompiledPolicy] {
+        &self.policies
+    }
+
+    /// A peer by its global id (see [`Rule::peers`]).
+    pub fn peer(&self, id: u32) -> &Peer {
+        &self.peers[id as usize]
+    }
+
+    /// How many distinct identities the cluster's pods and nodes have.
+    pub fn identity_count(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// What an address is: a pod, a node (or hostNetwork pod), or external. Service ClusterIPs are external
+    /// here: resolve them to backends first, as the node's DNAT does before policy applies.
+    pub fn address_of_ip(&self, ip: IpAddr) -> Address {
+        let endpoint = match self.cluster.owner_of(ip) {
+            Some(IpOwner::Pod(pod)) => Endpoint::Pod(pod),
+            Some(IpOwner::Node(node)) => Endpoint::Node(node),
+            Some(IpOwner::Service(_)) | None => Endpoint::External,
+        };
+        Address {
+            endpoint,
+            ip: Some(ip),
+        }
+    }
+
+    /// A pod at its primary address; a hostNetwork pod is its node.
+    pub fn address_of_pod(&self, pod: PodId) -> Address {
+        let record = self.cluster.pod(pod);
+        let ip = record.ips.first().copied();
+        let endpoint = match (record.host_network, record.node) {
+            (true, Some(node)) => Endpoint::Node(node),
+            (true, None) => Endpoint::External,
+            (false, _) => Endpoint::Pod(pod),
+        };
+        Address { endpoint, ip }
+    }
+
+    fn identity_of(&self, cache: &mut VerdictCache, address: &Address) -> u32 {
+        if let Endpoint::Pod(pod) = address.endpoint {
+            let ids = &self.pod_identities[pod.0 as usize];
+            let at = address
+                .ip
+                .and_then(|ip| self.cluster.pod(pod).ips.iter().position(|&p| p == ip))
+                .unwrap_or(0);
+            return ids.get(at).or(ids.first()).copied().unwrap_or(0);
+        }
+        if let Some(&id) = address.ip.and_then(|ip| self.by_ip.get(&ip)) {
+            return id;
+        }
+        let Some(ip) = address.ip else {
+            return self.identities.len() as u32 + self.external_identity(cache, Vec::new());
+        };
+        if let Some(&id) = cache.external_ips.get(&ip) {
+            return id;
+        }
+        if cache.external_ips.len() >= MAX_CACHED_EXTERNAL {
+            cache.external_ips.clear();
+        }
+        let id = self.identities.len() as u32
+            + self.external_identity(cache, self.ip_block_matches(Some(ip)));
+        cache.external_ips.insert(ip, id);
+        id
+    }
+
+    fn external_identity(&self, cache: &mut VerdictCache, peers: Vec<u32>) -> u32 {
+        if let Some(&id) = cache.external_index.get(&peers) {
+            return id;
+        }
+        let id = cache.external.len() as u32;
+        cache.external.push(self.address_identity(None));
+        if let Some(last) = cache.external.last_mut() {
+            last.peers = peers.clone();
+        }
+        cache.external_index.insert(peers, id);
+        id
+    }
+
+    fn identity<'a>(&'a self, cache: &'a VerdictCache, id: u32) -> &'a Identity {
+        let local = self.identities.len();
+        match (id as usize).checked_sub(local) {
+            None => &self.identities[id as usize],
+            Some(external) => &cache.external[external],
+        }
+    }
+
+    /// Judges a connection between two addresses to `port` (None for traffic without ports, such as ICMP).
+    pub fn judge(
+        &self,
+        cache: &mut VerdictCache,
+        src: IpAddr,
+        dst: IpAddr,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Verdict {
+        self.judge_addresses(
+            cache,
+            &self.address_of_ip(src),
+            &self.address_of_ip(dst),
+            port,
+            protocol,
+        )
+    }
+
+    /// Judges a connection between two resolved addresses.
+    pub fn judge_addresses(
+        &self,
+        cache: &mut VerdictCache,
+        src: &Address,
+        dst: &Address,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Verdict {
+        cache.bind(self);
+        let key = CacheKey {
+            src: self.identity_of(cache, src),
+            dst: self.identity_of(cache, dst),
+            port: port.map_or(u32::MAX, u32::from),
+            protocol: protocol.0,
+        };
+        let verdict = match cache.verdicts.get(&key) {
+            Some(v) => {
+                cache.stats.hits += 1;
+                *v
+            }
+            None => {
+                cache.stats.misses += 1;
+                let v = self.evaluate(
+                    self.identity(cache, key.src),
+                    self.identity(cache, key.dst),
+                    port,
+                    protocol,
+                );
+                if cache.verdicts.len() >= MAX_CACHED_VERDICTS {
+                    cache.verdicts.clear();
+                    cache.stats.resets += 1;
+                }
+                cache.verdicts.insert(key, v);
+                v
+            }
+        };
+        self.exceptions(src, dst, verdict)
+    }
+
+    /// The two connections no policy can block: a pod to itself, and a pod and its own node.
+    fn exceptions(&self, src: &Address, dst: &Address, mut verdict: Verdict) -> Verdict {
+        if verdict.allowed() {
+            return verdict;
+        }
+        let node_of = |a: &Address| match a.endpoint {
+            Endpoint::Pod(p) => self.cluster.pod(p).node,
+            _ => None,
+        };
+        let (same_pod, own_node_in, own_node_out) = match (src.endpoint, dst.endpoint) {
+            (Endpoint::Pod(a), Endpoint::Pod(b)) => (a == b, false, false),
+            (Endpoint::Node(n), Endpoint::Pod(_)) => (false, node_of(dst) == Some(n), false),
+            (Endpoint::Pod(_), Endpoint::Node(n)) => (false, false, node_of(src) == Some(n)),
+            _ => (false, false, false),
+        };
+        let rescue = |d: Decision, why: Decision| if d == Decision::Denied { why } else { d };
+        if same_pod {
+            verdict.egress = rescue(verdict.egress, Decision::SamePod);
+            verdict.ingress = rescue(verdict.ingress, Decision::SamePod);
+        }
+        if own_node_in {
+            verdict.ingress = rescue(verdict.ingress, Decision::OwnNode);
+        }
+        if own_node_out {
+            verdict.egress = rescue(verdict.egress, Decision::OwnNode);
+        }
+        verdict
+    }
+
+    fn evaluate(
+        &self,
+        src: &Identity,
+        dst: &Identity,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Verdict {
+        let traffic = Traffic {
+            port,
+            protocol,
+            dst_ports: &dst.ports,
+        };
+        Verdict {
+            egress: match src.subject {
+                false => Decision::NotApplicable,
+                true => self.decide(Direction::Egress, &src.egress, dst, &traffic),
+            },
+            ingress: match dst.subject {
+                false => Decision::NotApplicable,
+                true => self.decide(Direction::Ingress, &dst.ingress, src, &traffic),
+            },
+        }
+    }
+
+    /// The first rule, in policy order, of the policies isolating the subject that allows the traffic.
+    fn decide(
+        &self,
+        direction: Direction,
+        isolating: &[u32],
+        other: &Identity,
+        traffic: &Traffic,
+    ) -> Decision {
+        if isolating.is_empty() {
+            return Decision::NotIsolated;
+        }
+        for &policy in isolating {
+            for (index, rule) in self.policies[policy as usize]
+                .rules(direction)
+                .iter()
+                .enumerate()
+            {
+                if let (Some(peer), Some(port)) =
+                    (peer_match(rule, other), traffic.port_match(rule))
+                {
+                    return Decision::AllowedBy(RuleRef {
+                        policy,
+                        rule: index as u16,
+                        peer,
+                        port,
+                    });
+                }
+            }
+        }
+        Decision::Denied
+    }
+
+    /// The full reasoning behind a verdict: every policy isolating each end, every rule that allows, and for
+    /// every other rule of those policies whether its peers, its ports, or both failed to match.
+    pub fn explain(
+        &self,
+        src: &Address,
+        dst: &Address,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Explanation {
+        let mut cache = VerdictCache::new();
+        let verdict = self.judge_addresses(&mut cache, src, dst, port, protocol);
+        let src_identity = self.identity_of(&mut cache, src);
+        let dst_identity = self.identity_of(&mut cache, dst);
+        let (s, d) = (
+            self.identity(&cache, src_identity),
+            self.identity(&cache, dst_identity),
+        );
+        let traffic = Traffic {
+            port,
+            protocol,
+            dst_ports: &d.ports,
+        };
+        let detail = |direction: Direction, subject: &Identity, other: &Identity| {
+            let isolating = match direction {
+                Direction::Ingress => &subject.ingress,
+                Direction::Egress => &subject.egress,
+            };
+            let mut out = DirectionDetail {
+                subject: subject.subject,
+                isolating: isolating.clone(),
+                allowed_by: Vec::new(),
+                misses: Vec::new(),
+            };
+            for &policy in isolating {
+                for (index, rule) in self.policies[policy as usize]
+                    .rules(direction)
+                    .iter()
+                    .enumerate()
+                {
+                    let peer = peer_match(rule, other);
+                    let port = traffic.port_match(rule);
+                    match (peer, port) {
+                        (Some(peer), Some(port)) => out.allowed_by.push(RuleRef {
+                            policy,
+                            rule: index as u16,
+                            peer,
+                            port,
+                        }),
+                        _ => out.misses.push(RuleMiss {
+                            policy,
+                            rule: index as u16,
+                            peer_matched: peer.is_some(),
+                            port_matched: port.is_some(),
+                        }),
+                    }
+                }
+            }
+            out
+        };
+        Explanation {
+            verdict,
+            egress: detail(Direction::Egress, s, d),
+            ingress: detail(Direction::Ingress, d, s),
+        }
+    }
+
+    /// The reachability of every ordered pair of `pods` (self pairs included) on a port and protocol.
+    /// `port` names a number or a container port name, which resolves per destination pod (a destination
+    /// that does not declare the name is judged as traffic with no known port: only rules without port
+    /// restrictions can allow it).
+    pub fn reach_matrix(
+        &self,
+        pods: &[PodId],
+        port: &ProbePort,
+        protocol: Protocol,
+    ) -> ReachMatrix {
+        let mut cache = VerdictCache::new();
+        cache.bind(self);
+        let addresses: Vec<Address> = pods.iter().map(|&p| self.address_of_pod(p)).collect();
+        let ids: Vec<u32> = addresses
+            .iter()
+            .map(|a| self.identity_of(&mut cache, a))
+            .collect();
+        // Compact the identities that occur so the verdict table is dense.
+        let mut compact: Map<u32, u32> = Map::default();
+        let mut distinct = Vec::new();
+        let slots: Vec<u32> = ids
+            .iter()
+            .map(|&id| {
+                *compact.entry(id).or_insert_with(|| {
+                    distinct.push(id);
+                    distinct.len() as u32 - 1
+                })
+            })
+            .collect();
+        let k = distinct.len();
+        let mut table = vec![0u8; k * k];
+        for (si, &s) in distinct.iter().enumerate() {
+            let src = self.identity(&cache, s);
+            for (di, &d) in distinct.iter().enumerate() {
+                let dst = self.identity(&cache, d);
+                let number = match port {
+                    ProbePort::Number(n) => Some(*n),
+                    ProbePort::Name(name) => dst
+                        .ports
+                        .iter()
+                        .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+                        .map(|p| p.port),
+                };
+                table[si * k + di] = pack(&self.evaluate(src, dst, number, protocol));
+            }
+        }
+        let n = pods.len();
+        let mut cells = vec![0u8; n * n];
+        for (i, row) in cells.chunks_exact_mut(n.max(1)).enumerate().take(n) {
+            let base = slots[i] as usize * k;
+            for (j, cell) in row.iter_mut().enumerate() {
+                *cell = table[base + slots[j] as usize];
+            }
+        }
+        // The exceptions depend on the pods, not their identities; only pairs sharing a node can have one.
+        let mut by_node: Map<NodeId, Vec<usize>> = Map::default();
+        for (i, pod) in pods.iter().enumerate() {
+            if let Some(node) = self.cluster.pod(*pod).node {
+                by_node.entry(node).or_default().push(i);
+            }
+        }
+        let mut fix = |i: usize, j: usize| {
+            let cell = &mut cells[i * n + j];
+            if *cell & BOTH != BOTH {
+                let v = self.exceptions(&addresses[i], &addresses[j], unpack(*cell));
+                *cell = pack(&v);
+            }
+        };
+        for i in 0..n {
+            fix(i, i);
+        }
+        for members in by_node.values() {
+            for &i in members {
+                for &j in members {
+                    if i != j {
+                        fix(i, j);
+                    }
+                }
+            }
+        }
+        ReachMatrix {
+            pods: pods.to_vec(),
+            cells,
+        }
+    }
+}
+
+/// Per (namespace, labels): isolating ingress policies, isolating egress policies, matching selector peers.
+type GroupFacts = (Vec<u32>, Vec<u32>, Vec<u32>);
+
+const EGRESS_OK: u8 = 1;
+const INGRESS_OK: u8 = 2;
+const BOTH: u8 = EGRESS_OK | INGRESS_OK;
+
+fn pack(v: &Verdict) -> u8 {
+    (u8::from(v.egress.allowed()) * EGRESS_OK) | (u8::from(v.ingress.allowed()) * INGRESS_OK)
+}
+
+/// Only the allowed bits survive packing; the exceptions only look at whether a direction was denied.
+fn unpack(cell: u8) -> Verdict {
+    let d = |ok: bool| {
+        if ok {
+            Decision::NotIsolated
+        } else {
+            Decision::Denied
+        }
+    };
+    Verdict {
+        egress: d(cell & EGRESS_OK != 0),
+        ingress: d(cell & INGRESS_OK != 0),
+    }
+}
+
+struct Traffic<'a> {
+    port: Option<u16>,
+    protocol: Protocol,
+    dst_ports: &'a [ContainerPort],
+}
+
+impl Traffic<'_> {
+    fn port_match(&self, rule: &Rule) -> Option<u16> {
+        let Some(ports) = &rule.ports else {
+            return Some(ALL);
+        };
+        ports.iter().position(|p| self.matches(p)).map(|i| i as u16)
+    }
+
+    fn matches(&self, p: &PortMatch) -> bool {
+        if p.protocol != self.protocol {
+            return false;
+        }
+        match (&p.port, self.port) {
+            (PortSpec::Any, _) => true,
+            (PortSpec::Range(first, last), Some(port)) => (*first..=*last).contains(&port),
+            (PortSpec::Named(name), Some(port)) => self.dst_ports.iter().any(|c| {
+                c.protocol == self.protocol && c.port == port && c.name.as_deref() == Some(name)
+            }),
+            (_, None) => false,
+        }
+    }
+}
+
+fn peer_match(rule: &Rule, other: &Identity) -> Option<u16> {
+    let Some(peers) = &rule.peers else {
+        return Some(ALL);
+    };
+    peers
+        .iter()
+        .position(|p| other.peers.binary_search(p).is_ok())
+        .map(|i| i as u16)
+}
+
+/// A probe port: a number, or a container port name resolved per destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ProbePort {
+    /// A port number.
+    Number(u16),
+    /// A container port name.
+    Name(String),
+}
+
+/// Pairwise reachability of a list of pods on one probe.
+#[derive(Clone, Debug)]
+pub struct ReachMatrix {
+    /// The pods, in row and column order.
+    pub pods: Vec<PodId>,
+    cells: Vec<u8>,
+}
+
+impl ReachMatrix {
+    /// (egress allowed, ingress allowed) from pod `from` to pod `to` (indexes into [`ReachMatrix::pods`]).
+    pub fn get(&self, from: usize, to: usize) -> (bool, bool) {
+        let cell = self.cells[from * self.pods.len() + to];
+        (cell & EGRESS_OK != 0, cell & INGRESS_OK != 0)
+    }
+
+    /// How many ordered pairs are allowed in both directions.
+    pub fn allowed_pairs(&self) -> usize {
+        self.cells.iter().filter(|&&c| c == BOTH).count()
+    }
+}
+
+/// Why one direction decided as it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectionDetail {
+    /// Whether the end judged in this direction is subject to NetworkPolicy at all.
+    pub subject: bool,
+    /// The policies that select it and isolate it in this direction (empty: not isolated).
+    pub isolating: Vec<u32>,
+    /// Every rule that allows the connection.
+    pub allowed_by: Vec<RuleRef>,
+    /// Every other rule of the isolating policies, with what failed.
+    pub misses: Vec<RuleMiss>,
+}
+
+/// A rule that did not allow a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMiss {
+    /// Index into [`PolicySet::policies`].
+    pub policy: u32,
+    /// Index of the rule.
+    pub rule: u16,
+    /// Whether some peer of the rule matched the other end.
+    pub peer_matched: bool,
+    /// Whether some port of the rule matched the traffic.
+    pub port_matched: bool,
+}
+
+/// A verdict with its reasons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The verdict (the same [`PolicySet::judge`] gives).
+    pub verdict: Verdict,
+    /// The source's egress.
+    pub egress: DirectionDetail,
+    /// The destination's ingress.
+    pub ingress: DirectionDetail,
+}

@@ -464,7 +464,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 }
 
 /// Splits a file into documents: JSON when it starts like JSON (faster, and exact about numbers), YAML
-/// otherwise. The YAML budgets grow with the file so a real 50 MB dump loads, while a small file full of
+/// otherwise (YAML 1.2 core schema: `ns: y` is the string "y", as a person writing a label means). The YAML budgets grow with the file so a real 50 MB dump loads, while a small file full of
 /// aliases still cannot expand into gigabytes.
 fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Value>, LoadError> {
     let syntax = |message: String| LoadError::Syntax {
@@ -489,6 +489,8 @@ fn parse_documents(path: &Path, bytes: &[u8]) -> Result<Vec<Value>, LoadError> {
             max_total_scalar_bytes: bytes.len().max(1 << 20),
             max_reader_input_bytes: Some(MAX_FILE_BYTES as usize),
         },
+        // YAML 1.2 booleans only: a label value written `y`, `n`, `on` or `off` stays a string.
+        strict_booleans: true,
     };
     serde_saphyr::from_multiple_with_options::<Value>(text, options)
         .map_err(|e| syntax(e.to_string()))
@@ -632,7 +634,11 @@ impl Context<'_> {
                 ips.push(self.ip(format!("status.podIPs[{i}].ip"), &entry.ip)?);
             }
         }
-        if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty() && ips.is_empty()) {
+        if let Some(ip) = status
+            .pod_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && ips.is_empty())
+        {
             ips.push(self.ip("status.podIP", ip)?);
         }
         let mut ports = Vec::new();

@@ -1,9 +1,12 @@
 //! `weir`: Kubernetes network security from packets: flows, NetworkPolicy verdicts, alerts, policy synthesis.
 
 mod duration;
+mod explain;
 mod flows;
 mod output;
 mod pipeline;
+mod reach;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -20,12 +23,18 @@ struct Cli {
 enum Command {
     /// Turn pcap/pcapng captures into bidirectional flow records.
     Flows(flows::FlowsArgs),
+    /// Pod-to-pod reachability matrix under the cluster's NetworkPolicies.
+    Reach(reach::ReachArgs),
+    /// Explain the verdict on one connection: which policies isolate each end and which rules allow it.
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flows(args) => flows::run(args),
+        Command::Reach(args) => reach::run(args),
+        Command::Explain(args) => explain::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,8 @@
 //! against a naive oracle written straight from the API reference over the raw k8s-openapi objects, on random
 //! clusters and policies that go through the JSON snapshot loader.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;

@@ -2,6 +2,8 @@
 //! Rows are sources and columns destinations, both in the order x/a x/b x/c y/a y/b y/c z/a z/b z/c;
 //! `.` is allowed, `X` denied.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a test failure
+
 mod common;
 
 use common::{expect, policy_set, table, tcp};

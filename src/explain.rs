@@ -11,7 +11,9 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use weir_cluster::{IpOwner, ServiceId};
 use weir_model::Protocol;
-use weir_policy::{Address, Decision, Direction, DirectionDetail, Endpoint, Explanation, PolicySet, RuleRef};
+use weir_policy::{
+    Address, Decision, Direction, DirectionDetail, Endpoint, Explanation, PolicySet, RuleRef,
+};
 
 use crate::snapshot::{self, describe};
 
@@ -68,7 +70,12 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
                 None => bail!("--to {:?}: no Service {ns}/{name} in the snapshot", args.to),
             }
         }
-        None => match args.to.parse::<IpAddr>().ok().and_then(|ip| cluster.owner_of(ip)) {
+        None => match args
+            .to
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| cluster.owner_of(ip))
+        {
             Some(IpOwner::Service(id)) => Some(id),
             _ => None,
         },
@@ -83,15 +90,17 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
             let dst = snapshot::resolve(&set, &args.to, "--to")?;
             let port = match (number, dst.endpoint) {
                 (Some(n), _) => n,
-                (None, Endpoint::Pod(pod)) => match cluster.pod(pod).named_port(&port_text, protocol) {
-                    Some(n) => n,
-                    None => bail!(
-                        "--port {:?}: {} declares no {} port named {port_text:?}",
-                        args.port,
-                        cluster.pod(pod).key(),
-                        protocol.name().unwrap_or("?")
-                    ),
-                },
+                (None, Endpoint::Pod(pod)) => {
+                    match cluster.pod(pod).named_port(&port_text, protocol) {
+                        Some(n) => n,
+                        None => bail!(
+                            "--port {:?}: {} declares no {} port named {port_text:?}",
+                            args.port,
+                            cluster.pod(pod).key(),
+                            protocol.name().unwrap_or("?")
+                        ),
+                    }
+                }
                 (None, _) => bail!("--port {:?}: a port name needs a pod as --to", args.port),
             };
             header = None;
@@ -156,7 +165,11 @@ fn service_cases(
             .ports
             .iter()
             .map(|p| {
-                let name = if p.name.is_empty() { String::new() } else { format!(" ({})", p.name) };
+                let name = if p.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", p.name)
+                };
                 format!("{}/{}{name}", p.port, p.protocol.name().unwrap_or("?"))
             })
             .collect();
@@ -164,7 +177,11 @@ fn service_cases(
             "Service {} has no port {port_text}/{}; it has {}",
             service.key(),
             protocol.name().unwrap_or("?"),
-            if ports.is_empty() { "none".to_owned() } else { ports.join(", ") }
+            if ports.is_empty() {
+                "none".to_owned()
+            } else {
+                ports.join(", ")
+            }
         );
     };
     let (_, backends) = cluster
@@ -177,7 +194,11 @@ fn service_cases(
         protocol.name().unwrap_or("?"),
         backends.len(),
         if backends.len() == 1 { "" } else { "s" },
-        if backends.is_empty() { ": no connection can be made" } else { "" }
+        if backends.is_empty() {
+            ": no connection can be made"
+        } else {
+            ""
+        }
     );
     for backend in backends {
         let dst = match backend.pod {
@@ -215,30 +236,69 @@ fn write_text(
     let (from, to) = ends(set, src, &case.dst);
     let e = &case.explanation;
     let port = case.port.map_or("-".to_owned(), |p| p.to_string());
-    let verdict = if e.verdict.allowed() { "ALLOWED" } else { "DENIED" };
-    write!(out, "{from} → {to} port {port}/{}: {verdict}", protocol.name().unwrap_or("?"))?;
+    let verdict = if e.verdict.allowed() {
+        "ALLOWED"
+    } else {
+        "DENIED"
+    };
+    write!(
+        out,
+        "{from} → {to} port {port}/{}: {verdict}",
+        protocol.name().unwrap_or("?")
+    )?;
     if let Some(note) = &case.note {
         write!(out, " ({note})")?;
     }
     writeln!(out)?;
     let src_name = describe(set, src);
     let dst_name = describe(set, &case.dst);
-    write_direction(out, set, Direction::Egress, &src_name, &dst_name, e.verdict.egress, &e.egress)?;
-    write_direction(out, set, Direction::Ingress, &dst_name, &src_name, e.verdict.ingress, &e.ingress)
+    write_direction(
+        out,
+        set,
+        Direction::Egress,
+        &src_name,
+        &dst_name,
+        e.verdict.egress,
+        &e.egress,
+    )?;
+    write_direction(
+        out,
+        set,
+        Direction::Ingress,
+        &dst_name,
+        &src_name,
+        e.verdict.ingress,
+        &e.ingress,
+    )
 }
 
 fn rule_text(set: &PolicySet, direction: Direction, r: &RuleRef) -> String {
     let policy = &set.policies()[r.policy as usize];
     let rule = &policy.rules(direction)[r.rule as usize];
     let peer = match (r.peer(), &rule.peers) {
-        (Some(i), Some(peers)) => format!("{} #{i}: {}", list_name(direction), set.peer(peers[i as usize])),
-        _ => format!("any {}", if direction == Direction::Ingress { "source" } else { "destination" }),
+        (Some(i), Some(peers)) => format!(
+            "{} #{i}: {}",
+            list_name(direction),
+            set.peer(peers[i as usize])
+        ),
+        _ => format!(
+            "any {}",
+            if direction == Direction::Ingress {
+                "source"
+            } else {
+                "destination"
+            }
+        ),
     };
     let port = match (r.port(), &rule.ports) {
         (Some(i), Some(ports)) => format!("ports #{i}: {}", ports[i as usize]),
         _ => "any port".to_owned(),
     };
-    format!("{} {direction} rule #{} ({peer}; {port})", policy.key(), r.rule)
+    format!(
+        "{} {direction} rule #{} ({peer}; {port})",
+        policy.key(),
+        r.rule
+    )
 }
 
 fn list_name(direction: Direction) -> &'static str {
@@ -261,30 +321,52 @@ fn write_direction(
         Direction::Egress => "egress of the source",
         Direction::Ingress => "ingress of the destination",
     };
-    let verdict = if decision.allowed() { "allowed" } else { "denied" };
+    let verdict = if decision.allowed() {
+        "allowed"
+    } else {
+        "denied"
+    };
     writeln!(out, "  {what}, {subject}: {verdict}")?;
-    let isolating: Vec<String> = detail.isolating.iter().map(|&p| set.policies()[p as usize].key()).collect();
+    let isolating: Vec<String> = detail
+        .isolating
+        .iter()
+        .map(|&p| set.policies()[p as usize].key())
+        .collect();
     match decision {
         Decision::NotApplicable => {
-            return writeln!(out, "    not a pod subject to NetworkPolicy (outside the cluster, a node, or hostNetwork)");
+            return writeln!(
+                out,
+                "    not a pod subject to NetworkPolicy (outside the cluster, a node, or hostNetwork)"
+            );
         }
         Decision::NotIsolated => {
-            return writeln!(out, "    no NetworkPolicy selects it for {direction}, so it is not isolated");
+            return writeln!(
+                out,
+                "    no NetworkPolicy selects it for {direction}, so it is not isolated"
+            );
         }
-        _ => writeln!(out, "    isolated for {direction} by {}", isolating.join(", "))?,
+        _ => writeln!(
+            out,
+            "    isolated for {direction} by {}",
+            isolating.join(", ")
+        )?,
     }
     for r in &detail.allowed_by {
         writeln!(out, "    allowed by {}", rule_text(set, direction, r))?;
     }
     match decision {
-        Decision::SamePod => writeln!(out, "    no rule allows it, but a pod can always reach itself")?,
+        Decision::SamePod => writeln!(
+            out,
+            "    no rule allows it, but a pod can always reach itself"
+        )?,
         Decision::OwnNode => writeln!(
             out,
             "    no rule allows it, but a pod and its own node can always reach each other"
         )?,
-        Decision::Denied if detail.misses.is_empty() => {
-            writeln!(out, "    no rule allows it: the isolating policies have no {direction} rules")?
-        }
+        Decision::Denied if detail.misses.is_empty() => writeln!(
+            out,
+            "    no rule allows it: the isolating policies have no {direction} rules"
+        )?,
         Decision::Denied => writeln!(out, "    no rule allows it:")?,
         _ => {}
     }
@@ -300,11 +382,19 @@ fn write_direction(
             let rule = &policy.rules(direction)[miss.rule as usize];
             let peers = match &rule.peers {
                 None => "any".to_owned(),
-                Some(ids) => ids.iter().map(|&id| set.peer(id).to_string()).collect::<Vec<_>>().join(" | "),
+                Some(ids) => ids
+                    .iter()
+                    .map(|&id| set.peer(id).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
             };
             let ports = match &rule.ports {
                 None => "any".to_owned(),
-                Some(ports) => ports.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | "),
+                Some(ports) => ports
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
             };
             writeln!(
                 out,

@@ -103,7 +103,10 @@ pub fn run(args: ReachArgs) -> Result<ExitCode> {
     if matches!(args.format, ReachFormat::Json) {
         writeln!(out, "]}}")?;
     } else if probes.is_empty() {
-        writeln!(out, "no probes: the cluster declares no container ports; pass --probe PORT/PROTO")?;
+        writeln!(
+            out,
+            "no probes: the cluster declares no container ports; pass --probe PORT/PROTO"
+        )?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -124,7 +127,13 @@ fn declared_ports(set: &PolicySet, pods: &[PodId]) -> Vec<Probe> {
         })
         .collect();
     // TCP first, then UDP, then SCTP; by port within each.
-    probes.sort_by_key(|p| (p.protocol != Protocol::TCP, p.protocol.0, p.label.parse::<u16>().unwrap_or(0)));
+    probes.sort_by_key(|p| {
+        (
+            p.protocol != Protocol::TCP,
+            p.protocol.0,
+            p.label.parse::<u16>().unwrap_or(0),
+        )
+    });
     probes
 }
 
@@ -132,7 +141,12 @@ fn proto_name(protocol: Protocol) -> &'static str {
     protocol.name().unwrap_or("?")
 }
 
-fn write_json(out: &mut impl Write, set: &PolicySet, probe: &Probe, matrix: &ReachMatrix) -> io::Result<()> {
+fn write_json(
+    out: &mut impl Write,
+    set: &PolicySet,
+    probe: &Probe,
+    matrix: &ReachMatrix,
+) -> io::Result<()> {
     let names: Vec<String> = matrix
         .pods
         .iter()
@@ -164,8 +178,17 @@ fn write_json(out: &mut impl Write, set: &PolicySet, probe: &Probe, matrix: &Rea
 }
 
 /// A box table like policy-assistant's: rows are sources, columns destinations.
-fn write_table(out: &mut impl Write, set: &PolicySet, probe: &Probe, matrix: &ReachMatrix) -> io::Result<()> {
-    let names: Vec<String> = matrix.pods.iter().map(|&p| set.cluster().pod(p).key()).collect();
+fn write_table(
+    out: &mut impl Write,
+    set: &PolicySet,
+    probe: &Probe,
+    matrix: &ReachMatrix,
+) -> io::Result<()> {
+    let names: Vec<String> = matrix
+        .pods
+        .iter()
+        .map(|&p| set.cluster().pod(p).key())
+        .collect();
     let n = names.len();
     writeln!(
         out,
@@ -178,7 +201,12 @@ fn write_table(out: &mut impl Write, set: &PolicySet, probe: &Probe, matrix: &Re
     if n == 0 {
         return Ok(());
     }
-    let first = names.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(4);
+    let first = names
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
     let widths: Vec<usize> = names.iter().map(|s| s.chars().count().max(1)).collect();
     let rule = {
         let mut line = format!("+{}+", "-".repeat(first + 2));
@@ -205,7 +233,12 @@ fn write_table(out: &mut impl Write, set: &PolicySet, probe: &Probe, matrix: &Re
                 (false, false) => "X",
             };
             let left = (w - 1) / 2;
-            write!(out, " {}{cell}{} |", " ".repeat(left), " ".repeat(w - 1 - left))?;
+            write!(
+                out,
+                " {}{cell}{} |",
+                " ".repeat(left),
+                " ".repeat(w - 1 - left)
+            )?;
         }
         writeln!(out)?;
     }

@@ -12,11 +12,16 @@ use weir_policy::{Address, Endpoint, PolicySet};
 
 /// Loads and merges snapshots, reporting skipped kinds on standard error, and compiles the policies.
 pub fn load(paths: &[PathBuf]) -> Result<PolicySet> {
-    let (cluster, report) = ClusterState::load(paths).context("cannot load the cluster snapshot")?;
+    let (cluster, report) =
+        ClusterState::load(paths).context("cannot load the cluster snapshot")?;
     if !report.skipped.is_empty() {
         let mut kinds = String::new();
         for (kind, count) in &report.skipped {
-            let _ = write!(kinds, "{}{kind} {count}", if kinds.is_empty() { "" } else { ", " });
+            let _ = write!(
+                kinds,
+                "{}{kind} {count}",
+                if kinds.is_empty() { "" } else { ", " }
+            );
         }
         let total: usize = report.skipped.values().sum();
         eprintln!("weir: note: skipped {total} objects of kinds weir does not use ({kinds})");

@@ -2,12 +2,11 @@
 //!
 //! Run with `WEIR_BLESS=1` to rewrite the expected files after an intended change, then review the diff.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::PathBuf;
+
+use common::{check_golden, root, weir};
 
 fn bundled_captures() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("pcaps"))
@@ -21,49 +20,6 @@ fn bundled_captures() -> Vec<PathBuf> {
     files.sort();
     assert!(files.len() >= 4, "bundled captures missing: {files:?}");
     files
-}
-
-fn weir(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running weir: {e}"));
-    assert!(
-        out.status.success(),
-        "weir {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn check_golden(expected: &Path, actual: &str) {
-    if std::env::var_os("WEIR_BLESS").is_some() {
-        if let Some(dir) = expected.parent() {
-            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
-        }
-        std::fs::write(expected, actual).unwrap_or_else(|e| panic!("{e}"));
-        return;
-    }
-    let want = std::fs::read_to_string(expected).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with WEIR_BLESS=1 to create it)",
-            expected.display()
-        )
-    });
-    if want != actual {
-        let first = want
-            .lines()
-            .zip(actual.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(want.lines().count().min(actual.lines().count()));
-        panic!(
-            "{} differs at line {}:\n  expected: {}\n  actual:   {}\n(run with WEIR_BLESS=1 to accept)",
-            expected.display(),
-            first + 1,
-            want.lines().nth(first).unwrap_or("<end>"),
-            actual.lines().nth(first).unwrap_or("<end>")
-        );
-    }
 }
 
 #[test]

@@ -223,8 +223,8 @@ fn write_table(
     }
     writeln!(out)?;
     writeln!(out, "{rule}")?;
-    for i in 0..n {
-        write!(out, "| {:<first$} |", names[i])?;
+    for (i, name) in names.iter().enumerate() {
+        write!(out, "| {name:<first$} |")?;
         for (j, w) in widths.iter().enumerate() {
             let cell = match matrix.get(i, j) {
                 (true, true) => ".",

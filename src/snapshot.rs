@@ -50,10 +50,8 @@ pub fn parse_port(text: &str) -> Result<(String, Protocol)> {
     if port.is_empty() {
         bail!("{text:?}: expected PORT[/PROTOCOL], like 80/TCP or http");
     }
-    if let Ok(n) = port.parse::<u32>() {
-        if !(1..=65535).contains(&n) {
-            bail!("{text:?}: port must be 1-65535");
-        }
+    if port.parse::<u32>().is_ok_and(|n| !(1..=65535).contains(&n)) {
+        bail!("{text:?}: port must be 1-65535");
     }
     Ok((port.to_owned(), protocol))
 }

@@ -141,6 +141,8 @@ pub struct PolicySet {
     identity_index: Map<Identity, u32>,
     /// Identity of each node address.
     by_ip: Map<IpAddr, u32>,
+    /// Every pod and node address with what it is and its identity: the one probe per address on the hot path.
+    addresses: Map<IpAddr, (Endpoint, u32)>,
     /// Identity of each pod at each of its addresses (in `Pod::ips` order; one entry for a pod without any).
     pod_identities: Vec<Vec<u32>>,
 }
@@ -229,9 +231,29 @@ impl PolicySet {
             identities: Vec::new(),
             identity_index: Map::default(),
             by_ip: Map::default(),
+            addresses: Map::default(),
             pod_identities: Vec::new(),
         };
         set.compute_identities();
+        let cluster = set.cluster.clone();
+        for pod in 0..cluster.pods().len() as u32 {
+            for &ip in &cluster.pod(PodId(pod)).ips {
+                let address = set.address_of_ip(ip);
+                if address.endpoint != Endpoint::External {
+                    let mut scratch = VerdictCache::new();
+                    let id = set.identity_of(&mut scratch, &address);
+                    set.addresses.insert(ip, (address.endpoint, id));
+                }
+            }
+        }
+        for node in cluster.nodes() {
+            for &ip in &node.addresses {
+                if let Some(&id) = set.by_ip.get(&ip) {
+                    let endpoint = set.address_of_ip(ip).endpoint;
+                    set.addresses.entry(ip).or_insert((endpoint, id));
+                }
+            }
+        }
         Ok(set)
     }
 
@@ -483,9 +505,25 @@ impl PolicySet {
         protocol: Protocol,
     ) -> Verdict {
         cache.bind(self);
+        let src_id = self.identity_of(cache, src);
+        let dst_id = self.identity_of(cache, dst);
+        self.judge_identities(cache, src, src_id, dst, dst_id, port, protocol)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn judge_identities(
+        &self,
+        cache: &mut VerdictCache,
+        src: &Address,
+        src_id: u32,
+        dst: &Address,
+        dst_id: u32,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Verdict {
         let key = CacheKey {
-            src: self.identity_of(cache, src),
-            dst: self.identity_of(cache, dst),
+            src: src_id,
+            dst: dst_id,
             port: port.map_or(u32::MAX, u32::from),
             protocol: protocol.0,
         };

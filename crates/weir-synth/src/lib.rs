@@ -8,10 +8,12 @@
 
 #![deny(missing_docs)]
 
+mod cluster;
 mod scenarios;
 mod synth;
 mod writer;
 
+pub use cluster::{SyntheticCluster, synthetic_cluster};
 pub use scenarios::{EPOCH, bench_mix, pod_traffic, write_bundled_pcaps};
 pub use synth::{Capture, Close, ExpectedFlow, Link, Synth, SynthPacket, TcpSpec};
 pub use writer::{PcapNgOptions, PcapOptions, write_pcap, write_pcapng};

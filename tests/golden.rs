@@ -6,21 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{check_golden, root, weir};
-
-fn bundled_captures() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("pcaps"))
-        .unwrap_or_else(|e| panic!("pcaps/: {e}"))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.to_string_lossy();
-            name.ends_with(".pcap") || name.ends_with(".pcapng") || name.ends_with(".pcap.gz")
-        })
-        .collect();
-    files.sort();
-    assert!(files.len() >= 4, "bundled captures missing: {files:?}");
-    files
-}
+use common::{bundled_captures, check_golden, root, weir};
 
 #[test]
 fn flows_of_every_bundled_capture_match_the_golden_files() {

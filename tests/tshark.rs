@@ -6,10 +6,11 @@
 //! to their precision. Frames are compared exactly in both directions.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use weir_model::FlowRecord;
+
+mod common;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Side {
@@ -114,13 +115,7 @@ fn tcp_and_udp_conversations_agree_with_tshark() {
         eprintln!("tshark is not installed: skipping the cross-check");
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pcaps");
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.to_string_lossy().ends_with(".sh") && p.is_file())
-        .collect();
-    captures.sort();
+    let captures = common::bundled_captures();
     let mut compared = 0;
     for capture in &captures {
         let path = capture.to_string_lossy().into_owned();

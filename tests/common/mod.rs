@@ -52,3 +52,18 @@ pub fn check_golden(expected: &Path, actual: &str) {
         );
     }
 }
+
+/// The bundled captures in `pcaps/` (not their snapshots, scripts or golden files).
+pub fn bundled_captures() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("pcaps"))
+        .unwrap_or_else(|e| panic!("pcaps/: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".pcap") || name.ends_with(".pcapng") || name.ends_with(".pcap.gz")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "bundled captures missing: {files:?}");
+    files
+}

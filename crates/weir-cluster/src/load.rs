@@ -585,15 +585,15 @@ impl Context<'_> {
     }
 
     fn protocol(&self, field: String, text: Option<&str>) -> Result<Protocol, LoadError> {
-        match text {
-            None | Some("TCP") => Ok(Protocol::TCP),
-            Some("UDP") => Ok(Protocol::UDP),
-            Some("SCTP") => Ok(Protocol::SCTP),
-            Some(other) => Err(self.error(
+        Protocol::from_kubernetes(text).ok_or_else(|| {
+            self.error(
                 field,
-                format!("unsupported protocol {other:?} (expected TCP, UDP or SCTP)"),
-            )),
-        }
+                format!(
+                    "unsupported protocol {:?} (expected TCP, UDP or SCTP)",
+                    text.unwrap_or("")
+                ),
+            )
+        })
     }
 
     fn port(&self, field: String, number: i32) -> Result<u16, LoadError> {
@@ -824,12 +824,7 @@ fn attach_slice(state: &mut ClusterState, slice: &EndpointSlice) {
         .flatten()
         .filter_map(|p| {
             let port = u16::try_from(p.port?).ok()?;
-            let protocol = match p.protocol.as_deref() {
-                None | Some("TCP") => Protocol::TCP,
-                Some("UDP") => Protocol::UDP,
-                Some("SCTP") => Protocol::SCTP,
-                Some(_) => return None,
-            };
+            let protocol = Protocol::from_kubernetes(p.protocol.as_deref())?;
             Some((p.name.clone().unwrap_or_default(), port, protocol))
         })
         .collect();

@@ -35,6 +35,17 @@ impl Protocol {
         })
     }
 
+    /// A Kubernetes `protocol` field: `TCP` when absent, `TCP`, `UDP` or `SCTP` exactly as the API spells them;
+    /// `None` for anything else.
+    pub fn from_kubernetes(field: Option<&str>) -> Option<Protocol> {
+        match field {
+            None | Some("TCP") => Some(Protocol::TCP),
+            Some("UDP") => Some(Protocol::UDP),
+            Some("SCTP") => Some(Protocol::SCTP),
+            Some(_) => None,
+        }
+    }
+
     /// Parses a protocol name (case-insensitive) or number.
     pub fn parse(text: &str) -> Option<Protocol> {
         let known = [

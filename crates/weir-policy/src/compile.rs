@@ -377,16 +377,14 @@ fn compile_peer(
 }
 
 fn compile_port(field: &str, port: &NetworkPolicyPort) -> Result<PortMatch, FieldError> {
-    let protocol = match port.protocol.as_deref() {
-        None | Some("TCP") => Protocol::TCP,
-        Some("UDP") => Protocol::UDP,
-        Some("SCTP") => Protocol::SCTP,
-        Some(other) => {
-            return Err((
-                format!("{field}.protocol"),
-                format!("unsupported protocol {other:?} (expected TCP, UDP or SCTP)"),
-            ));
-        }
+    let Some(protocol) = Protocol::from_kubernetes(port.protocol.as_deref()) else {
+        return Err((
+            format!("{field}.protocol"),
+            format!(
+                "unsupported protocol {:?} (expected TCP, UDP or SCTP)",
+                port.protocol.as_deref().unwrap_or("")
+            ),
+        ));
     };
     let number = |n: i32, what: &str| {
         u16::try_from(n)

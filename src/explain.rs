@@ -132,7 +132,7 @@ pub fn run(args: ExplainArgs) -> Result<ExitCode> {
                 "from": endpoint_json(&set, &src),
                 "protocol": protocol.name(),
                 "allowed": !cases.is_empty() && cases.iter().all(|c| c.explanation.verdict.allowed()),
-                "connections": cases.iter().map(|c| case_json(&set, &src, c)).collect::<Vec<_>>(),
+                "connections": cases.iter().map(|c| case_json(&set, c)).collect::<Vec<_>>(),
             });
             if let Some(id) = service {
                 value["service"] = json!(cluster.service(id).key());
@@ -448,7 +448,7 @@ fn direction_json(set: &PolicySet, decision: Decision, d: &DirectionDetail) -> V
     })
 }
 
-fn case_json(set: &PolicySet, _src: &Address, case: &Case) -> Value {
+fn case_json(set: &PolicySet, case: &Case) -> Value {
     let e = &case.explanation;
     json!({
         "to": endpoint_json(set, &case.dst),

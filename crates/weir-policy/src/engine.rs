@@ -139,8 +139,6 @@ pub struct PolicySet {
     ip_block_peers: Vec<u32>,
     identities: Vec<Identity>,
     identity_index: Map<Identity, u32>,
-    /// Identity of each node address.
-    by_ip: Map<IpAddr, u32>,
     /// Every pod and node address with what it is and its identity: the one probe per address on the hot path.
     addresses: Map<IpAddr, (Endpoint, u32)>,
     /// Identity of each pod at each of its addresses (in `Pod::ips` order; one entry for a pod without any).
@@ -230,30 +228,10 @@ impl PolicySet {
             ip_block_peers,
             identities: Vec::new(),
             identity_index: Map::default(),
-            by_ip: Map::default(),
             addresses: Map::default(),
             pod_identities: Vec::new(),
         };
         set.compute_identities();
-        let cluster = set.cluster.clone();
-        for pod in 0..cluster.pods().len() as u32 {
-            for &ip in &cluster.pod(PodId(pod)).ips {
-                let address = set.address_of_ip(ip);
-                if address.endpoint != Endpoint::External {
-                    let mut scratch = VerdictCache::new();
-                    let id = set.identity_of(&mut scratch, &address);
-                    set.addresses.insert(ip, (address.endpoint, id));
-                }
-            }
-        }
-        for node in cluster.nodes() {
-            for &ip in &node.addresses {
-                if let Some(&id) = set.by_ip.get(&ip) {
-                    let endpoint = set.address_of_ip(ip).endpoint;
-                    set.addresses.entry(ip).or_insert((endpoint, id));
-                }
-            }
-        }
         Ok(set)
     }
 
@@ -301,7 +279,8 @@ impl PolicySet {
         let mut groups: std::collections::HashMap<(&str, &weir_cluster::Labels), GroupFacts> =
             std::collections::HashMap::new();
         let mut pod_identities = Vec::with_capacity(cluster.pods().len());
-        for pod in cluster.pods() {
+        for (index, pod) in cluster.pods().iter().enumerate() {
+            let id = PodId(index as u32);
             let ips: Vec<Option<IpAddr>> = if pod.ips.is_empty() {
                 vec![None]
             } else {
@@ -360,14 +339,22 @@ impl PolicySet {
                         ports,
                     }
                 };
-                per_ip.push(self.intern(identity));
+                let identity = self.intern(identity);
+                // Only the pod that owns an address answers for it (not a finished pod, not a conflict's loser).
+                if let Some(ip) = ip.filter(|&ip| cluster.owner_of(ip) == Some(IpOwner::Pod(id))) {
+                    self.addresses.insert(ip, (Endpoint::Pod(id), identity));
+                }
+                per_ip.push(identity);
             }
             pod_identities.push(per_ip);
         }
-        for node in cluster.nodes() {
+        for (index, node) in cluster.nodes().iter().enumerate() {
             for &ip in &node.addresses {
-                let id = self.intern(self.address_identity(Some(ip)));
-                self.by_ip.insert(ip, id);
+                let identity = self.intern(self.address_identity(Some(ip)));
+                if cluster.owner_of(ip) == Some(IpOwner::Node(NodeId(index as u32))) {
+                    self.addresses
+                        .insert(ip, (Endpoint::Node(NodeId(index as u32)), identity));
+                }
             }
         }
         self.pod_identities = pod_identities;
@@ -406,11 +393,10 @@ impl PolicySet {
     /// What an address is: a pod, a node (or hostNetwork pod), or external. Service ClusterIPs are external
     /// here: resolve them to backends first, as the node's DNAT does before policy applies.
     pub fn address_of_ip(&self, ip: IpAddr) -> Address {
-        let endpoint = match self.cluster.owner_of(ip) {
-            Some(IpOwner::Pod(pod)) => Endpoint::Pod(pod),
-            Some(IpOwner::Node(node)) => Endpoint::Node(node),
-            Some(IpOwner::Service(_)) | None => Endpoint::External,
-        };
+        let endpoint = self
+            .addresses
+            .get(&ip)
+            .map_or(Endpoint::External, |&(endpoint, _)| endpoint);
         Address {
             endpoint,
             ip: Some(ip),
@@ -438,7 +424,7 @@ impl PolicySet {
                 .unwrap_or(0);
             return ids.get(at).or(ids.first()).copied().unwrap_or(0);
         }
-        if let Some(&id) = address.ip.and_then(|ip| self.by_ip.get(&ip)) {
+        if let Some(&(_, id)) = address.ip.and_then(|ip| self.addresses.get(&ip)) {
             return id;
         }
         let Some(ip) = address.ip else {
@@ -486,13 +472,31 @@ impl PolicySet {
         port: Option<u16>,
         protocol: Protocol,
     ) -> Verdict {
-        self.judge_addresses(
-            cache,
-            &self.address_of_ip(src),
-            &self.address_of_ip(dst),
-            port,
-            protocol,
-        )
+        cache.bind(self);
+        let (src, src_id) = self.resolve(cache, src);
+        let (dst, dst_id) = self.resolve(cache, dst);
+        self.judge_identities(cache, &src, src_id, &dst, dst_id, port, protocol)
+    }
+
+    /// An address and its identity, with one probe of the address map for pods and nodes.
+    fn resolve(&self, cache: &mut VerdictCache, ip: IpAddr) -> (Address, u32) {
+        match self.addresses.get(&ip) {
+            Some(&(endpoint, id)) => (
+                Address {
+                    endpoint,
+                    ip: Some(ip),
+                },
+                id,
+            ),
+            None => {
+                let address = Address {
+                    endpoint: Endpoint::External,
+                    ip: Some(ip),
+                };
+                let id = self.identity_of(cache, &address);
+                (address, id)
+            }
+        }
     }
 
     /// Judges a connection between two resolved addresses.

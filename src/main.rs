@@ -1,11 +1,13 @@
 //! `weir`: Kubernetes network security from packets: flows, NetworkPolicy verdicts, alerts, policy synthesis.
 
+mod analyze;
 mod duration;
 mod explain;
 mod flows;
 mod output;
 mod pipeline;
 mod reach;
+mod report;
 mod snapshot;
 
 use std::process::ExitCode;
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Turn pcap/pcapng captures into bidirectional flow records.
     Flows(flows::FlowsArgs),
+    /// Judge captured traffic against a cluster snapshot: who talked to whom, what the policies deny, what is
+    /// unexpected.
+    Analyze(analyze::AnalyzeArgs),
     /// Pod-to-pod reachability matrix under the cluster's NetworkPolicies.
     Reach(reach::ReachArgs),
     /// Explain the verdict on one connection: which policies isolate each end and which rules allow it.
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flows(args) => flows::run(args),
+        Command::Analyze(args) => analyze::run(args),
         Command::Reach(args) => reach::run(args),
         Command::Explain(args) => explain::run(args),
     };

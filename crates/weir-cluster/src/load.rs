@@ -21,11 +21,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use weir_model::Protocol;
+use weir_model::{Cidr, Protocol, Timestamp};
 
 use crate::state::{
     Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeId, Pod, PodId,
@@ -332,6 +332,7 @@ impl SnapshotLoader {
                     name: node_name.clone(),
                     labels: Labels::new(),
                     addresses: Vec::new(),
+                    pod_cidrs: Vec::new(),
                 });
                 if pod.host_network {
                     for ip in &pod.ips {
@@ -411,7 +412,17 @@ impl SnapshotLoader {
             }
         }
         for (index, pod) in state.pods.iter().enumerate() {
-            if pod.host_network || pod.is_terminated() {
+            if pod.host_network {
+                continue;
+            }
+            if pod.is_terminated() {
+                for ip in &pod.ips {
+                    state
+                        .former_tenants
+                        .entry(*ip)
+                        .or_default()
+                        .push(PodId(index as u32));
+                }
                 continue;
             }
             for ip in &pod.ips {
@@ -615,10 +626,28 @@ impl Context<'_> {
                 }
             }
         }
+        let spec = node.spec.unwrap_or_default();
+        let mut pod_cidrs = Vec::new();
+        let listed = spec.pod_cidrs.unwrap_or_default();
+        let (field, texts) = if listed.is_empty() {
+            ("spec.podCIDR", spec.pod_cidr.into_iter().collect())
+        } else {
+            ("spec.podCIDRs", listed)
+        };
+        for (i, text) in texts.iter().enumerate() {
+            let cidr = Cidr::parse(text).ok_or_else(|| {
+                self.error(
+                    format!("{field}[{i}]"),
+                    format!("{text:?} is not an address block like 10.244.1.0/24"),
+                )
+            })?;
+            pod_cidrs.push(cidr);
+        }
         Ok(Node {
             name,
             labels: node.metadata.labels.unwrap_or_default(),
             addresses,
+            pod_cidrs,
         })
     }
 
@@ -670,7 +699,17 @@ impl Context<'_> {
             name: name.clone(),
             inferred: false,
         };
+        // A finished pod gave its address back when its last container stopped.
+        let finished = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+            .map(timestamp)
+            .max();
         let record = Pod {
+            created: pod.metadata.creation_timestamp.as_ref().map(timestamp),
+            finished,
             namespace,
             name,
             labels: pod.metadata.labels.unwrap_or_default(),
@@ -732,6 +771,11 @@ impl Context<'_> {
             has_endpoint_slices: false,
         })
     }
+}
+
+fn timestamp(time: &Time) -> Timestamp {
+    let nanos = time.0.as_nanosecond();
+    Timestamp(i64::try_from(nanos).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX }))
 }
 
 fn controller_of(meta: &ObjectMeta) -> Option<OwnerReference> {

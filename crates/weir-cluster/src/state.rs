@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use weir_model::Protocol;
+use weir_model::{Cidr, Protocol, Timestamp};
 
 /// Labels of an object, sorted by key.
 pub type Labels = BTreeMap<String, String>;
@@ -47,6 +47,8 @@ pub struct Node {
     pub labels: Labels,
     /// `status.addresses` of type InternalIP and ExternalIP.
     pub addresses: Vec<IpAddr>,
+    /// `spec.podCIDRs` (or `spec.podCIDR`): the ranges its pods get addresses from, when the CNI uses them.
+    pub pod_cidrs: Vec<Cidr>,
 }
 
 /// A port a container declares (`spec.containers[].ports[]`), which named policy and Service ports resolve to.
@@ -139,6 +141,10 @@ pub struct Pod {
     pub ports: Vec<ContainerPort>,
     /// The workload that owns it.
     pub workload: Workload,
+    /// `metadata.creationTimestamp`: the pod cannot have used an address before this.
+    pub created: Option<Timestamp>,
+    /// For a finished pod, when its last container stopped (it released its address then).
+    pub finished: Option<Timestamp>,
 }
 
 impl Pod {
@@ -150,6 +156,13 @@ impl Pod {
     /// True when the pod has finished (Succeeded or Failed) and no longer holds its IP.
     pub fn is_terminated(&self) -> bool {
         self.phase == "Succeeded" || self.phase == "Failed"
+    }
+
+    /// Whether the pod could have held its addresses at `at`: not before it was created, and for a finished
+    /// pod not after it finished (a finished pod without a finish time is given the benefit of the doubt).
+    pub fn alive_at(&self, at: Timestamp) -> bool {
+        self.created.is_none_or(|c| c <= at)
+            && (!self.is_terminated() || self.finished.is_none_or(|f| at <= f))
     }
 
     /// The port number a container port name stands for under a protocol, if a container declares it.
@@ -279,6 +292,8 @@ pub struct ClusterState {
     pub(crate) pod_index: HashMap<(String, String), PodId>,
     pub(crate) service_index: HashMap<(String, String), ServiceId>,
     pub(crate) host_network_pods: HashMap<NodeId, Vec<PodId>>,
+    /// Finished pods by the addresses they held, for flows from before they finished.
+    pub(crate) former_tenants: HashMap<IpAddr, Vec<PodId>>,
     pub(crate) ip_conflicts: u64,
 }
 
@@ -345,6 +360,34 @@ impl ClusterState {
     /// Who owns an address: a pod, a node (and its hostNetwork pods) or a Service ClusterIP.
     pub fn owner_of(&self, ip: IpAddr) -> Option<IpOwner> {
         self.by_ip.get(&ip).copied()
+    }
+
+    /// Who owned an address at a moment: the current owner if it already existed then, otherwise a finished
+    /// pod that held the address at that moment (the latest created, if several did). `None` when nobody
+    /// in the snapshot can have held it then: a pod that is gone from the cluster, which must not be guessed.
+    pub fn owner_at(&self, ip: IpAddr, at: Timestamp) -> Option<IpOwner> {
+        let current = self.by_ip.get(&ip).copied();
+        if let Some(owner) = current {
+            match owner {
+                IpOwner::Pod(pod) if !self.pod(pod).alive_at(at) => {}
+                _ => return Some(owner),
+            }
+        }
+        self.former_tenants
+            .get(&ip)?
+            .iter()
+            .copied()
+            .filter(|&p| self.pod(p).alive_at(at))
+            .max_by_key(|&p| self.pod(p).created)
+            .map(IpOwner::Pod)
+    }
+
+    /// Whether an address is in a node's pod range: an address there that no pod owns is an unknown pod, not
+    /// something outside the cluster.
+    pub fn in_pod_range(&self, ip: IpAddr) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.pod_cidrs.iter().any(|c| c.contains(ip)))
     }
 
     /// The hostNetwork pods running on a node.

@@ -7,12 +7,14 @@
 
 #![deny(missing_docs)]
 
+mod cidr;
 mod community_id;
 mod flow;
 mod link;
 mod protocol;
 mod time;
 
+pub use cidr::Cidr;
 pub use community_id::{community_id_v1, icmp_counterpart};
 pub use flow::{Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags};
 pub use link::LinkType;

@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weir_cluster::PolicyObject;
 use weir_model::Protocol;
 
-use crate::cidr::Cidr;
 use crate::selector::Selector;
+use weir_model::Cidr;
 
 /// A policy that the Kubernetes API server would have rejected, or that weir cannot evaluate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -129,6 +129,30 @@ struct Identity {
     ports: Vec<ContainerPort>,
 }
 
+impl Identity {
+    fn isolating(&self, direction: Direction) -> &[u32] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Why a connection got its verdict: per direction, the policies isolating that end (indexes into
+/// [`PolicySet::policies`]) and every rule that allows the connection. Empty isolating lists mean the end is
+/// not isolated in that direction (or not subject to policy at all).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grounds {
+    /// Policies isolating the source's egress.
+    pub egress_isolating: Vec<u32>,
+    /// Egress rules allowing the connection.
+    pub egress_allowing: Vec<RuleRef>,
+    /// Policies isolating the destination's ingress.
+    pub ingress_isolating: Vec<u32>,
+    /// Ingress rules allowing the connection.
+    pub ingress_allowing: Vec<RuleRef>,
+}
+
 /// All NetworkPolicies of a cluster, compiled, with each pod's identity precomputed.
 #[derive(Debug)]
 pub struct PolicySet {
@@ -152,6 +176,7 @@ static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 pub struct VerdictCache {
     set: u64,
     verdicts: Map<CacheKey, Verdict>,
+    grounds: Map<CacheKey, Arc<Grounds>>,
     external_ips: Map<IpAddr, u32>,
     external: Vec<Identity>,
     external_index: Map<Vec<u32>, u32>,
@@ -383,6 +408,50 @@ impl PolicySet {
     /// A peer by its global id (see [`Rule::peers`]).
     pub fn peer(&self, id: u32) -> &Peer {
         &self.peers[id as usize]
+    }
+
+    /// The policies isolating a pod for ingress and for egress (indexes into [`PolicySet::policies`]); both
+    /// empty for a hostNetwork pod, which policy does not apply to.
+    pub fn isolating(&self, pod: PodId) -> (&[u32], &[u32]) {
+        let identity = self
+            .pod_identities
+            .get(pod.0 as usize)
+            .and_then(|ids| ids.first())
+            .and_then(|&id| self.identities.get(id as usize));
+        match identity {
+            Some(i) if i.subject => (&i.ingress, &i.egress),
+            _ => (&[], &[]),
+        }
+    }
+
+    /// One rule in a line: `shop/api ingress rule #0 (from pods [app=frontend] in namespace shop; ports 8080/TCP)`.
+    pub fn describe_rule(&self, direction: Direction, policy: u32, rule: u16) -> String {
+        let compiled = &self.policies[policy as usize];
+        let Some(r) = compiled.rules(direction).get(usize::from(rule)) else {
+            return format!("{} {direction} rule #{rule}", compiled.key());
+        };
+        let (list, anyone) = match direction {
+            Direction::Ingress => ("from", "any source"),
+            Direction::Egress => ("to", "any destination"),
+        };
+        let peers = match &r.peers {
+            None => anyone.to_owned(),
+            Some(ids) => {
+                let names: Vec<String> = ids.iter().map(|&id| self.peer(id).to_string()).collect();
+                format!("{list} {}", names.join(" | "))
+            }
+        };
+        let ports = match &r.ports {
+            None => "any port".to_owned(),
+            Some(ports) => {
+                let names: Vec<String> = ports.iter().map(ToString::to_string).collect();
+                format!("ports {}", names.join(", "))
+            }
+        };
+        format!(
+            "{} {direction} rule #{rule} ({peers}; {ports})",
+            compiled.key()
+        )
     }
 
     /// How many distinct identities the cluster's pods and nodes have.
@@ -663,47 +732,110 @@ impl PolicySet {
             dst_ports: &d.ports,
         };
         let detail = |direction: Direction, subject: &Identity, other: &Identity| {
-            let isolating = match direction {
-                Direction::Ingress => &subject.ingress,
-                Direction::Egress => &subject.egress,
-            };
-            let mut out = DirectionDetail {
+            let isolating = subject.isolating(direction);
+            let mut misses = Vec::new();
+            let allowed_by =
+                self.allowing_rules(direction, isolating, other, &traffic, Some(&mut misses));
+            DirectionDetail {
                 subject: subject.subject,
-                isolating: isolating.clone(),
-                allowed_by: Vec::new(),
-                misses: Vec::new(),
-            };
-            for &policy in isolating {
-                for (index, rule) in self.policies[policy as usize]
-                    .rules(direction)
-                    .iter()
-                    .enumerate()
-                {
-                    let peer = peer_match(rule, other);
-                    let port = traffic.port_match(rule);
-                    match (peer, port) {
-                        (Some(peer), Some(port)) => out.allowed_by.push(RuleRef {
-                            policy,
-                            rule: index as u16,
-                            peer,
-                            port,
-                        }),
-                        _ => out.misses.push(RuleMiss {
-                            policy,
-                            rule: index as u16,
-                            peer_matched: peer.is_some(),
-                            port_matched: port.is_some(),
-                        }),
-                    }
-                }
+                isolating: isolating.to_vec(),
+                allowed_by,
+                misses,
             }
-            out
         };
         Explanation {
             verdict,
             egress: detail(Direction::Egress, s, d),
             ingress: detail(Direction::Ingress, d, s),
         }
+    }
+
+    /// Every rule of the `isolating` policies that allows the traffic, in policy and rule order; with
+    /// `misses`, also why each other rule did not.
+    fn allowing_rules(
+        &self,
+        direction: Direction,
+        isolating: &[u32],
+        other: &Identity,
+        traffic: &Traffic,
+        mut misses: Option<&mut Vec<RuleMiss>>,
+    ) -> Vec<RuleRef> {
+        let mut allowed = Vec::new();
+        for &policy in isolating {
+            for (index, rule) in self.policies[policy as usize]
+                .rules(direction)
+                .iter()
+                .enumerate()
+            {
+                let peer = peer_match(rule, other);
+                let port = traffic.port_match(rule);
+                match (peer, port) {
+                    (Some(peer), Some(port)) => allowed.push(RuleRef {
+                        policy,
+                        rule: index as u16,
+                        peer,
+                        port,
+                    }),
+                    _ => {
+                        if let Some(misses) = misses.as_deref_mut() {
+                            misses.push(RuleMiss {
+                                policy,
+                                rule: index as u16,
+                                peer_matched: peer.is_some(),
+                                port_matched: port.is_some(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        allowed
+    }
+
+    /// Judges a connection and gives its [`Grounds`]: the policies isolating each end and *every* rule that
+    /// allows it, which is what finding unused rules needs (the first allowing rule is not enough: a rule that
+    /// only ever duplicates an earlier one still allows traffic). Memoized in the cache like verdicts.
+    pub fn judge_with_grounds(
+        &self,
+        cache: &mut VerdictCache,
+        src: &Address,
+        dst: &Address,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> (Verdict, Arc<Grounds>) {
+        let verdict = self.judge_addresses(cache, src, dst, port, protocol);
+        let key = CacheKey {
+            src: self.identity_of(cache, src),
+            dst: self.identity_of(cache, dst),
+            port: port.map_or(u32::MAX, u32::from),
+            protocol: protocol.0,
+        };
+        if let Some(grounds) = cache.grounds.get(&key) {
+            return (verdict, Arc::clone(grounds));
+        }
+        let (s, d) = (self.identity(cache, key.src), self.identity(cache, key.dst));
+        let traffic = Traffic {
+            port,
+            protocol,
+            dst_ports: &d.ports,
+        };
+        let grounds = Arc::new(Grounds {
+            egress_isolating: s.egress.clone(),
+            egress_allowing: self.allowing_rules(Direction::Egress, &s.egress, d, &traffic, None),
+            ingress_isolating: d.ingress.clone(),
+            ingress_allowing: self.allowing_rules(
+                Direction::Ingress,
+                &d.ingress,
+                s,
+                &traffic,
+                None,
+            ),
+        });
+        if cache.grounds.len() >= MAX_CACHED_VERDICTS {
+            cache.grounds.clear();
+        }
+        cache.grounds.insert(key, Arc::clone(&grounds));
+        (verdict, grounds)
     }
 
     /// The reachability of every ordered pair of `pods` (self pairs included) on a port and protocol.

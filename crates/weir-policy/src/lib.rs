@@ -20,17 +20,16 @@
 
 #![deny(missing_docs)]
 
-mod cidr;
 mod compile;
 mod engine;
 mod selector;
 
-pub use cidr::Cidr;
 pub use compile::{
     CompiledPolicy, Direction, NamespaceScope, Peer, PolicyError, PortMatch, PortSpec, Rule,
 };
 pub use engine::{
-    Address, CacheStats, Decision, DirectionDetail, Endpoint, Explanation, PolicySet, ProbePort,
-    ReachMatrix, RuleMiss, RuleRef, Verdict, VerdictCache,
+    Address, CacheStats, Decision, DirectionDetail, Endpoint, Explanation, Grounds, PolicySet,
+    ProbePort, ReachMatrix, RuleMiss, RuleRef, Verdict, VerdictCache,
 };
 pub use selector::Selector;
+pub use weir_model::Cidr;

@@ -1,4 +1,4 @@
-//! CIDR blocks for `ipBlock`.
+//! CIDR blocks: NetworkPolicy `ipBlock`s, node pod ranges, cluster ranges.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -27,6 +27,33 @@ impl Cidr {
             network: mask(address, prefix),
             prefix,
         })
+    }
+
+    /// The block of one address (`/32` or `/128`).
+    pub fn host(ip: IpAddr) -> Cidr {
+        Cidr {
+            network: ip,
+            prefix: if ip.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// The block of `prefix` bits around an address (clamped to the family's length).
+    pub fn around(ip: IpAddr, prefix: u8) -> Cidr {
+        let prefix = prefix.min(if ip.is_ipv4() { 32 } else { 128 });
+        Cidr {
+            network: mask(ip, prefix),
+            prefix,
+        }
+    }
+
+    /// The first address of the block.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
     }
 
     /// Whether the block holds an address (of the same family).

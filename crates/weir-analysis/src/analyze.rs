@@ -1,0 +1,406 @@
+//! Flow records to judged flows: attribution, Service resolution, DNAT joins and verdicts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use weir_cluster::{PodId, ResolvedBackend, ServiceId};
+use weir_model::{Cidr, FlowRecord, Protocol};
+use weir_policy::{Grounds, PolicySet, Verdict, VerdictCache};
+
+use crate::attribute::{Attributor, Party};
+
+/// A connection to a Service: which one, the port the client used, and the backend that took it when known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceHit {
+    /// The Service.
+    pub service: ServiceId,
+    /// The Service port (on the ClusterIP).
+    pub port: u16,
+    /// The backend address and port after DNAT, when the capture showed it or only one backend exists.
+    pub backend: Option<(IpAddr, u16)>,
+}
+
+/// One backend's verdict, when a Service's backends disagree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendVerdict {
+    /// The backend pod, when known.
+    pub pod: Option<PodId>,
+    /// Its address.
+    pub ip: IpAddr,
+    /// The port after DNAT.
+    pub port: u16,
+    /// The verdict on the connection to it.
+    pub verdict: Verdict,
+    /// Why.
+    pub grounds: Arc<Grounds>,
+}
+
+/// Why a flow could not be judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unjudged {
+    /// The Service has no backend for the port.
+    NoBackends,
+    /// The Service does not expose the port (or the protocol).
+    PortNotServed,
+    /// The flow starts at a Service address (a reply seen without its request).
+    FromService,
+}
+
+/// The verdict on a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// One verdict (for a Service with several backends: every backend gets the same one, and the grounds are
+    /// the union of theirs).
+    Judged {
+        /// The verdict.
+        verdict: Verdict,
+        /// Policies isolating each end and rules allowing the connection.
+        grounds: Arc<Grounds>,
+    },
+    /// The Service's backends get different verdicts; each is listed.
+    Mixed(Vec<BackendVerdict>),
+    /// Not judged, and why.
+    Unjudged(Unjudged),
+}
+
+impl Judgement {
+    /// True for a judged flow the policies allow.
+    pub fn allowed(&self) -> bool {
+        matches!(self, Judgement::Judged { verdict, .. } if verdict.allowed())
+    }
+
+    /// True for a judged flow the policies deny.
+    pub fn denied(&self) -> bool {
+        matches!(self, Judgement::Judged { verdict, .. } if !verdict.allowed())
+    }
+}
+
+/// A flow record with its ends attributed and its verdict.
+#[derive(Clone, Debug)]
+pub struct JudgedFlow {
+    /// The record as observed (for a Service flow, the client's view: the destination is the ClusterIP).
+    pub record: FlowRecord,
+    /// The initiator.
+    pub source: Party,
+    /// The responder (for a Service flow, the backend when known, else the Service's backends).
+    pub destination: Party,
+    /// Set when the flow targeted a Service ClusterIP.
+    pub service: Option<ServiceHit>,
+    /// The verdict.
+    pub judgement: Judgement,
+}
+
+impl JudgedFlow {
+    /// The address the destination was reached at (the backend's, after DNAT, when known).
+    pub fn destination_ip(&self) -> IpAddr {
+        match self.service.and_then(|s| s.backend) {
+            Some((ip, _)) => ip,
+            None => self.record.dst,
+        }
+    }
+
+    /// The port policy judged: the backend port after DNAT for a Service flow, else the destination port.
+    pub fn judged_port(&self) -> Option<u16> {
+        match self.service.and_then(|s| s.backend) {
+            Some((_, port)) => Some(port),
+            None => self.record.dst_port,
+        }
+    }
+}
+
+/// Judged flows, in the order of the records given.
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    /// The flows.
+    pub flows: Vec<JudgedFlow>,
+    /// Post-DNAT records folded into the Service flow they belong to (the connection is counted once).
+    pub dnat_joined: u64,
+}
+
+/// How far apart a connection's pre- and post-DNAT records may be and still be joined: the two views of one
+/// connection are microseconds apart on one node, and a different connection on the same client port cannot
+/// start again this soon (TIME_WAIT).
+const DNAT_JOIN_SLACK_NS: i64 = 2_000_000_000;
+
+/// Judges flows against a policy set; keeps the verdict cache between calls (the aggregator calls it per batch).
+#[derive(Debug)]
+pub struct Analyzer<'a> {
+    set: &'a PolicySet,
+    attributor: Attributor<'a>,
+    cache: VerdictCache,
+}
+
+impl<'a> Analyzer<'a> {
+    /// An analyzer; `cluster_ranges` adds ranges whose ownerless addresses are unknown pods, not external.
+    pub fn new(set: &'a PolicySet, cluster_ranges: &[Cidr]) -> Analyzer<'a> {
+        Analyzer {
+            set,
+            attributor: Attributor::new(set.cluster(), cluster_ranges),
+            cache: VerdictCache::new(),
+        }
+    }
+
+    /// The policy set.
+    pub fn policy_set(&self) -> &'a PolicySet {
+        self.set
+    }
+
+    /// Attributes and judges records. Pre- and post-DNAT records of one connection (same client address and
+    /// port, the post-DNAT one going to a backend of the Service on its target port, at the same time) become
+    /// one flow.
+    pub fn analyze(&mut self, records: Vec<FlowRecord>) -> Analysis {
+        let mut ends: Vec<(Party, Party, Option<ServiceHit>, Vec<ResolvedBackend>)> =
+            Vec::with_capacity(records.len());
+        let mut any_service = false;
+        for record in &records {
+            let source = self.attributor.party(record.src, record.start);
+            let destination = self.attributor.party(record.dst, record.start);
+            let (destination, hit, backends) = match destination {
+                Party::Service(service) => {
+                    any_service = true;
+                    self.resolve(service, record)
+                }
+                other => (other, None, Vec::new()),
+            };
+            ends.push((source, destination, hit, backends));
+        }
+        let joined = if any_service {
+            self.join_dnat(&records, &mut ends)
+        } else {
+            vec![false; records.len()]
+        };
+        let mut analysis = Analysis {
+            flows: Vec::with_capacity(records.len()),
+            dnat_joined: 0,
+        };
+        for ((record, (source, destination, service, backends)), joined) in
+            records.into_iter().zip(ends).zip(joined)
+        {
+            if joined {
+                analysis.dnat_joined += 1;
+                continue;
+            }
+            let judgement = self.judge(&record, source, destination, service, &backends);
+            analysis.flows.push(JudgedFlow {
+                record,
+                source,
+                destination,
+                service,
+                judgement,
+            });
+        }
+        analysis
+    }
+
+    /// A flow to a ClusterIP: the Service port, and its backends (ready ones; all of them when none is ready,
+    /// as kube-proxy then falls back to terminating endpoints).
+    fn resolve(
+        &mut self,
+        service: ServiceId,
+        record: &FlowRecord,
+    ) -> (Party, Option<ServiceHit>, Vec<ResolvedBackend>) {
+        let cluster = self.attributor.cluster();
+        let resolved = record
+            .dst_port
+            .and_then(|port| cluster.resolve_service(service, port, record.proto));
+        let Some((service_port, mut backends)) = resolved else {
+            return (
+                Party::Service(service),
+                Some(ServiceHit {
+                    service,
+                    port: record.dst_port.unwrap_or(0),
+                    backend: None,
+                }),
+                Vec::new(),
+            );
+        };
+        if backends.iter().any(|b| b.ready) {
+            backends.retain(|b| b.ready);
+        }
+        let mut hit = ServiceHit {
+            service,
+            port: service_port.port,
+            backend: None,
+        };
+        let party = match backends.as_slice() {
+            [] => Party::Service(service),
+            [only] => {
+                hit.backend = Some((only.ip, only.port));
+                match only.pod {
+                    Some(pod) => Party::Pod(pod),
+                    None => self.attributor.party(only.ip, record.start),
+                }
+            }
+            _ => Party::Backends(service),
+        };
+        (party, Some(hit), backends)
+    }
+
+    /// Finds, for each Service flow with several candidate backends, the post-DNAT record of the same
+    /// connection; returns which records were folded into another.
+    #[allow(clippy::type_complexity)]
+    fn join_dnat(
+        &mut self,
+        records: &[FlowRecord],
+        ends: &mut [(Party, Party, Option<ServiceHit>, Vec<ResolvedBackend>)],
+    ) -> Vec<bool> {
+        let mut by_client: HashMap<(Protocol, IpAddr, u16), Vec<usize>> = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            if let (Some(port), (_, Party::Pod(_) | Party::Unknown, None, _)) =
+                (record.src_port, &ends[i])
+            {
+                by_client
+                    .entry((record.proto, record.src, port))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut joined = vec![false; records.len()];
+        for i in 0..records.len() {
+            let record = &records[i];
+            let (Some(port), Some(_)) = (record.src_port, ends[i].2) else {
+                continue;
+            };
+            let Some(candidates) = by_client.get(&(record.proto, record.src, port)) else {
+                continue;
+            };
+            let found = candidates.iter().copied().find_map(|j| {
+                let other = &records[j];
+                let overlaps = other.start.0 <= record.end.0 + DNAT_JOIN_SLACK_NS
+                    && record.start.0 <= other.end.0 + DNAT_JOIN_SLACK_NS;
+                let backend = ends[i]
+                    .3
+                    .iter()
+                    .find(|b| b.ip == other.dst && Some(b.port) == other.dst_port)?;
+                (!joined[j] && overlaps).then_some((j, backend.clone()))
+            });
+            if let Some((j, backend)) = found {
+                joined[j] = true;
+                let destination = match backend.pod {
+                    Some(pod) => Party::Pod(pod),
+                    None => ends[j].1,
+                };
+                let entry = &mut ends[i];
+                entry.1 = destination;
+                if let Some(hit) = entry.2.as_mut() {
+                    hit.backend = Some((backend.ip, backend.port));
+                }
+                entry.3 = vec![backend];
+            }
+        }
+        joined
+    }
+
+    fn judge(
+        &mut self,
+        record: &FlowRecord,
+        source: Party,
+        destination: Party,
+        service: Option<ServiceHit>,
+        backends: &[ResolvedBackend],
+    ) -> Judgement {
+        if matches!(source, Party::Service(_) | Party::Backends(_)) {
+            return Judgement::Unjudged(Unjudged::FromService);
+        }
+        let src = self.attributor.address(source, record.src);
+        let port = |p: u16| (!record.proto.is_icmp()).then_some(p);
+        match (destination, service) {
+            (Party::Service(service), _) => {
+                let cluster = self.attributor.cluster();
+                let served = record
+                    .dst_port
+                    .and_then(|p| cluster.resolve_service(service, p, record.proto))
+                    .is_some();
+                Judgement::Unjudged(if served {
+                    Unjudged::NoBackends
+                } else {
+                    Unjudged::PortNotServed
+                })
+            }
+            (Party::Backends(_), _) => {
+                let mut verdicts = Vec::with_capacity(backends.len());
+                for b in backends {
+                    let party = match b.pod {
+                        Some(pod) => Party::Pod(pod),
+                        None => self.attributor.party(b.ip, record.start),
+                    };
+                    let dst = self.attributor.address(party, b.ip);
+                    let (verdict, grounds) = self.set.judge_with_grounds(
+                        &mut self.cache,
+                        &src,
+                        &dst,
+                        port(b.port),
+                        record.proto,
+                    );
+                    verdicts.push(BackendVerdict {
+                        pod: b.pod,
+                        ip: b.ip,
+                        port: b.port,
+                        verdict,
+                        grounds,
+                    });
+                }
+                agree(verdicts)
+            }
+            (party, hit) => {
+                let (ip, dst_port) = match hit.and_then(|h| h.backend) {
+                    Some((ip, p)) => (ip, Some(p)),
+                    None => (record.dst, record.dst_port),
+                };
+                let dst = self.attributor.address(party, ip);
+                let (verdict, grounds) = self.set.judge_with_grounds(
+                    &mut self.cache,
+                    &src,
+                    &dst,
+                    dst_port.and_then(port),
+                    record.proto,
+                );
+                Judgement::Judged { verdict, grounds }
+            }
+        }
+    }
+}
+
+/// One verdict when every backend's egress and ingress sides agree (grounds merged), else the list.
+fn agree(verdicts: Vec<BackendVerdict>) -> Judgement {
+    let sides = |v: &Verdict| (v.egress.allowed(), v.ingress.allowed());
+    let Some(first) = verdicts.first() else {
+        return Judgement::Unjudged(Unjudged::NoBackends);
+    };
+    if verdicts
+        .iter()
+        .any(|b| sides(&b.verdict) != sides(&first.verdict))
+    {
+        return Judgement::Mixed(verdicts);
+    }
+    let verdict = first.verdict;
+    if verdicts
+        .iter()
+        .all(|b| Arc::ptr_eq(&b.grounds, &first.grounds))
+    {
+        return Judgement::Judged {
+            verdict,
+            grounds: Arc::clone(&first.grounds),
+        };
+    }
+    let mut merged = Grounds::default();
+    for b in &verdicts {
+        union(&mut merged.egress_isolating, &b.grounds.egress_isolating);
+        union(&mut merged.egress_allowing, &b.grounds.egress_allowing);
+        union(&mut merged.ingress_isolating, &b.grounds.ingress_isolating);
+        union(&mut merged.ingress_allowing, &b.grounds.ingress_allowing);
+    }
+    Judgement::Judged {
+        verdict,
+        grounds: Arc::new(merged),
+    }
+}
+
+fn union<T: PartialEq + Clone>(into: &mut Vec<T>, from: &[T]) {
+    for item in from {
+        if !into.contains(item) {
+            into.push(item.clone());
+        }
+    }
+}

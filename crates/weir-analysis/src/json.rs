@@ -1,0 +1,508 @@
+//! The JSON form of an analysis: `{"summary":{...},"flows":[...]}`, each flow being the flow record with its
+//! endpoints, Service, verdict per direction and a one-line reason.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+
+use serde::Serialize;
+use weir_cluster::ClusterState;
+use weir_model::{FlowRecord, Timestamp};
+use weir_policy::{Decision, Grounds, PolicySet, Verdict};
+
+use crate::analyze::{Analysis, JudgedFlow, Judgement, Unjudged};
+use crate::attribute::Party;
+use crate::report::{Edge, Group, Report};
+
+/// How one direction judged a flow, as JSON shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DirectionView {
+    /// `allowed`, `denied`, `not-isolated` (no policy isolates that end, or it is not a pod), `mixed` (a
+    /// Service's backends disagree) or `unknown` (not judged).
+    pub verdict: &'static str,
+    /// The deciding policies, `namespace/name`: those allowing it, or those isolating the end when denied.
+    pub policies: Vec<String>,
+}
+
+fn decision_name(d: Decision) -> &'static str {
+    match d {
+        Decision::NotApplicable | Decision::NotIsolated => "not-isolated",
+        Decision::Denied => "denied",
+        Decision::AllowedBy(_) | Decision::OwnNode | Decision::SamePod => "allowed",
+    }
+}
+
+fn side(
+    set: &PolicySet,
+    decision: Decision,
+    isolating: &[u32],
+    allowing: &[weir_policy::RuleRef],
+) -> DirectionView {
+    let mut policies: Vec<String> = Vec::new();
+    let mut add = |id: u32| {
+        let key = set.policies()[id as usize].key();
+        if !policies.contains(&key) {
+            policies.push(key);
+        }
+    };
+    match decision {
+        Decision::AllowedBy(_) => allowing.iter().for_each(|r| add(r.policy)),
+        Decision::Denied => isolating.iter().copied().for_each(&mut add),
+        _ => {}
+    }
+    DirectionView {
+        verdict: decision_name(decision),
+        policies,
+    }
+}
+
+fn sides(set: &PolicySet, verdict: &Verdict, g: &Grounds) -> (DirectionView, DirectionView) {
+    (
+        side(set, verdict.egress, &g.egress_isolating, &g.egress_allowing),
+        side(
+            set,
+            verdict.ingress,
+            &g.ingress_isolating,
+            &g.ingress_allowing,
+        ),
+    )
+}
+
+/// The source's egress and the destination's ingress of a judgement.
+pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView, DirectionView) {
+    match judgement {
+        Judgement::Judged { verdict, grounds } => sides(set, verdict, grounds),
+        Judgement::Mixed(backends) => {
+            let mut out: Option<(DirectionView, DirectionView)> = None;
+            for b in backends {
+                let (e, i) = sides(set, &b.verdict, &b.grounds);
+                out = Some(match out {
+                    None => (e, i),
+                    Some((mut oe, mut oi)) => {
+                        for (acc, new) in [(&mut oe, e), (&mut oi, i)] {
+                            if acc.verdict != new.verdict {
+                                acc.verdict = "mixed";
+                            }
+                            for p in new.policies {
+                                if !acc.policies.contains(&p) {
+                                    acc.policies.push(p);
+                                }
+                            }
+                        }
+                        (oe, oi)
+                    }
+                });
+            }
+            out.unwrap_or_else(unknown_sides)
+        }
+        Judgement::Unjudged(_) => unknown_sides(),
+    }
+}
+
+fn unknown_sides() -> (DirectionView, DirectionView) {
+    let unknown = || DirectionView {
+        verdict: "unknown",
+        policies: Vec::new(),
+    };
+    (unknown(), unknown())
+}
+
+/// `allowed`, `denied`, `mixed` (a Service's backends disagree) or `unknown` (not judged).
+pub fn verdict_name(judgement: &Judgement) -> &'static str {
+    match judgement {
+        Judgement::Judged { verdict, .. } if verdict.allowed() => "allowed",
+        Judgement::Judged { .. } => "denied",
+        Judgement::Mixed(_) => "mixed",
+        Judgement::Unjudged(_) => "unknown",
+    }
+}
+
+#[derive(Serialize)]
+struct WorkloadRef<'a> {
+    kind: String,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum EndpointView<'a> {
+    Pod {
+        namespace: &'a str,
+        name: &'a str,
+        workload: WorkloadRef<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<&'a str>,
+        ip: IpAddr,
+    },
+    Node {
+        name: &'a str,
+        ip: IpAddr,
+    },
+    Workload {
+        namespace: &'a str,
+        workload: WorkloadRef<'a>,
+        backends: usize,
+    },
+    Service {
+        namespace: &'a str,
+        name: &'a str,
+        ip: IpAddr,
+    },
+    External {
+        ip: IpAddr,
+    },
+    Unknown {
+        ip: IpAddr,
+    },
+}
+
+fn endpoint<'a>(cluster: &'a ClusterState, party: Party, ip: IpAddr) -> EndpointView<'a> {
+    match party {
+        Party::Pod(id) => {
+            let pod = cluster.pod(id);
+            EndpointView::Pod {
+                namespace: &pod.namespace,
+                name: &pod.name,
+                workload: WorkloadRef {
+                    kind: pod.workload.kind.to_string(),
+                    name: &pod.workload.name,
+                },
+                node: pod.node_name.as_deref(),
+                ip,
+            }
+        }
+        Party::Node(id) => EndpointView::Node {
+            name: &cluster.node(id).name,
+            ip,
+        },
+        Party::Backends(id) => {
+            let service = cluster.service(id);
+            let first = service
+                .backends
+                .iter()
+                .find_map(|b| b.pod)
+                .map(|p| &cluster.pod(p).workload);
+            let same = first.is_some_and(|w| {
+                service
+                    .backends
+                    .iter()
+                    .filter_map(|b| b.pod)
+                    .all(|p| cluster.pod(p).workload == *w)
+            });
+            match first.filter(|_| same) {
+                Some(w) => EndpointView::Workload {
+                    namespace: &w.namespace,
+                    workload: WorkloadRef {
+                        kind: w.kind.to_string(),
+                        name: &w.name,
+                    },
+                    backends: service.backends.len(),
+                },
+                None => EndpointView::Service {
+                    namespace: &service.namespace,
+                    name: &service.name,
+                    ip,
+                },
+            }
+        }
+        Party::Service(id) => {
+            let service = cluster.service(id);
+            EndpointView::Service {
+                namespace: &service.namespace,
+                name: &service.name,
+                ip,
+            }
+        }
+        Party::External => EndpointView::External { ip },
+        Party::Unknown => EndpointView::Unknown { ip },
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_port: Option<u16>,
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    pod: Option<String>,
+    ip: IpAddr,
+    port: u16,
+    verdict: &'static str,
+}
+
+#[derive(Serialize)]
+struct FlowExtras<'a> {
+    source: EndpointView<'a>,
+    destination: EndpointView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<ServiceView<'a>>,
+    verdict: &'static str,
+    egress: DirectionView,
+    ingress: DirectionView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backends: Option<Vec<BackendView>>,
+    reason: String,
+}
+
+/// One line saying why a flow got its verdict.
+pub fn reason(set: &PolicySet, flow: &JudgedFlow) -> String {
+    let cluster = set.cluster();
+    match &flow.judgement {
+        Judgement::Judged { verdict, .. } => {
+            let (egress, ingress) = direction_views(set, &flow.judgement);
+            let says =
+                |d: Decision, view: &DirectionView, dir: &str, end: &str| -> Option<String> {
+                    Some(match d {
+                        Decision::NotApplicable => return None,
+                        Decision::NotIsolated => format!("{end} not isolated for {dir}"),
+                        Decision::AllowedBy(_) => {
+                            format!("{dir} allowed by {}", view.policies.join(", "))
+                        }
+                        Decision::OwnNode => "a pod and its own node may always connect".to_owned(),
+                        Decision::SamePod => "a pod may always reach itself".to_owned(),
+                        Decision::Denied => {
+                            format!("no {dir} rule of {} allows it", view.policies.join(", "))
+                        }
+                    })
+                };
+            let parts: Vec<String> = [
+                says(verdict.egress, &egress, "egress", "source"),
+                says(verdict.ingress, &ingress, "ingress", "destination"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let head = if verdict.allowed() {
+                "allowed"
+            } else {
+                "denied"
+            };
+            if parts.is_empty() {
+                format!("{head}: neither end is a pod subject to NetworkPolicy")
+            } else {
+                format!("{head}: {}", parts.join("; "))
+            }
+        }
+        Judgement::Mixed(backends) => {
+            let allowed = backends.iter().filter(|b| b.verdict.allowed()).count();
+            format!(
+                "the Service's backends disagree: {allowed} allow it, {} deny it",
+                backends.len() - allowed
+            )
+        }
+        Judgement::Unjudged(why) => {
+            let service = flow
+                .service
+                .map(|s| (cluster.service(s.service).key(), s.port))
+                .unwrap_or_default();
+            let proto = flow.record.proto;
+            match why {
+                Unjudged::NoBackends => format!(
+                    "not judged: Service {} has no backend for {}/{proto}",
+                    service.0, service.1
+                ),
+                Unjudged::PortNotServed => format!(
+                    "not judged: Service {} does not serve {}/{proto}",
+                    service.0,
+                    flow.record.dst_port.unwrap_or(0)
+                ),
+                Unjudged::FromService => {
+                    "not judged: the flow starts at a Service address".to_owned()
+                }
+            }
+        }
+    }
+}
+
+/// Appends one flow as a JSON object (no trailing newline).
+fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
+    let cluster = set.cluster();
+    let record: &FlowRecord = &flow.record;
+    let start = out.len();
+    record.write_json_line(out);
+    // The record's own object, reopened: drop its closing brace and newline.
+    while out.len() > start && matches!(out.last(), Some(b'\n' | b'}')) {
+        out.pop();
+    }
+    let (egress, ingress) = direction_views(set, &flow.judgement);
+    let backends = match &flow.judgement {
+        Judgement::Mixed(list) => Some(
+            list.iter()
+                .map(|b| BackendView {
+                    pod: b.pod.map(|p| cluster.pod(p).key()),
+                    ip: b.ip,
+                    port: b.port,
+                    verdict: if b.verdict.allowed() {
+                        "allowed"
+                    } else {
+                        "denied"
+                    },
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let extras = FlowExtras {
+        source: endpoint(cluster, flow.source, record.src),
+        destination: endpoint(cluster, flow.destination, flow.destination_ip()),
+        service: flow.service.map(|s| {
+            let service = cluster.service(s.service);
+            ServiceView {
+                namespace: &service.namespace,
+                name: &service.name,
+                port: s.port,
+                target_port: s.backend.map(|b| b.1),
+            }
+        }),
+        verdict: verdict_name(&flow.judgement),
+        egress,
+        ingress,
+        backends,
+        reason: reason(set, flow),
+    };
+    let at = out.len();
+    if serde_json::to_writer(&mut *out, &extras).is_ok() && out.get(at) == Some(&b'{') {
+        out[at] = b',';
+    }
+}
+
+#[derive(Serialize)]
+struct EdgeView<'a> {
+    from: String,
+    to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    proto: String,
+    flows: u64,
+    answered: u64,
+    packets: u64,
+    bytes: u64,
+    first: String,
+    last: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    denied_by: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_isolated: Vec<&'static str>,
+    policies: &'a [String],
+}
+
+fn group_view(g: &Group) -> String {
+    match g {
+        Group::Workload(w) => format!("{} {}/{}", w.kind, w.namespace, w.name),
+        other => other.to_string(),
+    }
+}
+
+fn time(t: Timestamp) -> String {
+    t.to_string()
+}
+
+fn edge_view(e: &Edge) -> EdgeView<'_> {
+    let mut denied_by = Vec::new();
+    if e.egress_denied {
+        denied_by.push("egress");
+    }
+    if e.ingress_denied {
+        denied_by.push("ingress");
+    }
+    let mut not_isolated = Vec::new();
+    if e.not_isolated.0 {
+        not_isolated.push("egress");
+    }
+    if e.not_isolated.1 {
+        not_isolated.push("ingress");
+    }
+    EdgeView {
+        from: group_view(&e.from),
+        to: group_view(&e.to),
+        service: e.service.as_deref(),
+        port: e.port,
+        proto: e.proto.to_string(),
+        flows: e.flows,
+        answered: e.answered,
+        packets: e.packets,
+        bytes: e.bytes,
+        first: time(e.first),
+        last: time(e.last),
+        denied_by,
+        not_isolated,
+        policies: &e.policies,
+    }
+}
+
+/// Writes `{"summary":{...},"flows":[...]}`, one flow per line, to `out`.
+pub fn write_analysis_json<W: Write>(
+    set: &PolicySet,
+    analysis: &Analysis,
+    report: &Report,
+    inputs: &[String],
+    out: &mut W,
+) -> io::Result<()> {
+    let t = &report.totals;
+    let edges = |class| -> Vec<EdgeView<'_>> { report.edges_of(class).map(edge_view).collect() };
+    use crate::report::EdgeClass;
+    let summary = serde_json::json!({
+        "inputs": inputs,
+        "flows": t.flows,
+        "packets": t.packets,
+        "bytes": t.bytes,
+        "first": t.first.map(time),
+        "last": t.last.map(time),
+        "verdicts": {
+            "allowed": t.allowed,
+            "allowed_not_isolated": t.allowed_not_isolated,
+            "denied": t.denied,
+            "mixed": t.mixed,
+            "unknown": t.unjudged,
+        },
+        "via_service": t.via_service,
+        "dnat_joined": t.dnat_joined,
+        "pods_seen": t.pods_seen,
+        "unexpected": edges(EdgeClass::Denied),
+        "mixed": edges(EdgeClass::Mixed),
+        "allowed_not_isolated": edges(EdgeClass::NotIsolated),
+        "allowed": edges(EdgeClass::Allowed),
+        "unjudged": edges(EdgeClass::Unjudged),
+        "namespaces_without_policy": report.namespaces_without_policy.iter()
+            .map(|(ns, pods)| serde_json::json!({"namespace": ns, "pods": pods})).collect::<Vec<_>>(),
+        "workloads_without_policy": report.workloads_without_policy.iter()
+            .map(|w| serde_json::json!({"namespace": w.namespace, "kind": w.kind.to_string(), "name": w.name}))
+            .collect::<Vec<_>>(),
+        "policies_selecting_nothing": report.policies_selecting_nothing,
+        "unused_rules": report.unused_rules.iter().map(|r| serde_json::json!({
+            "policy": r.policy, "direction": r.direction.field(), "rule": r.rule, "text": r.text,
+            "pods_observed": r.pods_observed,
+        })).collect::<Vec<_>>(),
+        "unattributed": report.unattributed.iter().map(|u| serde_json::json!({
+            "ip": u.ip, "flows": u.flows, "peers": u.peers,
+        })).collect::<Vec<_>>(),
+        "external": report.external.iter().map(|(ip, flows, initiated)| serde_json::json!({
+            "ip": ip, "flows": flows, "initiated": initiated,
+        })).collect::<Vec<_>>(),
+        "scans": report.scans.iter().map(|s| serde_json::json!({
+            "source": group_view(&s.source), "ip": s.ip, "targets": s.targets, "hosts": s.hosts,
+            "ports": s.ports, "flows": s.flows, "failed": s.failed, "denied": s.denied,
+            "first": time(s.first), "last": time(s.last),
+        })).collect::<Vec<_>>(),
+    });
+    out.write_all(b"{\"summary\":")?;
+    serde_json::to_writer(&mut *out, &summary)?;
+    out.write_all(b",\n\"flows\":[")?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for (i, flow) in analysis.flows.iter().enumerate() {
+        buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        write_flow(set, flow, &mut buf);
+        if buf.len() >= 1 << 16 {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    out.write_all(&buf)?;
+    out.write_all(b"\n]}\n")
+}

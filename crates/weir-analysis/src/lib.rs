@@ -1,0 +1,27 @@
+//! Judged flows: flow records attributed to the cluster and judged against its NetworkPolicies, and the
+//! findings a person acts on.
+//!
+//! [`Analyzer::analyze`] is the step between the flow pipeline and every consumer (the offline report, the
+//! aggregator's alerts, policy synthesis). It attributes each end of a flow with the owner of the address at the
+//! flow's time ([`Party`]), resolves Service ClusterIPs through the Service port and its EndpointSlices to the
+//! backends (joining the pre- and post-DNAT records of one connection when a capture holds both), and judges the
+//! connection on the backend and its target port, as NetworkPolicy does. When a Service's backends would get
+//! different verdicts the flow says so ([`Judgement::Mixed`]) instead of picking one. [`Report::new`] groups
+//! judged flows into findings: denied flows by workload edge, flows allowed only because a pod is not isolated,
+//! pods without policy, rules nothing used, unattributed addresses and suspected scans.
+//!
+//! No I/O: callers hand in records and a [`weir_policy::PolicySet`] and write the results where they like.
+
+#![deny(missing_docs)]
+
+mod analyze;
+mod attribute;
+mod json;
+mod report;
+
+pub use analyze::{
+    Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceHit, Unjudged,
+};
+pub use attribute::{Attributor, Party};
+pub use json::{DirectionView, direction_views, reason, verdict_name, write_analysis_json};
+pub use report::{Edge, EdgeClass, Group, Report, Scan, Totals, UnattributedAddress, UnusedRule};

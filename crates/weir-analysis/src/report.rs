@@ -1,0 +1,586 @@
+//! Findings from judged flows: what a person reads first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use weir_cluster::{ServiceId, Workload};
+use weir_model::{Protocol, TcpFlags, Timestamp};
+use weir_policy::{Decision, Direction, PolicySet};
+
+use crate::analyze::{Analysis, JudgedFlow, Judgement};
+use crate::attribute::Party;
+
+/// What a flow's end is grouped under in a report: its workload, not its pod, so replicas add up.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    /// A workload (or a bare pod).
+    Workload(Workload),
+    /// A node (its address, shared by its hostNetwork pods).
+    Node(String),
+    /// A Service whose backends span several workloads, or that could not be resolved.
+    Service(String),
+    /// An address outside the cluster.
+    External(IpAddr),
+    /// An address in the cluster's ranges that nobody held.
+    Unknown(IpAddr),
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Group::Workload(w) => write!(f, "{}/{}", w.namespace, w.name),
+            Group::Node(name) => write!(f, "node {name}"),
+            Group::Service(key) => write!(f, "service {key}"),
+            Group::External(ip) => write!(f, "{ip}"),
+            Group::Unknown(ip) => write!(f, "{ip} (unknown)"),
+        }
+    }
+}
+
+/// How the flows of an edge were judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EdgeClass {
+    /// Observed, but the policies in force deny it.
+    Denied,
+    /// A Service whose backends get different verdicts.
+    Mixed,
+    /// Allowed only because an end is not isolated: no policy rule allowed it.
+    NotIsolated,
+    /// Allowed by policy rules (or always allowed: a pod and its node, nodes and the outside).
+    Allowed,
+    /// Could not be judged (a Service without backends, say).
+    Unjudged,
+}
+
+impl EdgeClass {
+    /// The name used in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeClass::Denied => "denied",
+            EdgeClass::Mixed => "mixed",
+            EdgeClass::NotIsolated => "not-isolated",
+            EdgeClass::Allowed => "allowed",
+            EdgeClass::Unjudged => "unknown",
+        }
+    }
+}
+
+/// Flows between two groups on one port, with one classification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Edge {
+    /// The classification.
+    pub class: EdgeClass,
+    /// Initiators.
+    pub from: Group,
+    /// Responders.
+    pub to: Group,
+    /// The Service the flows went through (`namespace/name`), if any.
+    pub service: Option<String>,
+    /// The port judged (after DNAT), if the protocol has ports.
+    pub port: Option<u16>,
+    /// Protocol.
+    pub proto: Protocol,
+    /// Flows.
+    pub flows: u64,
+    /// Flows that got any reply without a reset.
+    pub answered: u64,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// IP bytes, both directions.
+    pub bytes: u64,
+    /// First packet.
+    pub first: Timestamp,
+    /// Last packet.
+    pub last: Timestamp,
+    /// Whether the source's egress denied (for denied edges).
+    pub egress_denied: bool,
+    /// Whether the destination's ingress denied (for denied edges).
+    pub ingress_denied: bool,
+    /// The deciding policies, `namespace/name`: the isolating ones on the denying side for a denied edge,
+    /// the allowing ones for an allowed edge.
+    pub policies: Vec<String>,
+    /// Which side was not isolated, for edges allowed only because of it: (source egress, destination ingress).
+    pub not_isolated: (bool, bool),
+}
+
+/// A rule no observed flow used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnusedRule {
+    /// The policy, `namespace/name`.
+    pub policy: String,
+    /// Ingress or egress.
+    pub direction: Direction,
+    /// The rule's index.
+    pub rule: u16,
+    /// The rule in one line.
+    pub text: String,
+    /// Whether any pod the policy selects appears in the observed flows (if not, the capture says nothing
+    /// about the rule).
+    pub pods_observed: bool,
+}
+
+/// An address in the cluster's ranges that no one in the snapshot held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnattributedAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// Flows to or from it.
+    pub flows: u64,
+    /// Who talked to it.
+    pub peers: Vec<String>,
+}
+
+/// A source reaching many destinations or ports, mostly without an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The source.
+    pub source: Group,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Distinct (address, port) targets.
+    pub targets: u64,
+    /// Distinct addresses.
+    pub hosts: u64,
+    /// Distinct ports.
+    pub ports: u64,
+    /// Flows from it.
+    pub flows: u64,
+    /// Flows without an answer, or refused.
+    pub failed: u64,
+    /// Flows the policies deny.
+    pub denied: u64,
+    /// First attempt.
+    pub first: Timestamp,
+    /// Last attempt.
+    pub last: Timestamp,
+}
+
+/// Totals over the judged flows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Flows.
+    pub flows: u64,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// IP bytes, both directions.
+    pub bytes: u64,
+    /// First packet.
+    pub first: Option<Timestamp>,
+    /// Last packet.
+    pub last: Option<Timestamp>,
+    /// Flows allowed.
+    pub allowed: u64,
+    /// Of the allowed flows, those allowed only because an end is not isolated.
+    pub allowed_not_isolated: u64,
+    /// Flows denied.
+    pub denied: u64,
+    /// Flows to Services whose backends disagree.
+    pub mixed: u64,
+    /// Flows that could not be judged.
+    pub unjudged: u64,
+    /// Flows through a Service ClusterIP.
+    pub via_service: u64,
+    /// Post-DNAT records joined into their Service flow.
+    pub dnat_joined: u64,
+    /// Distinct pods seen at either end.
+    pub pods_seen: u64,
+    /// Flow ends at unknown addresses.
+    pub unknown_ends: u64,
+}
+
+/// A source fans out to at least this many targets before it can count as a scan.
+const SCAN_MIN_TARGETS: u64 = 10;
+
+/// Everything the report shows.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Totals.
+    pub totals: Totals,
+    /// Every edge, findings first (denied, mixed, not isolated), then by flows.
+    pub edges: Vec<Edge>,
+    /// Namespaces with running pods and no NetworkPolicy at all, with their pod counts.
+    pub namespaces_without_policy: Vec<(String, u64)>,
+    /// Workloads in namespaces that have policies, whose pods no policy selects.
+    pub workloads_without_policy: Vec<Workload>,
+    /// Policies that select no pod.
+    pub policies_selecting_nothing: Vec<String>,
+    /// Rules no observed flow used.
+    pub unused_rules: Vec<UnusedRule>,
+    /// Unattributed addresses in the cluster's ranges.
+    pub unattributed: Vec<UnattributedAddress>,
+    /// Outside addresses by flows (address, flows, initiated by them).
+    pub external: Vec<(IpAddr, u64, u64)>,
+    /// Suspected scans.
+    pub scans: Vec<Scan>,
+}
+
+/// Whether a flow got an answer that was not a reset.
+fn answered(flow: &JudgedFlow) -> bool {
+    flow.record.reply_packets > 0 && !flow.record.reply_tcp_flags.contains(TcpFlags::RST)
+}
+
+fn class_of(judgement: &Judgement) -> EdgeClass {
+    match judgement {
+        Judgement::Judged { verdict, .. } if !verdict.allowed() => EdgeClass::Denied,
+        Judgement::Judged { verdict, .. } => {
+            let by_rule = |d: Decision| matches!(d, Decision::AllowedBy(_));
+            let open = |d: Decision| d == Decision::NotIsolated;
+            if !by_rule(verdict.egress)
+                && !by_rule(verdict.ingress)
+                && (open(verdict.egress) || open(verdict.ingress))
+            {
+                EdgeClass::NotIsolated
+            } else {
+                EdgeClass::Allowed
+            }
+        }
+        Judgement::Mixed(_) => EdgeClass::Mixed,
+        Judgement::Unjudged(_) => EdgeClass::Unjudged,
+    }
+}
+
+type EdgeKey = (EdgeClass, Group, Group, Option<ServiceId>, Option<u16>, u8);
+
+impl Report {
+    /// Builds the report of an analysis.
+    pub fn new(set: &PolicySet, analysis: &Analysis) -> Report {
+        let cluster = set.cluster();
+        let policy_key = |i: u32| set.policies()[i as usize].key();
+        let mut service_groups: HashMap<ServiceId, Group> = HashMap::new();
+        let mut group = |party: Party, ip: IpAddr| -> Group {
+            match party {
+                Party::Pod(pod) => Group::Workload(cluster.pod(pod).workload.clone()),
+                Party::Node(node) => Group::Node(cluster.node(node).name.clone()),
+                Party::Backends(service) | Party::Service(service) => service_groups
+                    .entry(service)
+                    .or_insert_with(|| {
+                        let s = cluster.service(service);
+                        let workloads: BTreeSet<&Workload> = s
+                            .backends
+                            .iter()
+                            .filter_map(|b| b.pod)
+                            .map(|p| &cluster.pod(p).workload)
+                            .collect();
+                        match (party, workloads.len()) {
+                            (Party::Backends(_), 1) => workloads.into_iter().next().map_or_else(
+                                || Group::Service(s.key()),
+                                |w| Group::Workload(w.clone()),
+                            ),
+                            _ => Group::Service(s.key()),
+                        }
+                    })
+                    .clone(),
+                Party::External => Group::External(ip),
+                Party::Unknown => Group::Unknown(ip),
+            }
+        };
+
+        let mut totals = Totals {
+            dnat_joined: analysis.dnat_joined,
+            ..Totals::default()
+        };
+        let mut edges: HashMap<EdgeKey, Edge> = HashMap::new();
+        let mut pods_seen = HashSet::new();
+        let mut used_rules: HashSet<(u32, Direction, u16)> = HashSet::new();
+        let mut unknown: BTreeMap<IpAddr, (u64, BTreeSet<String>)> = BTreeMap::new();
+        let mut external: HashMap<IpAddr, (u64, u64)> = HashMap::new();
+        let mut fanout: HashMap<(Group, IpAddr), ScanAcc> = HashMap::new();
+
+        for flow in &analysis.flows {
+            let r = &flow.record;
+            totals.flows += 1;
+            totals.packets += r.total_packets();
+            totals.bytes += r.total_bytes();
+            totals.first = Some(totals.first.map_or(r.start, |t| t.min(r.start)));
+            totals.last = Some(totals.last.map_or(r.end, |t| t.max(r.end)));
+            totals.via_service += u64::from(flow.service.is_some());
+            let class = class_of(&flow.judgement);
+            match class {
+                EdgeClass::Denied => totals.denied += 1,
+                EdgeClass::Mixed => totals.mixed += 1,
+                EdgeClass::NotIsolated => {
+                    totals.allowed += 1;
+                    totals.allowed_not_isolated += 1;
+                }
+                EdgeClass::Allowed => totals.allowed += 1,
+                EdgeClass::Unjudged => totals.unjudged += 1,
+            }
+            for party in [flow.source, flow.destination] {
+                if let Party::Pod(pod) = party {
+                    pods_seen.insert(pod);
+                }
+            }
+            let mut note_grounds = |g: &weir_policy::Grounds| {
+                for rule in &g.egress_allowing {
+                    used_rules.insert((rule.policy, Direction::Egress, rule.rule));
+                }
+                for rule in &g.ingress_allowing {
+                    used_rules.insert((rule.policy, Direction::Ingress, rule.rule));
+                }
+            };
+            match &flow.judgement {
+                Judgement::Judged { grounds, .. } => note_grounds(grounds),
+                Judgement::Mixed(backends) => {
+                    backends.iter().for_each(|b| note_grounds(&b.grounds))
+                }
+                Judgement::Unjudged(_) => {}
+            }
+
+            let from = group(flow.source, r.src);
+            let to = group(flow.destination, flow.destination_ip());
+            for (party, ip, peer) in [
+                (flow.source, r.src, &to),
+                (flow.destination, flow.destination_ip(), &from),
+            ] {
+                match party {
+                    Party::Unknown => {
+                        totals.unknown_ends += 1;
+                        let entry = unknown.entry(ip).or_default();
+                        entry.0 += 1;
+                        entry.1.insert(peer.to_string());
+                    }
+                    Party::External => {
+                        let entry = external.entry(ip).or_default();
+                        entry.0 += 1;
+                        entry.1 += u64::from(ip == r.src);
+                    }
+                    _ => {}
+                }
+            }
+            let port = flow.judged_port().filter(|_| !r.proto.is_icmp());
+            let ok = answered(flow);
+            let acc = fanout
+                .entry((from.clone(), r.src))
+                .or_insert_with(|| ScanAcc {
+                    first: r.start,
+                    last: r.end,
+                    ..ScanAcc::default()
+                });
+            acc.targets.insert((flow.destination_ip(), port));
+            acc.flows += 1;
+            acc.failed += u64::from(!ok);
+            acc.denied += u64::from(class == EdgeClass::Denied);
+            acc.first = acc.first.min(r.start);
+            acc.last = acc.last.max(r.end);
+
+            let key = (
+                class,
+                from.clone(),
+                to.clone(),
+                flow.service.map(|s| s.service),
+                port,
+                r.proto.0,
+            );
+            let edge = edges.entry(key).or_insert_with(|| Edge {
+                class,
+                from,
+                to,
+                service: flow.service.map(|s| cluster.service(s.service).key()),
+                port,
+                proto: r.proto,
+                flows: 0,
+                answered: 0,
+                packets: 0,
+                bytes: 0,
+                first: r.start,
+                last: r.end,
+                egress_denied: false,
+                ingress_denied: false,
+                policies: Vec::new(),
+                not_isolated: (false, false),
+            });
+            edge.flows += 1;
+            edge.answered += u64::from(ok);
+            edge.packets += r.total_packets();
+            edge.bytes += r.total_bytes();
+            edge.first = edge.first.min(r.start);
+            edge.last = edge.last.max(r.end);
+            let mut add_policies = |ids: &mut dyn Iterator<Item = u32>| {
+                for id in ids {
+                    let key = policy_key(id);
+                    if !edge.policies.contains(&key) {
+                        edge.policies.push(key);
+                    }
+                }
+            };
+            match &flow.judgement {
+                Judgement::Judged { verdict, grounds } => match class {
+                    EdgeClass::Denied => {
+                        if !verdict.egress.allowed() {
+                            edge.egress_denied = true;
+                            add_policies(&mut grounds.egress_isolating.iter().copied());
+                        }
+                        if !verdict.ingress.allowed() {
+                            edge.ingress_denied = true;
+                            add_policies(&mut grounds.ingress_isolating.iter().copied());
+                        }
+                    }
+                    EdgeClass::NotIsolated => {
+                        edge.not_isolated.0 |= verdict.egress == Decision::NotIsolated;
+                        edge.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
+                    }
+                    _ => add_policies(
+                        &mut grounds
+                            .egress_allowing
+                            .iter()
+                            .chain(&grounds.ingress_allowing)
+                            .map(|r| r.policy),
+                    ),
+                },
+                Judgement::Mixed(backends) => {
+                    for b in backends {
+                        if !b.verdict.egress.allowed() {
+                            edge.egress_denied = true;
+                            add_policies(&mut b.grounds.egress_isolating.iter().copied());
+                        }
+                        if !b.verdict.ingress.allowed() {
+                            edge.ingress_denied = true;
+                            add_policies(&mut b.grounds.ingress_isolating.iter().copied());
+                        }
+                    }
+                }
+                Judgement::Unjudged(_) => {}
+            }
+        }
+        totals.pods_seen = pods_seen.len() as u64;
+
+        let mut edges: Vec<Edge> = edges.into_values().collect();
+        edges.sort_by(|a, b| {
+            a.class
+                .cmp(&b.class)
+                .then(b.flows.cmp(&a.flows))
+                .then_with(|| {
+                    (&a.from, &a.to, a.port, a.proto.0).cmp(&(&b.from, &b.to, b.port, b.proto.0))
+                })
+        });
+
+        // Which policies select which pods, for unprotected pods, idle policies and unused rules.
+        let mut selecting_anything = vec![false; set.policies().len()];
+        let mut selecting_observed = vec![false; set.policies().len()];
+        let mut unselected: BTreeSet<&Workload> = BTreeSet::new();
+        let mut pods_per_namespace: BTreeMap<&str, u64> = BTreeMap::new();
+        for (index, pod) in cluster.pods().iter().enumerate() {
+            if pod.host_network || pod.is_terminated() {
+                continue;
+            }
+            let id = weir_cluster::PodId(index as u32);
+            *pods_per_namespace
+                .entry(pod.namespace.as_str())
+                .or_default() += 1;
+            let (ingress, egress) = set.isolating(id);
+            if ingress.is_empty() && egress.is_empty() {
+                unselected.insert(&pod.workload);
+            }
+            for &p in ingress.iter().chain(egress) {
+                selecting_anything[p as usize] = true;
+                selecting_observed[p as usize] |= pods_seen.contains(&id);
+            }
+        }
+        let namespaces_with_policy: HashSet<&str> = set
+            .policies()
+            .iter()
+            .map(|p| p.namespace.as_str())
+            .collect();
+        let namespaces_without_policy = pods_per_namespace
+            .iter()
+            .filter(|(ns, _)| !namespaces_with_policy.contains(**ns))
+            .map(|(ns, n)| ((*ns).to_owned(), *n))
+            .collect();
+        let workloads_without_policy = unselected
+            .into_iter()
+            .filter(|w| namespaces_with_policy.contains(w.namespace.as_str()))
+            .cloned()
+            .collect();
+        let mut unused_rules = Vec::new();
+        let mut policies_selecting_nothing = Vec::new();
+        for (index, policy) in set.policies().iter().enumerate() {
+            if !selecting_anything[index] {
+                policies_selecting_nothing.push(policy.key());
+                continue;
+            }
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for rule in 0..policy.rules(direction).len() as u16 {
+                    if !used_rules.contains(&(index as u32, direction, rule)) {
+                        unused_rules.push(UnusedRule {
+                            policy: policy.key(),
+                            direction,
+                            rule,
+                            text: set.describe_rule(direction, index as u32, rule),
+                            pods_observed: selecting_observed[index],
+                        });
+                    }
+                }
+            }
+        }
+
+        let unattributed = unknown
+            .into_iter()
+            .map(|(ip, (flows, peers))| UnattributedAddress {
+                ip,
+                flows,
+                peers: peers.into_iter().collect(),
+            })
+            .collect();
+        let mut external: Vec<(IpAddr, u64, u64)> = external
+            .into_iter()
+            .map(|(ip, (n, i))| (ip, n, i))
+            .collect();
+        external.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut scans: Vec<Scan> = fanout
+            .into_iter()
+            .filter_map(|((source, ip), acc)| {
+                let targets = acc.targets.len() as u64;
+                (targets >= SCAN_MIN_TARGETS && acc.failed * 2 >= acc.flows).then(|| Scan {
+                    source,
+                    ip,
+                    targets,
+                    hosts: acc
+                        .targets
+                        .iter()
+                        .map(|t| t.0)
+                        .collect::<HashSet<_>>()
+                        .len() as u64,
+                    ports: acc
+                        .targets
+                        .iter()
+                        .map(|t| t.1)
+                        .collect::<HashSet<_>>()
+                        .len() as u64,
+                    flows: acc.flows,
+                    failed: acc.failed,
+                    denied: acc.denied,
+                    first: acc.first,
+                    last: acc.last,
+                })
+            })
+            .collect();
+        scans.sort_by(|a, b| b.targets.cmp(&a.targets).then(a.ip.cmp(&b.ip)));
+        Report {
+            totals,
+            edges,
+            namespaces_without_policy,
+            workloads_without_policy,
+            policies_selecting_nothing,
+            unused_rules,
+            unattributed,
+            external,
+            scans,
+        }
+    }
+
+    /// The edges of one class.
+    pub fn edges_of(&self, class: EdgeClass) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.class == class)
+    }
+}
+
+#[derive(Default)]
+struct ScanAcc {
+    targets: HashSet<(IpAddr, Option<u16>)>,
+    flows: u64,
+    failed: u64,
+    denied: u64,
+    first: Timestamp,
+    last: Timestamp,
+}

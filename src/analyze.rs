@@ -1,0 +1,194 @@
+//! `weir analyze`: captures (or flow records) judged against a cluster snapshot, as a report.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use weir_analysis::{Analyzer, Report, write_analysis_json};
+use weir_flow::{ExtractStats, FlowConfig};
+use weir_model::{Cidr, FlowRecord};
+
+use crate::pipeline::extract_file;
+use crate::report::{Style, render_report};
+use crate::snapshot;
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Capture files (pcap or pcapng, optionally gzip-compressed).
+    #[arg(value_name = "CAPTURE", required_unless_present = "flows")]
+    captures: Vec<PathBuf>,
+    /// Flow records (`weir flows --format jsonl` output) instead of, or as well as, captures; `-` reads
+    /// standard input.
+    #[arg(long, value_name = "FILE.jsonl")]
+    flows: Vec<PathBuf>,
+    /// Cluster snapshot(s): `kubectl get ... -o yaml/json` output, multi-document YAML, or directories.
+    #[arg(long, required = true, value_name = "PATH")]
+    cluster: Vec<PathBuf>,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = AnalyzeFormat::Text)]
+    format: AnalyzeFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Address ranges that belong to the cluster besides the nodes' pod ranges (the Service range, or the pod
+    /// range of a CNI that does not publish per-node ranges): addresses there that no one holds are reported
+    /// as unknown, not external.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    cluster_cidr: Vec<Cidr>,
+    /// Rows shown per section of the text and Markdown reports (the JSON has everything).
+    #[arg(long, default_value_t = 15)]
+    top: usize,
+    /// Color in the text report.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Worker threads per capture.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AnalyzeFormat {
+    /// A report for people (colored on a terminal).
+    Text,
+    /// One JSON document: `{"summary":{...},"flows":[...]}`.
+    Json,
+    /// The text report's content as Markdown, for a ticket or a pull request.
+    Markdown,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    Always,
+    Never,
+}
+
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    Cidr::parse(text).ok_or_else(|| format!("{text:?} is not an address block like 10.96.0.0/12"))
+}
+
+/// What reading the inputs gave.
+#[derive(Default)]
+pub struct Inputs {
+    pub records: Vec<FlowRecord>,
+    pub stats: ExtractStats,
+    pub names: Vec<String>,
+    pub from_flow_files: u64,
+}
+
+fn read_flow_file(path: &Path, into: &mut Vec<FlowRecord>) -> Result<u64> {
+    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+        Box::new(BufReader::new(io::stdin().lock()))
+    } else {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Box::new(BufReader::with_capacity(1 << 16, file))
+    };
+    let mut count = 0;
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: FlowRecord = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{}:{}: not a flow record (expected `weir flows --format jsonl` output)",
+                path.display(),
+                index + 1
+            )
+        })?;
+        into.push(record);
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Reads every capture and flow file. A capture that cannot be opened is an error; one that ends early is a
+/// warning (the flows before the damage count).
+pub fn read_inputs(captures: &[PathBuf], flow_files: &[PathBuf], threads: u16) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
+    let config = FlowConfig::default();
+    for path in captures {
+        let mut source = weir_capture::FileSource::open(path)
+            .with_context(|| format!("cannot read capture {}", path.display()))?;
+        let result = extract_file(&mut source, &config, usize::from(threads))?;
+        for w in &result.warnings {
+            eprintln!("weir: warning: {w}");
+        }
+        if let Some(e) = &result.error {
+            eprintln!("weir: warning: {e}");
+        }
+        inputs.stats.merge(&result.stats);
+        inputs
+            .records
+            .extend(result.flows.iter().map(|f| f.to_record()));
+        inputs.names.push(path.display().to_string());
+    }
+    for path in flow_files {
+        inputs.from_flow_files += read_flow_file(path, &mut inputs.records)?;
+        inputs.names.push(path.display().to_string());
+    }
+    inputs.records.sort_unstable_by(|a, b| {
+        a.start
+            .cmp(&b.start)
+            .then_with(|| a.sort_key().cmp(&b.sort_key()))
+    });
+    Ok(inputs)
+}
+
+pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
+    if args.captures.is_empty() && args.flows.is_empty() {
+        bail!("give at least one capture or --flows file");
+    }
+    let set = snapshot::load(&args.cluster)?;
+    let inputs = read_inputs(&args.captures, &args.flows, args.threads)?;
+    let mut analyzer = Analyzer::new(&set, &args.cluster_cidr);
+    let analysis = analyzer.analyze(inputs.records);
+    let report = Report::new(&set, &analysis);
+
+    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            to_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout().lock()),
+    };
+    let mut out = io::BufWriter::with_capacity(1 << 16, &mut out);
+    let cluster_names: Vec<String> = args
+        .cluster
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    match args.format {
+        AnalyzeFormat::Json => {
+            write_analysis_json(&set, &analysis, &report, &inputs.names, &mut out)
+        }
+        AnalyzeFormat::Text | AnalyzeFormat::Markdown => {
+            let style = if args.format == AnalyzeFormat::Markdown {
+                Style::Markdown
+            } else {
+                Style::Text { color }
+            };
+            let context = crate::report::Context {
+                inputs: &inputs.names,
+                clusters: &cluster_names,
+                stats: &inputs.stats,
+                top: args.top.max(1),
+            };
+            out.write_all(render_report(&set, &report, &context, style).as_bytes())
+        }
+    }
+    .and_then(|()| out.flush())
+    .context("writing the report")?;
+    Ok(ExitCode::SUCCESS)
+}

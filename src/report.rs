@@ -1,0 +1,603 @@
+//! The analysis report for people: the same sections as aligned text (colored on a terminal) or Markdown.
+//!
+//! Every section is built once as rows of cells and rendered by either style, so the two never drift apart.
+//! Cells carry names from the cluster, which are untrusted: control characters are dropped for the terminal
+//! and Markdown metacharacters are escaped.
+
+use std::fmt::Write as _;
+
+use weir_analysis::{Edge, EdgeClass, Group, Report};
+use weir_flow::ExtractStats;
+use weir_model::Timestamp;
+use weir_policy::PolicySet;
+
+use crate::output::human;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Text { color: bool },
+    Markdown,
+}
+
+/// What the report was made from.
+pub struct Context<'a> {
+    pub inputs: &'a [String],
+    pub clusters: &'a [String],
+    pub stats: &'a ExtractStats,
+    pub top: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tone {
+    Bad,
+    Warn,
+    Plain,
+}
+
+struct Section {
+    title: &'static str,
+    tone: Tone,
+    /// Shown under the title.
+    note: String,
+    /// Said instead of a table when there are no rows.
+    empty: &'static str,
+    columns: &'static [&'static str],
+    rows: Vec<Vec<String>>,
+    /// Rows left out (beyond `--top`).
+    more: usize,
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const GREEN: &str = "\x1b[32m";
+const BOLD: &str = "\x1b[1m";
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+fn clock(t: Timestamp) -> String {
+    let text = t.to_string();
+    text.get(11..19).unwrap_or(&text).to_owned()
+}
+
+fn span(first: Timestamp, last: Timestamp) -> String {
+    let (a, b) = (clock(first), clock(last));
+    if a == b { a } else { format!("{a}–{b}") }
+}
+
+fn port(e: &Edge) -> String {
+    match e.port {
+        Some(p) => format!("{p}/{}", e.proto),
+        None => e.proto.to_string(),
+    }
+}
+
+fn group(g: &Group) -> String {
+    g.to_string()
+}
+
+fn via(e: &Edge) -> String {
+    e.service
+        .as_ref()
+        .map(|s| format!("svc {s}"))
+        .unwrap_or_default()
+}
+
+fn take<T>(items: impl Iterator<Item = T>, top: usize) -> (Vec<T>, usize) {
+    let all: Vec<T> = items.collect();
+    let more = all.len().saturating_sub(top);
+    let mut all = all;
+    all.truncate(top);
+    (all, more)
+}
+
+fn edge_count(report: &Report, class: EdgeClass) -> (u64, usize) {
+    report
+        .edges_of(class)
+        .fold((0, 0), |(flows, edges), e| (flows + e.flows, edges + 1))
+}
+
+fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
+    let mut out = Vec::new();
+
+    let (flows, edges) = edge_count(report, EdgeClass::Denied);
+    let (shown, more) = take(report.edges_of(EdgeClass::Denied), top);
+    out.push(Section {
+        title: "Denied by the policies in force",
+        tone: Tone::Bad,
+        note: format!(
+            "{flows} observed flows on {edges} edges that the NetworkPolicies deny: either an attack, or traffic the policies would break"
+        ),
+        empty: "no observed flow is denied",
+        columns: &["FROM", "TO", "VIA", "PORT", "FLOWS", "ANSWERED", "SEEN", "DENIED BY"],
+        rows: shown
+            .iter()
+            .map(|e| {
+                let side = match (e.egress_denied, e.ingress_denied) {
+                    (true, true) => "egress+ingress",
+                    (true, false) => "egress",
+                    _ => "ingress",
+                };
+                vec![
+                    group(&e.from),
+                    group(&e.to),
+                    via(e),
+                    port(e),
+                    e.flows.to_string(),
+                    e.answered.to_string(),
+                    span(e.first, e.last),
+                    format!("{side}: {}", e.policies.join(", ")),
+                ]
+            })
+            .collect(),
+        more,
+    });
+
+    let (shown, more) = take(report.scans.iter(), top);
+    out.push(Section {
+        title: "Suspected scans",
+        tone: Tone::Bad,
+        note: "sources reaching many addresses or ports, mostly unanswered".to_owned(),
+        empty: "none",
+        columns: &[
+            "SOURCE",
+            "ADDRESS",
+            "TARGETS",
+            "HOSTS",
+            "PORTS",
+            "UNANSWERED",
+            "DENIED",
+            "SEEN",
+        ],
+        rows: shown
+            .iter()
+            .map(|s| {
+                vec![
+                    group(&s.source),
+                    s.ip.to_string(),
+                    s.targets.to_string(),
+                    s.hosts.to_string(),
+                    s.ports.to_string(),
+                    format!("{}/{}", s.failed, s.flows),
+                    s.denied.to_string(),
+                    span(s.first, s.last),
+                ]
+            })
+            .collect(),
+        more,
+    });
+
+    if report.edges_of(EdgeClass::Mixed).next().is_some() {
+        let (shown, more) = take(report.edges_of(EdgeClass::Mixed), top);
+        out.push(Section {
+            title: "Service backends that disagree",
+            tone: Tone::Bad,
+            note: "flows to a Service some of whose backends allow them and some deny them"
+                .to_owned(),
+            empty: "none",
+            columns: &[
+                "FROM",
+                "TO",
+                "VIA",
+                "PORT",
+                "FLOWS",
+                "SEEN",
+                "DENYING POLICIES",
+            ],
+            rows: shown
+                .iter()
+                .map(|e| {
+                    vec![
+                        group(&e.from),
+                        group(&e.to),
+                        via(e),
+                        port(e),
+                        e.flows.to_string(),
+                        span(e.first, e.last),
+                        e.policies.join(", "),
+                    ]
+                })
+                .collect(),
+            more,
+        });
+    }
+
+    let (flows, edges) = edge_count(report, EdgeClass::NotIsolated);
+    let (shown, more) = take(report.edges_of(EdgeClass::NotIsolated), top);
+    out.push(Section {
+        title: "Allowed only because a pod is not isolated",
+        tone: Tone::Warn,
+        note: format!(
+            "{flows} flows on {edges} edges that no policy rule allows; they pass because no policy selects that end"
+        ),
+        empty: "none",
+        columns: &["FROM", "TO", "VIA", "PORT", "FLOWS", "SEEN", "NOT ISOLATED"],
+        rows: shown
+            .iter()
+            .map(|e| {
+                let open = match e.not_isolated {
+                    (true, true) => "source egress, destination ingress",
+                    (true, false) => "source egress",
+                    _ => "destination ingress",
+                };
+                vec![
+                    group(&e.from),
+                    group(&e.to),
+                    via(e),
+                    port(e),
+                    e.flows.to_string(),
+                    span(e.first, e.last),
+                    open.to_owned(),
+                ]
+            })
+            .collect(),
+        more,
+    });
+
+    let mut rows: Vec<Vec<String>> = report
+        .namespaces_without_policy
+        .iter()
+        .map(|(ns, pods)| {
+            vec![
+                "namespace".to_owned(),
+                ns.clone(),
+                format!("{pods} pods, no NetworkPolicy in the namespace"),
+            ]
+        })
+        .collect();
+    rows.extend(report.workloads_without_policy.iter().map(|w| {
+        vec![
+            w.kind.to_string(),
+            format!("{}/{}", w.namespace, w.name),
+            "no policy selects its pods".to_owned(),
+        ]
+    }));
+    let (rows, more) = take(rows.into_iter(), top);
+    out.push(Section {
+        title: "Without any NetworkPolicy",
+        tone: Tone::Warn,
+        note: "everything may reach these pods, and they may reach everything".to_owned(),
+        empty: "every pod is selected by a policy",
+        columns: &["KIND", "NAME", "DETAIL"],
+        rows,
+        more,
+    });
+
+    let mut rows: Vec<Vec<String>> = report
+        .policies_selecting_nothing
+        .iter()
+        .map(|p| vec![format!("{p} (whole policy)"), "selects no pod".to_owned()])
+        .collect();
+    rows.extend(report.unused_rules.iter().map(|r| {
+        vec![
+            r.text.clone(),
+            if r.pods_observed {
+                "its pods were seen; nothing used this rule".to_owned()
+            } else {
+                "its pods were not seen in the capture".to_owned()
+            },
+        ]
+    }));
+    let count = rows.len();
+    let (rows, more) = take(rows.into_iter(), top);
+    out.push(Section {
+        title: "Rules that allowed nothing observed",
+        tone: Tone::Plain,
+        note: format!("{count} candidates for tightening (or traffic the capture missed)"),
+        empty: "every rule allowed some observed flow",
+        columns: &["RULE", "NOTE"],
+        rows,
+        more,
+    });
+
+    let (shown, more) = take(report.unattributed.iter(), top);
+    out.push(Section {
+        title: "Unattributed addresses",
+        tone: Tone::Warn,
+        note: "in the cluster's address ranges, but held by no pod in the snapshot at the time"
+            .to_owned(),
+        empty: "every cluster address was attributed",
+        columns: &["ADDRESS", "FLOWS", "TALKED TO"],
+        rows: shown
+            .iter()
+            .map(|u| vec![u.ip.to_string(), u.flows.to_string(), u.peers.join(", ")])
+            .collect(),
+        more,
+    });
+
+    if report.edges_of(EdgeClass::Unjudged).next().is_some() {
+        let (shown, more) = take(report.edges_of(EdgeClass::Unjudged), top);
+        out.push(Section {
+            title: "Not judged",
+            tone: Tone::Warn,
+            note: "flows to Service addresses that no backend serves".to_owned(),
+            empty: "none",
+            columns: &["FROM", "TO", "PORT", "FLOWS", "SEEN"],
+            rows: shown
+                .iter()
+                .map(|e| {
+                    vec![
+                        group(&e.from),
+                        group(&e.to),
+                        port(e),
+                        e.flows.to_string(),
+                        span(e.first, e.last),
+                    ]
+                })
+                .collect(),
+            more,
+        });
+    }
+
+    let (flows, edges) = edge_count(report, EdgeClass::Allowed);
+    let (shown, more) = take(report.edges_of(EdgeClass::Allowed), top);
+    out.push(Section {
+        title: "Allowed by policy",
+        tone: Tone::Plain,
+        note: format!(
+            "{flows} flows on {edges} edges: who talks to whom, and the policies that allow it"
+        ),
+        empty: "none",
+        columns: &["FROM", "TO", "VIA", "PORT", "FLOWS", "POLICIES"],
+        rows: shown
+            .iter()
+            .map(|e| {
+                vec![
+                    group(&e.from),
+                    group(&e.to),
+                    via(e),
+                    port(e),
+                    e.flows.to_string(),
+                    if e.policies.is_empty() {
+                        "(always allowed)".to_owned()
+                    } else {
+                        e.policies.join(", ")
+                    },
+                ]
+            })
+            .collect(),
+        more,
+    });
+
+    let (shown, more) = take(report.external.iter(), top);
+    out.push(Section {
+        title: "External peers",
+        tone: Tone::Plain,
+        note: "addresses outside the cluster, by flows".to_owned(),
+        empty: "none",
+        columns: &["ADDRESS", "FLOWS", "STARTED BY THEM"],
+        rows: shown
+            .iter()
+            .map(|(ip, flows, initiated)| {
+                vec![ip.to_string(), flows.to_string(), initiated.to_string()]
+            })
+            .collect(),
+        more,
+    });
+    let _ = set;
+    out
+}
+
+/// Drops control characters (terminal escapes) from untrusted text.
+fn terminal_safe(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// Escapes what Markdown (and the HTML it may become) would interpret.
+fn markdown_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().filter(|c| !c.is_control()) {
+        match c {
+            '|' | '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
+    let t = &report.totals;
+    let mut lines = Vec::new();
+    let list = |items: &[String]| items.join(", ");
+    lines.push(format!(
+        "{} against {}",
+        list(context.inputs),
+        list(context.clusters)
+    ));
+    let s = context.stats;
+    if s.packets > 0 {
+        lines.push(format!(
+            "{} packets read, {} skipped ({} malformed)",
+            s.packets,
+            s.skipped.total(),
+            s.skipped.malformed()
+        ));
+    }
+    if let (Some(first), Some(last)) = (t.first, t.last) {
+        let date = first.to_string();
+        let seconds = (last.0 - first.0) as f64 / 1e9;
+        lines.push(format!(
+            "traffic {} {}–{} UTC ({seconds:.1} s): {} flows, {} packets, {}B",
+            date.get(..10).unwrap_or(""),
+            clock(first),
+            clock(last),
+            t.flows,
+            t.packets,
+            human(t.bytes)
+        ));
+    } else {
+        lines.push("no flows".to_owned());
+    }
+    let paint = |text: String, code: &str, on: bool| match style {
+        Style::Text { color: true } if on => format!("{code}{text}{RESET}"),
+        _ => text,
+    };
+    lines.push(format!(
+        "verdicts: {} allowed ({} only because a pod is not isolated), {}, {} mixed, {} not judged",
+        t.allowed,
+        t.allowed_not_isolated,
+        paint(format!("{} denied", t.denied), RED, t.denied > 0),
+        t.mixed,
+        t.unjudged
+    ));
+    lines.push(format!(
+        "attribution: {} pods seen, {} flows through Services ({} pre/post-DNAT pairs joined), {} unknown addresses",
+        t.pods_seen,
+        t.via_service,
+        t.dnat_joined,
+        report.unattributed.len()
+    ));
+    lines
+}
+
+/// The whole report in a style.
+pub fn render_report(set: &PolicySet, report: &Report, context: &Context, style: Style) -> String {
+    let mut out = String::new();
+    let sections = sections(set, report, context.top);
+    match style {
+        Style::Text { color } => {
+            let paint = |code: &str, text: &str| {
+                if color {
+                    format!("{code}{text}{RESET}")
+                } else {
+                    text.to_owned()
+                }
+            };
+            let _ = writeln!(out, "{}", paint(BOLD, "weir analyze"));
+            for line in header(report, context, style) {
+                let _ = writeln!(out, "  {}", terminal_safe(&line).replace("\u{0}", ""));
+            }
+            for section in &sections {
+                out.push('\n');
+                let tone = match (section.tone, section.rows.is_empty()) {
+                    (_, true) => GREEN,
+                    (Tone::Bad, false) => RED,
+                    (Tone::Warn, false) => YELLOW,
+                    (Tone::Plain, false) => "",
+                };
+                let title = section.title.to_uppercase();
+                if section.rows.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "{}: {}",
+                        paint(&format!("{BOLD}{tone}"), &title),
+                        section.empty
+                    );
+                    continue;
+                }
+                let _ = writeln!(out, "{}", paint(&format!("{BOLD}{tone}"), &title));
+                let _ = writeln!(out, "{}", paint(DIM, &format!("  {}", section.note)));
+                write_table(&mut out, section, color);
+                if section.more > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  … and {} more (--top, or --format json for all)",
+                        section.more
+                    );
+                }
+            }
+        }
+        Style::Markdown => {
+            let _ = writeln!(out, "## weir analyze\n");
+            for line in header(report, context, style) {
+                let _ = writeln!(out, "- {}", markdown_safe(&line));
+            }
+            for section in &sections {
+                let _ = writeln!(out, "\n### {}\n", section.title);
+                if section.rows.is_empty() {
+                    let _ = writeln!(out, "{}.", capitalize(section.empty));
+                    continue;
+                }
+                let _ = writeln!(out, "{}.\n", capitalize(&section.note));
+                let _ = writeln!(out, "| {} |", section.columns.join(" | "));
+                let _ = writeln!(
+                    out,
+                    "|{}|",
+                    section
+                        .columns
+                        .iter()
+                        .map(|_| "---")
+                        .collect::<Vec<_>>()
+                        .join("|")
+                );
+                for row in &section.rows {
+                    let cells: Vec<String> = row.iter().map(|c| markdown_safe(c)).collect();
+                    let _ = writeln!(out, "| {} |", cells.join(" | "));
+                }
+                if section.more > 0 {
+                    let _ = writeln!(
+                        out,
+                        "\n… and {} more (`--format json` has all).",
+                        section.more
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn write_table(out: &mut String, section: &Section, color: bool) {
+    let rows: Vec<Vec<String>> = section
+        .rows
+        .iter()
+        .map(|r| r.iter().map(|c| terminal_safe(c)).collect())
+        .collect();
+    // Columns empty in every row (no Service in a section, say) are left out.
+    let shown: Vec<usize> = (0..section.columns.len())
+        .filter(|&i| rows.iter().any(|r| r.get(i).is_some_and(|c| !c.is_empty())))
+        .collect();
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+            .chain([section.columns[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = shown.iter().map(|&i| width(i)).collect();
+    let line = |cells: Vec<&str>| -> String {
+        let mut text = String::from(" ");
+        let last = cells.len().saturating_sub(1);
+        for (k, cell) in cells.iter().enumerate() {
+            text.push(' ');
+            text.push_str(cell);
+            if k < last {
+                let pad = widths[k].saturating_sub(cell.chars().count());
+                text.push_str(&" ".repeat(pad + 1));
+            }
+        }
+        text
+    };
+    let head = line(shown.iter().map(|&i| section.columns[i]).collect());
+    let _ = writeln!(
+        out,
+        "{}",
+        if color {
+            format!("{DIM}{head}{RESET}")
+        } else {
+            head
+        }
+    );
+    for row in &rows {
+        let _ = writeln!(
+            out,
+            "{}",
+            line(
+                shown
+                    .iter()
+                    .map(|&i| row.get(i).map_or("", String::as_str))
+                    .collect()
+            )
+        );
+    }
+}

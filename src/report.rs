@@ -65,10 +65,43 @@ fn span(first: Timestamp, last: Timestamp) -> String {
 }
 
 fn port(e: &Edge) -> String {
-    match e.port {
-        Some(p) => format!("{p}/{}", e.proto),
-        None => e.proto.to_string(),
+    e.port_summary().join(" ")
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `shop/{a,b}, payments/c`: policies grouped by namespace, in their order.
+fn policy_list(policies: &[String]) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for key in policies {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        match groups.iter_mut().find(|(n, _)| *n == ns) {
+            Some((_, names)) => names.push(name),
+            None => groups.push((ns, vec![name])),
+        }
     }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(ns, names)| match names.as_slice() {
+            [one] => format!("{ns}/{one}"),
+            many => format!("{ns}/{{{}}}", many.join(",")),
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// `egress shop/{a,b}; ingress payments/c`.
+fn sides(e: &Edge, egress: bool, ingress: bool) -> String {
+    let mut parts = Vec::new();
+    if egress && !e.egress_policies.is_empty() {
+        parts.push(format!("egress {}", policy_list(&e.egress_policies)));
+    }
+    if ingress && !e.ingress_policies.is_empty() {
+        parts.push(format!("ingress {}", policy_list(&e.ingress_policies)));
+    }
+    parts.join("; ")
 }
 
 fn group(g: &Group) -> String {
@@ -112,11 +145,6 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
         rows: shown
             .iter()
             .map(|e| {
-                let side = match (e.egress_denied, e.ingress_denied) {
-                    (true, true) => "egress+ingress",
-                    (true, false) => "egress",
-                    _ => "ingress",
-                };
                 vec![
                     group(&e.from),
                     group(&e.to),
@@ -125,7 +153,7 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
                     e.flows.to_string(),
                     e.answered.to_string(),
                     span(e.first, e.last),
-                    format!("{side}: {}", e.policies.join(", ")),
+                    sides(e, e.egress_denied, e.ingress_denied),
                 ]
             })
             .collect(),
@@ -193,7 +221,7 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
                         port(e),
                         e.flows.to_string(),
                         span(e.first, e.last),
-                        e.policies.join(", "),
+                        sides(e, true, true),
                     ]
                 })
                 .collect(),
@@ -240,7 +268,10 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
             vec![
                 "namespace".to_owned(),
                 ns.clone(),
-                format!("{pods} pods, no NetworkPolicy in the namespace"),
+                format!(
+                    "{}, no NetworkPolicy in the namespace",
+                    plural(*pods, "pod", "pods")
+                ),
             ]
         })
         .collect();
@@ -347,10 +378,9 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
                     via(e),
                     port(e),
                     e.flows.to_string(),
-                    if e.policies.is_empty() {
-                        "(always allowed)".to_owned()
-                    } else {
-                        e.policies.join(", ")
+                    match e.exception {
+                        Some(why) => format!("({why})"),
+                        None => sides(e, true, true),
                     },
                 ]
             })
@@ -443,11 +473,15 @@ fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
         t.unjudged
     ));
     lines.push(format!(
-        "attribution: {} pods seen, {} flows through Services ({} pre/post-DNAT pairs joined), {} unknown addresses",
-        t.pods_seen,
-        t.via_service,
-        t.dnat_joined,
-        report.unattributed.len()
+        "attribution: {} seen, {} through Services ({} joined), {}",
+        plural(t.pods_seen, "pod", "pods"),
+        plural(t.via_service, "flow", "flows"),
+        plural(t.dnat_joined, "pre/post-DNAT pair", "pre/post-DNAT pairs"),
+        plural(
+            report.unattributed.len() as u64,
+            "unknown address",
+            "unknown addresses"
+        )
     ));
     lines
 }

@@ -17,8 +17,10 @@ pub struct ServiceHit {
     pub service: ServiceId,
     /// The Service port (on the ClusterIP).
     pub port: u16,
-    /// The backend address and port after DNAT, when the capture showed it or only one backend exists.
-    pub backend: Option<(IpAddr, u16)>,
+    /// The port after DNAT, when every candidate backend receives the connection on the same one.
+    pub target_port: Option<u16>,
+    /// The backend's address after DNAT, when the capture showed it or only one backend exists.
+    pub backend: Option<IpAddr>,
 }
 
 /// One backend's verdict, when a Service's backends disagree.
@@ -94,18 +96,16 @@ pub struct JudgedFlow {
 impl JudgedFlow {
     /// The address the destination was reached at (the backend's, after DNAT, when known).
     pub fn destination_ip(&self) -> IpAddr {
-        match self.service.and_then(|s| s.backend) {
-            Some((ip, _)) => ip,
-            None => self.record.dst,
-        }
+        self.service
+            .and_then(|s| s.backend)
+            .unwrap_or(self.record.dst)
     }
 
     /// The port policy judged: the backend port after DNAT for a Service flow, else the destination port.
     pub fn judged_port(&self) -> Option<u16> {
-        match self.service.and_then(|s| s.backend) {
-            Some((_, port)) => Some(port),
-            None => self.record.dst_port,
-        }
+        self.service
+            .and_then(|s| s.target_port)
+            .or(self.record.dst_port)
     }
 }
 
@@ -210,6 +210,7 @@ impl<'a> Analyzer<'a> {
                 Some(ServiceHit {
                     service,
                     port: record.dst_port.unwrap_or(0),
+                    target_port: None,
                     backend: None,
                 }),
                 Vec::new(),
@@ -221,12 +222,16 @@ impl<'a> Analyzer<'a> {
         let mut hit = ServiceHit {
             service,
             port: service_port.port,
+            target_port: backends
+                .first()
+                .map(|b| b.port)
+                .filter(|&p| backends.iter().all(|b| b.port == p)),
             backend: None,
         };
         let party = match backends.as_slice() {
             [] => Party::Service(service),
             [only] => {
-                hit.backend = Some((only.ip, only.port));
+                hit.backend = Some(only.ip);
                 match only.pod {
                     Some(pod) => Party::Pod(pod),
                     None => self.attributor.party(only.ip, record.start),
@@ -284,7 +289,8 @@ impl<'a> Analyzer<'a> {
                 let entry = &mut ends[i];
                 entry.1 = destination;
                 if let Some(hit) = entry.2.as_mut() {
-                    hit.backend = Some((backend.ip, backend.port));
+                    hit.backend = Some(backend.ip);
+                    hit.target_port = Some(backend.port);
                 }
                 entry.3 = vec![backend];
             }
@@ -344,10 +350,8 @@ impl<'a> Analyzer<'a> {
                 agree(verdicts)
             }
             (party, hit) => {
-                let (ip, dst_port) = match hit.and_then(|h| h.backend) {
-                    Some((ip, p)) => (ip, Some(p)),
-                    None => (record.dst, record.dst_port),
-                };
+                let ip = hit.and_then(|h| h.backend).unwrap_or(record.dst);
+                let dst_port = hit.and_then(|h| h.target_port).or(record.dst_port);
                 let dst = self.attributor.address(party, ip);
                 let (verdict, grounds) = self.set.judge_with_grounds(
                     &mut self.cache,

@@ -355,7 +355,7 @@ fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
                 namespace: &service.namespace,
                 name: &service.name,
                 port: s.port,
-                target_port: s.backend.map(|b| b.1),
+                target_port: s.target_port,
             }
         }),
         verdict: verdict_name(&flow.judgement),
@@ -376,9 +376,7 @@ struct EdgeView<'a> {
     to: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
-    proto: String,
+    ports: Vec<String>,
     flows: u64,
     answered: u64,
     packets: u64,
@@ -389,7 +387,10 @@ struct EdgeView<'a> {
     denied_by: Vec<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     not_isolated: Vec<&'static str>,
-    policies: &'a [String],
+    egress_policies: &'a [String],
+    ingress_policies: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allowed_because: Option<&'static str>,
 }
 
 fn group_view(g: &Group) -> String {
@@ -422,8 +423,14 @@ fn edge_view(e: &Edge) -> EdgeView<'_> {
         from: group_view(&e.from),
         to: group_view(&e.to),
         service: e.service.as_deref(),
-        port: e.port,
-        proto: e.proto.to_string(),
+        ports: e
+            .ports
+            .iter()
+            .map(|(proto, port)| match port {
+                Some(p) => format!("{p}/{proto}"),
+                None => proto.to_string(),
+            })
+            .collect(),
         flows: e.flows,
         answered: e.answered,
         packets: e.packets,
@@ -432,7 +439,9 @@ fn edge_view(e: &Edge) -> EdgeView<'_> {
         last: time(e.last),
         denied_by,
         not_isolated,
-        policies: &e.policies,
+        egress_policies: &e.egress_policies,
+        ingress_policies: &e.ingress_policies,
+        allowed_because: e.exception,
     }
 }
 

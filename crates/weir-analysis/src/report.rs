@@ -31,7 +31,7 @@ impl fmt::Display for Group {
         match self {
             Group::Workload(w) => write!(f, "{}/{}", w.namespace, w.name),
             Group::Node(name) => write!(f, "node {name}"),
-            Group::Service(key) => write!(f, "service {key}"),
+            Group::Service(key) => write!(f, "backends of svc {key}"),
             Group::External(ip) => write!(f, "{ip}"),
             Group::Unknown(ip) => write!(f, "{ip} (unknown)"),
         }
@@ -77,10 +77,8 @@ pub struct Edge {
     pub to: Group,
     /// The Service the flows went through (`namespace/name`), if any.
     pub service: Option<String>,
-    /// The port judged (after DNAT), if the protocol has ports.
-    pub port: Option<u16>,
-    /// Protocol.
-    pub proto: Protocol,
+    /// Protocols and ports judged (after DNAT; no port for ICMP and the like), sorted.
+    pub ports: Vec<(Protocol, Option<u16>)>,
     /// Flows.
     pub flows: u64,
     /// Flows that got any reply without a reset.
@@ -97,11 +95,41 @@ pub struct Edge {
     pub egress_denied: bool,
     /// Whether the destination's ingress denied (for denied edges).
     pub ingress_denied: bool,
-    /// The deciding policies, `namespace/name`: the isolating ones on the denying side for a denied edge,
+    /// The deciding policies of the source's egress, `namespace/name`: the isolating ones when egress denied,
     /// the allowing ones for an allowed edge.
-    pub policies: Vec<String>,
+    pub egress_policies: Vec<String>,
+    /// The same for the destination's ingress.
+    pub ingress_policies: Vec<String>,
     /// Which side was not isolated, for edges allowed only because of it: (source egress, destination ingress).
     pub not_isolated: (bool, bool),
+    /// For allowed edges no policy rule decided: why they are allowed anyway.
+    pub exception: Option<&'static str>,
+}
+
+impl Edge {
+    /// Each protocol with its ports: `22,80,443/TCP`, `53/UDP`, `ICMP`.
+    pub fn port_summary(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut i = 0;
+        while i < self.ports.len() {
+            let proto = self.ports[i].0;
+            let run = self.ports[i..]
+                .iter()
+                .take_while(|(p, _)| *p == proto)
+                .count();
+            let numbers: Vec<String> = self.ports[i..i + run]
+                .iter()
+                .filter_map(|(_, n)| n.map(|n| n.to_string()))
+                .collect();
+            out.push(if numbers.is_empty() {
+                proto.to_string()
+            } else {
+                format!("{}/{proto}", numbers.join(","))
+            });
+            i += run;
+        }
+        out
+    }
 }
 
 /// A rule no observed flow used.
@@ -240,7 +268,7 @@ fn class_of(judgement: &Judgement) -> EdgeClass {
     }
 }
 
-type EdgeKey = (EdgeClass, Group, Group, Option<ServiceId>, Option<u16>, u8);
+type EdgeKey = (EdgeClass, Group, Group, Option<ServiceId>);
 
 impl Report {
     /// Builds the report of an analysis.
@@ -359,26 +387,34 @@ impl Report {
                 });
             acc.targets.insert((flow.destination_ip(), port));
             acc.flows += 1;
-            acc.failed += u64::from(!ok);
             acc.denied += u64::from(class == EdgeClass::Denied);
-            acc.first = acc.first.min(r.start);
-            acc.last = acc.last.max(r.end);
+            if !ok {
+                // The span of the failures, which is the scan, not the source's ordinary traffic.
+                acc.first = if acc.failed == 0 {
+                    r.start
+                } else {
+                    acc.first.min(r.start)
+                };
+                acc.last = if acc.failed == 0 {
+                    r.end
+                } else {
+                    acc.last.max(r.end)
+                };
+                acc.failed += 1;
+            }
 
             let key = (
                 class,
                 from.clone(),
                 to.clone(),
                 flow.service.map(|s| s.service),
-                port,
-                r.proto.0,
             );
             let edge = edges.entry(key).or_insert_with(|| Edge {
                 class,
                 from,
                 to,
                 service: flow.service.map(|s| cluster.service(s.service).key()),
-                port,
-                proto: r.proto,
+                ports: Vec::new(),
                 flows: 0,
                 answered: 0,
                 packets: 0,
@@ -387,20 +423,25 @@ impl Report {
                 last: r.end,
                 egress_denied: false,
                 ingress_denied: false,
-                policies: Vec::new(),
+                egress_policies: Vec::new(),
+                ingress_policies: Vec::new(),
                 not_isolated: (false, false),
+                exception: None,
             });
+            if let Err(at) = edge.ports.binary_search(&(r.proto, port)) {
+                edge.ports.insert(at, (r.proto, port));
+            }
             edge.flows += 1;
             edge.answered += u64::from(ok);
             edge.packets += r.total_packets();
             edge.bytes += r.total_bytes();
             edge.first = edge.first.min(r.start);
             edge.last = edge.last.max(r.end);
-            let mut add_policies = |ids: &mut dyn Iterator<Item = u32>| {
+            let add_policies = |list: &mut Vec<String>, ids: &mut dyn Iterator<Item = u32>| {
                 for id in ids {
                     let key = policy_key(id);
-                    if !edge.policies.contains(&key) {
-                        edge.policies.push(key);
+                    if !list.contains(&key) {
+                        list.push(key);
                     }
                 }
             };
@@ -409,34 +450,59 @@ impl Report {
                     EdgeClass::Denied => {
                         if !verdict.egress.allowed() {
                             edge.egress_denied = true;
-                            add_policies(&mut grounds.egress_isolating.iter().copied());
+                            add_policies(
+                                &mut edge.egress_policies,
+                                &mut grounds.egress_isolating.iter().copied(),
+                            );
                         }
                         if !verdict.ingress.allowed() {
                             edge.ingress_denied = true;
-                            add_policies(&mut grounds.ingress_isolating.iter().copied());
+                            add_policies(
+                                &mut edge.ingress_policies,
+                                &mut grounds.ingress_isolating.iter().copied(),
+                            );
                         }
                     }
                     EdgeClass::NotIsolated => {
                         edge.not_isolated.0 |= verdict.egress == Decision::NotIsolated;
                         edge.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
                     }
-                    _ => add_policies(
-                        &mut grounds
-                            .egress_allowing
-                            .iter()
-                            .chain(&grounds.ingress_allowing)
-                            .map(|r| r.policy),
-                    ),
+                    _ => {
+                        add_policies(
+                            &mut edge.egress_policies,
+                            &mut grounds.egress_allowing.iter().map(|r| r.policy),
+                        );
+                        add_policies(
+                            &mut edge.ingress_policies,
+                            &mut grounds.ingress_allowing.iter().map(|r| r.policy),
+                        );
+                        let sides = [verdict.egress, verdict.ingress];
+                        if !sides.iter().any(|d| matches!(d, Decision::AllowedBy(_))) {
+                            edge.exception = Some(if sides.contains(&Decision::SamePod) {
+                                "a pod may always reach itself"
+                            } else if sides.contains(&Decision::OwnNode) {
+                                "a pod and its own node may always connect"
+                            } else {
+                                "no pod at either end"
+                            });
+                        }
+                    }
                 },
                 Judgement::Mixed(backends) => {
                     for b in backends {
                         if !b.verdict.egress.allowed() {
                             edge.egress_denied = true;
-                            add_policies(&mut b.grounds.egress_isolating.iter().copied());
+                            add_policies(
+                                &mut edge.egress_policies,
+                                &mut b.grounds.egress_isolating.iter().copied(),
+                            );
                         }
                         if !b.verdict.ingress.allowed() {
                             edge.ingress_denied = true;
-                            add_policies(&mut b.grounds.ingress_isolating.iter().copied());
+                            add_policies(
+                                &mut edge.ingress_policies,
+                                &mut b.grounds.ingress_isolating.iter().copied(),
+                            );
                         }
                     }
                 }
@@ -450,9 +516,7 @@ impl Report {
             a.class
                 .cmp(&b.class)
                 .then(b.flows.cmp(&a.flows))
-                .then_with(|| {
-                    (&a.from, &a.to, a.port, a.proto.0).cmp(&(&b.from, &b.to, b.port, b.proto.0))
-                })
+                .then_with(|| (&a.from, &a.to, &a.service).cmp(&(&b.from, &b.to, &b.service)))
         });
 
         // Which policies select which pods, for unprotected pods, idle policies and unused rules.

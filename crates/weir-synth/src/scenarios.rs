@@ -239,5 +239,27 @@ pub fn write_bundled_pcaps(dir: &Path) -> io::Result<()> {
     };
     write_pcap(&mut raw, qinq.link, &qinq.packets, opts)?;
     create(&dir.join("pod-traffic-qinq-snap96.pcap.gz"))?.write_all(&gzip_stored(&raw))?;
+
+    // The demo: its cluster snapshot, and its traffic as an Ethernet capture and as `tcpdump -i any` writes it.
+    create(&dir.join("demo.cluster.yaml"))?
+        .write_all(crate::to_yaml(&crate::demo_cluster()).as_bytes())?;
+    let eth = crate::demo_traffic(Link::Ethernet);
+    write_pcap(
+        create(&dir.join("demo.pcap"))?,
+        eth.link,
+        &eth.packets,
+        PcapOptions::default(),
+    )?;
+    let any = crate::demo_traffic(Link::LinuxSll2);
+    let opts = PcapNgOptions {
+        tsresol: 9,
+        ..PcapNgOptions::default()
+    };
+    write_pcapng(
+        create(&dir.join("demo-any.pcapng"))?,
+        any.link,
+        &any.packets,
+        opts,
+    )?;
     Ok(())
 }

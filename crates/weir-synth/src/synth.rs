@@ -418,6 +418,44 @@ impl Synth {
         self
     }
 
+    /// A connection attempt that never completes: `attempts` SYNs `gap` nanoseconds apart (retransmissions,
+    /// as when a policy drops them), answered by a reset when `refused` (a closed port).
+    pub fn tcp_attempt(
+        &mut self,
+        client: SocketAddr,
+        server: SocketAddr,
+        start: Timestamp,
+        attempts: u32,
+        gap: i64,
+        refused: bool,
+    ) -> &mut Synth {
+        let flow = self.new_flow(
+            client.ip(),
+            server.ip(),
+            Some((client.port(), server.port())),
+            Protocol::TCP,
+        );
+        for i in 0..attempts {
+            let ts = Timestamp(start.0 + i64::from(i) * gap);
+            self.tcp_packet(flow, ts, client, server, true, 7000, None, TcpFlags::SYN, 0);
+        }
+        if refused {
+            let ts = Timestamp(start.0 + 60_000);
+            self.tcp_packet(
+                flow,
+                ts,
+                server,
+                client,
+                false,
+                0,
+                Some(7001),
+                TcpFlags::RST,
+                0,
+            );
+        }
+        self
+    }
+
     fn udp_packet(
         &mut self,
         flow: usize,
@@ -477,6 +515,33 @@ impl Synth {
         start: Timestamp,
         gap: i64,
     ) -> &mut Synth {
+        self.echo(a, b, id, count, start, gap, true)
+    }
+
+    /// ICMP (or ICMPv6) echo requests that get no reply (dropped on the way, or by policy).
+    pub fn icmp_echo_unanswered(
+        &mut self,
+        a: IpAddr,
+        b: IpAddr,
+        id: u16,
+        count: u16,
+        start: Timestamp,
+        gap: i64,
+    ) -> &mut Synth {
+        self.echo(a, b, id, count, start, gap, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn echo(
+        &mut self,
+        a: IpAddr,
+        b: IpAddr,
+        id: u16,
+        count: u16,
+        start: Timestamp,
+        gap: i64,
+        answered: bool,
+    ) -> &mut Synth {
         let v6 = a.is_ipv6() || b.is_ipv6();
         let proto = if v6 { Protocol::ICMPV6 } else { Protocol::ICMP };
         let flow = self.new_flow(a, b, None, proto);
@@ -485,7 +550,12 @@ impl Synth {
         }
         let mut ts = start.0;
         for seq in 0..count {
-            for (forward, from, to) in [(true, a, b), (false, b, a)] {
+            let sides: &[(bool, IpAddr, IpAddr)] = if answered {
+                &[(true, a, b), (false, b, a)]
+            } else {
+                &[(true, a, b)]
+            };
+            for &(forward, from, to) in sides {
                 let step = ip_step(from, to);
                 let mut out = Vec::new();
                 let body = [0x42u8; 56];

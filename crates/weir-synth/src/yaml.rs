@@ -1,0 +1,118 @@
+//! JSON values written as block YAML, the way `kubectl get -o yaml` lays them out.
+
+use serde_json::Value;
+
+/// The value as a YAML document (maps in insertion order).
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => write_map(&mut out, map, 0),
+        Value::Array(items) if !items.is_empty() => write_list(&mut out, items, 0),
+        scalar => {
+            out.push_str(&scalar_text(scalar));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn pad(out: &mut String, indent: usize) {
+    out.extend(std::iter::repeat_n(' ', indent));
+}
+
+fn write_map(out: &mut String, map: &serde_json::Map<String, Value>, indent: usize) {
+    for (i, (key, value)) in map.iter().enumerate() {
+        // The first key of a list item sits on the item's `- ` line.
+        if i > 0 || !out.ends_with("- ") {
+            pad(out, indent);
+        }
+        out.push_str(&string_text(key));
+        out.push(':');
+        write_value(out, value, indent);
+    }
+}
+
+fn write_list(out: &mut String, items: &[Value], indent: usize) {
+    for item in items {
+        pad(out, indent);
+        out.push_str("- ");
+        match item {
+            Value::Object(map) if !map.is_empty() => write_map(out, map, indent + 2),
+            Value::Array(inner) if !inner.is_empty() => {
+                out.push('\n');
+                write_list(out, inner, indent + 2);
+            }
+            scalar => {
+                out.push_str(&scalar_text(scalar));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+fn write_value(out: &mut String, value: &Value, indent: usize) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            write_map(out, map, indent + 2);
+        }
+        // kubectl puts a map's lists at the map's own indentation.
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            write_list(out, items, indent);
+        }
+        scalar => {
+            out.push(' ');
+            out.push_str(&scalar_text(scalar));
+            out.push('\n');
+        }
+    }
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => string_text(s),
+        Value::Object(_) => "{}".to_owned(),
+        Value::Array(_) => "[]".to_owned(),
+    }
+}
+
+/// Plain when a YAML reader cannot take it for anything but this string, double-quoted (JSON escapes are
+/// valid YAML) otherwise.
+fn string_text(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
+        && !s.starts_with(['-', '.'])
+        && s.parse::<f64>().is_err()
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | "inf" | "nan"
+        );
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_layout() {
+        let v = serde_json::json!({"apiVersion": "v1", "items": [{"kind": "Pod", "metadata": {"name": "a",
+            "labels": {"app": "x"}}, "spec": {"ports": [{"port": 80}], "empty": {}}}], "flag": "true",
+            "time": "2026-11-22T10:00:00Z"});
+        let text = to_yaml(&v);
+        assert_eq!(
+            text,
+            "apiVersion: v1\nitems:\n- kind: Pod\n  metadata:\n    name: a\n    labels:\n      app: x\n  spec:\n    \
+             ports:\n    - port: 80\n    empty: {}\nflag: \"true\"\ntime: \"2026-11-22T10:00:00Z\"\n"
+        );
+    }
+}

@@ -105,7 +105,7 @@ fn flows(doc: &Value) -> &Vec<Value> {
     doc["flows"].as_array().unwrap()
 }
 
-fn find<'a>(doc: &'a Value, pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+fn find(doc: &Value, pred: impl Fn(&Value) -> bool) -> Vec<&Value> {
     flows(doc).iter().filter(|f| pred(f)).collect()
 }
 
@@ -141,7 +141,10 @@ fn the_demo_findings_are_there() {
         assert_eq!(f["service"]["port"], 80);
         assert_eq!(f["service"]["target_port"], 8080);
         assert_eq!(f["verdict"], "allowed");
-        assert_eq!(f["egress"]["policies"], serde_json::json!(["shop/frontend"]));
+        assert_eq!(
+            f["egress"]["policies"],
+            serde_json::json!(["shop/frontend"])
+        );
         assert_eq!(f["ingress"]["policies"], serde_json::json!(["shop/api"]));
     }
     // No flow to a backend is left over next to its joined Service flow.

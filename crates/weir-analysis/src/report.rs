@@ -1,12 +1,15 @@
 //! Findings from judged flows: what a person reads first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use weir_cluster::{ServiceId, Workload};
 use weir_model::{Protocol, TcpFlags, Timestamp};
-use weir_policy::{Decision, Direction, PolicySet};
+use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement};
 use crate::attribute::Party;
@@ -268,52 +271,209 @@ fn class_of(judgement: &Judgement) -> EdgeClass {
     }
 }
 
-type EdgeKey = (EdgeClass, Group, Group, Option<ServiceId>);
+/// Groups interned as small ids, so aggregating a flow hashes integers, not names.
+struct Groups<'a> {
+    cluster: &'a weir_cluster::ClusterState,
+    list: Vec<Group>,
+    index: HashMap<Group, u32>,
+    by_pod: Vec<u32>,
+    by_node: Vec<u32>,
+    by_service: HashMap<(ServiceId, bool), u32>,
+    by_address: HashMap<(IpAddr, bool), u32>,
+}
+
+const UNSET: u32 = u32::MAX;
+
+impl<'a> Groups<'a> {
+    fn new(cluster: &'a weir_cluster::ClusterState) -> Groups<'a> {
+        Groups {
+            cluster,
+            list: Vec::new(),
+            index: HashMap::default(),
+            by_pod: vec![UNSET; cluster.pods().len()],
+            by_node: vec![UNSET; cluster.nodes().len()],
+            by_service: HashMap::default(),
+            by_address: HashMap::default(),
+        }
+    }
+
+    fn intern(&mut self, group: Group) -> u32 {
+        if let Some(&id) = self.index.get(&group) {
+            return id;
+        }
+        let id = self.list.len() as u32;
+        self.list.push(group.clone());
+        self.index.insert(group, id);
+        id
+    }
+
+    fn id(&mut self, party: Party, ip: IpAddr) -> u32 {
+        let cluster = self.cluster;
+        match party {
+            Party::Pod(pod) => {
+                let cached = self.by_pod[pod.0 as usize];
+                if cached != UNSET {
+                    return cached;
+                }
+                let id = self.intern(Group::Workload(cluster.pod(pod).workload.clone()));
+                self.by_pod[pod.0 as usize] = id;
+                id
+            }
+            Party::Node(node) => {
+                let cached = self.by_node[node.0 as usize];
+                if cached != UNSET {
+                    return cached;
+                }
+                let id = self.intern(Group::Node(cluster.node(node).name.clone()));
+                self.by_node[node.0 as usize] = id;
+                id
+            }
+            Party::Backends(service) | Party::Service(service) => {
+                let backends = matches!(party, Party::Backends(_));
+                if let Some(&id) = self.by_service.get(&(service, backends)) {
+                    return id;
+                }
+                let s = cluster.service(service);
+                let workloads: BTreeSet<&Workload> = s
+                    .backends
+                    .iter()
+                    .filter_map(|b| b.pod)
+                    .map(|p| &cluster.pod(p).workload)
+                    .collect();
+                let group = match workloads.first() {
+                    Some(w) if backends && workloads.len() == 1 => Group::Workload((*w).clone()),
+                    _ => Group::Service(s.key()),
+                };
+                let id = self.intern(group);
+                self.by_service.insert((service, backends), id);
+                id
+            }
+            Party::External | Party::Unknown => {
+                let unknown = party == Party::Unknown;
+                if let Some(&id) = self.by_address.get(&(ip, unknown)) {
+                    return id;
+                }
+                let id = self.intern(if unknown {
+                    Group::Unknown(ip)
+                } else {
+                    Group::External(ip)
+                });
+                self.by_address.insert((ip, unknown), id);
+                id
+            }
+        }
+    }
+}
+
+/// An edge while flows are added to it.
+struct EdgeAcc {
+    ports: Vec<(Protocol, Option<u16>)>,
+    flows: u64,
+    answered: u64,
+    packets: u64,
+    bytes: u64,
+    first: Timestamp,
+    last: Timestamp,
+    egress_denied: bool,
+    ingress_denied: bool,
+    egress_policies: Vec<u32>,
+    ingress_policies: Vec<u32>,
+    not_isolated: (bool, bool),
+    exception: Option<&'static str>,
+}
+
+fn add_ids(list: &mut Vec<u32>, ids: impl Iterator<Item = u32>) {
+    for id in ids {
+        if !list.contains(&id) {
+            list.push(id);
+        }
+    }
+}
+
+impl EdgeAcc {
+    fn add(&mut self, flow: &JudgedFlow, class: EdgeClass, port: Option<u16>, ok: bool) {
+        let r = &flow.record;
+        if let Err(at) = self.ports.binary_search(&(r.proto, port)) {
+            self.ports.insert(at, (r.proto, port));
+        }
+        self.flows += 1;
+        self.answered += u64::from(ok);
+        self.packets += r.total_packets();
+        self.bytes += r.total_bytes();
+        self.first = self.first.min(r.start);
+        self.last = self.last.max(r.end);
+        let mut denied = |verdict: &weir_policy::Verdict, grounds: &Grounds| {
+            if !verdict.egress.allowed() {
+                self.egress_denied = true;
+                add_ids(
+                    &mut self.egress_policies,
+                    grounds.egress_isolating.iter().copied(),
+                );
+            }
+            if !verdict.ingress.allowed() {
+                self.ingress_denied = true;
+                add_ids(
+                    &mut self.ingress_policies,
+                    grounds.ingress_isolating.iter().copied(),
+                );
+            }
+        };
+        match &flow.judgement {
+            Judgement::Judged { verdict, grounds } => match class {
+                EdgeClass::Denied => denied(verdict, grounds),
+                EdgeClass::NotIsolated => {
+                    self.not_isolated.0 |= verdict.egress == Decision::NotIsolated;
+                    self.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
+                }
+                _ => {
+                    add_ids(
+                        &mut self.egress_policies,
+                        grounds.egress_allowing.iter().map(|r| r.policy),
+                    );
+                    add_ids(
+                        &mut self.ingress_policies,
+                        grounds.ingress_allowing.iter().map(|r| r.policy),
+                    );
+                    let sides = [verdict.egress, verdict.ingress];
+                    if !sides.iter().any(|d| matches!(d, Decision::AllowedBy(_))) {
+                        self.exception = Some(if sides.contains(&Decision::SamePod) {
+                            "a pod may always reach itself"
+                        } else if sides.contains(&Decision::OwnNode) {
+                            "a pod and its own node may always connect"
+                        } else {
+                            "no pod at either end"
+                        });
+                    }
+                }
+            },
+            Judgement::Mixed(backends) => {
+                for b in backends {
+                    denied(&b.verdict, &b.grounds);
+                }
+            }
+            Judgement::Unjudged(_) => {}
+        }
+    }
+}
+
+type EdgeKey = (EdgeClass, u32, u32, Option<ServiceId>);
 
 impl Report {
     /// Builds the report of an analysis.
     pub fn new(set: &PolicySet, analysis: &Analysis) -> Report {
         let cluster = set.cluster();
-        let policy_key = |i: u32| set.policies()[i as usize].key();
-        let mut service_groups: HashMap<ServiceId, Group> = HashMap::new();
-        let mut group = |party: Party, ip: IpAddr| -> Group {
-            match party {
-                Party::Pod(pod) => Group::Workload(cluster.pod(pod).workload.clone()),
-                Party::Node(node) => Group::Node(cluster.node(node).name.clone()),
-                Party::Backends(service) | Party::Service(service) => service_groups
-                    .entry(service)
-                    .or_insert_with(|| {
-                        let s = cluster.service(service);
-                        let workloads: BTreeSet<&Workload> = s
-                            .backends
-                            .iter()
-                            .filter_map(|b| b.pod)
-                            .map(|p| &cluster.pod(p).workload)
-                            .collect();
-                        match (party, workloads.len()) {
-                            (Party::Backends(_), 1) => workloads.into_iter().next().map_or_else(
-                                || Group::Service(s.key()),
-                                |w| Group::Workload(w.clone()),
-                            ),
-                            _ => Group::Service(s.key()),
-                        }
-                    })
-                    .clone(),
-                Party::External => Group::External(ip),
-                Party::Unknown => Group::Unknown(ip),
-            }
-        };
-
+        let mut groups = Groups::new(cluster);
         let mut totals = Totals {
             dnat_joined: analysis.dnat_joined,
             ..Totals::default()
         };
-        let mut edges: HashMap<EdgeKey, Edge> = HashMap::new();
-        let mut pods_seen = HashSet::new();
-        let mut used_rules: HashSet<(u32, Direction, u16)> = HashSet::new();
-        let mut unknown: BTreeMap<IpAddr, (u64, BTreeSet<String>)> = BTreeMap::new();
-        let mut external: HashMap<IpAddr, (u64, u64)> = HashMap::new();
-        let mut fanout: HashMap<(Group, IpAddr), ScanAcc> = HashMap::new();
+        let mut edges: HashMap<EdgeKey, EdgeAcc> = HashMap::default();
+        let mut pods_seen = vec![false; cluster.pods().len()];
+        // Grounds are shared between flows with the same verdict: walk each one's rules once.
+        let mut grounds_seen: HashMap<*const Grounds, Arc<Grounds>> = HashMap::default();
+        let mut unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)> = BTreeMap::new();
+        let mut external: HashMap<IpAddr, (u64, u64)> = HashMap::default();
+        let mut fanout: HashMap<(u32, IpAddr), ScanAcc> = HashMap::default();
 
         for flow in &analysis.flows {
             let r = &flow.record;
@@ -336,37 +496,33 @@ impl Report {
             }
             for party in [flow.source, flow.destination] {
                 if let Party::Pod(pod) = party {
-                    pods_seen.insert(pod);
+                    pods_seen[pod.0 as usize] = true;
                 }
             }
-            let mut note_grounds = |g: &weir_policy::Grounds| {
-                for rule in &g.egress_allowing {
-                    used_rules.insert((rule.policy, Direction::Egress, rule.rule));
-                }
-                for rule in &g.ingress_allowing {
-                    used_rules.insert((rule.policy, Direction::Ingress, rule.rule));
-                }
+            let mut note = |g: &Arc<Grounds>| {
+                grounds_seen
+                    .entry(Arc::as_ptr(g))
+                    .or_insert_with(|| Arc::clone(g));
             };
             match &flow.judgement {
-                Judgement::Judged { grounds, .. } => note_grounds(grounds),
-                Judgement::Mixed(backends) => {
-                    backends.iter().for_each(|b| note_grounds(&b.grounds))
-                }
+                Judgement::Judged { grounds, .. } => note(grounds),
+                Judgement::Mixed(backends) => backends.iter().for_each(|b| note(&b.grounds)),
                 Judgement::Unjudged(_) => {}
             }
 
-            let from = group(flow.source, r.src);
-            let to = group(flow.destination, flow.destination_ip());
+            let destination_ip = flow.destination_ip();
+            let from = groups.id(flow.source, r.src);
+            let to = groups.id(flow.destination, destination_ip);
             for (party, ip, peer) in [
-                (flow.source, r.src, &to),
-                (flow.destination, flow.destination_ip(), &from),
+                (flow.source, r.src, to),
+                (flow.destination, destination_ip, from),
             ] {
                 match party {
                     Party::Unknown => {
                         totals.unknown_ends += 1;
                         let entry = unknown.entry(ip).or_default();
                         entry.0 += 1;
-                        entry.1.insert(peer.to_string());
+                        entry.1.insert(peer);
                     }
                     Party::External => {
                         let entry = external.entry(ip).or_default();
@@ -378,14 +534,8 @@ impl Report {
             }
             let port = flow.judged_port().filter(|_| !r.proto.is_icmp());
             let ok = answered(flow);
-            let acc = fanout
-                .entry((from.clone(), r.src))
-                .or_insert_with(|| ScanAcc {
-                    first: r.start,
-                    last: r.end,
-                    ..ScanAcc::default()
-                });
-            acc.targets.insert((flow.destination_ip(), port));
+            let acc = fanout.entry((from, r.src)).or_default();
+            acc.targets.insert((destination_ip, port));
             acc.flows += 1;
             acc.denied += u64::from(class == EdgeClass::Denied);
             if !ok {
@@ -403,115 +553,64 @@ impl Report {
                 acc.failed += 1;
             }
 
-            let key = (
-                class,
-                from.clone(),
-                to.clone(),
-                flow.service.map(|s| s.service),
-            );
-            let edge = edges.entry(key).or_insert_with(|| Edge {
-                class,
-                from,
-                to,
-                service: flow.service.map(|s| cluster.service(s.service).key()),
-                ports: Vec::new(),
-                flows: 0,
-                answered: 0,
-                packets: 0,
-                bytes: 0,
-                first: r.start,
-                last: r.end,
-                egress_denied: false,
-                ingress_denied: false,
-                egress_policies: Vec::new(),
-                ingress_policies: Vec::new(),
-                not_isolated: (false, false),
-                exception: None,
-            });
-            if let Err(at) = edge.ports.binary_search(&(r.proto, port)) {
-                edge.ports.insert(at, (r.proto, port));
+            let key = (class, from, to, flow.service.map(|s| s.service));
+            edges
+                .entry(key)
+                .or_insert_with(|| EdgeAcc {
+                    ports: Vec::new(),
+                    flows: 0,
+                    answered: 0,
+                    packets: 0,
+                    bytes: 0,
+                    first: r.start,
+                    last: r.end,
+                    egress_denied: false,
+                    ingress_denied: false,
+                    egress_policies: Vec::new(),
+                    ingress_policies: Vec::new(),
+                    not_isolated: (false, false),
+                    exception: None,
+                })
+                .add(flow, class, port, ok);
+        }
+        totals.pods_seen = pods_seen.iter().filter(|&&s| s).count() as u64;
+        let mut used_rules: HashSet<(u32, Direction, u16)> = HashSet::default();
+        for g in grounds_seen.values() {
+            for rule in &g.egress_allowing {
+                used_rules.insert((rule.policy, Direction::Egress, rule.rule));
             }
-            edge.flows += 1;
-            edge.answered += u64::from(ok);
-            edge.packets += r.total_packets();
-            edge.bytes += r.total_bytes();
-            edge.first = edge.first.min(r.start);
-            edge.last = edge.last.max(r.end);
-            let add_policies = |list: &mut Vec<String>, ids: &mut dyn Iterator<Item = u32>| {
-                for id in ids {
-                    let key = policy_key(id);
-                    if !list.contains(&key) {
-                        list.push(key);
-                    }
-                }
-            };
-            match &flow.judgement {
-                Judgement::Judged { verdict, grounds } => match class {
-                    EdgeClass::Denied => {
-                        if !verdict.egress.allowed() {
-                            edge.egress_denied = true;
-                            add_policies(
-                                &mut edge.egress_policies,
-                                &mut grounds.egress_isolating.iter().copied(),
-                            );
-                        }
-                        if !verdict.ingress.allowed() {
-                            edge.ingress_denied = true;
-                            add_policies(
-                                &mut edge.ingress_policies,
-                                &mut grounds.ingress_isolating.iter().copied(),
-                            );
-                        }
-                    }
-                    EdgeClass::NotIsolated => {
-                        edge.not_isolated.0 |= verdict.egress == Decision::NotIsolated;
-                        edge.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
-                    }
-                    _ => {
-                        add_policies(
-                            &mut edge.egress_policies,
-                            &mut grounds.egress_allowing.iter().map(|r| r.policy),
-                        );
-                        add_policies(
-                            &mut edge.ingress_policies,
-                            &mut grounds.ingress_allowing.iter().map(|r| r.policy),
-                        );
-                        let sides = [verdict.egress, verdict.ingress];
-                        if !sides.iter().any(|d| matches!(d, Decision::AllowedBy(_))) {
-                            edge.exception = Some(if sides.contains(&Decision::SamePod) {
-                                "a pod may always reach itself"
-                            } else if sides.contains(&Decision::OwnNode) {
-                                "a pod and its own node may always connect"
-                            } else {
-                                "no pod at either end"
-                            });
-                        }
-                    }
-                },
-                Judgement::Mixed(backends) => {
-                    for b in backends {
-                        if !b.verdict.egress.allowed() {
-                            edge.egress_denied = true;
-                            add_policies(
-                                &mut edge.egress_policies,
-                                &mut b.grounds.egress_isolating.iter().copied(),
-                            );
-                        }
-                        if !b.verdict.ingress.allowed() {
-                            edge.ingress_denied = true;
-                            add_policies(
-                                &mut edge.ingress_policies,
-                                &mut b.grounds.ingress_isolating.iter().copied(),
-                            );
-                        }
-                    }
-                }
-                Judgement::Unjudged(_) => {}
+            for rule in &g.ingress_allowing {
+                used_rules.insert((rule.policy, Direction::Ingress, rule.rule));
             }
         }
-        totals.pods_seen = pods_seen.len() as u64;
 
-        let mut edges: Vec<Edge> = edges.into_values().collect();
+        let keys = |ids: &[u32]| -> Vec<String> {
+            ids.iter()
+                .map(|&i| set.policies()[i as usize].key())
+                .collect()
+        };
+        let mut edges: Vec<Edge> = edges
+            .into_iter()
+            .map(|((class, from, to, service), acc)| Edge {
+                class,
+                from: groups.list[from as usize].clone(),
+                to: groups.list[to as usize].clone(),
+                service: service.map(|s| cluster.service(s).key()),
+                ports: acc.ports,
+                flows: acc.flows,
+                answered: acc.answered,
+                packets: acc.packets,
+                bytes: acc.bytes,
+                first: acc.first,
+                last: acc.last,
+                egress_denied: acc.egress_denied,
+                ingress_denied: acc.ingress_denied,
+                egress_policies: keys(&acc.egress_policies),
+                ingress_policies: keys(&acc.ingress_policies),
+                not_isolated: acc.not_isolated,
+                exception: acc.exception,
+            })
+            .collect();
         edges.sort_by(|a, b| {
             a.class
                 .cmp(&b.class)
@@ -538,7 +637,7 @@ impl Report {
             }
             for &p in ingress.iter().chain(egress) {
                 selecting_anything[p as usize] = true;
-                selecting_observed[p as usize] |= pods_seen.contains(&id);
+                selecting_observed[p as usize] |= pods_seen[index];
             }
         }
         let namespaces_with_policy: HashSet<&str> = set
@@ -583,7 +682,10 @@ impl Report {
             .map(|(ip, (flows, peers))| UnattributedAddress {
                 ip,
                 flows,
-                peers: peers.into_iter().collect(),
+                peers: peers
+                    .into_iter()
+                    .map(|g| groups.list[g as usize].to_string())
+                    .collect(),
             })
             .collect();
         let mut external: Vec<(IpAddr, u64, u64)> = external
@@ -594,6 +696,7 @@ impl Report {
         let mut scans: Vec<Scan> = fanout
             .into_iter()
             .filter_map(|((source, ip), acc)| {
+                let source = groups.list[source as usize].clone();
                 let targets = acc.targets.len() as u64;
                 (targets >= SCAN_MIN_TARGETS && acc.failed * 2 >= acc.flows).then(|| Scan {
                     source,

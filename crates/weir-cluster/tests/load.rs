@@ -307,3 +307,71 @@ fn alias_bombs_hit_the_budget_instead_of_memory() {
     text.push_str("kind: Pod\n");
     assert!(matches!(load_text(&text), Err(LoadError::Syntax { .. })));
 }
+
+fn at(text: &str) -> weir_model::Timestamp {
+    weir_model::Timestamp::parse(text).unwrap()
+}
+
+#[test]
+fn a_reused_address_belongs_to_whoever_held_it_at_the_time() {
+    let cluster = load_text(
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: n1}
+  spec: {podCIDR: 10.1.0.0/24, podCIDRs: [10.1.0.0/24]}
+  status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: old-job, namespace: a, creationTimestamp: "2026-11-22T09:00:00Z"}
+  spec: {nodeName: n1, containers: [{name: c}]}
+  status:
+    phase: Succeeded
+    podIP: 10.1.0.5
+    containerStatuses:
+    - name: c
+      ready: false
+      restartCount: 0
+      state: {terminated: {exitCode: 0, finishedAt: "2026-11-22T09:30:00Z"}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: new-pod, namespace: a, creationTimestamp: "2026-11-22T09:45:00Z"}
+  spec: {nodeName: n1, containers: [{name: c}]}
+  status: {phase: Running, podIP: 10.1.0.5}
+"#,
+    )
+    .unwrap();
+    let old = cluster.find_pod("a", "old-job").unwrap();
+    let new = cluster.find_pod("a", "new-pod").unwrap();
+    let owner = |t| cluster.owner_at(ip("10.1.0.5"), at(t));
+    assert_eq!(owner("2026-11-22T09:10:00Z"), Some(IpOwner::Pod(old)));
+    assert_eq!(owner("2026-11-22T09:30:00Z"), Some(IpOwner::Pod(old)));
+    // Between the two, nobody in the snapshot held it: not guessed.
+    assert_eq!(owner("2026-11-22T09:40:00Z"), None);
+    assert_eq!(owner("2026-11-22T09:50:00Z"), Some(IpOwner::Pod(new)));
+    assert_eq!(owner("2026-11-22T08:00:00Z"), None);
+    assert_eq!(cluster.owner_of(ip("10.1.0.5")), Some(IpOwner::Pod(new)));
+    assert!(cluster.in_pod_range(ip("10.1.0.77")));
+    assert!(!cluster.in_pod_range(ip("10.2.0.1")));
+    // Nodes are theirs at any time.
+    assert!(matches!(
+        cluster.owner_at(ip("192.168.0.1"), at("2000-01-01T00:00:00Z")),
+        Some(IpOwner::Node(_))
+    ));
+}
+
+#[test]
+fn a_bad_pod_range_names_the_node_and_field() {
+    let err = load_text(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDRs: [10.1.0.0/33]}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("Node n1") && err.contains("spec.podCIDRs[0]"),
+        "{err}"
+    );
+}

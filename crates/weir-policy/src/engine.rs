@@ -176,7 +176,7 @@ static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 pub struct VerdictCache {
     set: u64,
     verdicts: Map<CacheKey, Verdict>,
-    grounds: Map<CacheKey, Arc<Grounds>>,
+    grounds: Map<CacheKey, (Verdict, Arc<Grounds>)>,
     external_ips: Map<IpAddr, u32>,
     external: Vec<Identity>,
     external_index: Map<Vec<u32>, u32>,
@@ -803,39 +803,54 @@ impl PolicySet {
         port: Option<u16>,
         protocol: Protocol,
     ) -> (Verdict, Arc<Grounds>) {
-        let verdict = self.judge_addresses(cache, src, dst, port, protocol);
+        cache.bind(self);
         let key = CacheKey {
             src: self.identity_of(cache, src),
             dst: self.identity_of(cache, dst),
             port: port.map_or(u32::MAX, u32::from),
             protocol: protocol.0,
         };
-        if let Some(grounds) = cache.grounds.get(&key) {
-            return (verdict, Arc::clone(grounds));
+        if let Some((verdict, grounds)) = cache.grounds.get(&key) {
+            cache.stats.hits += 1;
+            let grounds = Arc::clone(grounds);
+            return (self.exceptions(src, dst, *verdict), grounds);
         }
+        cache.stats.misses += 1;
         let (s, d) = (self.identity(cache, key.src), self.identity(cache, key.dst));
         let traffic = Traffic {
             port,
             protocol,
             dst_ports: &d.ports,
         };
+        let egress = self.allowing_rules(Direction::Egress, &s.egress, d, &traffic, None);
+        let ingress = self.allowing_rules(Direction::Ingress, &d.ingress, s, &traffic, None);
+        // The first allowing rule in policy order is the one `judge` reports: derive the verdict, don't redo it.
+        let decision = |subject: bool, isolating: &[u32], allowing: &[RuleRef]| match (
+            subject,
+            isolating,
+            allowing.first(),
+        ) {
+            (false, _, _) => Decision::NotApplicable,
+            (true, [], _) => Decision::NotIsolated,
+            (true, _, Some(rule)) => Decision::AllowedBy(*rule),
+            (true, _, None) => Decision::Denied,
+        };
+        let verdict = Verdict {
+            egress: decision(s.subject, &s.egress, &egress),
+            ingress: decision(d.subject, &d.ingress, &ingress),
+        };
         let grounds = Arc::new(Grounds {
             egress_isolating: s.egress.clone(),
-            egress_allowing: self.allowing_rules(Direction::Egress, &s.egress, d, &traffic, None),
+            egress_allowing: egress,
             ingress_isolating: d.ingress.clone(),
-            ingress_allowing: self.allowing_rules(
-                Direction::Ingress,
-                &d.ingress,
-                s,
-                &traffic,
-                None,
-            ),
+            ingress_allowing: ingress,
         });
         if cache.grounds.len() >= MAX_CACHED_VERDICTS {
             cache.grounds.clear();
+            cache.stats.resets += 1;
         }
-        cache.grounds.insert(key, Arc::clone(&grounds));
-        (verdict, grounds)
+        cache.grounds.insert(key, (verdict, Arc::clone(&grounds)));
+        (self.exceptions(src, dst, verdict), grounds)
     }
 
     /// The reachability of every ordered pair of `pods` (self pairs included) on a port and protocol.

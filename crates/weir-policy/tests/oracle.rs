@@ -501,6 +501,18 @@ proptest! {
                     prop_assert_eq!((v.egress.allowed(), v.ingress.allowed()), expected,
                         "{} -> {} port {:?}/{}: {:?}", src.ip, dst.ip, port, protocol, v);
                 }
+                // The grounds agree with the verdict and with the explanation: every allowing rule, no other.
+                let (a, b) = (set.address_of_ip(src.ip), set.address_of_ip(dst.ip));
+                let (v, grounds) = set.judge_with_grounds(&mut cache, &a, &b, port, proto);
+                let e = set.explain(&a, &b, port, proto);
+                prop_assert_eq!(v, e.verdict);
+                prop_assert_eq!(&grounds.egress_allowing, &e.egress.allowed_by);
+                prop_assert_eq!(&grounds.ingress_allowing, &e.ingress.allowed_by);
+                prop_assert_eq!(&grounds.egress_isolating, &e.egress.isolating);
+                prop_assert_eq!(&grounds.ingress_isolating, &e.ingress.isolating);
+                if let weir_policy::Decision::AllowedBy(first) = v.egress {
+                    prop_assert_eq!(grounds.egress_allowing.first(), Some(&first));
+                }
             }
         }
         // The dense matrix agrees with pairwise judging.

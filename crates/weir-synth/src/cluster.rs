@@ -30,6 +30,24 @@ pub fn synthetic_cluster(
     replicas: usize,
     policies: usize,
 ) -> SyntheticCluster {
+    synthetic_cluster_with(namespaces, apps, replicas, policies, |index| {
+        std::net::Ipv4Addr::new(
+            10,
+            128 + (index >> 16) as u8,
+            (index >> 8) as u8,
+            index as u8,
+        )
+    })
+}
+
+/// [`synthetic_cluster`] with the address of the pod at each index chosen by `address` (to match a capture).
+pub fn synthetic_cluster_with(
+    namespaces: usize,
+    apps: usize,
+    replicas: usize,
+    policies: usize,
+    address: impl Fn(usize) -> std::net::Ipv4Addr,
+) -> SyntheticCluster {
     let mut items: Vec<Value> = Vec::new();
     let mut pod_ips = Vec::new();
     let per_ns = policies.div_ceil(namespaces.max(1));
@@ -47,16 +65,13 @@ pub fn synthetic_cluster(
             let (port_name, port) = PORTS[a % PORTS.len()];
             for r in 0..replicas {
                 let index = pod_ips.len();
-                let ip = std::net::Ipv4Addr::new(
-                    10,
-                    128 + (index >> 16) as u8,
-                    (index >> 8) as u8,
-                    index as u8,
-                );
+                let ip = address(index);
                 pod_ips.push(ip);
                 items.push(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
                         "name": format!("{app}-{hash}-{r}"), "namespace": ns,
-                        "labels": {"app": app, "tier": tier, "pod-template-hash": hash}},
+                        "labels": {"app": app, "tier": tier, "pod-template-hash": hash},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": true,
+                            "name": format!("{app}-{hash}"), "uid": format!("{n}-{a}")}]},
                     "spec": {"nodeName": format!("node-{}", index % 50), "containers": [{"name": "main", "image": "app",
                         "ports": [{"name": port_name, "containerPort": port}, {"name": "metrics", "containerPort": 9100}]}]},
                     "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}}));

@@ -3,6 +3,7 @@
 //! ```text
 //! weir-synth pcaps DIR                       the generated captures of pcaps/
 //! weir-synth bench PACKETS FLOWS OUT.pcap    a benchmark capture
+//! weir-synth bench-cluster OUT.json          a snapshot of the 2,000 pods of the benchmark captures
 //! ```
 
 use std::fs::File;
@@ -10,7 +11,10 @@ use std::io::{self, BufWriter};
 use std::path::Path;
 use std::process::ExitCode;
 
-use weir_synth::{PcapOptions, bench_mix, write_bundled_pcaps, write_pcap};
+use weir_synth::{
+    PcapOptions, bench_mix, bench_pod_address, synthetic_cluster_with, write_bundled_pcaps,
+    write_pcap,
+};
 
 fn create(path: &Path) -> io::Result<BufWriter<File>> {
     Ok(BufWriter::with_capacity(1 << 20, File::create(path)?))
@@ -39,8 +43,13 @@ fn main() -> ExitCode {
             }
             _ => Err(io::Error::other("PACKETS and FLOWS must be numbers")),
         },
+        ["bench-cluster", out] => {
+            // 20 namespaces × 10 Deployments × 10 replicas = the 2,000 pods `bench` traffic runs between.
+            let cluster = synthetic_cluster_with(20, 10, 10, 200, |i| bench_pod_address(i as u64));
+            std::fs::write(out, cluster.json)
+        }
         _ => Err(io::Error::other(
-            "usage: weir-synth pcaps DIR | weir-synth bench PACKETS FLOWS OUT.pcap",
+            "usage: weir-synth pcaps DIR | weir-synth bench PACKETS FLOWS OUT.pcap | weir-synth bench-cluster OUT.json",
         )),
     };
     match result {

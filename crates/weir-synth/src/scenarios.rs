@@ -125,13 +125,18 @@ pub fn pod_traffic(link: Link) -> Capture {
     s.finish()
 }
 
+/// The address of pod `n` in [`bench_mix`] traffic.
+pub fn bench_pod_address(n: u64) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, (n / 250) as u8, (n % 250 + 1) as u8)
+}
+
 /// Benchmark traffic: about `packets` packets in about `flows` flows (TCP with handshake, data and FIN, DNS
 /// over UDP, pings) among 2,000 pods, over 60 seconds.
 pub fn bench_mix(packets: u64, flows: u64, seed: u64) -> Capture {
     let mut s = Synth::new(Link::Ethernet, seed);
     let per_flow = (packets / flows.max(1)).max(3);
     let span_ms = 60_000i64;
-    let pod = |n: u64| v4(10, 244, (n / 250) as u8, (n % 250 + 1) as u8);
+    let pod = |n: u64| IpAddr::V4(bench_pod_address(n));
     for f in 0..flows {
         let start = at(s.range(0, span_ms as u64) as i64);
         let client = pod(s.range(0, 2000));

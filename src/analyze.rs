@@ -193,7 +193,7 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
                 stats: &inputs.stats,
                 top: args.top.max(1),
             };
-            out.write_all(render_report(&set, &report, &context, style).as_bytes())
+            out.write_all(render_report(&report, &context, style).as_bytes())
         }
     }
     .and_then(|()| out.flush())

@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use weir_analysis::{Edge, EdgeClass, Group, Report};
 use weir_flow::ExtractStats;
 use weir_model::Timestamp;
-use weir_policy::PolicySet;
 
 use crate::output::human;
 
@@ -129,7 +128,7 @@ fn edge_count(report: &Report, class: EdgeClass) -> (u64, usize) {
         .fold((0, 0), |(flows, edges), e| (flows + e.flows, edges + 1))
 }
 
-fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
+fn sections(report: &Report, top: usize) -> Vec<Section> {
     let mut out = Vec::new();
 
     let (flows, edges) = edge_count(report, EdgeClass::Denied);
@@ -403,7 +402,6 @@ fn sections(set: &PolicySet, report: &Report, top: usize) -> Vec<Section> {
             .collect(),
         more,
     });
-    let _ = set;
     out
 }
 
@@ -487,9 +485,9 @@ fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
 }
 
 /// The whole report in a style.
-pub fn render_report(set: &PolicySet, report: &Report, context: &Context, style: Style) -> String {
+pub fn render_report(report: &Report, context: &Context, style: Style) -> String {
     let mut out = String::new();
-    let sections = sections(set, report, context.top);
+    let sections = sections(report, context.top);
     match style {
         Style::Text { color } => {
             let paint = |code: &str, text: &str| {
@@ -501,7 +499,7 @@ pub fn render_report(set: &PolicySet, report: &Report, context: &Context, style:
             };
             let _ = writeln!(out, "{}", paint(BOLD, "weir analyze"));
             for line in header(report, context, style) {
-                let _ = writeln!(out, "  {}", terminal_safe(&line).replace("\u{0}", ""));
+                let _ = writeln!(out, "  {}", terminal_safe(&line));
             }
             for section in &sections {
                 out.push('\n');

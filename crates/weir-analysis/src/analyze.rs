@@ -66,18 +66,6 @@ pub enum Judgement {
     Unjudged(Unjudged),
 }
 
-impl Judgement {
-    /// True for a judged flow the policies allow.
-    pub fn allowed(&self) -> bool {
-        matches!(self, Judgement::Judged { verdict, .. } if verdict.allowed())
-    }
-
-    /// True for a judged flow the policies deny.
-    pub fn denied(&self) -> bool {
-        matches!(self, Judgement::Judged { verdict, .. } if !verdict.allowed())
-    }
-}
-
 /// A flow record with its ends attributed and its verdict.
 #[derive(Clone, Debug)]
 pub struct JudgedFlow {
@@ -139,11 +127,6 @@ impl<'a> Analyzer<'a> {
             attributor: Attributor::new(set.cluster(), cluster_ranges),
             cache: VerdictCache::new(),
         }
-    }
-
-    /// The policy set.
-    pub fn policy_set(&self) -> &'a PolicySet {
-        self.set
     }
 
     /// Attributes and judges records. Pre- and post-DNAT records of one connection (same client address and

@@ -26,20 +26,6 @@ pub enum Party {
     Unknown,
 }
 
-impl Party {
-    /// The kind, as the JSON output spells it.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Party::Pod(_) => "pod",
-            Party::Node(_) => "node",
-            Party::Backends(_) => "workload",
-            Party::Service(_) => "service",
-            Party::External => "external",
-            Party::Unknown => "unknown",
-        }
-    }
-}
-
 /// Attributes addresses: the snapshot's owners over time, and the address ranges that belong to the cluster.
 #[derive(Debug)]
 pub struct Attributor<'a> {

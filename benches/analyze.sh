@@ -5,12 +5,15 @@
 # Deployments in 20 namespaces with 200 NetworkPolicies (default deny, selectors, named ports, ranges, ipBlocks).
 #
 #   benches/analyze.sh [PACKETS] [FLOWS]      (defaults: 4000000 200000; results in bench-out/)
+#
+# Needs GNU time (apt-get install -y time) for peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packets=${1:-4000000}
 flows=${2:-200000}
 out=bench-out
 mkdir -p "$out"
+command -v /usr/bin/time >/dev/null || { echo "missing GNU time: apt-get install -y time" >&2; exit 1; }
 cargo build --release -q -p weir -p weir-synth
 weir=target/release/weir
 capture="$out/analyze-$packets-$flows.pcap"

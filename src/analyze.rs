@@ -11,7 +11,7 @@ use weir_analysis::{Analyzer, Report, write_analysis_json};
 use weir_flow::{ExtractStats, FlowConfig};
 use weir_model::{Cidr, FlowRecord};
 
-use crate::pipeline::extract_file;
+use crate::pipeline::{extract_file, sort_flows};
 use crate::report::{Style, render_report};
 use crate::snapshot;
 
@@ -124,11 +124,7 @@ pub fn read_inputs(captures: &[PathBuf], flow_files: &[PathBuf], threads: u16) -
         inputs.stats.merge(&result.stats);
         let mut flows = result.flows;
         // Sorting the compact finished flows is cheaper than sorting records.
-        flows.sort_unstable_by(|a, b| {
-            a.start()
-                .cmp(&b.start())
-                .then_with(|| a.sort_key().cmp(&b.sort_key()))
-        });
+        sort_flows(&mut flows);
         inputs.records.extend(flows.iter().map(|f| f.to_record()));
         inputs.names.push(path.display().to_string());
     }

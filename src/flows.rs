@@ -13,7 +13,7 @@ use weir_model::FlowRecord;
 
 use crate::duration::{apply_idle_timeouts, parse_duration};
 use crate::output::{FlowFormat, human, write_csv, write_table};
-use crate::pipeline::{extract_file, write_parallel};
+use crate::pipeline::{extract_file, sort_flows, write_parallel};
 
 #[derive(Args)]
 pub struct FlowsArgs {
@@ -107,12 +107,7 @@ pub fn run(args: FlowsArgs) -> Result<ExitCode> {
         totals.stats.merge(&result.stats);
         finished.extend(result.flows);
     }
-    // Start times rarely tie, so most comparisons never build the full key.
-    finished.sort_unstable_by(|a, b| {
-        a.start()
-            .cmp(&b.start())
-            .then_with(|| a.sort_key().cmp(&b.sort_key()))
-    });
+    sort_flows(&mut finished);
     let threads = usize::from(args.threads);
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     match format {

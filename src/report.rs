@@ -103,6 +103,19 @@ fn sides(e: &Edge, egress: bool, ingress: bool) -> String {
     parts.join("; ")
 }
 
+/// FROM, TO, VIA, PORT and FLOWS of an edge, then the section's own cells.
+fn edge_row<const N: usize>(e: &Edge, rest: [String; N]) -> Vec<String> {
+    let mut row = vec![
+        group(&e.from),
+        group(&e.to),
+        via(e),
+        port(e),
+        e.flows.to_string(),
+    ];
+    row.extend(rest);
+    row
+}
+
 fn group(g: &Group) -> String {
     g.to_string()
 }
@@ -144,16 +157,14 @@ fn sections(report: &Report, top: usize) -> Vec<Section> {
         rows: shown
             .iter()
             .map(|e| {
-                vec![
-                    group(&e.from),
-                    group(&e.to),
-                    via(e),
-                    port(e),
-                    e.flows.to_string(),
+                edge_row(
+                    e,
+                    [
                     e.answered.to_string(),
                     span(e.first, e.last),
                     sides(e, e.egress_denied, e.ingress_denied),
-                ]
+                    ],
+                )
             })
             .collect(),
         more,
@@ -212,17 +223,7 @@ fn sections(report: &Report, top: usize) -> Vec<Section> {
             ],
             rows: shown
                 .iter()
-                .map(|e| {
-                    vec![
-                        group(&e.from),
-                        group(&e.to),
-                        via(e),
-                        port(e),
-                        e.flows.to_string(),
-                        span(e.first, e.last),
-                        sides(e, true, true),
-                    ]
-                })
+                .map(|e| edge_row(e, [span(e.first, e.last), sides(e, true, true)]))
                 .collect(),
             more,
         });
@@ -246,15 +247,13 @@ fn sections(report: &Report, top: usize) -> Vec<Section> {
                     (true, false) => "source egress",
                     _ => "destination ingress",
                 };
-                vec![
-                    group(&e.from),
-                    group(&e.to),
-                    via(e),
-                    port(e),
-                    e.flows.to_string(),
+                edge_row(
+                    e,
+                    [
                     span(e.first, e.last),
                     open.to_owned(),
-                ]
+                    ],
+                )
             })
             .collect(),
         more,
@@ -371,17 +370,13 @@ fn sections(report: &Report, top: usize) -> Vec<Section> {
         rows: shown
             .iter()
             .map(|e| {
-                vec![
-                    group(&e.from),
-                    group(&e.to),
-                    via(e),
-                    port(e),
-                    e.flows.to_string(),
-                    match e.exception {
+                edge_row(
+                    e,
+                    [match e.exception {
                         Some(why) => format!("({why})"),
                         None => sides(e, true, true),
-                    },
-                ]
+                    }],
+                )
             })
             .collect(),
         more,

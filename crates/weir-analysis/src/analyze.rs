@@ -17,6 +17,8 @@ pub struct ServiceHit {
     pub service: ServiceId,
     /// The Service port (on the ClusterIP).
     pub port: u16,
+    /// Whether the Service exposes that port and protocol.
+    pub served: bool,
     /// The port after DNAT, when every candidate backend receives the connection on the same one.
     pub target_port: Option<u16>,
     /// The backend's address after DNAT, when the capture showed it or only one backend exists.
@@ -193,6 +195,7 @@ impl<'a> Analyzer<'a> {
                 Some(ServiceHit {
                     service,
                     port: record.dst_port.unwrap_or(0),
+                    served: false,
                     target_port: None,
                     backend: None,
                 }),
@@ -205,6 +208,7 @@ impl<'a> Analyzer<'a> {
         let mut hit = ServiceHit {
             service,
             port: service_port.port,
+            served: true,
             target_port: backends
                 .first()
                 .map(|b| b.port)
@@ -215,14 +219,19 @@ impl<'a> Analyzer<'a> {
             [] => Party::Service(service),
             [only] => {
                 hit.backend = Some(only.ip);
-                match only.pod {
-                    Some(pod) => Party::Pod(pod),
-                    None => self.attributor.party(only.ip, record.start),
-                }
+                self.backend_party(only, record)
             }
             _ => Party::Backends(service),
         };
         (party, Some(hit), backends)
+    }
+
+    /// The party behind a backend: its pod when the EndpointSlice names it, else the address's owner.
+    fn backend_party(&mut self, backend: &ResolvedBackend, record: &FlowRecord) -> Party {
+        match backend.pod {
+            Some(pod) => Party::Pod(pod),
+            None => self.attributor.party(backend.ip, record.start),
+        }
     }
 
     /// Finds, for each Service flow with several candidate backends, the post-DNAT record of the same
@@ -295,25 +304,15 @@ impl<'a> Analyzer<'a> {
         let src = self.attributor.address(source, record.src);
         let port = |p: u16| (!record.proto.is_icmp()).then_some(p);
         match (destination, service) {
-            (Party::Service(service), _) => {
-                let cluster = self.attributor.cluster();
-                let served = record
-                    .dst_port
-                    .and_then(|p| cluster.resolve_service(service, p, record.proto))
-                    .is_some();
-                Judgement::Unjudged(if served {
-                    Unjudged::NoBackends
-                } else {
-                    Unjudged::PortNotServed
-                })
-            }
+            (Party::Service(_), hit) => Judgement::Unjudged(if hit.is_some_and(|h| h.served) {
+                Unjudged::NoBackends
+            } else {
+                Unjudged::PortNotServed
+            }),
             (Party::Backends(_), _) => {
                 let mut verdicts = Vec::with_capacity(backends.len());
                 for b in backends {
-                    let party = match b.pod {
-                        Some(pod) => Party::Pod(pod),
-                        None => self.attributor.party(b.ip, record.start),
-                    };
+                    let party = self.backend_party(b, record);
                     let dst = self.attributor.address(party, b.ip);
                     let (verdict, grounds) = self.set.judge_with_grounds(
                         &mut self.cache,
@@ -373,10 +372,22 @@ fn agree(verdicts: Vec<BackendVerdict>) -> Judgement {
     }
     let mut merged = Grounds::default();
     for b in &verdicts {
-        union(&mut merged.egress_isolating, &b.grounds.egress_isolating);
-        union(&mut merged.egress_allowing, &b.grounds.egress_allowing);
-        union(&mut merged.ingress_isolating, &b.grounds.ingress_isolating);
-        union(&mut merged.ingress_allowing, &b.grounds.ingress_allowing);
+        union(
+            &mut merged.egress_isolating,
+            b.grounds.egress_isolating.iter().copied(),
+        );
+        union(
+            &mut merged.egress_allowing,
+            b.grounds.egress_allowing.iter().copied(),
+        );
+        union(
+            &mut merged.ingress_isolating,
+            b.grounds.ingress_isolating.iter().copied(),
+        );
+        union(
+            &mut merged.ingress_allowing,
+            b.grounds.ingress_allowing.iter().copied(),
+        );
     }
     Judgement::Judged {
         verdict,
@@ -384,10 +395,11 @@ fn agree(verdicts: Vec<BackendVerdict>) -> Judgement {
     }
 }
 
-fn union<T: PartialEq + Clone>(into: &mut Vec<T>, from: &[T]) {
+/// Appends the items `into` lacks, keeping first-seen order (lists here are a few entries long).
+pub(crate) fn union<T: PartialEq>(into: &mut Vec<T>, from: impl IntoIterator<Item = T>) {
     for item in from {
-        if !into.contains(item) {
-            into.push(item.clone());
+        if !into.contains(&item) {
+            into.push(item);
         }
     }
 }

@@ -9,7 +9,7 @@ use weir_cluster::ClusterState;
 use weir_model::{FlowRecord, Timestamp};
 use weir_policy::{Decision, Grounds, PolicySet, Verdict};
 
-use crate::analyze::{Analysis, JudgedFlow, Judgement, Unjudged};
+use crate::analyze::{Analysis, JudgedFlow, Judgement, Unjudged, union};
 use crate::attribute::Party;
 use crate::report::{Edge, Group, Report};
 
@@ -37,16 +37,11 @@ fn side(
     isolating: &[u32],
     allowing: &[weir_policy::RuleRef],
 ) -> DirectionView {
+    let key = |id: u32| set.policies()[id as usize].key();
     let mut policies: Vec<String> = Vec::new();
-    let mut add = |id: u32| {
-        let key = set.policies()[id as usize].key();
-        if !policies.contains(&key) {
-            policies.push(key);
-        }
-    };
     match decision {
-        Decision::AllowedBy(_) => allowing.iter().for_each(|r| add(r.policy)),
-        Decision::Denied => isolating.iter().copied().for_each(&mut add),
+        Decision::AllowedBy(_) => union(&mut policies, allowing.iter().map(|r| key(r.policy))),
+        Decision::Denied => union(&mut policies, isolating.iter().map(|&id| key(id))),
         _ => {}
     }
     DirectionView {
@@ -82,11 +77,7 @@ pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView
                             if acc.verdict != new.verdict {
                                 acc.verdict = "mixed";
                             }
-                            for p in new.policies {
-                                if !acc.policies.contains(&p) {
-                                    acc.policies.push(p);
-                                }
-                            }
+                            union(&mut acc.policies, new.policies);
                         }
                         (oe, oi)
                     }
@@ -176,19 +167,7 @@ fn endpoint<'a>(cluster: &'a ClusterState, party: Party, ip: IpAddr) -> Endpoint
         },
         Party::Backends(id) => {
             let service = cluster.service(id);
-            let first = service
-                .backends
-                .iter()
-                .find_map(|b| b.pod)
-                .map(|p| &cluster.pod(p).workload);
-            let same = first.is_some_and(|w| {
-                service
-                    .backends
-                    .iter()
-                    .filter_map(|b| b.pod)
-                    .all(|p| cluster.pod(p).workload == *w)
-            });
-            match first.filter(|_| same) {
+            match cluster.backend_workload(id) {
                 Some(w) => EndpointView::Workload {
                     namespace: &w.namespace,
                     workload: WorkloadRef {

@@ -11,7 +11,7 @@ use weir_cluster::{ServiceId, Workload};
 use weir_model::{Protocol, TcpFlags, Timestamp};
 use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
-use crate::analyze::{Analysis, JudgedFlow, Judgement};
+use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
 
 /// What a flow's end is grouped under in a report: its workload, not its pod, so replicas add up.
@@ -333,16 +333,9 @@ impl<'a> Groups<'a> {
                 if let Some(&id) = self.by_service.get(&(service, backends)) {
                     return id;
                 }
-                let s = cluster.service(service);
-                let workloads: BTreeSet<&Workload> = s
-                    .backends
-                    .iter()
-                    .filter_map(|b| b.pod)
-                    .map(|p| &cluster.pod(p).workload)
-                    .collect();
-                let group = match workloads.first() {
-                    Some(w) if backends && workloads.len() == 1 => Group::Workload((*w).clone()),
-                    _ => Group::Service(s.key()),
+                let group = match cluster.backend_workload(service) {
+                    Some(w) if backends => Group::Workload(w.clone()),
+                    _ => Group::Service(cluster.service(service).key()),
                 };
                 let id = self.intern(group);
                 self.by_service.insert((service, backends), id);
@@ -382,14 +375,6 @@ struct EdgeAcc {
     exception: Option<&'static str>,
 }
 
-fn add_ids(list: &mut Vec<u32>, ids: impl Iterator<Item = u32>) {
-    for id in ids {
-        if !list.contains(&id) {
-            list.push(id);
-        }
-    }
-}
-
 impl EdgeAcc {
     fn add(&mut self, flow: &JudgedFlow, class: EdgeClass, port: Option<u16>, ok: bool) {
         let r = &flow.record;
@@ -405,14 +390,14 @@ impl EdgeAcc {
         let mut denied = |verdict: &weir_policy::Verdict, grounds: &Grounds| {
             if !verdict.egress.allowed() {
                 self.egress_denied = true;
-                add_ids(
+                union(
                     &mut self.egress_policies,
                     grounds.egress_isolating.iter().copied(),
                 );
             }
             if !verdict.ingress.allowed() {
                 self.ingress_denied = true;
-                add_ids(
+                union(
                     &mut self.ingress_policies,
                     grounds.ingress_isolating.iter().copied(),
                 );
@@ -426,11 +411,11 @@ impl EdgeAcc {
                     self.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
                 }
                 _ => {
-                    add_ids(
+                    union(
                         &mut self.egress_policies,
                         grounds.egress_allowing.iter().map(|r| r.policy),
                     );
-                    add_ids(
+                    union(
                         &mut self.ingress_policies,
                         grounds.ingress_allowing.iter().map(|r| r.policy),
                     );

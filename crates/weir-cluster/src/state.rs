@@ -403,6 +403,14 @@ impl ClusterState {
         self.ip_conflicts
     }
 
+    /// The one workload every backend pod of a Service belongs to, if there is exactly one.
+    pub fn backend_workload(&self, id: ServiceId) -> Option<&Workload> {
+        let mut pods = self.service(id).backends.iter().filter_map(|b| b.pod);
+        let first = &self.pod(pods.next()?).workload;
+        pods.all(|p| self.pod(p).workload == *first)
+            .then_some(first)
+    }
+
     /// The backends a Service port (by number and protocol) sends traffic to, with the port each receives it
     /// on. EndpointSlices decide when the snapshot has them; otherwise the selector and `targetPort` are
     /// resolved against the pods, as the EndpointSlice controller would.

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use weir_analysis::{Analyzer, Report, write_analysis_json};
-use weir_flow::{ExtractStats, FlowConfig};
+use weir_analysis::{Analysis, AnalysisStream, Report, write_analysis_json};
+use weir_flow::{ExtractStats, FinishedFlow, FlowConfig};
 use weir_model::{Cidr, FlowRecord};
+use weir_policy::PolicySet;
 
-use crate::pipeline::{extract_file, sort_flows};
+use crate::pipeline::extract_file_streaming;
 use crate::report::{Style, render_report};
 use crate::snapshot;
 
@@ -71,16 +72,25 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
     Cidr::parse(text).ok_or_else(|| format!("{text:?} is not an address block like 10.96.0.0/12"))
 }
 
-/// What reading the inputs gave.
+/// What reading the inputs gave, besides the records.
 #[derive(Default)]
 pub struct Inputs {
-    pub records: Vec<FlowRecord>,
     pub stats: ExtractStats,
     pub names: Vec<String>,
     pub from_flow_files: u64,
 }
 
-fn read_flow_file(path: &Path, into: &mut Vec<FlowRecord>) -> Result<u64> {
+/// Records on their way from the reading thread to the judging one.
+enum Chunk {
+    /// Flows a capture finished (turned into records on the judging thread).
+    Flows(Vec<FinishedFlow>),
+    /// Records from a flow file.
+    Records(Vec<FlowRecord>),
+}
+
+/// Reads a flow file, handing records to `sink` in chunks; false from the sink stops reading.
+fn read_flow_file(path: &Path, sink: &mut impl FnMut(Chunk) -> bool) -> Result<u64> {
+    const CHUNK: usize = 4096;
     let reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(BufReader::new(io::stdin().lock()))
     } else {
@@ -88,6 +98,7 @@ fn read_flow_file(path: &Path, into: &mut Vec<FlowRecord>) -> Result<u64> {
         Box::new(BufReader::with_capacity(1 << 16, file))
     };
     let mut count = 0;
+    let mut chunk = Vec::with_capacity(CHUNK);
     for (index, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("{}: cannot read", path.display()))?;
         if line.trim().is_empty() {
@@ -100,21 +111,35 @@ fn read_flow_file(path: &Path, into: &mut Vec<FlowRecord>) -> Result<u64> {
                 index + 1
             )
         })?;
-        into.push(record);
+        chunk.push(record);
         count += 1;
+        if chunk.len() == CHUNK && !sink(Chunk::Records(std::mem::take(&mut chunk))) {
+            return Ok(count);
+        }
+    }
+    if !chunk.is_empty() {
+        sink(Chunk::Records(chunk));
     }
     Ok(count)
 }
 
-/// Reads every capture and flow file. A capture that cannot be opened is an error; one that ends early is a
-/// warning (the flows before the damage count).
-pub fn read_inputs(captures: &[PathBuf], flow_files: &[PathBuf], threads: u16) -> Result<Inputs> {
+/// Reads every capture and flow file, handing what they hold to `sink` as it comes; false from the sink stops
+/// reading. A capture that cannot be opened is an error; one that ends early is a warning (the flows before the
+/// damage count).
+fn read_inputs(
+    captures: &[PathBuf],
+    flow_files: &[PathBuf],
+    threads: u16,
+    mut sink: impl FnMut(Chunk) -> bool,
+) -> Result<Inputs> {
     let mut inputs = Inputs::default();
     let config = FlowConfig::default();
     for path in captures {
         let mut source = weir_capture::FileSource::open(path)
             .with_context(|| format!("cannot read capture {}", path.display()))?;
-        let result = extract_file(&mut source, &config, usize::from(threads))?;
+        let result = extract_file_streaming(&mut source, &config, usize::from(threads), |flows| {
+            sink(Chunk::Flows(flows))
+        })?;
         for w in &result.warnings {
             eprintln!("weir: warning: {w}");
         }
@@ -122,36 +147,65 @@ pub fn read_inputs(captures: &[PathBuf], flow_files: &[PathBuf], threads: u16) -
             eprintln!("weir: warning: {e}");
         }
         inputs.stats.merge(&result.stats);
-        let mut flows = result.flows;
-        // Sorting the compact finished flows is cheaper than sorting records.
-        sort_flows(&mut flows);
-        inputs.records.extend(flows.iter().map(|f| f.to_record()));
         inputs.names.push(path.display().to_string());
     }
     for path in flow_files {
-        inputs.from_flow_files += read_flow_file(path, &mut inputs.records)?;
+        inputs.from_flow_files += read_flow_file(path, &mut sink)?;
         inputs.names.push(path.display().to_string());
     }
-    if captures.len() + flow_files.len() > 1 || !flow_files.is_empty() {
-        // Captures are in order already; a stable sort merges the runs (and orders flow files).
-        inputs.records.sort_by(|a, b| {
-            a.start
-                .cmp(&b.start)
-                .then_with(|| a.sort_key().cmp(&b.sort_key()))
-        });
-    }
     Ok(inputs)
+}
+
+/// Reads the inputs on this thread while another loads the snapshot and then judges flows as they finish, so
+/// attribution and judging run beside decoding.
+fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Report)> {
+    let keep_flows = args.format == AnalyzeFormat::Json;
+    // Bounded, so a slow judge holds the reader back instead of letting finished flows pile up; deep enough to
+    // let the reader run on while the snapshot loads.
+    let (tx, rx) = crossbeam_channel::bounded::<Chunk>(1024);
+    std::thread::scope(|scope| {
+        let judge = scope.spawn(move || -> Result<(PolicySet, Analysis, Report)> {
+            let set = snapshot::load(&args.cluster)?;
+            let (analysis, report) = {
+                let mut stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
+                for chunk in rx {
+                    // The reports that keep no flows never show a Community ID.
+                    let records = match chunk {
+                        Chunk::Flows(flows) if keep_flows => {
+                            flows.iter().map(FinishedFlow::to_record).collect()
+                        }
+                        Chunk::Flows(flows) => {
+                            flows.iter().map(FinishedFlow::record_without_id).collect()
+                        }
+                        Chunk::Records(records) => records,
+                    };
+                    stream.push_batch(records);
+                }
+                let result = stream.finish();
+                // The process ends soon: its verdict cache need not be freed entry by entry.
+                std::mem::forget(stream);
+                result
+            };
+            Ok((set, analysis, report))
+        });
+        // A send fails only when the judging thread has ended early, on an error `join` returns.
+        let inputs = read_inputs(&args.captures, &args.flows, args.threads, |chunk| {
+            tx.send(chunk).is_ok()
+        });
+        drop(tx);
+        let judged = judge
+            .join()
+            .map_err(|_| anyhow::anyhow!("the judging thread panicked"))?;
+        let (set, analysis, report) = judged?;
+        Ok((set, inputs?, analysis, report))
+    })
 }
 
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     if args.captures.is_empty() && args.flows.is_empty() {
         bail!("give at least one capture or --flows file");
     }
-    let set = snapshot::load(&args.cluster)?;
-    let inputs = read_inputs(&args.captures, &args.flows, args.threads)?;
-    let mut analyzer = Analyzer::new(&set, &args.cluster_cidr);
-    let analysis = analyzer.analyze(inputs.records);
-    let report = Report::new(&set, &analysis);
+    let (set, inputs, analysis, report) = analyze_inputs(&args)?;
 
     let to_terminal = args.output.is_none() && io::stdout().is_terminal();
     let color = match args.color {
@@ -197,5 +251,6 @@ pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     // The process ends here: freeing hundreds of thousands of flows one by one would only cost time.
     std::mem::forget(analysis);
     std::mem::forget(report);
+    std::mem::forget(set);
     Ok(ExitCode::SUCCESS)
 }

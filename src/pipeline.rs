@@ -75,13 +75,33 @@ pub fn extract_file(
     config: &FlowConfig,
     threads: usize,
 ) -> Result<FileFlows> {
-    let (flows, stats, error) = if threads <= 1 {
-        extract_single(source, config)
+    let mut flows = Vec::new();
+    let mut result = extract_file_streaming(source, config, threads, |mut finished| {
+        flows.append(&mut finished);
+        true
+    })?;
+    result.flows = flows;
+    Ok(result)
+}
+
+/// Reads one capture with `threads` workers, handing flows to `sink` as they finish (with one worker, while the
+/// capture is read; with several, at the end). The sink returns false to stop reading. The returned
+/// [`FileFlows`] has no flows: the sink had them all.
+pub fn extract_file_streaming(
+    source: &mut FileSource,
+    config: &FlowConfig,
+    threads: usize,
+    mut sink: impl FnMut(Vec<FinishedFlow>) -> bool,
+) -> Result<FileFlows> {
+    let (stats, error) = if threads <= 1 {
+        extract_single(source, config, &mut sink)
     } else {
-        extract_parallel(source, config, threads)?
+        let (flows, stats, error) = extract_parallel(source, config, threads)?;
+        sink(flows);
+        (stats, error)
     };
     Ok(FileFlows {
-        flows,
+        flows: Vec::new(),
         stats,
         reader: source.stats(),
         warnings: source.warnings(),
@@ -92,7 +112,8 @@ pub fn extract_file(
 fn extract_single(
     source: &mut FileSource,
     config: &FlowConfig,
-) -> (Vec<FinishedFlow>, ExtractStats, Option<CaptureError>) {
+    sink: &mut impl FnMut(Vec<FinishedFlow>) -> bool,
+) -> (ExtractStats, Option<CaptureError>) {
     let mut extractor = FlowExtractor::new(config.clone());
     let mut batch = Batch::default();
     let mut error = None;
@@ -101,6 +122,10 @@ fn extract_single(
             Ok(true) => {
                 for p in batch.iter() {
                     extractor.packet(p.timestamp, p.link, p.data);
+                }
+                let finished = extractor.take_finished();
+                if !finished.is_empty() && !sink(finished) {
+                    return (extractor.stats(), None);
                 }
             }
             Ok(false) => break,
@@ -111,7 +136,8 @@ fn extract_single(
         }
     }
     let (flows, stats) = extractor.finish();
-    (flows, stats, error)
+    sink(flows);
+    (stats, error)
 }
 
 fn extract_parallel(

@@ -1,10 +1,10 @@
 //! Flow records to judged flows: attribution, Service resolution, DNAT joins and verdicts.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use weir_cluster::{PodId, ResolvedBackend, ServiceId};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use weir_cluster::{ClusterState, PodId, ResolvedBackend, ServiceId};
 use weir_model::{Cidr, FlowRecord, Protocol};
 use weir_policy::{Grounds, PolicySet, Verdict, VerdictCache};
 
@@ -108,6 +108,18 @@ pub struct Analysis {
     pub dnat_joined: u64,
 }
 
+/// What [`Analyzer::single`] made of a record.
+#[derive(Clone, Debug)]
+pub enum Single {
+    /// Judged on its own: final.
+    Judged(JudgedFlow),
+    /// Judged, and final unless a flow to a ClusterIP from the same client address and port turns up: then it
+    /// is the post-DNAT view of that connection and is folded into it.
+    PostDnat(JudgedFlow),
+    /// A flow to a ClusterIP: to be analyzed with the others.
+    Held(FlowRecord),
+}
+
 /// How far apart a connection's pre- and post-DNAT records may be and still be joined: the two views of one
 /// connection are microseconds apart on one node, and a different connection on the same client port cannot
 /// start again this soon (TIME_WAIT).
@@ -135,6 +147,62 @@ impl<'a> Analyzer<'a> {
     /// port, the post-DNAT one going to a backend of the Service on its target port, at the same time) become
     /// one flow.
     pub fn analyze(&mut self, records: Vec<FlowRecord>) -> Analysis {
+        let mut flows = Vec::with_capacity(records.len());
+        let dnat_joined = self.analyze_each(records, |_, flow| flows.push(flow));
+        Analysis { flows, dnat_joined }
+    }
+
+    /// Judges one record on its own when it can be: a flow to a ClusterIP is given back (its backend and
+    /// verdict may depend on the post-DNAT record of the same connection, which [`Analyzer::analyze`] joins),
+    /// and a flow to an address and port some Service sends traffic to is judged but marked as possibly that
+    /// post-DNAT record. `endpoints` comes from [`service_endpoints`].
+    pub fn single(
+        &mut self,
+        record: FlowRecord,
+        endpoints: &HashSet<(Protocol, IpAddr, u16)>,
+    ) -> Single {
+        let source = self.attributor.party(record.src, record.start);
+        let destination = self.attributor.party(record.dst, record.start);
+        let post_dnat = match destination {
+            Party::Service(_) => return Single::Held(record),
+            Party::Pod(_) | Party::Unknown => {
+                record.src_port.is_some()
+                    && record
+                        .dst_port
+                        .is_some_and(|p| endpoints.contains(&(record.proto, record.dst, p)))
+            }
+            _ => false,
+        };
+        let judgement = self.judge(&record, source, destination, None, &[]);
+        let flow = JudgedFlow {
+            record,
+            source,
+            destination,
+            service: None,
+            judgement,
+        };
+        if post_dnat {
+            Single::PostDnat(flow)
+        } else {
+            Single::Judged(flow)
+        }
+    }
+
+    /// Whether a record goes to a Service ClusterIP.
+    pub fn to_service(&mut self, record: &FlowRecord) -> bool {
+        matches!(
+            self.attributor.party(record.dst, record.start),
+            Party::Service(_)
+        )
+    }
+
+    /// [`Analyzer::analyze`], handing each judged flow over with the index of its record; returns how many
+    /// records were folded into another.
+    pub(crate) fn analyze_each(
+        &mut self,
+        records: Vec<FlowRecord>,
+        mut each: impl FnMut(usize, JudgedFlow),
+    ) -> u64 {
         let mut ends: Vec<(Party, Party, Option<ServiceHit>, Vec<ResolvedBackend>)> =
             Vec::with_capacity(records.len());
         let mut any_service = false;
@@ -155,27 +223,27 @@ impl<'a> Analyzer<'a> {
         } else {
             vec![false; records.len()]
         };
-        let mut analysis = Analysis {
-            flows: Vec::with_capacity(records.len()),
-            dnat_joined: 0,
-        };
-        for ((record, (source, destination, service, backends)), joined) in
-            records.into_iter().zip(ends).zip(joined)
+        let mut dnat_joined = 0;
+        for (index, ((record, (source, destination, service, backends)), joined)) in
+            records.into_iter().zip(ends).zip(joined).enumerate()
         {
             if joined {
-                analysis.dnat_joined += 1;
+                dnat_joined += 1;
                 continue;
             }
             let judgement = self.judge(&record, source, destination, service, &backends);
-            analysis.flows.push(JudgedFlow {
-                record,
-                source,
-                destination,
-                service,
-                judgement,
-            });
+            each(
+                index,
+                JudgedFlow {
+                    record,
+                    source,
+                    destination,
+                    service,
+                    judgement,
+                },
+            );
         }
-        analysis
+        dnat_joined
     }
 
     /// A flow to a ClusterIP: the Service port, and its backends (ready ones; all of them when none is ready,
@@ -346,6 +414,24 @@ impl<'a> Analyzer<'a> {
             }
         }
     }
+}
+
+/// Every (protocol, address, port) a Service with a ClusterIP may send a connection to: the only places a
+/// post-DNAT record can go.
+pub fn service_endpoints(cluster: &ClusterState) -> HashSet<(Protocol, IpAddr, u16)> {
+    let mut endpoints = HashSet::new();
+    for (index, service) in cluster.services().iter().enumerate() {
+        if service.cluster_ips.is_empty() {
+            continue;
+        }
+        for port in &service.ports {
+            let id = ServiceId(index as u32);
+            if let Some((_, backends)) = cluster.resolve_service(id, port.port, port.protocol) {
+                endpoints.extend(backends.iter().map(|b| (port.protocol, b.ip, b.port)));
+            }
+        }
+    }
+    endpoints
 }
 
 /// One verdict when every backend's egress and ingress sides agree (grounds merged), else the list.

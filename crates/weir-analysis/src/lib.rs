@@ -10,6 +10,9 @@
 //! judged flows into findings: denied flows by workload edge, flows allowed only because a pod is not isolated,
 //! pods without policy, rules nothing used, unattributed addresses and suspected scans.
 //!
+//! [`AnalysisStream`] does the same while records arrive (a capture being read, an agent's stream), with the same
+//! result whatever the order: only flows that may be one half of a DNAT join wait for the end.
+//!
 //! No I/O: callers hand in records and a [`weir_policy::PolicySet`] and write the results where they like.
 
 #![deny(missing_docs)]
@@ -18,10 +21,15 @@ mod analyze;
 mod attribute;
 mod json;
 mod report;
+mod stream;
 
 pub use analyze::{
-    Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceHit, Unjudged,
+    Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceHit, Single, Unjudged,
+    service_endpoints,
 };
 pub use attribute::{Attributor, Party};
 pub use json::{DirectionView, direction_views, reason, verdict_name, write_analysis_json};
-pub use report::{Edge, EdgeClass, Group, Report, Scan, Totals, UnattributedAddress, UnusedRule};
+pub use report::{
+    Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,
+};
+pub use stream::AnalysisStream;

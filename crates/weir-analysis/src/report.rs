@@ -373,12 +373,17 @@ struct EdgeAcc {
     ingress_policies: Vec<u32>,
     not_isolated: (bool, bool),
     exception: Option<&'static str>,
+    /// The grounds and verdict of the last flow added: the flows of an edge mostly share them, and adding the
+    /// same ones again changes nothing. (The builder holds every grounds it saw, so the address stays theirs.)
+    last_judged: Option<(*const Grounds, weir_policy::Verdict)>,
 }
 
 impl EdgeAcc {
     fn add(&mut self, flow: &JudgedFlow, class: EdgeClass, port: Option<u16>, ok: bool) {
         let r = &flow.record;
-        if let Err(at) = self.ports.binary_search(&(r.proto, port)) {
+        if self.ports.last() != Some(&(r.proto, port))
+            && let Err(at) = self.ports.binary_search(&(r.proto, port))
+        {
             self.ports.insert(at, (r.proto, port));
         }
         self.flows += 1;
@@ -387,6 +392,13 @@ impl EdgeAcc {
         self.bytes += r.total_bytes();
         self.first = self.first.min(r.start);
         self.last = self.last.max(r.end);
+        if let Judgement::Judged { verdict, grounds } = &flow.judgement {
+            let judged = Some((Arc::as_ptr(grounds), *verdict));
+            if self.last_judged == judged {
+                return;
+            }
+            self.last_judged = judged;
+        }
         let mut denied = |verdict: &weir_policy::Verdict, grounds: &Grounds| {
             if !verdict.egress.allowed() {
                 self.egress_denied = true;
@@ -421,13 +433,17 @@ impl EdgeAcc {
                     );
                     let sides = [verdict.egress, verdict.ingress];
                     if !sides.iter().any(|d| matches!(d, Decision::AllowedBy(_))) {
-                        self.exception = Some(if sides.contains(&Decision::SamePod) {
+                        let why = if sides.contains(&Decision::SamePod) {
                             "a pod may always reach itself"
                         } else if sides.contains(&Decision::OwnNode) {
                             "a pod and its own node may always connect"
                         } else {
                             "no pod at either end"
-                        });
+                        };
+                        // One fixed choice when an edge has several, whatever the order of its flows.
+                        if self.exception.is_none_or(|e| why < e) {
+                            self.exception = Some(why);
+                        }
                     }
                 }
             },
@@ -441,26 +457,186 @@ impl EdgeAcc {
     }
 }
 
+impl EdgeAcc {
+    fn merge(&mut self, other: EdgeAcc) {
+        for port in other.ports {
+            if let Err(at) = self.ports.binary_search(&port) {
+                self.ports.insert(at, port);
+            }
+        }
+        self.flows += other.flows;
+        self.answered += other.answered;
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        self.egress_denied |= other.egress_denied;
+        self.ingress_denied |= other.ingress_denied;
+        union(&mut self.egress_policies, other.egress_policies);
+        union(&mut self.ingress_policies, other.ingress_policies);
+        self.not_isolated.0 |= other.not_isolated.0;
+        self.not_isolated.1 |= other.not_isolated.1;
+        if let Some(why) = other.exception
+            && self.exception.is_none_or(|e| why < e)
+        {
+            self.exception = Some(why);
+        }
+    }
+}
+
+impl ScanAcc {
+    fn merge(&mut self, other: ScanAcc) {
+        self.targets.extend(other.targets);
+        self.flows += other.flows;
+        self.denied += other.denied;
+        if other.failed > 0 {
+            (self.first, self.last) = if self.failed == 0 {
+                (other.first, other.last)
+            } else {
+                (self.first.min(other.first), self.last.max(other.last))
+            };
+        }
+        self.failed += other.failed;
+    }
+}
+
 type EdgeKey = (EdgeClass, u32, u32, Option<ServiceId>);
 
 impl Report {
     /// Builds the report of an analysis.
     pub fn new(set: &PolicySet, analysis: &Analysis) -> Report {
-        let cluster = set.cluster();
-        let mut groups = Groups::new(cluster);
-        let mut totals = Totals {
-            dnat_joined: analysis.dnat_joined,
-            ..Totals::default()
-        };
-        let mut edges: HashMap<EdgeKey, EdgeAcc> = HashMap::default();
-        let mut pods_seen = vec![false; cluster.pods().len()];
-        // Grounds are shared between flows with the same verdict: walk each one's rules once.
-        let mut grounds_seen: HashMap<*const Grounds, Arc<Grounds>> = HashMap::default();
-        let mut unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)> = BTreeMap::new();
-        let mut external: HashMap<IpAddr, (u64, u64)> = HashMap::default();
-        let mut fanout: HashMap<(u32, IpAddr), ScanAcc> = HashMap::default();
-
+        let mut builder = ReportBuilder::new(set);
         for flow in &analysis.flows {
+            builder.add(flow);
+        }
+        builder.add_dnat_joined(analysis.dnat_joined);
+        builder.finish()
+    }
+
+    /// The edges of one class.
+    pub fn edges_of(&self, class: EdgeClass) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.class == class)
+    }
+}
+
+/// A report built one flow at a time, so flows can be judged and counted as a capture is read and need not be
+/// kept. The result does not depend on the order flows are added in.
+pub struct ReportBuilder<'a> {
+    set: &'a PolicySet,
+    groups: Groups<'a>,
+    totals: Totals,
+    edges: HashMap<EdgeKey, EdgeAcc>,
+    pods_seen: Vec<bool>,
+    // Grounds are shared between flows with the same verdict: walk each one's rules once.
+    grounds_seen: HashMap<*const Grounds, Arc<Grounds>>,
+    /// The grounds noted last (held in `grounds_seen`, so the address cannot be reused).
+    last_grounds: *const Grounds,
+    unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)>,
+    external: HashMap<IpAddr, (u64, u64)>,
+    fanout: HashMap<(u32, IpAddr), ScanAcc>,
+}
+
+impl<'a> ReportBuilder<'a> {
+    /// An empty report on a policy set's cluster.
+    pub fn new(set: &'a PolicySet) -> ReportBuilder<'a> {
+        let cluster = set.cluster();
+        ReportBuilder {
+            set,
+            groups: Groups::new(cluster),
+            totals: Totals::default(),
+            edges: HashMap::default(),
+            pods_seen: vec![false; cluster.pods().len()],
+            grounds_seen: HashMap::default(),
+            last_grounds: std::ptr::null(),
+            unknown: BTreeMap::new(),
+            external: HashMap::default(),
+            fanout: HashMap::default(),
+        }
+    }
+
+    /// The policy set flows are judged against.
+    pub fn policy_set(&self) -> &'a PolicySet {
+        self.set
+    }
+
+    /// Counts post-DNAT records that were folded into their Service flow.
+    pub fn add_dnat_joined(&mut self, records: u64) {
+        self.totals.dnat_joined += records;
+    }
+
+    /// Flows added so far.
+    pub fn flows(&self) -> u64 {
+        self.totals.flows
+    }
+
+    /// Adds what another builder on the same policy set counted, as if its flows had been added here.
+    pub fn merge(&mut self, other: ReportBuilder<'a>) {
+        let remap: Vec<u32> = other
+            .groups
+            .list
+            .into_iter()
+            .map(|g| self.groups.intern(g))
+            .collect();
+        let id = |g: u32| remap[g as usize];
+        let (mine, theirs) = (&mut self.totals, other.totals);
+        mine.flows += theirs.flows;
+        mine.packets += theirs.packets;
+        mine.bytes += theirs.bytes;
+        mine.first = match (mine.first, theirs.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        mine.last = mine.last.max(theirs.last);
+        mine.allowed += theirs.allowed;
+        mine.allowed_not_isolated += theirs.allowed_not_isolated;
+        mine.denied += theirs.denied;
+        mine.mixed += theirs.mixed;
+        mine.unjudged += theirs.unjudged;
+        mine.via_service += theirs.via_service;
+        mine.dnat_joined += theirs.dnat_joined;
+        mine.unknown_ends += theirs.unknown_ends;
+        for ((class, from, to, service), acc) in other.edges {
+            match self.edges.entry((class, id(from), id(to), service)) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(acc),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(acc);
+                }
+            }
+        }
+        for (seen, theirs) in self.pods_seen.iter_mut().zip(other.pods_seen) {
+            *seen |= theirs;
+        }
+        self.grounds_seen.extend(other.grounds_seen);
+        for (ip, (flows, peers)) in other.unknown {
+            let entry = self.unknown.entry(ip).or_default();
+            entry.0 += flows;
+            entry.1.extend(peers.into_iter().map(id));
+        }
+        for (ip, (flows, initiated)) in other.external {
+            let entry = self.external.entry(ip).or_default();
+            entry.0 += flows;
+            entry.1 += initiated;
+        }
+        for ((source, ip), acc) in other.fanout {
+            self.fanout.entry((id(source), ip)).or_default().merge(acc);
+        }
+    }
+
+    /// Adds one judged flow.
+    pub fn add(&mut self, flow: &JudgedFlow) {
+        let ReportBuilder {
+            groups,
+            totals,
+            edges,
+            pods_seen,
+            grounds_seen,
+            last_grounds,
+            unknown,
+            external,
+            fanout,
+            ..
+        } = self;
+        {
             let r = &flow.record;
             totals.flows += 1;
             totals.packets += r.total_packets();
@@ -485,9 +661,12 @@ impl Report {
                 }
             }
             let mut note = |g: &Arc<Grounds>| {
-                grounds_seen
-                    .entry(Arc::as_ptr(g))
-                    .or_insert_with(|| Arc::clone(g));
+                if Arc::as_ptr(g) != *last_grounds {
+                    *last_grounds = Arc::as_ptr(g);
+                    grounds_seen
+                        .entry(Arc::as_ptr(g))
+                        .or_insert_with(|| Arc::clone(g));
+                }
             };
             match &flow.judgement {
                 Judgement::Judged { grounds, .. } => note(grounds),
@@ -555,9 +734,27 @@ impl Report {
                     ingress_policies: Vec::new(),
                     not_isolated: (false, false),
                     exception: None,
+                    last_judged: None,
                 })
                 .add(flow, class, port, ok);
         }
+    }
+
+    /// The report.
+    pub fn finish(self) -> Report {
+        let ReportBuilder {
+            set,
+            groups,
+            mut totals,
+            edges,
+            pods_seen,
+            grounds_seen,
+            unknown,
+            external,
+            fanout,
+            last_grounds: _,
+        } = self;
+        let cluster = set.cluster();
         totals.pods_seen = pods_seen.iter().filter(|&&s| s).count() as u64;
         let mut used_rules: HashSet<(u32, Direction, u16)> = HashSet::default();
         for g in grounds_seen.values() {
@@ -569,12 +766,39 @@ impl Report {
             }
         }
 
+        // Sorted, so the report is the same whatever order flows came in.
         let keys = |ids: &[u32]| -> Vec<String> {
-            ids.iter()
+            let mut keys: Vec<String> = ids
+                .iter()
                 .map(|&i| set.policies()[i as usize].key())
-                .collect()
+                .collect();
+            keys.sort_unstable();
+            keys
         };
-        let mut edges: Vec<Edge> = edges
+        // Edges are ordered by class, flows, then names; names are ranked once, so sorting compares integers.
+        let mut group_rank = vec![0u32; groups.list.len()];
+        let mut by_name: Vec<u32> = (0..groups.list.len() as u32).collect();
+        by_name.sort_by(|&a, &b| groups.list[a as usize].cmp(&groups.list[b as usize]));
+        for (rank, &id) in by_name.iter().enumerate() {
+            group_rank[id as usize] = rank as u32;
+        }
+        let mut service_rank = vec![0u32; cluster.services().len()];
+        let mut services: Vec<usize> = (0..cluster.services().len()).collect();
+        services.sort_by_cached_key(|&s| cluster.services()[s].key());
+        for (rank, &s) in services.iter().enumerate() {
+            service_rank[s] = rank as u32;
+        }
+        let mut edges: Vec<(EdgeKey, EdgeAcc)> = edges.into_iter().collect();
+        edges.sort_unstable_by_key(|((class, from, to, service), acc)| {
+            (
+                *class,
+                std::cmp::Reverse(acc.flows),
+                group_rank[*from as usize],
+                group_rank[*to as usize],
+                service.map(|s| service_rank[s.0 as usize]),
+            )
+        });
+        let edges: Vec<Edge> = edges
             .into_iter()
             .map(|((class, from, to, service), acc)| Edge {
                 class,
@@ -596,12 +820,6 @@ impl Report {
                 exception: acc.exception,
             })
             .collect();
-        edges.sort_by(|a, b| {
-            a.class
-                .cmp(&b.class)
-                .then(b.flows.cmp(&a.flows))
-                .then_with(|| (&a.from, &a.to, &a.service).cmp(&(&b.from, &b.to, &b.service)))
-        });
 
         // Which policies select which pods, for unprotected pods, idle policies and unused rules.
         let mut selecting_anything = vec![false; set.policies().len()];
@@ -667,10 +885,14 @@ impl Report {
             .map(|(ip, (flows, peers))| UnattributedAddress {
                 ip,
                 flows,
-                peers: peers
-                    .into_iter()
-                    .map(|g| groups.list[g as usize].to_string())
-                    .collect(),
+                peers: {
+                    let mut peers: Vec<String> = peers
+                        .into_iter()
+                        .map(|g| groups.list[g as usize].to_string())
+                        .collect();
+                    peers.sort_unstable();
+                    peers
+                },
             })
             .collect();
         let mut external: Vec<(IpAddr, u64, u64)> = external
@@ -707,7 +929,12 @@ impl Report {
                 })
             })
             .collect();
-        scans.sort_by(|a, b| b.targets.cmp(&a.targets).then(a.ip.cmp(&b.ip)));
+        scans.sort_by(|a, b| {
+            b.targets
+                .cmp(&a.targets)
+                .then(a.ip.cmp(&b.ip))
+                .then_with(|| a.source.cmp(&b.source))
+        });
         Report {
             totals,
             edges,
@@ -719,11 +946,6 @@ impl Report {
             external,
             scans,
         }
-    }
-
-    /// The edges of one class.
-    pub fn edges_of(&self, class: EdgeClass) -> impl Iterator<Item = &Edge> {
-        self.edges.iter().filter(move |e| e.class == class)
     }
 }
 

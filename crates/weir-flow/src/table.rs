@@ -304,7 +304,9 @@ impl FinishedFlow {
         self.record_without_id().sort_key()
     }
 
-    fn record_without_id(&self) -> FlowRecord {
+    /// The flow record without its Community ID (`community_id` empty), for consumers that never show it:
+    /// hashing it is a good part of the cost of a record.
+    pub fn record_without_id(&self) -> FlowRecord {
         let k = &self.key;
         let e = &self.entry;
         let (i, r) = if e.initiator_is_lo { (0, 1) } else { (1, 0) };

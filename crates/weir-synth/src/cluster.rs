@@ -1,5 +1,5 @@
-//! A deterministic synthetic cluster at scale, for the policy engine's benchmark: namespaces of Deployments
-//! with realistic labels, Services-free, and a mix of NetworkPolicies like the ones teams write (default
+//! A deterministic synthetic cluster at scale, for the benchmarks: namespaces of Deployments with realistic
+//! labels, optionally a Service in front of each, and a mix of NetworkPolicies like the ones teams write (default
 //! deny, per-app ingress from same-namespace tiers, cross-namespace peers by team, ipBlocks with excepts,
 //! named ports, port ranges, egress allow-lists).
 
@@ -30,7 +30,7 @@ pub fn synthetic_cluster(
     replicas: usize,
     policies: usize,
 ) -> SyntheticCluster {
-    synthetic_cluster_with(namespaces, apps, replicas, policies, |index| {
+    synthetic_cluster_with(namespaces, apps, replicas, policies, false, |index| {
         std::net::Ipv4Addr::new(
             10,
             128 + (index >> 16) as u8,
@@ -40,12 +40,17 @@ pub fn synthetic_cluster(
     })
 }
 
-/// [`synthetic_cluster`] with the address of the pod at each index chosen by `address` (to match a capture).
+/// The ports each Service of [`synthetic_cluster_with`] exposes: every port the benchmark traffic uses.
+const SERVICE_PORTS: [u16; 6] = [80, 443, 8080, 5432, 6379, 9090];
+
+/// [`synthetic_cluster`] with the address of the pod at each index chosen by `address` (to match a capture),
+/// and, with `services`, a ClusterIP Service selecting each Deployment on [`SERVICE_PORTS`].
 pub fn synthetic_cluster_with(
     namespaces: usize,
     apps: usize,
     replicas: usize,
     policies: usize,
+    services: bool,
     address: impl Fn(usize) -> std::net::Ipv4Addr,
 ) -> SyntheticCluster {
     let mut items: Vec<Value> = Vec::new();
@@ -63,6 +68,17 @@ pub fn synthetic_cluster_with(
             let tier = ["web", "api", "db"][a % 3];
             let hash = format!("{:08x}", (n * 1000 + a) * 2654435761 % (1 << 32));
             let (port_name, port) = PORTS[a % PORTS.len()];
+            if services {
+                let ports: Vec<Value> = SERVICE_PORTS
+                    .iter()
+                    .map(|p| json!({"name": format!("p{p}"), "port": p, "targetPort": p, "protocol": "TCP"}))
+                    .collect();
+                let service = n * apps + a;
+                items.push(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": app, "namespace": ns},
+                    "spec": {"type": "ClusterIP", "selector": {"app": app},
+                        "clusterIP": format!("10.96.{}.{}", service / 250, service % 250 + 1),
+                        "ports": ports}}));
+            }
             for r in 0..replicas {
                 let index = pod_ips.len();
                 let ip = address(index);

@@ -44,8 +44,10 @@ fn main() -> ExitCode {
             _ => Err(io::Error::other("PACKETS and FLOWS must be numbers")),
         },
         ["bench-cluster", out] => {
-            // 20 namespaces × 10 Deployments × 10 replicas = the 2,000 pods `bench` traffic runs between.
-            let cluster = synthetic_cluster_with(20, 10, 10, 200, |i| bench_pod_address(i as u64));
+            // 20 namespaces × 10 Deployments × 10 replicas = the 2,000 pods `bench` traffic runs between, each
+            // Deployment behind a Service on every port the traffic uses.
+            let cluster =
+                synthetic_cluster_with(20, 10, 10, 200, true, |i| bench_pod_address(i as u64));
             std::fs::write(out, cluster.json)
         }
         _ => Err(io::Error::other(

@@ -1,0 +1,183 @@
+//! Analysis while the records arrive: flows are judged and counted as they finish, beside the reading of the
+//! capture, and a report needs no flow kept.
+
+use std::net::IpAddr;
+
+use foldhash::{HashSet, HashSetExt};
+use weir_model::{Cidr, FlowRecord, Protocol};
+use weir_policy::PolicySet;
+
+use crate::analyze::{Analysis, Analyzer, JudgedFlow, Single, service_endpoints};
+use crate::report::{Report, ReportBuilder};
+
+/// A connection's client end: what its pre- and post-DNAT records share.
+type ClientKey = (Protocol, IpAddr, u16);
+
+fn client_key(record: &FlowRecord) -> Option<ClientKey> {
+    Some((record.proto, record.src, record.src_port?))
+}
+
+/// Judges records as they come and builds the report, with the same result as [`Analyzer::analyze`] and
+/// [`Report::new`] on all the records together, whatever order they arrive in.
+///
+/// The one thing that needs more than one record is the DNAT join: a flow to a ClusterIP and the post-DNAT
+/// flow of the same connection (same client address and port, to a Service endpoint) become one. So:
+/// - flows to a ClusterIP wait for [`AnalysisStream::finish`];
+/// - flows to a Service endpoint from a client address and port a waiting ClusterIP flow has wait too;
+/// - other flows to a Service endpoint are judged and counted at once, on a tentative report of their own,
+///   and kept. If a ClusterIP flow from the same client turns up later, that report is rebuilt at the end
+///   without the flows that join; otherwise it is merged in as it is. Within one call to
+///   [`AnalysisStream::push_batch`] ClusterIP flows go first, so the two views of a connection that finish
+///   together never need the rebuild;
+/// - everything else is final at once.
+pub struct AnalysisStream<'a> {
+    analyzer: Analyzer<'a>,
+    report: ReportBuilder<'a>,
+    endpoints: HashSet<ClientKey>,
+    /// Flows to a ClusterIP, and flows that may be their post-DNAT view, with their arrival numbers.
+    held: Vec<(u64, FlowRecord)>,
+    /// Client ends of the waiting ClusterIP flows.
+    held_clients: HashSet<ClientKey>,
+    /// Flows to Service endpoints counted tentatively, and the report they were counted on.
+    tentative: Vec<(u64, JudgedFlow)>,
+    tentative_report: ReportBuilder<'a>,
+    tentative_clients: HashSet<ClientKey>,
+    /// A ClusterIP flow arrived after a tentative flow from the same client.
+    rebuild: bool,
+    /// Judged flows with their arrival number, when the caller wants them.
+    kept: Option<Vec<(u64, JudgedFlow)>>,
+    arrived: u64,
+}
+
+impl<'a> AnalysisStream<'a> {
+    /// A stream; `keep_flows` keeps every judged flow for [`Analysis::flows`] (the report does not need them).
+    pub fn new(
+        set: &'a PolicySet,
+        cluster_ranges: &[Cidr],
+        keep_flows: bool,
+    ) -> AnalysisStream<'a> {
+        AnalysisStream {
+            analyzer: Analyzer::new(set, cluster_ranges),
+            report: ReportBuilder::new(set),
+            endpoints: service_endpoints(set.cluster()),
+            held: Vec::new(),
+            held_clients: HashSet::new(),
+            tentative: Vec::new(),
+            tentative_report: ReportBuilder::new(set),
+            tentative_clients: HashSet::new(),
+            rebuild: false,
+            kept: keep_flows.then(Vec::new),
+            arrived: 0,
+        }
+    }
+
+    /// Adds records that finished together (a flow table's sweep), ClusterIP flows first.
+    pub fn push_batch(&mut self, records: Vec<FlowRecord>) {
+        let mut rest = Vec::with_capacity(records.len());
+        for record in records {
+            if self.analyzer.to_service(&record) {
+                self.push(record);
+            } else {
+                rest.push(record);
+            }
+        }
+        rest.into_iter().for_each(|r| self.push(r));
+    }
+
+    /// Adds one record.
+    pub fn push(&mut self, record: FlowRecord) {
+        let arrival = self.arrived;
+        self.arrived += 1;
+        match self.analyzer.single(record, &self.endpoints) {
+            Single::Judged(flow) => {
+                self.report.add(&flow);
+                if let Some(kept) = &mut self.kept {
+                    kept.push((arrival, flow));
+                }
+            }
+            Single::Held(record) => {
+                if let Some(client) = client_key(&record) {
+                    self.rebuild |= self.tentative_clients.contains(&client);
+                    self.held_clients.insert(client);
+                }
+                self.held.push((arrival, record));
+            }
+            Single::PostDnat(flow) => {
+                let client = client_key(&flow.record);
+                if client.is_some_and(|c| self.held_clients.contains(&c)) {
+                    self.held.push((arrival, flow.record));
+                } else {
+                    self.tentative_report.add(&flow);
+                    self.tentative_clients.extend(client);
+                    self.tentative.push((arrival, flow));
+                }
+            }
+        }
+    }
+
+    /// Records waiting for [`AnalysisStream::finish`].
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Joins and judges the waiting records; returns the analysis of everything pushed so far (its flows
+    /// ordered by start, then tuple, then arrival; empty unless kept) and the report. The stream then starts
+    /// over, keeping its verdict cache.
+    pub fn finish(&mut self) -> (Analysis, Report) {
+        let set = self.report.policy_set();
+        let mut report = std::mem::replace(&mut self.report, ReportBuilder::new(set));
+        let mut tentative_report =
+            std::mem::replace(&mut self.tentative_report, ReportBuilder::new(set));
+        let mut held = std::mem::take(&mut self.held);
+        let held_clients = std::mem::take(&mut self.held_clients);
+        let mut tentative = std::mem::take(&mut self.tentative);
+        self.tentative_clients.clear();
+        let mut kept = self.kept.as_mut().map(std::mem::take);
+
+        if std::mem::take(&mut self.rebuild) {
+            // Flows from the client ends of waiting ClusterIP flows go to the join; the rest are counted anew.
+            let (joinable, alone): (Vec<_>, Vec<_>) = tentative.into_iter().partition(|(_, f)| {
+                client_key(&f.record).is_some_and(|c| held_clients.contains(&c))
+            });
+            held.extend(joinable.into_iter().map(|(arrival, f)| (arrival, f.record)));
+            tentative_report = ReportBuilder::new(set);
+            alone.iter().for_each(|(_, f)| tentative_report.add(f));
+            tentative = alone;
+        }
+        // Merging costs what the smaller side holds.
+        if tentative_report.flows() > report.flows() {
+            std::mem::swap(&mut report, &mut tentative_report);
+        }
+        report.merge(tentative_report);
+        if let Some(kept) = &mut kept {
+            kept.append(&mut tentative);
+        }
+
+        // The order `Analyzer::analyze` sees records in decides which of several candidates a join takes.
+        held.sort_by(|(a_arrival, a), (b_arrival, b)| {
+            a.sort_key()
+                .cmp(&b.sort_key())
+                .then(a_arrival.cmp(b_arrival))
+        });
+        let (arrivals, records): (Vec<u64>, Vec<FlowRecord>) = held.into_iter().unzip();
+        let joined = self.analyzer.analyze_each(records, |index, flow| {
+            report.add(&flow);
+            if let Some(kept) = &mut kept {
+                kept.push((arrivals[index], flow));
+            }
+        });
+        report.add_dnat_joined(joined);
+        let mut flows = kept.unwrap_or_default();
+        flows.sort_by(|(a_arrival, a), (b_arrival, b)| {
+            a.record
+                .sort_key()
+                .cmp(&b.record.sort_key())
+                .then(a_arrival.cmp(b_arrival))
+        });
+        let analysis = Analysis {
+            flows: flows.into_iter().map(|(_, flow)| flow).collect(),
+            dnat_joined: joined,
+        };
+        (analysis, report.finish())
+    }
+}

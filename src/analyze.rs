@@ -28,6 +28,10 @@ pub struct AnalyzeArgs {
     /// Cluster snapshot(s): `kubectl get ... -o yaml/json` output, multi-document YAML, or directories.
     #[arg(long, required = true, value_name = "PATH")]
     cluster: Vec<PathBuf>,
+    /// Judge against the NetworkPolicies in these files or directories instead of the snapshot's own (a
+    /// `weir suggest` output, a policy change under review).
+    #[arg(long, value_name = "PATH")]
+    policies: Vec<PathBuf>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = AnalyzeFormat::Text)]
     format: AnalyzeFormat,
@@ -156,6 +160,27 @@ fn read_inputs(
     Ok(inputs)
 }
 
+/// Reads every input into flow records (in input order, each capture's in the order its flows finished).
+pub fn read_records(
+    captures: &[PathBuf],
+    flow_files: &[PathBuf],
+    threads: u16,
+) -> Result<(Vec<FlowRecord>, Inputs)> {
+    let mut records = Vec::new();
+    let inputs = read_inputs(captures, flow_files, threads, |chunk| {
+        match chunk {
+            Chunk::Flows(flows) => records.extend(flows.iter().map(FinishedFlow::to_record)),
+            Chunk::Records(mut more) => records.append(&mut more),
+        }
+        true
+    })?;
+    Ok((records, inputs))
+}
+
+pub fn parse_cidr_arg(text: &str) -> Result<Cidr, String> {
+    parse_cidr(text)
+}
+
 /// Reads the inputs on this thread while another loads the snapshot and then judges flows as they finish, so
 /// attribution and judging run beside decoding.
 fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Report)> {
@@ -165,7 +190,8 @@ fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Re
     let (tx, rx) = crossbeam_channel::bounded::<Chunk>(1024);
     std::thread::scope(|scope| {
         let judge = scope.spawn(move || -> Result<(PolicySet, Analysis, Report)> {
-            let set = snapshot::load(&args.cluster)?;
+            let policies = (!args.policies.is_empty()).then_some(args.policies.as_slice());
+            let set = snapshot::load_with(&args.cluster, policies)?;
             let (analysis, report) = {
                 let mut stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
                 for chunk in rx {

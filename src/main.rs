@@ -9,6 +9,7 @@ mod pipeline;
 mod reach;
 mod report;
 mod snapshot;
+mod suggest;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,8 @@ enum Command {
     Reach(reach::ReachArgs),
     /// Explain the verdict on one connection: which policies isolate each end and which rules allow it.
     Explain(explain::ExplainArgs),
+    /// Write least-privilege NetworkPolicies (one per workload) from observed traffic, proven by the engine.
+    Suggest(suggest::SuggestArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(args),
         Command::Reach(args) => reach::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Suggest(args) => suggest::run(args),
     };
     match result {
         Ok(code) => code,

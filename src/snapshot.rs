@@ -12,6 +12,28 @@ use weir_policy::{Address, Endpoint, PolicySet};
 
 /// Loads and merges snapshots, reporting skipped kinds on standard error, and compiles the policies.
 pub fn load(paths: &[PathBuf]) -> Result<PolicySet> {
+    load_with(paths, None)
+}
+
+/// The NetworkPolicies in files or directories (anything else in them is ignored).
+pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<weir_cluster::PolicyObject>> {
+    let (state, _) = ClusterState::load(paths).context("cannot load the policies")?;
+    Ok(state.policies().to_vec())
+}
+
+/// [`load`], with `policies` (when given) in force instead of the snapshot's own.
+pub fn load_with(paths: &[PathBuf], policies: Option<&[PathBuf]>) -> Result<PolicySet> {
+    let set = load_cluster(paths)?;
+    match policies {
+        None => Ok(set),
+        Some(policy_paths) => {
+            let cluster = set.cluster().with_policies(load_policies(policy_paths)?);
+            PolicySet::new(Arc::new(cluster)).context("cannot use the given NetworkPolicies")
+        }
+    }
+}
+
+fn load_cluster(paths: &[PathBuf]) -> Result<PolicySet> {
     let (cluster, report) =
         ClusterState::load(paths).context("cannot load the cluster snapshot")?;
     if !report.skipped.is_empty() {

@@ -22,6 +22,8 @@ mod attribute;
 mod json;
 mod report;
 mod stream;
+mod suggest;
+mod suggest_yaml;
 
 pub use analyze::{
     Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceHit, Single, Unjudged,
@@ -33,3 +35,8 @@ pub use report::{
     Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,
 };
 pub use stream::AnalysisStream;
+pub use suggest::{
+    Evidence, Proof, RulePeer, RulePort, SuggestOptions, SuggestedPolicy, SuggestedRule,
+    Suggestion, Uncovered, Unsuggested, policy_objects, prove, suggest,
+};
+pub use suggest_yaml::{policy_yaml, suggestion_yaml};

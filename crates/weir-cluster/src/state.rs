@@ -403,6 +403,16 @@ impl ClusterState {
         self.ip_conflicts
     }
 
+    /// The same cluster with other NetworkPolicies in force (a suggestion to prove, a policy change to compare).
+    pub fn with_policies(&self, policies: Vec<PolicyObject>) -> ClusterState {
+        let mut policies = policies;
+        policies.sort_by_key(|p| p.key());
+        ClusterState {
+            policies,
+            ..self.clone()
+        }
+    }
+
     /// The one workload every backend pod of a Service belongs to, if there is exactly one.
     pub fn backend_workload(&self, id: ServiceId) -> Option<&Workload> {
         let mut pods = self.service(id).backends.iter().filter_map(|b| b.pod);

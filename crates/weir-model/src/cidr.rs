@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// An IPv4 or IPv6 prefix. Host bits are cleared on parse, as Kubernetes' own CIDR parsing does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
     network: IpAddr,
     prefix: u8,

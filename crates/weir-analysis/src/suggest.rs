@@ -1,0 +1,916 @@
+//! Least-privilege NetworkPolicies from judged flows: one policy per workload, with selectors that survive
+//! rollouts, peers by labels (Services by their backends' labels and target ports), the cluster's DNS, and
+//! outside addresses as ipBlocks, proven against the observed flows with the engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use weir_cluster::{ClusterState, Labels, PodId, PolicyObject, ServiceId, Workload};
+use weir_model::{Cidr, FlowRecord, Protocol, TcpFlags, Timestamp};
+use weir_policy::{PolicyError, PolicySet};
+
+use crate::analyze::{Analyzer, JudgedFlow};
+use crate::attribute::Party;
+
+/// Labels a controller sets per revision, per pod or per run: a selector on them breaks at the next rollout.
+const VOLATILE_LABELS: [&str; 11] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "job-name",
+    "controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-completion-index",
+    "job-index",
+];
+
+/// Namespaces left alone unless named: the control plane's and the CNI's.
+fn is_system_namespace(ns: &str) -> bool {
+    ns.starts_with("kube-")
+        || ns.starts_with("openshift")
+        || matches!(
+            ns,
+            "calico-system" | "calico-apiserver" | "tigera-operator" | "cilium" | "cilium-system"
+        )
+}
+
+/// What to suggest.
+#[derive(Clone, Debug)]
+pub struct SuggestOptions {
+    /// Only these namespaces (empty: every namespace but the system ones).
+    pub namespaces: Vec<String>,
+    /// Prefix length for outside IPv4 peers (32: the address alone).
+    pub ipv4_prefix: u8,
+    /// Prefix length for outside IPv6 peers (128: the address alone).
+    pub ipv6_prefix: u8,
+    /// Turn failed TCP attempts (refused or never answered) into rules too.
+    pub include_failed: bool,
+}
+
+impl Default for SuggestOptions {
+    fn default() -> Self {
+        SuggestOptions {
+            namespaces: Vec::new(),
+            ipv4_prefix: 32,
+            ipv6_prefix: 128,
+            include_failed: false,
+        }
+    }
+}
+
+impl SuggestOptions {
+    fn in_scope(&self, ns: &str) -> bool {
+        if self.namespaces.is_empty() {
+            !is_system_namespace(ns)
+        } else {
+            self.namespaces.iter().any(|n| n == ns)
+        }
+    }
+}
+
+/// A port in a rule: a container port's name when the destination pods give it one, else the number.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RulePort {
+    /// A named container port.
+    Name(String),
+    /// A number.
+    Number(u16),
+}
+
+/// Who a rule admits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RulePeer {
+    /// Pods by labels, in the policy's namespace (`None`) or another one (by its name label).
+    Pods {
+        /// The other namespace, if any.
+        namespace: Option<String>,
+        /// The pod labels.
+        selector: Labels,
+    },
+    /// An address block.
+    Block(Cidr),
+}
+
+/// Observed flows behind a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// Flows.
+    pub flows: u64,
+    /// First packet.
+    pub first: Option<Timestamp>,
+    /// Last packet.
+    pub last: Option<Timestamp>,
+    /// Who talked, as `Deployment shop/api`, an address, or `node node-a`.
+    pub parties: BTreeSet<String>,
+}
+
+impl Evidence {
+    fn add(&mut self, record: &FlowRecord, party: String) {
+        self.flows += 1;
+        self.first = Some(self.first.map_or(record.start, |t| t.min(record.start)));
+        self.last = Some(self.last.map_or(record.end, |t| t.max(record.end)));
+        self.parties.insert(party);
+    }
+}
+
+/// One rule of a suggested policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuggestedRule {
+    /// The peer.
+    pub peer: RulePeer,
+    /// Protocols and ports, sorted.
+    pub ports: Vec<(Protocol, RulePort)>,
+    /// The flows that justify it.
+    pub evidence: Evidence,
+    /// Why it is there when not (only) because of flows: the cluster DNS rule.
+    pub note: Option<String>,
+}
+
+/// A suggested NetworkPolicy for one workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuggestedPolicy {
+    /// The workload.
+    pub workload: Workload,
+    /// The policy's name.
+    pub name: String,
+    /// Its pod selector.
+    pub selector: Labels,
+    /// Ingress rules.
+    pub ingress: Vec<SuggestedRule>,
+    /// Egress rules.
+    pub egress: Vec<SuggestedRule>,
+    /// Flows to or from the workload that need no rule, and why.
+    pub notes: Vec<String>,
+    /// All flows behind the policy.
+    pub evidence: Evidence,
+}
+
+/// A workload that got no policy, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsuggested {
+    /// The workload.
+    pub workload: Workload,
+    /// Why.
+    pub why: String,
+}
+
+/// Observed flows no rule was written for, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Uncovered {
+    /// Failed TCP attempts (refused or never answered), left out unless asked for.
+    pub failed: u64,
+    /// ICMP: NetworkPolicy can allow it only by allowing every port of the peer.
+    pub icmp: u64,
+    /// An end in the cluster's ranges that nobody held: a rule on a pod address would outlive the pod.
+    pub unattributed: u64,
+    /// To a Service without backends, or a port it does not serve.
+    pub unjudged: u64,
+    /// An end's workload has no selector that survives rollouts and tells it apart (see
+    /// [`Suggestion::unsuggested`]).
+    pub no_selector: u64,
+}
+
+/// What [`suggest`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Suggestion {
+    /// The policies, by namespace and name.
+    pub policies: Vec<SuggestedPolicy>,
+    /// Workloads with traffic that got no policy.
+    pub unsuggested: Vec<Unsuggested>,
+    /// Observed flows no rule covers.
+    pub uncovered: Uncovered,
+    /// The cluster DNS Service the DNS rule points at.
+    pub dns: Option<String>,
+}
+
+/// The pods of each workload.
+fn workload_pods(cluster: &ClusterState) -> BTreeMap<&Workload, Vec<PodId>> {
+    let mut pods: BTreeMap<&Workload, Vec<PodId>> = BTreeMap::new();
+    for (i, pod) in cluster.pods().iter().enumerate() {
+        if !pod.host_network {
+            pods.entry(&pod.workload).or_default().push(PodId(i as u32));
+        }
+    }
+    pods
+}
+
+/// Selectors per workload: its pods' common labels without per-revision ones, narrowed to the recommended
+/// `app.kubernetes.io/*` labels or `app` when those alone tell it apart from every other pod of its namespace.
+struct Selectors<'a> {
+    cluster: &'a ClusterState,
+    pods: BTreeMap<&'a Workload, Vec<PodId>>,
+    cache: BTreeMap<Workload, Result<Labels, String>>,
+}
+
+impl<'a> Selectors<'a> {
+    fn new(cluster: &'a ClusterState) -> Selectors<'a> {
+        Selectors {
+            cluster,
+            pods: workload_pods(cluster),
+            cache: BTreeMap::new(),
+        }
+    }
+
+    fn of(&mut self, workload: &Workload) -> Result<Labels, String> {
+        if let Some(found) = self.cache.get(workload) {
+            return found.clone();
+        }
+        let found = self.compute(workload);
+        self.cache.insert(workload.clone(), found.clone());
+        found
+    }
+
+    fn compute(&self, workload: &Workload) -> Result<Labels, String> {
+        let cluster = self.cluster;
+        let own = self.pods.get(workload).map(Vec::as_slice).unwrap_or(&[]);
+        let mut common: Option<Labels> = None;
+        for &p in own {
+            let labels = &cluster.pod(p).labels;
+            common = Some(match common {
+                None => labels.clone(),
+                Some(c) => c
+                    .into_iter()
+                    .filter(|(k, v)| labels.get(k) == Some(v))
+                    .collect(),
+            });
+        }
+        let common: Labels = common
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| !VOLATILE_LABELS.contains(&k.as_str()))
+            .collect();
+        if common.is_empty() {
+            return Err("its pods share no label that survives a rollout".to_owned());
+        }
+        let pick = |keys: &[&str]| -> Labels {
+            common
+                .iter()
+                .filter(|(k, _)| keys.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let recommended: Labels = common
+            .iter()
+            .filter(|(k, _)| k.starts_with("app.kubernetes.io/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let candidates = [
+            pick(&["app.kubernetes.io/name"]),
+            pick(&["app.kubernetes.io/name", "app.kubernetes.io/instance"]),
+            pick(&[
+                "app.kubernetes.io/name",
+                "app.kubernetes.io/instance",
+                "app.kubernetes.io/component",
+            ]),
+            recommended,
+            pick(&["app"]),
+            pick(&["app", "component"]),
+            common.clone(),
+        ];
+        let mut clash = None;
+        for candidate in candidates.iter().filter(|c| !c.is_empty()) {
+            match self.other_match(workload, candidate) {
+                None => return Ok(candidate.clone()),
+                Some(other) => clash = clash.or(Some(other)),
+            }
+        }
+        let other = clash.map(|w| w.to_string()).unwrap_or_default();
+        Err(format!(
+            "no selector on its stable labels tells it apart from {other}"
+        ))
+    }
+
+    /// Another workload of the namespace with a pod the selector matches.
+    fn other_match(&self, workload: &Workload, selector: &Labels) -> Option<&Workload> {
+        self.cluster.pods().iter().find_map(|pod| {
+            (pod.namespace == workload.namespace
+                && pod.workload != *workload
+                && selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            .then_some(&pod.workload)
+        })
+    }
+}
+
+/// The port to name in a rule for traffic to `pods` on `port`: the container port's name when every pod that
+/// declares the number gives it the same name.
+fn rule_port(cluster: &ClusterState, pods: &[PodId], port: u16, protocol: Protocol) -> RulePort {
+    let mut names = BTreeSet::new();
+    for &p in pods {
+        for c in &cluster.pod(p).ports {
+            if c.port == port && c.protocol == protocol {
+                names.insert(c.name.clone());
+            }
+        }
+    }
+    match names.into_iter().collect::<Vec<_>>().as_slice() {
+        [Some(name)] => RulePort::Name(name.clone()),
+        _ => RulePort::Number(port),
+    }
+}
+
+/// The cluster DNS: the Service with a ClusterIP serving 53/UDP that observed flows used most, else the one in
+/// `kube-system`, else the first by name. Its backends and the ports they serve DNS on come from the snapshot.
+fn find_dns(cluster: &ClusterState, flows: &[JudgedFlow]) -> Option<ServiceId> {
+    let candidates: Vec<ServiceId> = cluster
+        .services()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            !s.cluster_ips.is_empty()
+                && s.ports
+                    .iter()
+                    .any(|p| p.port == 53 && p.protocol == Protocol::UDP)
+        })
+        .map(|(i, _)| ServiceId(i as u32))
+        .collect();
+    let used = |id: ServiceId| {
+        flows
+            .iter()
+            .filter(|f| f.service.is_some_and(|s| s.service == id))
+            .count()
+    };
+    candidates.iter().copied().max_by_key(|&id| {
+        let s = cluster.service(id);
+        (
+            used(id),
+            s.namespace == "kube-system",
+            std::cmp::Reverse(s.key()),
+        )
+    })
+}
+
+/// Which flows a suggestion must allow, and why a flow is left out.
+enum Coverage {
+    Covered,
+    Failed,
+    Icmp,
+    Unattributed,
+    Unjudged,
+    /// An end's workload has no stable selector.
+    NoSelector,
+    /// Neither end is a workload in scope.
+    OutOfScope,
+}
+
+fn failed(record: &FlowRecord) -> bool {
+    record.proto == Protocol::TCP
+        && (record.reply_packets == 0 || record.reply_tcp_flags.contains(TcpFlags::RST))
+}
+
+fn in_scope_pod(cluster: &ClusterState, party: Party, options: &SuggestOptions) -> bool {
+    match party {
+        Party::Pod(p) => {
+            let pod = cluster.pod(p);
+            !pod.host_network && options.in_scope(&pod.namespace)
+        }
+        _ => false,
+    }
+}
+
+/// The pods a flow may have reached: its destination pod, or every backend the Service port could pick (the
+/// ready ones, as the analysis judges them) when the capture does not say which.
+fn destination_pods(cluster: &ClusterState, flow: &JudgedFlow) -> Vec<PodId> {
+    match (flow.destination, flow.service) {
+        (Party::Pod(p), _) => vec![p],
+        (Party::Backends(_), Some(hit)) => {
+            let Some((_, mut backends)) =
+                cluster.resolve_service(hit.service, hit.port, flow.record.proto)
+            else {
+                return Vec::new();
+            };
+            if backends.iter().any(|b| b.ready) {
+                backends.retain(|b| b.ready);
+            }
+            backends.iter().filter_map(|b| b.pod).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn coverage(
+    cluster: &ClusterState,
+    flow: &JudgedFlow,
+    options: &SuggestOptions,
+    selectors: &mut Selectors<'_>,
+) -> Coverage {
+    let backends_in_scope = matches!(flow.destination, Party::Backends(_))
+        && destination_pods(cluster, flow)
+            .into_iter()
+            .any(|p| in_scope_pod(cluster, Party::Pod(p), options));
+    if !in_scope_pod(cluster, flow.source, options)
+        && !in_scope_pod(cluster, flow.destination, options)
+        && !backends_in_scope
+    {
+        return Coverage::OutOfScope;
+    }
+    if matches!(flow.source, Party::Unknown) || matches!(flow.destination, Party::Unknown) {
+        return Coverage::Unattributed;
+    }
+    if matches!(flow.source, Party::Service(_) | Party::Backends(_))
+        || matches!(flow.destination, Party::Service(_))
+    {
+        return Coverage::Unjudged;
+    }
+    if flow.record.proto.is_icmp() || flow.judged_port().is_none() {
+        return Coverage::Icmp;
+    }
+    if !options.include_failed && failed(&flow.record) {
+        return Coverage::Failed;
+    }
+    // A rule naming a pod end needs a selector for its workload; a workload without one gets no policy.
+    let source_in_scope = in_scope_pod(cluster, flow.source, options);
+    let mut ends: Vec<(PodId, bool)> = destination_pods(cluster, flow)
+        .into_iter()
+        .map(|p| (p, source_in_scope))
+        .collect();
+    if let Party::Pod(p) = flow.source {
+        let any_destination_in_scope = destination_pods(cluster, flow)
+            .into_iter()
+            .any(|d| in_scope_pod(cluster, Party::Pod(d), options));
+        ends.push((p, any_destination_in_scope || source_in_scope));
+    }
+    for (pod, named) in ends {
+        if named && selectors.of(&cluster.pod(pod).workload).is_err() {
+            return Coverage::NoSelector;
+        }
+    }
+    Coverage::Covered
+}
+
+/// Rules of one direction of one policy while flows are added: peer → ports with evidence.
+type RuleMap = BTreeMap<RulePeer, (BTreeSet<(Protocol, RulePort)>, Evidence)>;
+
+#[derive(Default)]
+struct Draft {
+    ingress: RuleMap,
+    egress: RuleMap,
+    notes: BTreeSet<String>,
+    evidence: Evidence,
+}
+
+/// Suggests policies for the workloads in scope from judged flows.
+pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) -> Suggestion {
+    let cluster = set.cluster();
+    let mut selectors = Selectors::new(cluster);
+    let mut drafts: BTreeMap<Workload, Draft> = BTreeMap::new();
+    let mut suggestion = Suggestion::default();
+    let dns = find_dns(cluster, flows);
+    suggestion.dns = dns.map(|d| cluster.service(d).key());
+
+    let describe = |party: Party, ip: IpAddr| -> String {
+        match party {
+            Party::Pod(p) => cluster.pod(p).workload.to_string(),
+            Party::Node(n) => format!("node {}", cluster.node(n).name),
+            Party::Backends(s) | Party::Service(s) => format!("svc {}", cluster.service(s).key()),
+            Party::External | Party::Unknown => ip.to_string(),
+        }
+    };
+    let block = |ip: IpAddr| -> Cidr {
+        Cidr::around(
+            ip,
+            if ip.is_ipv4() {
+                options.ipv4_prefix
+            } else {
+                options.ipv6_prefix
+            },
+        )
+    };
+
+    for flow in flows {
+        match coverage(cluster, flow, options, &mut selectors) {
+            Coverage::Covered => {}
+            Coverage::NoSelector => {
+                suggestion.uncovered.no_selector += 1;
+                for pod in destination_pods(cluster, flow)
+                    .into_iter()
+                    .chain(match flow.source {
+                        Party::Pod(p) => Some(p),
+                        _ => None,
+                    })
+                {
+                    let workload = &cluster.pod(pod).workload;
+                    if let Err(why) = selectors.of(workload)
+                        && options.in_scope(&workload.namespace)
+                        && !suggestion
+                            .unsuggested
+                            .iter()
+                            .any(|u| u.workload == *workload)
+                    {
+                        suggestion.unsuggested.push(Unsuggested {
+                            workload: workload.clone(),
+                            why,
+                        });
+                    }
+                }
+                continue;
+            }
+            Coverage::Failed => {
+                suggestion.uncovered.failed += 1;
+                continue;
+            }
+            Coverage::Icmp => {
+                suggestion.uncovered.icmp += 1;
+                continue;
+            }
+            Coverage::Unattributed => {
+                suggestion.uncovered.unattributed += 1;
+                continue;
+            }
+            Coverage::Unjudged => {
+                suggestion.uncovered.unjudged += 1;
+                continue;
+            }
+            Coverage::OutOfScope => continue,
+        }
+        let record = &flow.record;
+        let proto = record.proto;
+        // Covered flows have a port (see `coverage`).
+        let Some(port) = flow.judged_port() else {
+            continue;
+        };
+        let source_name = describe(flow.source, record.src);
+        let destination_ip = flow.destination_ip();
+
+        // The destination pods the connection may have reached (every backend when the capture does not say).
+        let destinations = destination_pods(cluster, flow);
+
+        // Egress of the source's workload.
+        if let Party::Pod(src) = flow.source
+            && in_scope_pod(cluster, flow.source, options)
+        {
+            let src_pod = cluster.pod(src);
+            let workload = src_pod.workload.clone();
+            let mut peers: Vec<(RulePeer, RulePort)> = Vec::new();
+            let mut note = None;
+            match flow.destination {
+                Party::Pod(_) | Party::Backends(_) => {
+                    let mut by_workload: BTreeMap<&Workload, Vec<PodId>> = BTreeMap::new();
+                    for &d in &destinations {
+                        by_workload
+                            .entry(&cluster.pod(d).workload)
+                            .or_default()
+                            .push(d);
+                    }
+                    for (dw, pods) in by_workload {
+                        match selectors.of(dw) {
+                            Ok(selector) => {
+                                let namespace = (dw.namespace != workload.namespace)
+                                    .then(|| dw.namespace.clone());
+                                let port = backend_port(cluster, flow, &pods, port, proto);
+                                peers.push((
+                                    RulePeer::Pods {
+                                        namespace,
+                                        selector,
+                                    },
+                                    port,
+                                ));
+                            }
+                            Err(why) => {
+                                // The peer cannot be named by labels: its addresses would go stale.
+                                note = Some(format!("egress to {dw} is not allowed: {why}"));
+                            }
+                        }
+                    }
+                }
+                Party::Node(n) if src_pod.node == Some(n) => {
+                    note = Some("traffic to its own node needs no rule".to_owned());
+                }
+                Party::Node(_) | Party::External => {
+                    peers.push((
+                        RulePeer::Block(block(destination_ip)),
+                        RulePort::Number(port),
+                    ));
+                }
+                _ => {}
+            }
+            let draft = drafts.entry(workload).or_default();
+            draft.evidence.add(record, source_name.clone());
+            if let Some(n) = note {
+                draft.notes.insert(n);
+            }
+            for (peer, rule_port) in peers {
+                let entry = draft.egress.entry(peer).or_default();
+                entry.0.insert((proto, rule_port));
+                entry
+                    .1
+                    .add(record, describe(flow.destination, destination_ip));
+            }
+        }
+
+        // Ingress of each destination workload in scope.
+        let mut seen_workloads = BTreeSet::new();
+        for &d in &destinations {
+            let dst_pod = cluster.pod(d);
+            if !in_scope_pod(cluster, Party::Pod(d), options)
+                || !seen_workloads.insert(&dst_pod.workload)
+            {
+                continue;
+            }
+            let workload = dst_pod.workload.clone();
+            let pods: Vec<PodId> = destinations
+                .iter()
+                .copied()
+                .filter(|&p| cluster.pod(p).workload == workload)
+                .collect();
+            let rule_port = backend_port(cluster, flow, &pods, port, proto);
+            let mut note = None;
+            let peer = match flow.source {
+                Party::Pod(s) => {
+                    let sw = &cluster.pod(s).workload;
+                    match selectors.of(sw) {
+                        Ok(selector) => Some(RulePeer::Pods {
+                            namespace: (sw.namespace != workload.namespace)
+                                .then(|| sw.namespace.clone()),
+                            selector,
+                        }),
+                        Err(why) => {
+                            note = Some(format!("ingress from {sw} is not allowed: {why}"));
+                            None
+                        }
+                    }
+                }
+                // From the node every possible destination pod runs on: the kubelet, always allowed.
+                Party::Node(n) if pods.iter().all(|&p| cluster.pod(p).node == Some(n)) => {
+                    note = Some(
+                        "connections from its own node (kubelet probes) need no rule".to_owned(),
+                    );
+                    None
+                }
+                Party::Node(_) | Party::External => Some(RulePeer::Block(block(record.src))),
+                _ => None,
+            };
+            let draft = drafts.entry(workload).or_default();
+            draft.evidence.add(record, source_name.clone());
+            if let Some(n) = note {
+                draft.notes.insert(n);
+            }
+            if let Some(peer) = peer {
+                let entry = draft.ingress.entry(peer).or_default();
+                entry.0.insert((proto, rule_port));
+                entry.1.add(record, source_name.clone());
+            }
+        }
+    }
+
+    // Workloads in scope with pods but no observed traffic get no policy: nothing says what they need.
+    let dns_rule = dns.and_then(|d| dns_rule(cluster, d, &mut selectors));
+    let mut names: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for workload in drafts.keys() {
+        *names
+            .entry((workload.namespace.clone(), workload.name.clone()))
+            .or_default() += 1;
+    }
+    for (workload, draft) in drafts {
+        let selector = match selectors.of(&workload) {
+            Ok(s) => s,
+            Err(why) => {
+                if !suggestion
+                    .unsuggested
+                    .iter()
+                    .any(|u| u.workload == workload)
+                {
+                    suggestion.unsuggested.push(Unsuggested { workload, why });
+                }
+                continue;
+            }
+        };
+        let name = if names[&(workload.namespace.clone(), workload.name.clone())] > 1 {
+            format!(
+                "weir-{}-{}",
+                workload.kind.to_string().to_lowercase(),
+                workload.name
+            )
+        } else {
+            format!("weir-{}", workload.name)
+        };
+        let finish = |rules: RuleMap| -> Vec<SuggestedRule> {
+            rules
+                .into_iter()
+                .map(|(peer, (ports, evidence))| SuggestedRule {
+                    peer,
+                    ports: ports.into_iter().collect(),
+                    evidence,
+                    note: None,
+                })
+                .collect()
+        };
+        let mut egress = finish(draft.egress);
+        if let Some(dns) = &dns_rule {
+            // Observed DNS lookups fold into the DNS rule; it is there even when the capture shows none.
+            let mut rule = dns.clone();
+            if let Some(at) = egress.iter().position(|r| r.peer == dns.peer) {
+                let observed = egress.remove(at);
+                rule.evidence = observed.evidence;
+                for p in observed.ports {
+                    if !rule.ports.contains(&p) {
+                        rule.ports.push(p);
+                    }
+                }
+                rule.ports.sort();
+            }
+            egress.insert(0, rule);
+        }
+        suggestion.policies.push(SuggestedPolicy {
+            name,
+            selector,
+            ingress: finish(draft.ingress),
+            egress,
+            notes: draft.notes.into_iter().collect(),
+            evidence: draft.evidence,
+            workload,
+        });
+    }
+    suggestion
+        .unsuggested
+        .sort_by(|a, b| a.workload.cmp(&b.workload));
+    suggestion
+        .policies
+        .sort_by(|a, b| (&a.workload.namespace, &a.name).cmp(&(&b.workload.namespace, &b.name)));
+    suggestion
+}
+
+/// The port to allow on backends `pods`: a Service flow's target port as the backends name it.
+fn backend_port(
+    cluster: &ClusterState,
+    flow: &JudgedFlow,
+    pods: &[PodId],
+    port: u16,
+    proto: Protocol,
+) -> RulePort {
+    match flow.service.map(|s| (s, flow.destination)) {
+        // Several backends and no single target port: each backend's own port for the Service port.
+        Some((hit, Party::Backends(_))) if hit.target_port.is_none() => pods
+            .first()
+            .and_then(|&p| {
+                let ip = *cluster.pod(p).ips.first()?;
+                let (_, backends) = cluster.resolve_service(hit.service, hit.port, proto)?;
+                let b = backends.iter().find(|b| b.ip == ip)?;
+                Some(rule_port(cluster, pods, b.port, proto))
+            })
+            .unwrap_or(RulePort::Number(port)),
+        _ => rule_port(cluster, pods, port, proto),
+    }
+}
+
+/// The DNS egress rule: the DNS Service's backends by labels, on the ports they serve DNS on.
+fn dns_rule(
+    cluster: &ClusterState,
+    dns: ServiceId,
+    selectors: &mut Selectors<'_>,
+) -> Option<SuggestedRule> {
+    let service = cluster.service(dns);
+    let mut ports = BTreeSet::new();
+    let mut backend_pods = BTreeSet::new();
+    for p in service.ports.iter().filter(|p| p.port == 53) {
+        let (_, backends) = cluster.resolve_service(dns, p.port, p.protocol)?;
+        let pods: Vec<PodId> = backends.iter().filter_map(|b| b.pod).collect();
+        for b in &backends {
+            ports.insert((p.protocol, rule_port(cluster, &pods, b.port, p.protocol)));
+        }
+        backend_pods.extend(pods);
+    }
+    let workloads: BTreeSet<&Workload> = backend_pods
+        .iter()
+        .map(|&p| &cluster.pod(p).workload)
+        .collect();
+    // The backends' workload selector when there is one workload, else the Service's own selector.
+    let selector = match workloads.iter().next() {
+        Some(w) if workloads.len() == 1 => selectors.of(w).ok(),
+        _ => None,
+    }
+    .or_else(|| service.selector.clone())?;
+    Some(SuggestedRule {
+        peer: RulePeer::Pods {
+            namespace: Some(service.namespace.clone()),
+            selector,
+        },
+        ports: ports.into_iter().collect(),
+        evidence: Evidence::default(),
+        note: Some(format!(
+            "cluster DNS ({}): name lookups, allowed whether or not the capture shows them",
+            service.key()
+        )),
+    })
+}
+
+/// The suggested policies as objects the engine (and `kubectl`) take.
+pub fn policy_objects(suggestion: &Suggestion) -> Vec<PolicyObject> {
+    suggestion
+        .policies
+        .iter()
+        .filter_map(|p| {
+            let value = crate::suggest_yaml::policy_json(p);
+            let policy = serde_json::from_value(value).ok()?;
+            Some(PolicyObject {
+                policy,
+                source: Arc::from("weir suggest"),
+            })
+        })
+        .collect()
+}
+
+/// The proof: the suggested policies alone, evaluated by the engine against the snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Proof {
+    /// Observed flows the suggestion must allow.
+    pub covered: u64,
+    /// Of those, how many the suggested policies allow (all of them, or the suggestion is wrong).
+    pub allowed: u64,
+    /// The ones denied, as `source -> destination port/proto` (should be empty).
+    pub denied: Vec<String>,
+    /// Ordered pod pairs and ports the policies allow, among the pods and ports they govern.
+    pub allowed_tuples: u64,
+    /// Of those, the ones some observed flow used.
+    pub observed_tuples: u64,
+}
+
+impl Proof {
+    /// Allowed but never observed.
+    pub fn slack(&self) -> u64 {
+        self.allowed_tuples.saturating_sub(self.observed_tuples)
+    }
+}
+
+/// Re-judges `records` with only the suggested policies in force, and measures what else they allow: for every
+/// port a rule opens, every ordered pair of pods at least one of which a suggested policy selects.
+pub fn prove(
+    set: &PolicySet,
+    suggestion: &Suggestion,
+    records: &[FlowRecord],
+    options: &SuggestOptions,
+) -> Result<Proof, PolicyError> {
+    let cluster = set.cluster();
+    let state = cluster.with_policies(policy_objects(suggestion));
+    let proven = PolicySet::new(Arc::new(state))?;
+    let mut sorted = records.to_vec();
+    sorted.sort_by_key(|r| r.sort_key());
+    let analysis = Analyzer::new(&proven, &[]).analyze(sorted);
+    let mut proof = Proof::default();
+    let mut observed: BTreeSet<(PodId, PodId, Protocol, u16)> = BTreeSet::new();
+    let mut selectors = Selectors::new(cluster);
+    for flow in &analysis.flows {
+        if !matches!(
+            coverage(cluster, flow, options, &mut selectors),
+            Coverage::Covered
+        ) {
+            continue;
+        }
+        proof.covered += 1;
+        let allowed = match &flow.judgement {
+            crate::Judgement::Judged { verdict, .. } => verdict.allowed(),
+            crate::Judgement::Mixed(_) | crate::Judgement::Unjudged(_) => false,
+        };
+        if allowed {
+            proof.allowed += 1;
+        } else {
+            proof.denied.push(format!(
+                "{} -> {} {}/{}",
+                flow.record.src,
+                flow.destination_ip(),
+                flow.judged_port().unwrap_or(0),
+                flow.record.proto
+            ));
+        }
+        if let (Party::Pod(s), Party::Pod(d), Some(port)) =
+            (flow.source, flow.destination, flow.judged_port())
+        {
+            observed.insert((s, d, flow.record.proto, port));
+        }
+    }
+
+    // Slack: pod pairs on the ports the observed flows used.
+    let pods: Vec<PodId> = (0..cluster.pods().len() as u32)
+        .map(PodId)
+        .filter(|&p| {
+            let pod = cluster.pod(p);
+            !pod.host_network && !pod.is_terminated()
+        })
+        .collect();
+    let governed: Vec<bool> = pods
+        .iter()
+        .map(|&p| {
+            let (ingress, egress) = proven.isolating(p);
+            !ingress.is_empty() || !egress.is_empty()
+        })
+        .collect();
+    let ports: BTreeSet<(Protocol, u16)> = observed.iter().map(|&(_, _, pr, p)| (pr, p)).collect();
+    for &(proto, port) in &ports {
+        let matrix = proven.reach_matrix(&pods, &weir_policy::ProbePort::Number(port), proto);
+        for (i, &src) in pods.iter().enumerate() {
+            for (j, &dst) in pods.iter().enumerate() {
+                if !(governed[i] || governed[j]) {
+                    continue;
+                }
+                if matrix.get(i, j) == (true, true) {
+                    proof.allowed_tuples += 1;
+                    proof.observed_tuples += u64::from(observed.contains(&(src, dst, proto, port)));
+                }
+            }
+        }
+    }
+    Ok(proof)
+}

@@ -55,7 +55,7 @@ pub struct AnalyzeArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AnalyzeFormat {
+pub enum AnalyzeFormat {
     /// A report for people (colored on a terminal).
     Text,
     /// One JSON document: `{"summary":{...},"flows":[...]}`.
@@ -65,7 +65,7 @@ enum AnalyzeFormat {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ColorChoice {
+pub enum ColorChoice {
     /// On a terminal, unless NO_COLOR is set.
     Auto,
     Always,
@@ -227,26 +227,37 @@ fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Re
     })
 }
 
+/// Whether to color a text report.
+pub fn use_color(choice: ColorChoice, output: Option<&Path>) -> bool {
+    match choice {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            output.is_none()
+                && io::stdout().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+/// The report's destination: a file, or standard output.
+pub fn open_output(output: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match output {
+        Some(path) => Box::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(io::stdout().lock()),
+    })
+}
+
 pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
     if args.captures.is_empty() && args.flows.is_empty() {
         bail!("give at least one capture or --flows file");
     }
     let (set, inputs, analysis, report) = analyze_inputs(&args)?;
 
-    let to_terminal = args.output.is_none() && io::stdout().is_terminal();
-    let color = match args.color {
-        ColorChoice::Always => true,
-        ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            to_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-        }
-    };
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        ),
-        None => Box::new(io::stdout().lock()),
-    };
+    let color = use_color(args.color, args.output.as_deref());
+    let mut out = open_output(args.output.as_deref())?;
     let mut out = io::BufWriter::with_capacity(1 << 16, &mut out);
     let cluster_names: Vec<String> = args
         .cluster

@@ -1,6 +1,7 @@
 //! `weir`: Kubernetes network security from packets: flows, NetworkPolicy verdicts, alerts, policy synthesis.
 
 mod analyze;
+mod diff;
 mod duration;
 mod explain;
 mod flows;
@@ -35,6 +36,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Write least-privilege NetworkPolicies (one per workload) from observed traffic, proven by the engine.
     Suggest(suggest::SuggestArgs),
+    /// Compare the policies in force with observed traffic, or two policy sets with each other (exit code 3
+    /// when observed flows would break).
+    Diff(diff::DiffArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Reach(args) => reach::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Suggest(args) => suggest::run(args),
+        Command::Diff(args) => diff::run(args),
     };
     match result {
         Ok(code) => code,

@@ -27,23 +27,23 @@ pub struct Context<'a> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Tone {
+pub enum Tone {
     Bad,
     Warn,
     Plain,
 }
 
-struct Section {
-    title: &'static str,
-    tone: Tone,
+pub struct Section {
+    pub title: &'static str,
+    pub tone: Tone,
     /// Shown under the title.
-    note: String,
+    pub note: String,
     /// Said instead of a table when there are no rows.
-    empty: &'static str,
-    columns: &'static [&'static str],
-    rows: Vec<Vec<String>>,
+    pub empty: &'static str,
+    pub columns: &'static [&'static str],
+    pub rows: Vec<Vec<String>>,
     /// Rows left out (beyond `--top`).
-    more: usize,
+    pub more: usize,
 }
 
 const RED: &str = "\x1b[31m";
@@ -58,7 +58,7 @@ fn clock(t: Timestamp) -> String {
     text.get(11..19).unwrap_or(&text).to_owned()
 }
 
-fn span(first: Timestamp, last: Timestamp) -> String {
+pub fn span(first: Timestamp, last: Timestamp) -> String {
     let (a, b) = (clock(first), clock(last));
     if a == b { a } else { format!("{a}–{b}") }
 }
@@ -92,7 +92,7 @@ fn policy_list(policies: &[String]) -> String {
 }
 
 /// `egress shop/{a,b}; ingress payments/c`.
-fn sides(e: &Edge, egress: bool, ingress: bool) -> String {
+pub fn sides(e: &Edge, egress: bool, ingress: bool) -> String {
     let mut parts = Vec::new();
     if egress && !e.egress_policies.is_empty() {
         parts.push(format!("egress {}", policy_list(&e.egress_policies)));
@@ -104,7 +104,7 @@ fn sides(e: &Edge, egress: bool, ingress: bool) -> String {
 }
 
 /// FROM, TO, VIA, PORT and FLOWS of an edge, then the section's own cells.
-fn edge_row<const N: usize>(e: &Edge, rest: [String; N]) -> Vec<String> {
+pub fn edge_row<const N: usize>(e: &Edge, rest: [String; N]) -> Vec<String> {
     let mut row = vec![
         group(&e.from),
         group(&e.to),
@@ -127,7 +127,7 @@ fn via(e: &Edge) -> String {
         .unwrap_or_default()
 }
 
-fn take<T>(items: impl Iterator<Item = T>, top: usize) -> (Vec<T>, usize) {
+pub fn take<T>(items: impl Iterator<Item = T>, top: usize) -> (Vec<T>, usize) {
     let all: Vec<T> = items.collect();
     let more = all.len().saturating_sub(top);
     let mut all = all;
@@ -141,7 +141,7 @@ fn edge_count(report: &Report, class: EdgeClass) -> (u64, usize) {
         .fold((0, 0), |(flows, edges), e| (flows + e.flows, edges + 1))
 }
 
-fn sections(report: &Report, top: usize) -> Vec<Section> {
+pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let mut out = Vec::new();
 
     let (flows, edges) = edge_count(report, EdgeClass::Denied);
@@ -420,7 +420,7 @@ fn markdown_safe(s: &str) -> String {
     out
 }
 
-fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
+pub fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
     let t = &report.totals;
     let mut lines = Vec::new();
     let list = |items: &[String]| items.join(", ");
@@ -481,8 +481,17 @@ fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
 
 /// The whole report in a style.
 pub fn render_report(report: &Report, context: &Context, style: Style) -> String {
+    render(
+        "weir analyze",
+        &header(report, context, style),
+        &sections(report, context.top),
+        style,
+    )
+}
+
+/// A titled report: header lines, then each section as a table (or what its emptiness means).
+pub fn render(title: &str, header: &[String], sections: &[Section], style: Style) -> String {
     let mut out = String::new();
-    let sections = sections(report, context.top);
     match style {
         Style::Text { color } => {
             let paint = |code: &str, text: &str| {
@@ -492,11 +501,11 @@ pub fn render_report(report: &Report, context: &Context, style: Style) -> String
                     text.to_owned()
                 }
             };
-            let _ = writeln!(out, "{}", paint(BOLD, "weir analyze"));
-            for line in header(report, context, style) {
-                let _ = writeln!(out, "  {}", terminal_safe(&line));
+            let _ = writeln!(out, "{}", paint(BOLD, title));
+            for line in header {
+                let _ = writeln!(out, "  {}", terminal_safe(line));
             }
-            for section in &sections {
+            for section in sections {
                 out.push('\n');
                 let tone = match (section.tone, section.rows.is_empty()) {
                     (_, true) => GREEN,
@@ -527,11 +536,11 @@ pub fn render_report(report: &Report, context: &Context, style: Style) -> String
             }
         }
         Style::Markdown => {
-            let _ = writeln!(out, "## weir analyze\n");
-            for line in header(report, context, style) {
-                let _ = writeln!(out, "- {}", markdown_safe(&line));
+            let _ = writeln!(out, "## {title}\n");
+            for line in header {
+                let _ = writeln!(out, "- {}", markdown_safe(line));
             }
-            for section in &sections {
+            for section in sections {
                 let _ = writeln!(out, "\n### {}\n", section.title);
                 if section.rows.is_empty() {
                     let _ = writeln!(out, "{}.", capitalize(section.empty));

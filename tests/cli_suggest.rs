@@ -49,7 +49,7 @@ fn demo_suggestion_matches_its_goldens() {
 
 #[test]
 fn one_file_per_policy_holds_the_same_documents() {
-    let dir = tempdir();
+    let dir = tempdir("out-dir");
     let (stdout, summary) = suggest(&["--out-dir", dir.to_str().unwrap()]);
     assert!(stdout.is_empty());
     assert!(summary.contains("wrote 9 files"), "{summary}");
@@ -78,8 +78,9 @@ fn system_namespaces_on_request() {
     assert!(!yaml.contains("namespace: \"shop\""));
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-suggest-{}", std::process::id()));
+/// A fresh directory per test (tests run in parallel in one process).
+fn tempdir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-suggest-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -91,7 +92,7 @@ fn workload(end: &Value) -> String {
 
 #[test]
 fn the_demo_judged_against_the_suggestion() {
-    let dir = tempdir().join("policies");
+    let dir = tempdir("judged").join("policies");
     std::fs::create_dir_all(&dir).unwrap();
     let policies = dir.join("suggested.yaml");
     std::fs::write(&policies, suggest(&[]).0).unwrap();

@@ -424,6 +424,11 @@ fn edge_view(e: &Edge) -> EdgeView<'_> {
     }
 }
 
+/// An edge as the JSON reports show it.
+pub fn edge_json(e: &Edge) -> serde_json::Value {
+    serde_json::to_value(edge_view(e)).unwrap_or(serde_json::Value::Null)
+}
+
 /// Writes `{"summary":{...},"flows":[...]}`, one flow per line, to `out`.
 pub fn write_analysis_json<W: Write>(
     set: &PolicySet,

@@ -19,6 +19,7 @@
 
 mod analyze;
 mod attribute;
+mod diff;
 mod json;
 mod report;
 mod stream;
@@ -30,7 +31,12 @@ pub use analyze::{
     service_endpoints,
 };
 pub use attribute::{Attributor, Party};
-pub use json::{DirectionView, direction_views, reason, verdict_name, write_analysis_json};
+pub use diff::{
+    Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
+};
+pub use json::{
+    DirectionView, direction_views, edge_json, reason, verdict_name, write_analysis_json,
+};
 pub use report::{
     Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,
 };

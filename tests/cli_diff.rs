@@ -1,0 +1,163 @@
+//! `weir diff` on the bundled demo: the policies in force against the capture, and policy changes against
+//! each other and against the capture, with the exit code a CI check relies on.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{check_golden, root};
+use serde_json::Value;
+
+const CLUSTER: &str = "pcaps/demo.cluster.yaml";
+const CAPTURE: &str = "pcaps/demo.pcap";
+
+fn weir(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+#[test]
+fn the_policies_in_force_against_the_capture() {
+    let out = weir(&["diff", CAPTURE, "--cluster", CLUSTER]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    check_golden(&root().join("pcaps/expected/demo.diff.txt"), &text);
+    for section in [
+        "DENIED BY THE POLICIES IN FORCE",
+        "ALLOWED ONLY BECAUSE A POD IS NOT ISOLATED",
+        "WITHOUT ANY NETWORKPOLICY",
+        "RULES THAT ALLOWED NOTHING OBSERVED",
+    ] {
+        assert!(text.contains(section), "{section}");
+    }
+    assert!(
+        !text.contains("ALLOWED BY POLICY"),
+        "only findings about the policies"
+    );
+}
+
+#[test]
+fn a_change_that_breaks_observed_traffic_fails_the_check() {
+    let args = [
+        "diff",
+        CAPTURE,
+        "--cluster",
+        CLUSTER,
+        "--policies-after",
+        "pcaps/policies",
+    ];
+    let out = weir(&[&args[..], &["--format", "markdown"]].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_golden(
+        &root().join("pcaps/expected/demo.diff-lockdown.md"),
+        &stdout(&out),
+    );
+
+    let out = weir(&[&args[..], &["--format", "json"]].concat());
+    assert_eq!(out.status.code(), Some(3));
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["observed_flows"], 144);
+    assert_eq!(doc["would_break_flows"], 55);
+    let broken: Vec<(String, String)> = doc["would_break"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        broken.contains(&(
+            "Deployment shop/frontend".into(),
+            "Deployment shop/api".into()
+        )),
+        "{broken:?}"
+    );
+    // Payments is untouched by a shop lockdown.
+    assert!(
+        broken
+            .iter()
+            .all(|(from, to)| from.contains("shop/") || to.contains("shop/"))
+    );
+    let denied = doc["now_denied"].as_array().unwrap();
+    assert!(
+        denied
+            .iter()
+            .any(|c| c["from"]["name"] == "frontend" && c["to"]["name"] == "api")
+    );
+}
+
+#[test]
+fn the_suggestion_breaks_nothing_it_saw() {
+    let dir = std::env::temp_dir().join(format!("weir-diff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let suggested = weir(&[
+        "suggest",
+        CAPTURE,
+        "--cluster",
+        CLUSTER,
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(suggested.status.success());
+    let out = weir(&[
+        "diff",
+        CAPTURE,
+        "--cluster",
+        CLUSTER,
+        "--policies-after",
+        dir.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(doc["would_break_flows"], 0);
+    // Answered flows the snapshot's policies deny (the canary, the outside resolver) become allowed.
+    assert_eq!(doc["would_allow_flows"], 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn two_policy_sets_without_traffic() {
+    let out = weir(&[
+        "diff",
+        "--cluster",
+        CLUSTER,
+        "--policies-after",
+        "pcaps/policies",
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("observed: no traffic given"), "{text}");
+    assert!(text.contains("CONNECTIVITY THAT BECOMES DENIED"));
+
+    let out = weir(&["diff", "--cluster", CLUSTER]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give traffic"));
+}

@@ -1,6 +1,6 @@
 //! Batches: one buffer of raw capture bytes and the packet records found in it.
 
-use weir_model::{LinkType, Timestamp};
+use weir_model::{Direction, LinkType, Timestamp};
 
 /// The default size of a batch buffer: large enough that one `read` per batch costs little per packet, small
 /// enough to stay in the L2 cache while the packets are decoded.
@@ -15,6 +15,7 @@ pub(crate) struct PacketMeta {
     pub(crate) ts: Timestamp,
     pub(crate) link: LinkType,
     pub(crate) interface: u32,
+    pub(crate) direction: Option<Direction>,
 }
 
 /// One packet of a batch.
@@ -28,8 +29,10 @@ pub struct Packet<'a> {
     pub data: &'a [u8],
     /// Length of the packet on the wire.
     pub orig_len: u32,
-    /// Interface index within the capture (pcapng interface id; 0 for pcap).
+    /// Interface index within the capture (pcapng interface id; 0 for pcap; the kernel's ifindex live).
     pub interface: u32,
+    /// Live, on the host side of a pod's veth: whether the pod sent the packet or receives it.
+    pub direction: Option<Direction>,
 }
 
 /// A buffer of capture bytes and the packets it holds. Reuse one batch across calls to avoid allocations.
@@ -78,6 +81,7 @@ impl Batch {
                 .unwrap_or(&[]),
             orig_len: meta.orig_len,
             interface: meta.interface,
+            direction: meta.direction,
         })
     }
 }

@@ -169,6 +169,7 @@ impl PcapFramer {
                 ts,
                 link: self.link,
                 interface: 0,
+                direction: None,
             },
             total,
         )
@@ -356,6 +357,7 @@ impl PcapNgFramer {
                 ts: interface.timestamp(ts_units),
                 link: interface.link,
                 interface: iface,
+                direction: None,
             },
             total,
         )

@@ -22,8 +22,12 @@ mod batch;
 mod error;
 mod file;
 mod format;
+#[cfg(target_os = "linux")]
+mod ring;
 
 pub use batch::{Batch, Packet};
 pub use error::{CaptureError, CaptureWarning};
 pub use file::{FileSource, ReaderStats};
 pub use format::{CaptureFormat, MAX_RECORD_LEN};
+#[cfg(target_os = "linux")]
+pub use ring::{KernelStats, LiveError, RingConfig, RingSource, interface_index};

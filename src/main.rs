@@ -1,6 +1,7 @@
 //! `weir`: Kubernetes network security from packets: flows, NetworkPolicy verdicts, alerts, policy synthesis.
 
 mod analyze;
+mod capture;
 mod diff;
 mod duration;
 mod explain;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Turn pcap/pcapng captures into bidirectional flow records.
     Flows(flows::FlowsArgs),
+    /// Capture live on pod veth interfaces (AF_PACKET ring) and print flow records as they end.
+    Capture(capture::CaptureArgs),
     /// Judge captured traffic against a cluster snapshot: who talked to whom, what the policies deny, what is
     /// unexpected.
     Analyze(analyze::AnalyzeArgs),
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Flows(args) => flows::run(args),
+        Command::Capture(args) => capture::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Reach(args) => reach::run(args),
         Command::Explain(args) => explain::run(args),

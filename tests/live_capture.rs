@@ -212,3 +212,123 @@ fn ring_capture_matches_known_traffic_and_the_kernel_counters() {
         (b.packets, b.reply_packets, b.bytes, b.reply_bytes)
     );
 }
+
+/// `weir capture` output lines with a given observation point interface.
+fn live_records(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn weir_capture_follows_pods_as_they_come_and_go() {
+    if !available() {
+        eprintln!("skipped: live capture tests need root and iproute2");
+        return;
+    }
+    let mut node = Node::new("c", 2, 2);
+    node.static_neighbours();
+    let pattern = format!(
+        "{}*",
+        &node.pods[0].host_veth[..node.pods[0].host_veth.len() - 1]
+    );
+    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "capture",
+            "-i",
+            &pattern,
+            "--duration",
+            "6s",
+            "--node",
+            "node-t",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = node.pods[1].ip.to_string();
+    node.exec(0, &["ping", "-c", "4", "-i", "0.05", "-q", &first]);
+    // A pod appears during the capture and talks; then the first pod goes away.
+    let late = node.add_pod();
+    node.static_neighbours();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.exec(late, &["ping", "-c", "3", "-i", "0.05", "-q", &first]);
+    std::thread::sleep(Duration::from_millis(300));
+    node.remove_pod(0);
+    let out = capture.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let records = live_records(&String::from_utf8(out.stdout).unwrap());
+
+    let icmp = |from: usize, interface: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| {
+                r["proto"] == "ICMP"
+                    && r["src"] == node.pods[from].ip.to_string()
+                    && r["observed_at"]["interface"] == interface
+            })
+            .collect()
+    };
+    // The first conversation at both observation points, each from its pod's side.
+    let at_source = icmp(0, &node.pods[0].host_veth);
+    let at_destination = icmp(0, &node.pods[1].host_veth);
+    assert_eq!(at_source.len(), 1, "{records:#?}");
+    assert_eq!(at_destination.len(), 1);
+    assert_eq!(
+        (&at_source[0]["packets"], &at_source[0]["reply_packets"]),
+        (&4.into(), &4.into())
+    );
+    assert_eq!(at_source[0]["observed_at"]["direction"], "from-pod");
+    assert_eq!(at_source[0]["observed_at"]["node"], "node-t");
+    assert_eq!(at_destination[0]["observed_at"]["direction"], "to-pod");
+    assert_eq!(at_destination[0]["packets"], 4);
+    // The late pod's interface was picked up while the capture ran.
+    let late_flows = icmp(late, &node.pods[late].host_veth);
+    assert_eq!(late_flows.len(), 1, "{records:#?}");
+    assert_eq!(late_flows[0]["packets"], 3);
+    assert_eq!(late_flows[0]["reply_packets"], 3);
+    // The summary names every interface it closed, the removed one included, with no drops.
+    for pod in &node.pods {
+        assert!(stderr.contains(&pod.host_veth), "{stderr}");
+    }
+    assert!(stderr.contains("0 dropped by the kernel"), "{stderr}");
+}
+
+#[test]
+fn without_cap_net_raw_the_error_says_so() {
+    if !available()
+        || std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    // A copy the unprivileged user can reach whatever the checkout's permissions.
+    let dir = std::env::temp_dir().join(format!("weir-nocap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("weir");
+    std::fs::copy(env!("CARGO_BIN_EXE_weir"), &binary).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&binary)
+        .args(["capture", "-i", "lo", "--duration", "1s"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs CAP_NET_RAW"), "{stderr}");
+}

@@ -297,8 +297,9 @@ pub fn reason(set: &PolicySet, flow: &JudgedFlow) -> String {
     }
 }
 
-/// Appends one flow as a JSON object (no trailing newline).
-fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
+/// Appends one judged flow as a JSON object (no trailing newline), as the `flows` of
+/// [`write_analysis_json`] hold them.
+pub fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
     let cluster = set.cluster();
     let record: &FlowRecord = &flow.record;
     let start = out.len();

@@ -36,6 +36,7 @@ pub use diff::{
 };
 pub use json::{
     DirectionView, direction_views, edge_json, reason, verdict_name, write_analysis_json,
+    write_flow,
 };
 pub use report::{
     Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,

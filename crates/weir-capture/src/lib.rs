@@ -30,4 +30,4 @@ pub use error::{CaptureError, CaptureWarning};
 pub use file::{FileSource, ReaderStats};
 pub use format::{CaptureFormat, MAX_RECORD_LEN};
 #[cfg(target_os = "linux")]
-pub use ring::{KernelStats, LiveError, RingConfig, RingSource, interface_index};
+pub use ring::{KernelStats, LiveError, RingConfig, RingSource, interface_index, wait_any};

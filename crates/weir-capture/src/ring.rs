@@ -473,6 +473,38 @@ impl RingSource {
     }
 }
 
+/// Waits until at least one of `rings` has packets, or `timeout` passes.
+pub fn wait_any(rings: &[&RingSource], timeout: Duration) -> Result<(), LiveError> {
+    if rings
+        .iter()
+        .any(|r| r.status(r.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0)
+    {
+        return Ok(());
+    }
+    let mut fds: Vec<libc::pollfd> = rings
+        .iter()
+        .map(|r| libc::pollfd {
+            fd: r.fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLERR,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the duration of the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(LiveError::Io {
+                interface: "(several)".to_owned(),
+                what: "waiting for packets",
+                source: err,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Drop for RingSource {
     fn drop(&mut self) {
         // SAFETY: `map`/`map_len` describe the mapping made in `open`, which nothing references any more (every

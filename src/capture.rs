@@ -1,0 +1,463 @@
+//! `weir capture`: live flow records from the host side of pod veth interfaces, each with its observation
+//! point (node, interface, direction), optionally attributed and judged against a cluster snapshot.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use crossbeam_channel::{Receiver, Sender};
+use weir_analysis::{Analyzer, write_flow};
+use weir_capture::{Batch, KernelStats, RingConfig, RingSource, wait_any};
+use weir_flow::{FlowConfig, FlowExtractor, address_pair};
+use weir_model::{Direction, FlowRecord, ObservationPoint, Timestamp};
+
+use crate::duration::parse_duration;
+use crate::snapshot;
+
+/// Host-side interface names of the common CNIs.
+const DEFAULT_PATTERNS: [&str; 6] = ["veth*", "cali*", "lxc*", "cni*", "gke*", "eni*"];
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// Interfaces to capture on, by name; `*` matches any run of characters. Repeatable. Default: the host-side
+    /// names of the common CNIs (veth*, cali*, lxc*, cni*, gke*, eni*). Interfaces that appear later are
+    /// picked up, and ones that go away are closed.
+    #[arg(long = "interfaces", short = 'i', value_name = "PATTERN")]
+    interfaces: Vec<String>,
+    /// Stop after this long (`30s`, `5m`); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Worker threads; interfaces are shared out among them, each with its own rings and flow tables.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = LiveFormat::Jsonl)]
+    format: LiveFormat,
+    /// Cluster snapshot(s): attribute and judge each flow as `weir analyze` does (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    cluster: Vec<PathBuf>,
+    /// Report long flows every this often, not only when they end.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    active_timeout: Duration,
+    /// The node name in observation points (default: the host name).
+    #[arg(long)]
+    node: Option<String>,
+    /// Bytes kept of each packet (headers are all weir reads; byte counts use the original length).
+    #[arg(long, default_value_t = 256)]
+    snaplen: u32,
+    /// Ring size per interface, in MiB.
+    #[arg(long, default_value_t = 8)]
+    ring_mb: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LiveFormat {
+    /// One JSON flow record per line.
+    Jsonl,
+    /// One aligned line per flow, for people.
+    Table,
+}
+
+/// `veth*`-style matching: `*` is any run of characters.
+fn matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn interfaces(patterns: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| patterns.iter().any(|p| matches(p, n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn now() -> Timestamp {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp(since.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+/// One observation point: a ring on a host-side veth, its flow table, and the pod addresses learned behind it
+/// (the sources of packets the pod sent).
+struct Point {
+    ring: RingSource,
+    extractor: FlowExtractor,
+    pod_ips: HashSet<IpAddr>,
+    packets: u64,
+}
+
+/// What a worker reports when it closes an interface or stops.
+struct Closed {
+    interface: String,
+    packets: u64,
+    kernel: KernelStats,
+}
+
+enum Event {
+    Records(Vec<FlowRecord>),
+    Closed(Closed),
+    Error(String),
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+struct Worker {
+    id: usize,
+    workers: usize,
+    patterns: Vec<String>,
+    ring: RingConfig,
+    flow: FlowConfig,
+    node: String,
+    stop: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+    events: Sender<Event>,
+}
+
+impl Worker {
+    fn mine(&self, name: &str) -> bool {
+        let hash = name.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        hash % self.workers == self.id
+    }
+
+    fn records(&self, interface: &str, point: &mut Point, flows: Vec<weir_flow::FinishedFlow>) {
+        if flows.is_empty() {
+            return;
+        }
+        let records = flows
+            .iter()
+            .map(|f| {
+                let mut r = f.to_record();
+                // The flow's initiator is the pod behind the veth when its address was seen leaving the pod.
+                let direction = if point.pod_ips.contains(&r.src) {
+                    Direction::FromPod
+                } else {
+                    Direction::ToPod
+                };
+                r.observed_at = Some(ObservationPoint {
+                    node: self.node.clone(),
+                    interface: interface.to_owned(),
+                    direction,
+                });
+                r
+            })
+            .collect();
+        let _ = self.events.send(Event::Records(records));
+    }
+
+    fn close(&self, interface: String, mut point: Point) {
+        let kernel = point.ring.kernel_stats();
+        let (flows, _) =
+            std::mem::replace(&mut point.extractor, FlowExtractor::new(self.flow.clone())).finish();
+        self.records(&interface, &mut point, flows);
+        let _ = self.events.send(Event::Closed(Closed {
+            interface,
+            packets: point.packets,
+            kernel,
+        }));
+    }
+
+    fn run(self) {
+        let mut points: BTreeMap<String, Point> = BTreeMap::new();
+        // Room for a few ring blocks per read (a block holds at most its size in packet bytes).
+        let mut batch = Batch::with_capacity(4 << 20);
+        let mut last_scan: Option<Instant> = None;
+        loop {
+            let done = self.stop.load(Ordering::Relaxed)
+                || self.deadline.is_some_and(|d| Instant::now() >= d);
+            if done {
+                break;
+            }
+            if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_scan = Some(Instant::now());
+                let present: Vec<String> = interfaces(&self.patterns)
+                    .into_iter()
+                    .filter(|n| self.mine(n))
+                    .collect();
+                let gone: Vec<String> = points
+                    .keys()
+                    .filter(|n| !present.contains(n))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    if let Some(point) = points.remove(&name) {
+                        self.close(name, point);
+                    }
+                }
+                for name in present {
+                    if points.contains_key(&name) {
+                        continue;
+                    }
+                    match RingSource::open(&name, &self.ring) {
+                        Ok(ring) => {
+                            points.insert(
+                                name,
+                                Point {
+                                    ring,
+                                    extractor: FlowExtractor::new(self.flow.clone()),
+                                    pod_ips: HashSet::new(),
+                                    packets: 0,
+                                },
+                            );
+                        }
+                        Err(e @ weir_capture::LiveError::Permission { .. }) => {
+                            let _ = self.events.send(Event::Error(e.to_string()));
+                            return;
+                        }
+                        // An interface that vanished between the scan and the open is not an error.
+                        Err(weir_capture::LiveError::NoSuchInterface(_)) => {}
+                        Err(e) => {
+                            let _ = self.events.send(Event::Error(e.to_string()));
+                        }
+                    }
+                }
+            }
+            let rings: Vec<&RingSource> = points.values().map(|p| &p.ring).collect();
+            if rings.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            if let Err(e) = wait_any(&rings, Duration::from_millis(100)) {
+                let _ = self.events.send(Event::Error(e.to_string()));
+            }
+            let mut broken = Vec::new();
+            let clock = now();
+            for (name, point) in points.iter_mut() {
+                match point.ring.next_batch(&mut batch, Duration::ZERO) {
+                    Ok(_) => {}
+                    Err(_) => {
+                        broken.push(name.clone());
+                        continue;
+                    }
+                }
+                for p in batch.iter() {
+                    point.packets += 1;
+                    if p.direction == Some(Direction::FromPod)
+                        && let Some((src, _)) = address_pair(p.link, p.data)
+                        && let Some(ip) = ip_of(src)
+                    {
+                        point.pod_ips.insert(ip);
+                    }
+                    point.extractor.packet(p.timestamp, p.link, p.data);
+                }
+                point.extractor.advance(clock);
+                let finished = point.extractor.take_finished();
+                self.records(name, point, finished);
+            }
+            for name in broken {
+                if let Some(point) = points.remove(&name) {
+                    self.close(name, point);
+                }
+            }
+        }
+        for (name, point) in std::mem::take(&mut points) {
+            self.close(name, point);
+        }
+    }
+}
+
+fn live_line(r: &FlowRecord) -> String {
+    let end = |ip: IpAddr, port: Option<u16>| match port {
+        Some(p) => format!("{ip}:{p}"),
+        None => ip.to_string(),
+    };
+    let (interface, direction) = r.observed_at.as_ref().map_or(("", ""), |o| {
+        (
+            o.interface.as_str(),
+            match o.direction {
+                Direction::FromPod => "from-pod",
+                Direction::ToPod => "to-pod",
+            },
+        )
+    });
+    format!(
+        "{}  {:<15} {:<8} {:<5} {:>22} -> {:<22} {:>6}/{:<6} {:>9}/{:<9}",
+        r.start,
+        interface,
+        direction,
+        r.proto.to_string(),
+        end(r.src, r.src_port),
+        end(r.dst, r.dst_port),
+        r.packets,
+        r.reply_packets,
+        r.bytes,
+        r.reply_bytes
+    )
+}
+
+pub fn run(args: CaptureArgs) -> Result<ExitCode> {
+    let patterns: Vec<String> = if args.interfaces.is_empty() {
+        DEFAULT_PATTERNS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.interfaces.clone()
+    };
+    let set = if args.cluster.is_empty() {
+        None
+    } else {
+        Some(snapshot::load(&args.cluster)?)
+    };
+    let node = match &args.node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned()),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let flow = FlowConfig {
+        active_timeout: Some(args.active_timeout),
+        ..FlowConfig::default()
+    };
+    let ring = RingConfig {
+        block_size: 1 << 20,
+        blocks: args.ring_mb.max(2),
+        block_timeout_ms: 50,
+        snaplen: args.snaplen,
+        fanout: None,
+    };
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let (tx, rx): (Sender<Event>, Receiver<Event>) = crossbeam_channel::unbounded();
+    let workers = usize::from(args.threads);
+    let mut handles = Vec::new();
+    for id in 0..workers {
+        let worker = Worker {
+            id,
+            workers,
+            patterns: patterns.clone(),
+            ring: ring.clone(),
+            flow: flow.clone(),
+            node: node.clone(),
+            stop: Arc::clone(&stop),
+            deadline,
+            events: tx.clone(),
+        };
+        handles.push(std::thread::spawn(move || worker.run()));
+    }
+    drop(tx);
+
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut analyzer = set.as_ref().map(|s| Analyzer::new(s, &[]));
+    let mut closed: Vec<Closed> = Vec::new();
+    let mut flows = 0u64;
+    let mut failure = None;
+    for event in rx {
+        match event {
+            Event::Records(records) => {
+                flows += records.len() as u64;
+                match (&mut analyzer, &set) {
+                    (Some(analyzer), Some(set)) => {
+                        let mut buf = Vec::new();
+                        for flow in analyzer.analyze(records).flows {
+                            write_flow(set, &flow, &mut buf);
+                            buf.push(b'\n');
+                        }
+                        out.write_all(&buf)?;
+                    }
+                    _ => {
+                        for r in &records {
+                            match args.format {
+                                LiveFormat::Jsonl => {
+                                    let mut buf = Vec::new();
+                                    r.write_json_line(&mut buf);
+                                    out.write_all(&buf)?;
+                                }
+                                LiveFormat::Table => writeln!(out, "{}", live_line(r))?,
+                            }
+                        }
+                    }
+                }
+                out.flush()?;
+            }
+            Event::Closed(c) => closed.push(c),
+            Event::Error(e) => {
+                // A permission error stops everything: no interface can be captured.
+                if e.contains("CAP_NET_RAW") {
+                    stop.store(true, Ordering::Relaxed);
+                    failure = Some(e);
+                } else {
+                    eprintln!("weir: warning: {e}");
+                }
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(e) = failure {
+        bail!("{e}");
+    }
+    let mut err = io::stderr().lock();
+    let packets: u64 = closed.iter().map(|c| c.packets).sum();
+    let kernel_packets: u64 = closed.iter().map(|c| c.kernel.packets).sum();
+    let drops: u64 = closed.iter().map(|c| c.kernel.drops).sum();
+    writeln!(
+        err,
+        "weir capture: {} interfaces on {node}, {packets} packets read ({kernel_packets} received by the kernel, \
+         {drops} dropped by the kernel, 0 in user space), {flows} flow records",
+        closed.len()
+    )?;
+    for c in &closed {
+        writeln!(
+            err,
+            "  {:<16} {:>10} packets  {:>8} kernel drops",
+            c.interface, c.packets, c.kernel.drops
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn patterns() {
+        assert!(matches("veth*", "veth1a2b"));
+        assert!(!matches("veth*", "eth0"));
+        assert!(matches("*", "anything"));
+        assert!(matches("cali*x", "cali12x"));
+        assert!(!matches("cali*x", "cali12y"));
+        assert!(matches("a*b*c", "a1b2c"));
+        assert!(matches("lo", "lo"));
+        assert!(!matches("lo", "lo0"));
+    }
+}

@@ -34,7 +34,8 @@ pub struct CaptureArgs {
     /// Stop after this long (`30s`, `5m`); default: until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Worker threads; interfaces are shared out among them, each with its own rings and flow tables.
+    /// Worker threads, each with its own ring on every interface and its own flow tables; the kernel spreads
+    /// each interface's flows over them (PACKET_FANOUT_HASH), keeping every flow on one worker.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
     /// Output format.
@@ -136,7 +137,6 @@ fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
 }
 
 struct Worker {
-    id: usize,
     workers: usize,
     patterns: Vec<String>,
     ring: RingConfig,
@@ -148,11 +148,16 @@ struct Worker {
 }
 
 impl Worker {
-    fn mine(&self, name: &str) -> bool {
-        let hash = name.bytes().fold(0usize, |h, b| {
-            h.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
-        hash % self.workers == self.id
+    /// Every worker captures every interface: with several workers, the sockets of one interface form a
+    /// `PACKET_FANOUT_HASH` group, so the kernel keeps each flow on one worker (and its flow table).
+    fn ring_config(&self, name: &str) -> RingConfig {
+        let mut config = self.ring.clone();
+        if self.workers > 1 {
+            // Fanout group ids are per network namespace: one per interface, apart from other processes'.
+            let ifindex = weir_capture::interface_index(name).unwrap_or(0);
+            config.fanout = Some(((std::process::id() << 8) ^ ifindex) as u16);
+        }
+        config
     }
 
     fn records(&self, interface: &str, point: &mut Point, flows: Vec<weir_flow::FinishedFlow>) {
@@ -205,10 +210,7 @@ impl Worker {
             }
             if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_scan = Some(Instant::now());
-                let present: Vec<String> = interfaces(&self.patterns)
-                    .into_iter()
-                    .filter(|n| self.mine(n))
-                    .collect();
+                let present: Vec<String> = interfaces(&self.patterns);
                 let gone: Vec<String> = points
                     .keys()
                     .filter(|n| !present.contains(n))
@@ -223,7 +225,7 @@ impl Worker {
                     if points.contains_key(&name) {
                         continue;
                     }
-                    match RingSource::open(&name, &self.ring) {
+                    match RingSource::open(&name, &self.ring_config(&name)) {
                         Ok(ring) => {
                             points.insert(
                                 name,
@@ -358,9 +360,8 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     let (tx, rx): (Sender<Event>, Receiver<Event>) = crossbeam_channel::unbounded();
     let workers = usize::from(args.threads);
     let mut handles = Vec::new();
-    for id in 0..workers {
+    for _ in 0..workers {
         let worker = Worker {
-            id,
             workers,
             patterns: patterns.clone(),
             ring: ring.clone(),
@@ -425,6 +426,20 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     if let Some(e) = failure {
         bail!("{e}");
     }
+    // With several workers each interface was closed once per worker: add their shares up.
+    let mut by_interface: BTreeMap<String, Closed> = BTreeMap::new();
+    for c in closed {
+        let entry = by_interface.entry(c.interface.clone()).or_insert(Closed {
+            interface: c.interface.clone(),
+            packets: 0,
+            kernel: KernelStats::default(),
+        });
+        entry.packets += c.packets;
+        entry.kernel.packets += c.kernel.packets;
+        entry.kernel.drops += c.kernel.drops;
+        entry.kernel.freezes += c.kernel.freezes;
+    }
+    let closed: Vec<Closed> = by_interface.into_values().collect();
     let mut err = io::stderr().lock();
     let packets: u64 = closed.iter().map(|c| c.packets).sum();
     let kernel_packets: u64 = closed.iter().map(|c| c.kernel.packets).sum();

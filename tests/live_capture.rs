@@ -390,3 +390,77 @@ fn a_full_ring_counts_every_drop() {
     // Counters are running sums: reading again adds nothing new.
     assert_eq!(ring.kernel_stats(), stats);
 }
+
+const SINK: &str = r#"
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 9999)); u.settimeout(4)
+open(sys.argv[1], "w").close()
+try:
+    while True: u.recv(2048)
+except OSError:
+    pass
+"#;
+
+const MANY: &str = r#"
+import socket, sys
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(30)]
+for s in socks: s.bind(("0.0.0.0", 0))
+for _ in range(3):
+    for s in socks: s.sendto(b"m" * 64, (sys.argv[1], 9999))
+"#;
+
+#[test]
+fn worker_threads_share_an_interface_without_splitting_flows() {
+    if !available() {
+        eprintln!("skipped: live capture tests need root and iproute2");
+        return;
+    }
+    let node = Node::new("f", 4, 2);
+    node.static_neighbours();
+    let ready = std::env::temp_dir().join(format!("weir-live-sink-{}", std::process::id()));
+    let _ = std::fs::remove_file(&ready);
+    let mut sink = node.spawn(1, &["python3", "-c", SINK, ready.to_str().unwrap()]);
+    let start = Instant::now();
+    while !ready.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "capture",
+            "-i",
+            &node.pods[0].host_veth,
+            "--duration",
+            "3s",
+            "--threads",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.exec(0, &["python3", "-c", MANY, &node.pods[1].ip.to_string()]);
+    let out = capture.wait_with_output().unwrap();
+    let _ = sink.wait();
+    let _ = std::fs::remove_file(&ready);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = live_records(&String::from_utf8(out.stdout).unwrap());
+    let udp: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["proto"] == "UDP" && r["dst_port"] == 9999)
+        .collect();
+    // 30 flows, each whole on one worker: 3 datagrams, never a flow split in two.
+    assert_eq!(udp.len(), 30, "{udp:#?}");
+    assert!(
+        udp.iter()
+            .all(|r| r["packets"] == 3 && r["bytes"] == 3 * 92),
+        "{udp:#?}"
+    );
+    let ports: std::collections::BTreeSet<String> =
+        udp.iter().map(|r| r["src_port"].to_string()).collect();
+    assert_eq!(ports.len(), 30);
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Live capture on a veth: weir's TPACKET_V3 ring against `tcpdump -i VETH -w /dev/null` (libpcap, also a
-# TPACKET_V3 ring, parsing nothing), on the same traffic: 60-byte UDP frames pushed from one pod namespace to
-# another by `weir-synth udp-blast` as fast as one core can, then at lower rates. For each run: packets that
+# TPACKET_V3 ring, parsing nothing) and against weir's pnet fallback (one recvfrom per packet), on the same
+# traffic: 60-byte UDP frames pushed from one pod namespace to another by `weir-synth udp-blast` as fast as one
+# core can, then at a lower rate. For each run: packets that
 # crossed the veth (kernel interface counters), packets the tool got, kernel drops, and the tool's CPU time per
 # packet (user + system, from /proc). Needs root, iproute2, tcpdump.
 #
@@ -54,6 +55,7 @@ run() {  # tool rate
   out=$(mktemp) err=$(mktemp)
   case $tool in
     weir) "$weir" capture -i "$va" --format jsonl >"$out" 2>"$err" & ;;
+    weir-pnet) "$weir" capture --backend pnet -i "$va" --format jsonl >"$out" 2>"$err" & ;;
     tcpdump) tcpdump -i "$va" -w /dev/null -B 8192 -s 256 >"$out" 2>"$err" & ;;
   esac
   pid=$!
@@ -71,6 +73,9 @@ run() {  # tool rate
   kill -INT "$pid"; wait "$pid" || true
   crossed=$((after - before))
   case $tool in
+    weir-pnet)
+      got=$(awk '/packets read/ { for (i = 1; i <= NF; i++) if ($i == "packets" && $(i+1) == "read") print $(i-1) }' "$err")
+      drops=$((crossed > got ? crossed - got : 0)) ;;
     weir)
       got=$(awk '/packets read/ { for (i = 1; i <= NF; i++) if ($i == "packets" && $(i+1) == "read") print $(i-1) }' "$err")
       drops=$(awk '/dropped by the kernel/ { for (i = 1; i <= NF; i++) if ($i == "dropped") print $(i-1) }' "$err") ;;
@@ -89,5 +94,7 @@ printf '%-8s %8s %10s %10s %10s %8s %10s\n' tool rate sent_pps crossed got drops
 for rate in ${rates[@]}; do
   run weir "$rate"
   run tcpdump "$rate"
+  run weir-pnet "$rate"
 done
 echo "crossed: packets on the veth during the run (kernel counters; weir counts packets in the whole run, so got >= crossed)"
+echo "weir-pnet: drops are the packets that crossed and were not read (pnet exposes no kernel counters)"

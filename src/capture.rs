@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::{Receiver, Sender};
 use weir_analysis::{Analyzer, write_flow};
-use weir_capture::{Batch, KernelStats, RingConfig, RingSource, wait_any};
+use weir_capture::{Batch, KernelStats, PnetSource, RingConfig, RingSource, wait_any};
 use weir_flow::{FlowConfig, FlowExtractor, address_pair};
 use weir_model::{Direction, FlowRecord, ObservationPoint, Timestamp};
 
@@ -56,6 +56,18 @@ pub struct CaptureArgs {
     /// Ring size per interface, in MiB.
     #[arg(long, default_value_t = 8)]
     ring_mb: u32,
+    /// How packets are read.
+    #[arg(long, value_enum, default_value_t = Backend::Ring)]
+    backend: Backend,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// AF_PACKET with a TPACKET_V3 memory-mapped ring: no system call per packet, packet direction known.
+    Ring,
+    /// pnet's datalink channel: portable, one `recvfrom` per packet, no packet direction (the pod's address
+    /// on each interface is inferred as the one every flow there has).
+    Pnet,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -109,10 +121,27 @@ fn now() -> Timestamp {
 /// One observation point: a ring on a host-side veth, its flow table, and the pod addresses learned behind it
 /// (the sources of packets the pod sent).
 struct Point {
-    ring: RingSource,
+    source: Source,
     extractor: FlowExtractor,
     pod_ips: HashSet<IpAddr>,
+    /// pnet: unicast packets per address seen at either end (the pod's address leads).
+    seen: std::collections::HashMap<IpAddr, u64>,
     packets: u64,
+}
+
+enum Source {
+    Ring(RingSource),
+    Pnet(PnetSource),
+}
+
+impl Source {
+    fn kernel_stats(&mut self) -> KernelStats {
+        match self {
+            Source::Ring(r) => r.kernel_stats(),
+            // pnet does not expose its socket's counters.
+            Source::Pnet(_) => KernelStats::default(),
+        }
+    }
 }
 
 /// What a worker reports when it closes an interface or stops.
@@ -128,6 +157,10 @@ enum Event {
     Error(String),
 }
 
+fn unicast(ip: IpAddr) -> bool {
+    !(ip.is_multicast() || ip.is_unspecified() || ip == IpAddr::from([255, 255, 255, 255]))
+}
+
 fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
@@ -138,6 +171,7 @@ fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
 
 struct Worker {
     workers: usize,
+    backend: Backend,
     patterns: Vec<String>,
     ring: RingConfig,
     flow: FlowConfig,
@@ -186,7 +220,7 @@ impl Worker {
     }
 
     fn close(&self, interface: String, mut point: Point) {
-        let kernel = point.ring.kernel_stats();
+        let kernel = point.source.kernel_stats();
         let (flows, _) =
             std::mem::replace(&mut point.extractor, FlowExtractor::new(self.flow.clone())).finish();
         self.records(&interface, &mut point, flows);
@@ -225,14 +259,24 @@ impl Worker {
                     if points.contains_key(&name) {
                         continue;
                     }
-                    match RingSource::open(&name, &self.ring_config(&name)) {
-                        Ok(ring) => {
+                    let opened = match self.backend {
+                        Backend::Ring => {
+                            RingSource::open(&name, &self.ring_config(&name)).map(Source::Ring)
+                        }
+                        Backend::Pnet => {
+                            PnetSource::open(&name, self.ring.snaplen, Duration::from_millis(10))
+                                .map(Source::Pnet)
+                        }
+                    };
+                    match opened {
+                        Ok(source) => {
                             points.insert(
                                 name,
                                 Point {
-                                    ring,
+                                    source,
                                     extractor: FlowExtractor::new(self.flow.clone()),
                                     pod_ips: HashSet::new(),
+                                    seen: Default::default(),
                                     packets: 0,
                                 },
                             );
@@ -249,31 +293,57 @@ impl Worker {
                     }
                 }
             }
-            let rings: Vec<&RingSource> = points.values().map(|p| &p.ring).collect();
-            if rings.is_empty() {
+            if points.is_empty() {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            if let Err(e) = wait_any(&rings, Duration::from_millis(100)) {
+            // pnet reads wait on their own (10 ms each); rings are waited for together.
+            let rings: Vec<&RingSource> = points
+                .values()
+                .filter_map(|p| match &p.source {
+                    Source::Ring(r) => Some(r),
+                    Source::Pnet(_) => None,
+                })
+                .collect();
+            if rings.len() == points.len()
+                && let Err(e) = wait_any(&rings, Duration::from_millis(100))
+            {
                 let _ = self.events.send(Event::Error(e.to_string()));
             }
             let mut broken = Vec::new();
             let clock = now();
             for (name, point) in points.iter_mut() {
-                match point.ring.next_batch(&mut batch, Duration::ZERO) {
-                    Ok(_) => {}
-                    Err(_) => {
-                        broken.push(name.clone());
-                        continue;
-                    }
+                let read = match &mut point.source {
+                    Source::Ring(ring) => ring.next_batch(&mut batch, Duration::ZERO),
+                    Source::Pnet(pnet) => pnet.next_batch(&mut batch, 4096),
+                };
+                if read.is_err() {
+                    broken.push(name.clone());
+                    continue;
                 }
                 for p in batch.iter() {
                     point.packets += 1;
-                    if p.direction == Some(Direction::FromPod)
-                        && let Some((src, _)) = address_pair(p.link, p.data)
-                        && let Some(ip) = ip_of(src)
-                    {
-                        point.pod_ips.insert(ip);
+                    let pair = address_pair(p.link, p.data)
+                        .and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)));
+                    match (p.direction, pair) {
+                        (Some(Direction::FromPod), Some((src, _))) => {
+                            point.pod_ips.insert(src);
+                        }
+                        // No direction (pnet): the pod is the address at one end of (nearly) every unicast
+                        // packet on its veth; floods from other pods do not count.
+                        (None, Some((src, dst))) if unicast(src) && unicast(dst) => {
+                            *point.seen.entry(src).or_default() += 1;
+                            *point.seen.entry(dst).or_default() += 1;
+                            let mut counts: Vec<(u64, IpAddr)> =
+                                point.seen.iter().map(|(ip, n)| (*n, *ip)).collect();
+                            counts.sort_unstable_by(|a, b| b.cmp(a));
+                            if let [best, rest @ ..] = counts.as_slice()
+                                && rest.first().is_none_or(|second| best.0 > second.0)
+                            {
+                                point.pod_ips = [best.1].into();
+                            }
+                        }
+                        _ => {}
                     }
                     point.extractor.packet(p.timestamp, p.link, p.data);
                 }
@@ -339,6 +409,9 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned()),
     };
+    if args.backend == Backend::Pnet && args.threads > 1 {
+        bail!("--backend pnet reads on one thread (it has no fanout groups here); drop --threads");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -363,6 +436,7 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     for _ in 0..workers {
         let worker = Worker {
             workers,
+            backend: args.backend,
             patterns: patterns.clone(),
             ring: ring.clone(),
             flow: flow.clone(),
@@ -444,12 +518,21 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     let packets: u64 = closed.iter().map(|c| c.packets).sum();
     let kernel_packets: u64 = closed.iter().map(|c| c.kernel.packets).sum();
     let drops: u64 = closed.iter().map(|c| c.kernel.drops).sum();
-    writeln!(
-        err,
-        "weir capture: {} interfaces on {node}, {packets} packets read ({kernel_packets} received by the kernel, \
-         {drops} dropped by the kernel, 0 in user space), {flows} flow records",
-        closed.len()
-    )?;
+    if args.backend == Backend::Pnet {
+        writeln!(
+            err,
+            "weir capture: {} interfaces on {node}, {packets} packets read (pnet: kernel drops unknown, \
+             0 in user space), {flows} flow records",
+            closed.len()
+        )?;
+    } else {
+        writeln!(
+            err,
+            "weir capture: {} interfaces on {node}, {packets} packets read ({kernel_packets} received by the \
+             kernel, {drops} dropped by the kernel, 0 in user space), {flows} flow records",
+            closed.len()
+        )?;
+    }
     for c in &closed {
         writeln!(
             err,

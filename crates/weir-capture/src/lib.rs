@@ -23,11 +23,15 @@ mod error;
 mod file;
 mod format;
 #[cfg(target_os = "linux")]
+mod pnet;
+#[cfg(target_os = "linux")]
 mod ring;
 
 pub use batch::{Batch, Packet};
 pub use error::{CaptureError, CaptureWarning};
 pub use file::{FileSource, ReaderStats};
 pub use format::{CaptureFormat, MAX_RECORD_LEN};
+#[cfg(target_os = "linux")]
+pub use pnet::PnetSource;
 #[cfg(target_os = "linux")]
 pub use ring::{KernelStats, LiveError, RingConfig, RingSource, interface_index, wait_any};

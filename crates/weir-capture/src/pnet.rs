@@ -1,0 +1,125 @@
+//! The portable fallback: live capture through pnet's datalink channel.
+//!
+//! It exists for systems or kernels where the TPACKET_V3 ring is not available, and as the baseline the ring is
+//! measured against. It is not the default, for two measured reasons (benches/README.md): it costs a system
+//! call and a copy per packet (`recvfrom`), and it does not say which way a packet crossed the interface, so the
+//! pod's side of a veth has to be inferred from the addresses (see `weir capture`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pnet_datalink::{Channel, Config, DataLinkReceiver};
+use weir_model::{LinkType, Timestamp};
+
+use crate::batch::{Batch, PacketMeta};
+use crate::ring::{LiveError, interface_index};
+
+/// A pnet datalink receiver on one interface.
+pub struct PnetSource {
+    rx: Box<dyn DataLinkReceiver>,
+    interface: String,
+    ifindex: u32,
+    snaplen: usize,
+}
+
+impl PnetSource {
+    /// Opens `interface` (not in promiscuous mode); reads wait at most `read_timeout`.
+    pub fn open(
+        interface: &str,
+        snaplen: u32,
+        read_timeout: Duration,
+    ) -> Result<PnetSource, LiveError> {
+        let ifindex = interface_index(interface)
+            .ok_or_else(|| LiveError::NoSuchInterface(interface.to_owned()))?;
+        let iface = pnet_datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == interface)
+            .ok_or_else(|| LiveError::NoSuchInterface(interface.to_owned()))?;
+        let config = Config {
+            read_timeout: Some(read_timeout),
+            promiscuous: false,
+            read_buffer_size: 65536,
+            ..Config::default()
+        };
+        match pnet_datalink::channel(&iface, config) {
+            Ok(Channel::Ethernet(_, rx)) => Ok(PnetSource {
+                rx,
+                interface: interface.to_owned(),
+                ifindex,
+                snaplen: snaplen.max(64) as usize,
+            }),
+            Ok(_) => Err(LiveError::Io {
+                interface: interface.to_owned(),
+                what: "opening a pnet channel",
+                source: std::io::Error::other("not an Ethernet channel"),
+            }),
+            Err(source) => Err(
+                if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                    LiveError::Permission {
+                        interface: interface.to_owned(),
+                    }
+                } else {
+                    LiveError::Io {
+                        interface: interface.to_owned(),
+                        what: "opening a pnet channel",
+                        source,
+                    }
+                },
+            ),
+        }
+    }
+
+    /// The interface's name.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Reads up to `max` packets into `batch` (cleared first), one system call each, until a read times out.
+    /// Packets carry no direction: pnet does not report it.
+    pub fn next_batch(&mut self, batch: &mut Batch, max: usize) -> Result<usize, LiveError> {
+        batch.packets.clear();
+        batch.filled = 0;
+        while batch.packets.len() < max {
+            match self.rx.next() {
+                Ok(frame) => {
+                    let since = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let caplen = frame.len().min(self.snaplen);
+                    let start = batch.filled;
+                    if start + caplen > batch.buf.len() {
+                        let grown = (start + caplen).max(batch.buf.len() * 2);
+                        batch.buf.resize(grown, 0);
+                    }
+                    batch.buf[start..start + caplen].copy_from_slice(&frame[..caplen]);
+                    batch.filled += caplen;
+                    batch.packets.push(PacketMeta {
+                        offset: start,
+                        caplen: caplen as u32,
+                        orig_len: frame.len() as u32,
+                        ts: Timestamp(since.as_nanos().min(i64::MAX as u128) as i64),
+                        link: LinkType::ETHERNET,
+                        interface: self.ifindex,
+                        direction: None,
+                    });
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(source) => {
+                    return Err(LiveError::Io {
+                        interface: self.interface.clone(),
+                        what: "reading from the pnet channel",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(batch.packets.len())
+    }
+}

@@ -1,7 +1,7 @@
 //! `weir capture`: live flow records from the host side of pod veth interfaces, each with its observation
 //! point (node, interface, direction), optionally attributed and judged against a cluster snapshot.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -123,7 +123,8 @@ fn now() -> Timestamp {
 struct Point {
     source: Source,
     extractor: FlowExtractor,
-    pod_ips: HashSet<IpAddr>,
+    /// Addresses seen leaving the pod (a pod has one or two; a short list beats hashing every packet).
+    pod_ips: Vec<IpAddr>,
     /// pnet: unicast packets per address seen at either end (the pod's address leads).
     seen: std::collections::HashMap<IpAddr, u64>,
     packets: u64,
@@ -275,7 +276,7 @@ impl Worker {
                                 Point {
                                     source,
                                     extractor: FlowExtractor::new(self.flow.clone()),
-                                    pod_ips: HashSet::new(),
+                                    pod_ips: Vec::new(),
                                     seen: Default::default(),
                                     packets: 0,
                                 },
@@ -327,7 +328,9 @@ impl Worker {
                         .and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)));
                     match (p.direction, pair) {
                         (Some(Direction::FromPod), Some((src, _))) => {
-                            point.pod_ips.insert(src);
+                            if !point.pod_ips.contains(&src) {
+                                point.pod_ips.push(src);
+                            }
                         }
                         // No direction (pnet): the pod is the address at one end of (nearly) every unicast
                         // packet on its veth; floods from other pods do not count.
@@ -340,7 +343,7 @@ impl Worker {
                             if let [best, rest @ ..] = counts.as_slice()
                                 && rest.first().is_none_or(|second| best.0 > second.0)
                             {
-                                point.pod_ips = [best.1].into();
+                                point.pod_ips = vec![best.1];
                             }
                         }
                         _ => {}

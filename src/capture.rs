@@ -327,10 +327,10 @@ impl Worker {
                     let pair = address_pair(p.link, p.data)
                         .and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)));
                     match (p.direction, pair) {
-                        (Some(Direction::FromPod), Some((src, _))) => {
-                            if !point.pod_ips.contains(&src) {
-                                point.pod_ips.push(src);
-                            }
+                        (Some(Direction::FromPod), Some((src, _)))
+                            if !point.pod_ips.contains(&src) =>
+                        {
+                            point.pod_ips.push(src);
                         }
                         // No direction (pnet): the pod is the address at one end of (nearly) every unicast
                         // packet on its veth; floods from other pods do not count.

@@ -366,6 +366,44 @@ impl Worker {
     }
 }
 
+/// Node totals that count a same-node connection once, though both pods' veths report it: records of one
+/// connection share the Community ID and start within a second of each other at different interfaces.
+#[derive(Default)]
+struct Connections {
+    seen: std::collections::HashMap<String, Vec<(String, Timestamp, u64)>>,
+    count: u64,
+    packets: u64,
+}
+
+impl Connections {
+    fn add(&mut self, r: &FlowRecord) {
+        let interface = r
+            .observed_at
+            .as_ref()
+            .map(|o| o.interface.clone())
+            .unwrap_or_default();
+        let packets = r.packets + r.reply_packets;
+        let views = self.seen.entry(r.community_id.clone()).or_default();
+        let twin = views
+            .iter_mut()
+            .find(|(i, start, _)| *i != interface && (start.0 - r.start.0).abs() < 1_000_000_000);
+        match twin {
+            Some((_, _, counted)) => {
+                // The other view of a connection already counted: keep the larger packet count.
+                if packets > *counted {
+                    self.packets += packets - *counted;
+                    *counted = packets;
+                }
+            }
+            None => {
+                self.count += 1;
+                self.packets += packets;
+                views.push((interface, r.start, packets));
+            }
+        }
+    }
+}
+
 fn live_line(r: &FlowRecord) -> String {
     let end = |ip: IpAddr, port: Option<u16>| match port {
         Some(p) => format!("{ip}:{p}"),
@@ -456,11 +494,13 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     let mut analyzer = set.as_ref().map(|s| Analyzer::new(s, &[]));
     let mut closed: Vec<Closed> = Vec::new();
     let mut flows = 0u64;
+    let mut connections = Connections::default();
     let mut failure = None;
     for event in rx {
         match event {
             Event::Records(records) => {
                 flows += records.len() as u64;
+                records.iter().for_each(|r| connections.add(r));
                 match (&mut analyzer, &set) {
                     (Some(analyzer), Some(set)) => {
                         let mut buf = Vec::new();
@@ -536,6 +576,12 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
             closed.len()
         )?;
     }
+    writeln!(
+        err,
+        "  {} connections, {} packets in them: a connection seen at two observation points (two pods of this \
+         node) counts once",
+        connections.count, connections.packets
+    )?;
     for c in &closed {
         writeln!(
             err,

@@ -295,6 +295,20 @@ fn weir_capture_follows_pods_as_they_come_and_go() {
         assert!(stderr.contains(&pod.host_veth), "{stderr}");
     }
     assert!(stderr.contains("0 dropped by the kernel"), "{stderr}");
+    // Node totals count the first ping once, though both pods' veths reported it.
+    let icmp_records = records.iter().filter(|r| r["proto"] == "ICMP").count() as u64;
+    let connections: u64 = stderr
+        .lines()
+        .find_map(|l| l.trim().strip_suffix("counts once"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    // Both pings were reported at two veths each (4 ICMP records) and counted as 2 connections.
+    assert_eq!(icmp_records, 4);
+    assert!(
+        connections as usize + 2 <= records.len(),
+        "{connections} of {}: {stderr}",
+        records.len()
+    );
 }
 
 #[test]

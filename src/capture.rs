@@ -324,11 +324,20 @@ impl Worker {
                 }
                 for p in batch.iter() {
                     point.packets += 1;
-                    let pair = address_pair(p.link, p.data)
-                        .and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)));
+                    // Learning the pod's addresses needs the packet's addresses: while none is known yet, and
+                    // then on one packet in 256 (a second address family, a changed address).
+                    // (Without directions, pnet infers them from every packet.)
+                    let learn = p.direction.is_none()
+                        || point.pod_ips.is_empty()
+                        || point.packets % 256 == 0;
+                    let pair = if learn {
+                        address_pair(p.link, p.data).and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)))
+                    } else {
+                        None
+                    };
                     match (p.direction, pair) {
                         (Some(Direction::FromPod), Some((src, _)))
-                            if !point.pod_ips.contains(&src) =>
+                            if unicast(src) && !point.pod_ips.contains(&src) =>
                         {
                             point.pod_ips.push(src);
                         }

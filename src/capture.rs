@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::{Receiver, Sender};
 use weir_analysis::{Analyzer, write_flow};
-use weir_capture::{Batch, KernelStats, PnetSource, RingConfig, RingSource, wait_any};
+use weir_capture::{Batch, KernelStats, Packet, PnetSource, RingConfig, RingSource, wait_any};
 use weir_flow::{FlowConfig, FlowExtractor, address_pair};
 use weir_model::{Direction, FlowRecord, ObservationPoint, Timestamp};
 
@@ -156,6 +156,46 @@ enum Event {
     Records(Vec<FlowRecord>),
     Closed(Closed),
     Error(String),
+}
+
+/// One packet at an observation point: into its flow table, and into what is learned of the pod's addresses.
+fn observe(
+    extractor: &mut FlowExtractor,
+    pod_ips: &mut Vec<IpAddr>,
+    seen: &mut std::collections::HashMap<IpAddr, u64>,
+    packets: &mut u64,
+    p: Packet<'_>,
+) {
+    *packets += 1;
+    // Learning the pod's addresses needs the packet's addresses: while none is known yet, and then on one
+    // packet in 256 (a second address family, a changed address). Without directions (pnet) every packet
+    // counts.
+    let learn = p.direction.is_none() || pod_ips.is_empty() || packets.is_multiple_of(256);
+    let pair = if learn {
+        address_pair(p.link, p.data).and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)))
+    } else {
+        None
+    };
+    match (p.direction, pair) {
+        (Some(Direction::FromPod), Some((src, _))) if unicast(src) && !pod_ips.contains(&src) => {
+            pod_ips.push(src);
+        }
+        // No direction (pnet): the pod is the address at one end of (nearly) every unicast packet on its
+        // veth; floods from other pods do not count.
+        (None, Some((src, dst))) if unicast(src) && unicast(dst) => {
+            *seen.entry(src).or_default() += 1;
+            *seen.entry(dst).or_default() += 1;
+            let mut counts: Vec<(u64, IpAddr)> = seen.iter().map(|(ip, n)| (*n, *ip)).collect();
+            counts.sort_unstable_by(|a, b| b.cmp(a));
+            if let [best, rest @ ..] = counts.as_slice()
+                && rest.first().is_none_or(|second| best.0 > second.0)
+            {
+                *pod_ips = vec![best.1];
+            }
+        }
+        _ => {}
+    }
+    extractor.packet(p.timestamp, p.link, p.data);
 }
 
 fn unicast(ip: IpAddr) -> bool {
@@ -314,50 +354,26 @@ impl Worker {
             let mut broken = Vec::new();
             let clock = now();
             for (name, point) in points.iter_mut() {
-                let read = match &mut point.source {
-                    Source::Ring(ring) => ring.next_batch(&mut batch, Duration::ZERO),
-                    Source::Pnet(pnet) => pnet.next_batch(&mut batch, 4096),
+                let Point {
+                    source,
+                    extractor,
+                    pod_ips,
+                    seen,
+                    packets,
+                } = point;
+                let mut observe = |p: Packet<'_>| {
+                    observe(extractor, pod_ips, seen, packets, p);
+                };
+                let read = match source {
+                    // Rings are read in place, without copying.
+                    Source::Ring(ring) => ring.for_each_packet(Duration::ZERO, &mut observe),
+                    Source::Pnet(pnet) => pnet
+                        .next_batch(&mut batch, 4096)
+                        .inspect(|_| batch.iter().for_each(&mut observe)),
                 };
                 if read.is_err() {
                     broken.push(name.clone());
                     continue;
-                }
-                for p in batch.iter() {
-                    point.packets += 1;
-                    // Learning the pod's addresses needs the packet's addresses: while none is known yet, and
-                    // then on one packet in 256 (a second address family, a changed address).
-                    // (Without directions, pnet infers them from every packet.)
-                    let learn = p.direction.is_none()
-                        || point.pod_ips.is_empty()
-                        || point.packets % 256 == 0;
-                    let pair = if learn {
-                        address_pair(p.link, p.data).and_then(|(s, d)| Some((ip_of(s)?, ip_of(d)?)))
-                    } else {
-                        None
-                    };
-                    match (p.direction, pair) {
-                        (Some(Direction::FromPod), Some((src, _)))
-                            if unicast(src) && !point.pod_ips.contains(&src) =>
-                        {
-                            point.pod_ips.push(src);
-                        }
-                        // No direction (pnet): the pod is the address at one end of (nearly) every unicast
-                        // packet on its veth; floods from other pods do not count.
-                        (None, Some((src, dst))) if unicast(src) && unicast(dst) => {
-                            *point.seen.entry(src).or_default() += 1;
-                            *point.seen.entry(dst).or_default() += 1;
-                            let mut counts: Vec<(u64, IpAddr)> =
-                                point.seen.iter().map(|(ip, n)| (*n, *ip)).collect();
-                            counts.sort_unstable_by(|a, b| b.cmp(a));
-                            if let [best, rest @ ..] = counts.as_slice()
-                                && rest.first().is_none_or(|second| best.0 > second.0)
-                            {
-                                point.pod_ips = vec![best.1];
-                            }
-                        }
-                        _ => {}
-                    }
-                    point.extractor.packet(p.timestamp, p.link, p.data);
                 }
                 point.extractor.advance(clock);
                 let finished = point.extractor.take_finished();
@@ -570,19 +586,24 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     let packets: u64 = closed.iter().map(|c| c.packets).sum();
     let kernel_packets: u64 = closed.iter().map(|c| c.kernel.packets).sum();
     let drops: u64 = closed.iter().map(|c| c.kernel.drops).sum();
+    let interfaces_text = format!(
+        "{} interface{}",
+        closed.len(),
+        if closed.len() == 1 { "" } else { "s" }
+    );
     if args.backend == Backend::Pnet {
         writeln!(
             err,
-            "weir capture: {} interfaces on {node}, {packets} packets read (pnet: kernel drops unknown, \
+            "weir capture: {} on {node}, {packets} packets read (pnet: kernel drops unknown, \
              0 in user space), {flows} flow records",
-            closed.len()
+            interfaces_text
         )?;
     } else {
         writeln!(
             err,
-            "weir capture: {} interfaces on {node}, {packets} packets read ({kernel_packets} received by the \
+            "weir capture: {} on {node}, {packets} packets read ({kernel_packets} received by the \
              kernel, {drops} dropped by the kernel, 0 in user space), {flows} flow records",
-            closed.len()
+            interfaces_text
         )?;
     }
     writeln!(

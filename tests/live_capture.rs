@@ -536,3 +536,53 @@ fn the_pnet_fallback_sees_the_same_flows() {
         assert_eq!(r["observed_at"]["direction"], "from-pod", "{r}");
     }
 }
+
+#[test]
+fn ctrl_c_flushes_open_flows_and_prints_the_summary() {
+    if !available() {
+        eprintln!("skipped: live capture tests need root and iproute2");
+        return;
+    }
+    let node = Node::new("i", 6, 2);
+    node.static_neighbours();
+    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "capture",
+            "-i",
+            &node.pods[0].host_veth,
+            "--format",
+            "table",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.exec(
+        0,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.05",
+            "-q",
+            &node.pods[1].ip.to_string(),
+        ],
+    );
+    common::netns::sh(&["kill", "-INT", &capture.id().to_string()]);
+    let out = capture.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table = String::from_utf8(out.stdout).unwrap();
+    // The ping's flow was still open (ICMP idles out after a while): Ctrl-C closed and printed it.
+    let line = table
+        .lines()
+        .find(|l| l.contains(" ICMP "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("from-pod") && line.contains("2/2"), "{line}");
+    assert!(
+        stderr.contains("weir capture: 1 interface on") && stderr.contains("kernel drops"),
+        "{stderr}"
+    );
+}

@@ -2,9 +2,11 @@
 //!
 //! The kernel writes packets into blocks of a ring shared with this process and hands a block over when it is
 //! full or when the block timeout expires, so a quiet interface still delivers within that timeout. Reading a
-//! block costs no system call; `poll` is called only when the next block is still the kernel's. Each packet is
-//! copied (up to the snap length, which a one-instruction socket filter enforces in the kernel) into a [`Batch`]
-//! and the block is returned at once, so a slow consumer stalls the batch, not the ring.
+//! block costs no system call; `poll` is called only when the next block is still the kernel's. Packets (cut to
+//! the snap length by a one-instruction socket filter in the kernel) are either handed to a callback in place
+//! ([`RingSource::for_each_packet`], the fast path: no copy) or copied into a [`Batch`]
+//! ([`RingSource::next_batch`], for consumers that keep packets); either way the block goes back to the kernel
+//! as soon as its packets are processed.
 //!
 //! Every `unsafe` block of the crate is in this file.
 
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use weir_model::{Direction, LinkType, Timestamp};
 
-use crate::batch::{Batch, PacketMeta};
+use crate::batch::{Batch, Packet, PacketMeta};
 
 /// `TPACKET_V3` from `enum tpacket_versions` (libc exposes it only as an enum).
 const TPACKET_V3: libc::c_int = 2;
@@ -386,6 +388,70 @@ impl RingSource {
             }
         }
         Ok(taken)
+    }
+
+    /// Waits up to `timeout` for packets and hands each one to `f` in place, in the ring, without copying;
+    /// returns how many. Every block the kernel has handed over is processed and returned.
+    pub fn for_each_packet(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(Packet<'_>),
+    ) -> Result<usize, LiveError> {
+        if self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+            wait_any(&[&*self], timeout)?;
+        }
+        let mut count = 0;
+        while self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
+            count += self.walk_block(&mut f);
+            self.status(self.next_block)
+                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            self.next_block = (self.next_block + 1) % self.blocks;
+        }
+        Ok(count)
+    }
+
+    /// Hands the packets of the current block (which the kernel has handed over) to `f`.
+    fn walk_block(&self, f: &mut impl FnMut(Packet<'_>)) -> usize {
+        let block = self.block(self.next_block);
+        let count = self.read_u32(block.wrapping_add(BLOCK_NUM_PKTS)) as usize;
+        let mut offset = self.read_u32(block.wrapping_add(BLOCK_FIRST_PKT)) as usize;
+        let mut seen = 0;
+        for _ in 0..count {
+            if offset + TPACKET3_HDR_LEN + 12 > self.block_size {
+                break;
+            }
+            let packet = block.wrapping_add(offset);
+            let next = self.read_u32(packet) as usize;
+            let caplen = self.read_u32(packet.wrapping_add(12)) as usize;
+            let mac = usize::from(self.read_u16(packet.wrapping_add(24)));
+            if offset + mac + caplen <= self.block_size {
+                // SAFETY: the range lies inside a block the kernel has handed over (checked above), and the
+                // kernel does not write it again until the block's status is given back, which happens only
+                // after `f` has returned; the slice does not outlive this call.
+                let data = unsafe { std::slice::from_raw_parts(packet.wrapping_add(mac), caplen) };
+                let sec = self.read_u32(packet.wrapping_add(4));
+                let nsec = self.read_u32(packet.wrapping_add(8));
+                let pkttype = self.read_u8(packet.wrapping_add(TPACKET3_HDR_LEN + 10));
+                f(Packet {
+                    timestamp: Timestamp(i64::from(sec) * 1_000_000_000 + i64::from(nsec)),
+                    link: self.link,
+                    data,
+                    orig_len: self.read_u32(packet.wrapping_add(16)),
+                    interface: self.ifindex,
+                    direction: Some(if pkttype == libc::PACKET_OUTGOING {
+                        Direction::ToPod
+                    } else {
+                        Direction::FromPod
+                    }),
+                });
+                seen += 1;
+            }
+            if next == 0 {
+                break;
+            }
+            offset += next;
+        }
+        seen
     }
 
     /// Copies the packets of the current block into `batch`.

@@ -475,6 +475,9 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned()),
     };
+    if !args.cluster.is_empty() && args.format == LiveFormat::Table {
+        bail!("with --cluster, flows are written as judged JSON lines; drop --format table");
+    }
     if args.backend == Backend::Pnet && args.threads > 1 {
         bail!("--backend pnet reads on one thread (it has no fanout groups here); drop --threads");
     }

@@ -72,7 +72,7 @@ pub enum ColorChoice {
     Never,
 }
 
-fn parse_cidr(text: &str) -> Result<Cidr, String> {
+pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
     Cidr::parse(text).ok_or_else(|| format!("{text:?} is not an address block like 10.96.0.0/12"))
 }
 
@@ -175,10 +175,6 @@ pub fn read_records(
         true
     })?;
     Ok((records, inputs))
-}
-
-pub fn parse_cidr_arg(text: &str) -> Result<Cidr, String> {
-    parse_cidr(text)
 }
 
 /// Reads the inputs on this thread while another loads the snapshot and then judges flows as they finish, so

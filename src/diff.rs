@@ -16,7 +16,7 @@ use weir_model::{Cidr, FlowRecord};
 use weir_policy::PolicySet;
 
 use crate::analyze::{
-    AnalyzeFormat, ColorChoice, open_output, parse_cidr_arg, read_records, use_color,
+    AnalyzeFormat, ColorChoice, open_output, parse_cidr, read_records, use_color,
 };
 use crate::report::{self, Section, Style, Tone, edge_row, sides, span, take};
 use crate::snapshot;
@@ -54,7 +54,7 @@ pub struct DiffArgs {
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
     /// Address ranges of the cluster besides the nodes' pod ranges (see `weir analyze`).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_arg)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     cluster_cidr: Vec<Cidr>,
     /// Worker threads per capture.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -148,9 +148,7 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
 fn in_force(args: &DiffArgs) -> Result<ExitCode> {
     let set = snapshot::load(&args.cluster)?;
     let (records, inputs) = read_records(&args.captures, &args.flows, args.threads)?;
-    let mut sorted = records;
-    sorted.sort_by_key(|r| r.sort_key());
-    let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze(sorted);
+    let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze_sorted(records);
     let report = Report::new(&set, &analysis);
     let mut out = open_output(args.output.as_deref())?;
     match args.format {

@@ -10,7 +10,7 @@ use clap::Args;
 use weir_analysis::{Analyzer, SuggestOptions, policy_yaml, prove, suggest, suggestion_yaml};
 use weir_model::Cidr;
 
-use crate::analyze::{parse_cidr_arg, read_records};
+use crate::analyze::{parse_cidr, read_records};
 use crate::snapshot;
 
 #[derive(Args)]
@@ -40,7 +40,7 @@ pub struct SuggestArgs {
     #[arg(long)]
     include_failed: bool,
     /// Address ranges of the cluster besides the nodes' pod ranges (see `weir analyze`).
-    #[arg(long, value_name = "CIDR", value_parser = parse_cidr_arg)]
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     cluster_cidr: Vec<Cidr>,
     /// Worker threads per capture.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -152,6 +152,13 @@ impl<'a> Analyzer<'a> {
         Analysis { flows, dnat_joined }
     }
 
+    /// [`Analyzer::analyze`] on records in any order: they are put in start and tuple order first, the order
+    /// the DNAT join and the flow list assume.
+    pub fn analyze_sorted(&mut self, mut records: Vec<FlowRecord>) -> Analysis {
+        records.sort_by_key(|r| r.sort_key());
+        self.analyze(records)
+    }
+
     /// Judges one record on its own when it can be: a flow to a ClusterIP is given back (its backend and
     /// verdict may depend on the post-DNAT record of the same connection, which [`Analyzer::analyze`] joins),
     /// and a flow to an address and port some Service sends traffic to is judged but marked as possibly that
@@ -186,14 +193,6 @@ impl<'a> Analyzer<'a> {
         } else {
             Single::Judged(flow)
         }
-    }
-
-    /// Whether a record goes to a Service ClusterIP.
-    pub fn to_service(&mut self, record: &FlowRecord) -> bool {
-        matches!(
-            self.attributor.party(record.dst, record.start),
-            Party::Service(_)
-        )
     }
 
     /// [`Analyzer::analyze`], handing each judged flow over with the index of its record; returns how many

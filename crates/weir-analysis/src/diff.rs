@@ -100,13 +100,7 @@ pub fn connectivity_diff(
     extra_ports: &[(Protocol, u16)],
 ) -> ConnectivityDiff {
     let cluster = after.cluster();
-    let pods: Vec<PodId> = (0..cluster.pods().len() as u32)
-        .map(PodId)
-        .filter(|&p| {
-            let pod = cluster.pod(p);
-            !pod.host_network && !pod.is_terminated()
-        })
-        .collect();
+    let pods: Vec<PodId> = cluster.running_pods().collect();
     let mut ports: BTreeSet<(Protocol, u16)> = extra_ports.iter().copied().collect();
     for &p in &pods {
         ports.extend(cluster.pod(p).ports.iter().map(|c| (c.protocol, c.port)));
@@ -183,10 +177,8 @@ pub fn observed_diff(
     records: Vec<FlowRecord>,
     cluster_ranges: &[Cidr],
 ) -> ObservedDiff {
-    let mut sorted = records;
-    sorted.sort_by_key(|r| r.sort_key());
-    let was = Analyzer::new(before, cluster_ranges).analyze(sorted.clone());
-    let now = Analyzer::new(after, cluster_ranges).analyze(sorted);
+    let was = Analyzer::new(before, cluster_ranges).analyze_sorted(records.clone());
+    let now = Analyzer::new(after, cluster_ranges).analyze_sorted(records);
     let mut broken = ReportBuilder::new(after);
     let mut newly_allowed = ReportBuilder::new(after);
     let mut broken_flows = Vec::new();

@@ -826,11 +826,8 @@ impl<'a> ReportBuilder<'a> {
         let mut selecting_observed = vec![false; set.policies().len()];
         let mut unselected: BTreeSet<&Workload> = BTreeSet::new();
         let mut pods_per_namespace: BTreeMap<&str, u64> = BTreeMap::new();
-        for (index, pod) in cluster.pods().iter().enumerate() {
-            if pod.host_network || pod.is_terminated() {
-                continue;
-            }
-            let id = weir_cluster::PodId(index as u32);
+        for id in cluster.running_pods() {
+            let (pod, index) = (cluster.pod(id), id.0 as usize);
             *pods_per_namespace
                 .entry(pod.namespace.as_str())
                 .or_default() += 1;

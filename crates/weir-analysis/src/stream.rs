@@ -73,22 +73,27 @@ impl<'a> AnalysisStream<'a> {
 
     /// Adds records that finished together (a flow table's sweep), ClusterIP flows first.
     pub fn push_batch(&mut self, records: Vec<FlowRecord>) {
+        // Each record is attributed once; ClusterIP flows are taken in before the others are placed.
         let mut rest = Vec::with_capacity(records.len());
         for record in records {
-            if self.analyzer.to_service(&record) {
-                self.push(record);
-            } else {
-                rest.push(record);
+            match self.analyzer.single(record, &self.endpoints) {
+                held @ Single::Held(_) => self.accept(held),
+                other => rest.push(other),
             }
         }
-        rest.into_iter().for_each(|r| self.push(r));
+        rest.into_iter().for_each(|single| self.accept(single));
     }
 
     /// Adds one record.
     pub fn push(&mut self, record: FlowRecord) {
+        let single = self.analyzer.single(record, &self.endpoints);
+        self.accept(single);
+    }
+
+    fn accept(&mut self, single: Single) {
         let arrival = self.arrived;
         self.arrived += 1;
-        match self.analyzer.single(record, &self.endpoints) {
+        match single {
             Single::Judged(flow) => {
                 self.report.add(&flow);
                 if let Some(kept) = &mut self.kept {

@@ -59,6 +59,28 @@ impl Batch {
         }
     }
 
+    /// Appends a copy of a packet held elsewhere (a live ring's block, a pnet buffer), growing the buffer when
+    /// it is full.
+    pub(crate) fn push_copy(&mut self, p: Packet<'_>) {
+        let start = self.filled;
+        let end = start + p.data.len();
+        if end > self.buf.len() {
+            let grown = end.max(self.buf.len() * 2);
+            self.buf.resize(grown, 0);
+        }
+        self.buf[start..end].copy_from_slice(p.data);
+        self.filled = end;
+        self.packets.push(PacketMeta {
+            offset: start,
+            caplen: p.data.len() as u32,
+            orig_len: p.orig_len,
+            ts: p.timestamp,
+            link: p.link,
+            interface: p.interface,
+            direction: p.direction,
+        });
+    }
+
     /// Number of packets.
     pub fn len(&self) -> usize {
         self.packets.len()

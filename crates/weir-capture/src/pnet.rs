@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pnet_datalink::{Channel, Config, DataLinkReceiver};
 use weir_model::{LinkType, Timestamp};
 
-use crate::batch::{Batch, PacketMeta};
+use crate::batch::{Batch, Packet};
 use crate::ring::{LiveError, interface_index};
 
 /// A pnet datalink receiver on one interface.
@@ -84,20 +84,11 @@ impl PnetSource {
                     let since = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .unwrap_or_default();
-                    let caplen = frame.len().min(self.snaplen);
-                    let start = batch.filled;
-                    if start + caplen > batch.buf.len() {
-                        let grown = (start + caplen).max(batch.buf.len() * 2);
-                        batch.buf.resize(grown, 0);
-                    }
-                    batch.buf[start..start + caplen].copy_from_slice(&frame[..caplen]);
-                    batch.filled += caplen;
-                    batch.packets.push(PacketMeta {
-                        offset: start,
-                        caplen: caplen as u32,
-                        orig_len: frame.len() as u32,
-                        ts: Timestamp(since.as_nanos().min(i64::MAX as u128) as i64),
+                    batch.push_copy(Packet {
+                        timestamp: Timestamp(since.as_nanos().min(i64::MAX as u128) as i64),
                         link: LinkType::ETHERNET,
+                        data: &frame[..frame.len().min(self.snaplen)],
+                        orig_len: frame.len() as u32,
                         interface: self.ifindex,
                         direction: None,
                     });

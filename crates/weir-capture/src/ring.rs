@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use weir_model::{Direction, LinkType, Timestamp};
 
-use crate::batch::{Batch, Packet, PacketMeta};
+use crate::batch::{Batch, Packet};
 
 /// `TPACKET_V3` from `enum tpacket_versions` (libc exposes it only as an enum).
 const TPACKET_V3: libc::c_int = 2;
@@ -355,39 +355,31 @@ impl RingSource {
     pub fn next_batch(&mut self, batch: &mut Batch, timeout: Duration) -> Result<usize, LiveError> {
         batch.packets.clear();
         batch.filled = 0;
-        if self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
-            let mut poll = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLERR,
-                revents: 0,
-            };
-            let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: `poll` is a valid pollfd array of length 1 for the duration of the call.
-            let rc = unsafe { libc::poll(&mut poll, 1, ms) };
-            if rc < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    return Ok(0);
-                }
-                return Err(LiveError::Io {
-                    interface: self.interface.clone(),
-                    what: "waiting for packets",
-                    source: err,
-                });
-            }
+        if !self.ready() {
+            wait_any(&[&*self], timeout)?;
         }
         // Take every block the kernel has handed over, up to what the batch holds.
         let mut taken = 0;
-        while self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
-            taken += self.drain_block(batch);
-            self.status(self.next_block)
-                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
-            self.next_block = (self.next_block + 1) % self.blocks;
+        while self.ready() {
+            taken += self.walk_block(&mut |p| batch.push_copy(p));
+            self.release_block();
             if batch.filled + self.block_size > batch.buf.len() {
                 break;
             }
         }
         Ok(taken)
+    }
+
+    /// Whether the kernel has handed the next block over.
+    fn ready(&self) -> bool {
+        self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
+    }
+
+    /// Gives the current block back to the kernel and moves to the next.
+    fn release_block(&mut self) {
+        self.status(self.next_block)
+            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.next_block = (self.next_block + 1) % self.blocks;
     }
 
     /// Waits up to `timeout` for packets and hands each one to `f` in place, in the ring, without copying;
@@ -397,15 +389,13 @@ impl RingSource {
         timeout: Duration,
         mut f: impl FnMut(Packet<'_>),
     ) -> Result<usize, LiveError> {
-        if self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+        if !self.ready() {
             wait_any(&[&*self], timeout)?;
         }
         let mut count = 0;
-        while self.status(self.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
+        while self.ready() {
             count += self.walk_block(&mut f);
-            self.status(self.next_block)
-                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
-            self.next_block = (self.next_block + 1) % self.blocks;
+            self.release_block();
         }
         Ok(count)
     }
@@ -454,66 +444,6 @@ impl RingSource {
         seen
     }
 
-    /// Copies the packets of the current block into `batch`.
-    fn drain_block(&self, batch: &mut Batch) -> usize {
-        let block = self.block(self.next_block);
-        // SAFETY (for the pointer arithmetic below): every offset is checked against the block size before it is
-        // dereferenced, so reads stay inside this block of the mapping.
-        let count = self.read_u32(block.wrapping_add(BLOCK_NUM_PKTS)) as usize;
-        let mut offset = self.read_u32(block.wrapping_add(BLOCK_FIRST_PKT)) as usize;
-        let mut added = 0;
-        for _ in 0..count {
-            if offset + TPACKET3_HDR_LEN + 12 > self.block_size {
-                break;
-            }
-            let packet = block.wrapping_add(offset);
-            let next = self.read_u32(packet) as usize;
-            let sec = self.read_u32(packet.wrapping_add(4));
-            let nsec = self.read_u32(packet.wrapping_add(8));
-            let caplen = self.read_u32(packet.wrapping_add(12)) as usize;
-            let len = self.read_u32(packet.wrapping_add(16));
-            let mac = usize::from(self.read_u16(packet.wrapping_add(24)));
-            // sll_pkttype is byte 10 of the sockaddr_ll that follows the header.
-            let pkttype = self.read_u8(packet.wrapping_add(TPACKET3_HDR_LEN + 10));
-            if offset + mac + caplen <= self.block_size {
-                let data_at = packet.wrapping_add(mac);
-                let start = batch.filled;
-                if start + caplen > batch.buf.len() {
-                    batch.buf.resize(start + caplen, 0);
-                }
-                // SAFETY: `data_at .. data_at + caplen` lies inside the handed-over block (checked above) and the
-                // destination range was just made to fit; the two do not overlap (the batch is process memory).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data_at,
-                        batch.buf.as_mut_ptr().add(start),
-                        caplen,
-                    );
-                }
-                batch.filled += caplen;
-                batch.packets.push(PacketMeta {
-                    offset: start,
-                    caplen: caplen as u32,
-                    orig_len: len,
-                    ts: Timestamp(i64::from(sec) * 1_000_000_000 + i64::from(nsec)),
-                    link: self.link,
-                    interface: self.ifindex,
-                    direction: Some(if pkttype == libc::PACKET_OUTGOING {
-                        Direction::ToPod
-                    } else {
-                        Direction::FromPod
-                    }),
-                });
-                added += 1;
-            }
-            if next == 0 {
-                break;
-            }
-            offset += next;
-        }
-        added
-    }
-
     /// The kernel's counters for this socket, summed since it was opened.
     pub fn kernel_stats(&mut self) -> KernelStats {
         // SAFETY: an all-zero `tpacket_stats_v3` is a valid value of this plain C struct.
@@ -541,10 +471,7 @@ impl RingSource {
 
 /// Waits until at least one of `rings` has packets, or `timeout` passes.
 pub fn wait_any(rings: &[&RingSource], timeout: Duration) -> Result<(), LiveError> {
-    if rings
-        .iter()
-        .any(|r| r.status(r.next_block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0)
-    {
+    if rings.iter().any(|r| r.ready()) {
         return Ok(());
     }
     let mut fds: Vec<libc::pollfd> = rings
@@ -562,7 +489,10 @@ pub fn wait_any(rings: &[&RingSource], timeout: Duration) -> Result<(), LiveErro
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(LiveError::Io {
-                interface: "(several)".to_owned(),
+                interface: match rings {
+                    [one] => one.interface.clone(),
+                    _ => "(several interfaces)".to_owned(),
+                },
                 what: "waiting for packets",
                 source: err,
             });

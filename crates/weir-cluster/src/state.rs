@@ -323,6 +323,16 @@ impl ClusterState {
         &self.pods
     }
 
+    /// The running pods with a network namespace of their own (not hostNetwork, not finished): the ones
+    /// NetworkPolicy governs.
+    pub fn running_pods(&self) -> impl Iterator<Item = PodId> + '_ {
+        self.pods
+            .iter()
+            .enumerate()
+            .filter(|(_, pod)| !pod.host_network && !pod.is_terminated())
+            .map(|(i, _)| PodId(i as u32))
+    }
+
     /// A pod by id.
     pub fn pod(&self, id: PodId) -> &Pod {
         &self.pods[id.0 as usize]

@@ -50,14 +50,13 @@ pub struct SuggestArgs {
 pub fn run(args: SuggestArgs) -> Result<ExitCode> {
     let set = snapshot::load(&args.cluster)?;
     let (records, inputs) = read_records(&args.captures, &args.flows, args.threads)?;
-    let mut sorted = records.clone();
-    sorted.sort_by_key(|r| r.sort_key());
-    let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze(sorted);
+    let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze_sorted(records.clone());
     let options = SuggestOptions {
         namespaces: args.namespaces.clone(),
         ipv4_prefix: args.ipv4_prefix,
         ipv6_prefix: args.ipv6_prefix,
         include_failed: args.include_failed,
+        cluster_ranges: args.cluster_cidr.clone(),
     };
     let suggestion = suggest(&set, &analysis.flows, &options);
     let proof = prove(&set, &suggestion, &records, &options)

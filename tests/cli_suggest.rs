@@ -130,3 +130,13 @@ fn the_demo_judged_against_the_suggestion() {
     assert!(intruder_denied >= 50, "{intruder_denied}");
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn the_proof_attributes_with_the_same_cluster_ranges() {
+    // 8.8.8.8 becomes an address of the cluster nobody held: no rule for it, and the proof must agree.
+    let (_, summary) = suggest(&["--cluster-cidr", "8.8.8.0/24"]);
+    assert!(
+        summary.contains("proof: the suggested policies alone allow all 83"),
+        "{summary}"
+    );
+}

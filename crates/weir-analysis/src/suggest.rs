@@ -49,6 +49,9 @@ pub struct SuggestOptions {
     pub ipv6_prefix: u8,
     /// Turn failed TCP attempts (refused or never answered) into rules too.
     pub include_failed: bool,
+    /// The cluster's address ranges besides the nodes' pod ranges, as the flows were attributed with (the
+    /// proof attributes them again).
+    pub cluster_ranges: Vec<Cidr>,
 }
 
 impl Default for SuggestOptions {
@@ -58,6 +61,7 @@ impl Default for SuggestOptions {
             ipv4_prefix: 32,
             ipv6_prefix: 128,
             include_failed: false,
+            cluster_ranges: Vec::new(),
         }
     }
 }
@@ -172,6 +176,20 @@ pub struct Uncovered {
     /// An end's workload has no selector that survives rollouts and tells it apart (see
     /// [`Suggestion::unsuggested`]).
     pub no_selector: u64,
+}
+
+impl Uncovered {
+    /// Counts a flow left out for `why`.
+    fn count(&mut self, why: &Coverage) {
+        match why {
+            Coverage::Failed => self.failed += 1,
+            Coverage::Icmp => self.icmp += 1,
+            Coverage::Unattributed => self.unattributed += 1,
+            Coverage::Unjudged => self.unjudged += 1,
+            Coverage::NoSelector => self.no_selector += 1,
+            Coverage::Covered | Coverage::OutOfScope => {}
+        }
+    }
 }
 
 /// What [`suggest`] found.
@@ -480,51 +498,31 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
         )
     };
 
+    // Workloads that get no policy, and why (once each, in order).
+    let mut unsuggested: BTreeMap<Workload, String> = BTreeMap::new();
     for flow in flows {
         match coverage(cluster, flow, options, &mut selectors) {
             Coverage::Covered => {}
             Coverage::NoSelector => {
-                suggestion.uncovered.no_selector += 1;
-                for pod in destination_pods(cluster, flow)
-                    .into_iter()
-                    .chain(match flow.source {
-                        Party::Pod(p) => Some(p),
-                        _ => None,
-                    })
-                {
+                suggestion.uncovered.count(&Coverage::NoSelector);
+                let source = match flow.source {
+                    Party::Pod(p) => Some(p),
+                    _ => None,
+                };
+                for pod in destination_pods(cluster, flow).into_iter().chain(source) {
                     let workload = &cluster.pod(pod).workload;
                     if let Err(why) = selectors.of(workload)
                         && options.in_scope(&workload.namespace)
-                        && !suggestion
-                            .unsuggested
-                            .iter()
-                            .any(|u| u.workload == *workload)
                     {
-                        suggestion.unsuggested.push(Unsuggested {
-                            workload: workload.clone(),
-                            why,
-                        });
+                        unsuggested.entry(workload.clone()).or_insert(why);
                     }
                 }
                 continue;
             }
-            Coverage::Failed => {
-                suggestion.uncovered.failed += 1;
+            other => {
+                suggestion.uncovered.count(&other);
                 continue;
             }
-            Coverage::Icmp => {
-                suggestion.uncovered.icmp += 1;
-                continue;
-            }
-            Coverage::Unattributed => {
-                suggestion.uncovered.unattributed += 1;
-                continue;
-            }
-            Coverage::Unjudged => {
-                suggestion.uncovered.unjudged += 1;
-                continue;
-            }
-            Coverage::OutOfScope => continue,
         }
         let record = &flow.record;
         let proto = record.proto;
@@ -668,13 +666,7 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
         let selector = match selectors.of(&workload) {
             Ok(s) => s,
             Err(why) => {
-                if !suggestion
-                    .unsuggested
-                    .iter()
-                    .any(|u| u.workload == workload)
-                {
-                    suggestion.unsuggested.push(Unsuggested { workload, why });
-                }
+                unsuggested.entry(workload).or_insert(why);
                 continue;
             }
         };
@@ -724,9 +716,10 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
             workload,
         });
     }
-    suggestion
-        .unsuggested
-        .sort_by(|a, b| a.workload.cmp(&b.workload));
+    suggestion.unsuggested = unsuggested
+        .into_iter()
+        .map(|(workload, why)| Unsuggested { workload, why })
+        .collect();
     suggestion
         .policies
         .sort_by(|a, b| (&a.workload.namespace, &a.name).cmp(&(&b.workload.namespace, &b.name)));
@@ -846,9 +839,7 @@ pub fn prove(
     let cluster = set.cluster();
     let state = cluster.with_policies(policy_objects(suggestion));
     let proven = PolicySet::new(Arc::new(state))?;
-    let mut sorted = records.to_vec();
-    sorted.sort_by_key(|r| r.sort_key());
-    let analysis = Analyzer::new(&proven, &[]).analyze(sorted);
+    let analysis = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records.to_vec());
     let mut proof = Proof::default();
     let mut observed: BTreeSet<(PodId, PodId, Protocol, u16)> = BTreeSet::new();
     let mut selectors = Selectors::new(cluster);
@@ -883,13 +874,7 @@ pub fn prove(
     }
 
     // Slack: pod pairs on the ports the observed flows used.
-    let pods: Vec<PodId> = (0..cluster.pods().len() as u32)
-        .map(PodId)
-        .filter(|&p| {
-            let pod = cluster.pod(p);
-            !pod.host_network && !pod.is_terminated()
-        })
-        .collect();
+    let pods: Vec<PodId> = cluster.running_pods().collect();
     let governed: Vec<bool> = pods
         .iter()
         .map(|&p| {

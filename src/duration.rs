@@ -16,9 +16,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
             ));
         }
     };
@@ -68,7 +69,8 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("7d").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("7w").is_err());
         assert!(parse_duration("s").is_err());
         let mut c = FlowConfig::default();
         assert!(apply_idle_timeouts(&mut c, "udp=5s,tcp=1m").is_ok());

@@ -1,5 +1,7 @@
 //! `weir`: Kubernetes network security from packets: flows, NetworkPolicy verdicts, alerts, policy synthesis.
 
+mod agent;
+mod aggregator;
 mod analyze;
 mod capture;
 mod diff;
@@ -12,6 +14,7 @@ mod reach;
 mod report;
 mod snapshot;
 mod suggest;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -42,6 +45,13 @@ enum Command {
     /// Compare the policies in force with observed traffic, or two policy sets with each other (exit code 3
     /// when observed flows would break).
     Diff(diff::DiffArgs),
+    /// Run on every node: capture pod traffic and stream flow records to the aggregator.
+    Agent(agent::AgentArgs),
+    /// Run once: take flows from agents, judge them against the cluster's policies as they arrive, raise
+    /// alerts, keep the baseline, serve the API and metrics.
+    Aggregator(aggregator::AggregatorArgs),
+    /// Tail the aggregator's alerts (or judged flows) as they happen.
+    Watch(watch::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,9 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain::run(args),
         Command::Suggest(args) => suggest::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Aggregator(args) => aggregator::run(args),
+        Command::Watch(args) => watch::run(args),
     };
     match result {
         Ok(code) => code,

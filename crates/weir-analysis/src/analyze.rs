@@ -143,6 +143,24 @@ impl<'a> Analyzer<'a> {
         }
     }
 
+    /// An analyzer that starts with the verdicts of an earlier one on the same policy set (the aggregator keeps
+    /// them between batches; a cache from another policy set gives wrong verdicts).
+    pub fn with_cache(
+        set: &'a PolicySet,
+        cluster_ranges: &[Cidr],
+        cache: VerdictCache,
+    ) -> Analyzer<'a> {
+        Analyzer {
+            cache,
+            ..Analyzer::new(set, cluster_ranges)
+        }
+    }
+
+    /// The verdicts learned, for [`Analyzer::with_cache`].
+    pub fn into_cache(self) -> VerdictCache {
+        self.cache
+    }
+
     /// Attributes and judges records. Pre- and post-DNAT records of one connection (same client address and
     /// port, the post-DNAT one going to a backend of the Service on its target port, at the same time) become
     /// one flow.

@@ -185,6 +185,30 @@ impl SnapshotLoader {
         Ok(())
     }
 
+    /// Adds one object (or List) given as a JSON value, as a watch delivers it; `source` names where it came
+    /// from in errors and in policy provenance (`watch:NetworkPolicy`).
+    pub fn add_value(&mut self, source: &str, value: Value) -> Result<(), LoadError> {
+        let path = Path::new(source);
+        let name: Arc<str> = Arc::from(source);
+        self.add_document(path, &name, 1, value)
+    }
+
+    /// Marks a pod as gone since `at` (deleted from the cluster): it keeps its addresses for flows from before
+    /// then, and gives them up after. Returns false when no such pod was added.
+    pub fn mark_deleted(&mut self, namespace: &str, name: &str, at: Timestamp) -> bool {
+        match self.pods.get_mut(&(namespace.to_owned(), name.to_owned())) {
+            Some((pod, _)) => {
+                if !pod.is_terminated() {
+                    // Ownership only distinguishes finished pods from running ones.
+                    pod.phase = "Failed".to_owned();
+                }
+                pod.finished = Some(pod.finished.map_or(at, |f| f.min(at)));
+                true
+            }
+            None => false,
+        }
+    }
+
     fn add_document(
         &mut self,
         path: &Path,

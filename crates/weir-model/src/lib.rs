@@ -7,13 +7,16 @@
 
 #![deny(missing_docs)]
 
+mod alert;
 mod cidr;
 mod community_id;
 mod flow;
+pub mod ingest;
 mod link;
 mod protocol;
 mod time;
 
+pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, Severity};
 pub use cidr::Cidr;
 pub use community_id::{community_id_v1, icmp_counterpart};
 pub use flow::{Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags};

@@ -1,0 +1,459 @@
+//! Streaming flow records to the aggregator: numbered batches in a bounded buffer, sent in order, kept until the
+//! aggregator acknowledges them as durable, sent again after a failure or an aggregator restart.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use weir_model::FlowRecord;
+use weir_model::ingest::{
+    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_OLDEST, HEADER_SEQ,
+    IngestReply,
+};
+
+/// A sealed batch: its number and its body (flow records as JSON lines).
+#[derive(Debug)]
+struct Sealed {
+    seq: u64,
+    records: u64,
+    body: bytes::Bytes,
+    sealed_at: Instant,
+}
+
+/// Records waiting to be sent, and sent but not yet durable at the aggregator.
+#[derive(Debug)]
+pub struct Buffer {
+    open: Vec<u8>,
+    open_records: u64,
+    open_since: Option<Instant>,
+    sealed: VecDeque<Sealed>,
+    bytes: usize,
+    next_seq: u64,
+    limit: usize,
+    batch_records: u64,
+}
+
+impl Buffer {
+    /// A buffer holding at most `limit` bytes of records; batches hold at most `batch_records`.
+    pub fn new(limit: usize, batch_records: u64) -> Buffer {
+        Buffer {
+            open: Vec::new(),
+            open_records: 0,
+            open_since: None,
+            sealed: VecDeque::new(),
+            bytes: 0,
+            next_seq: 1,
+            limit: limit.max(1 << 16),
+            batch_records: batch_records.max(1),
+        }
+    }
+
+    /// Adds records; returns how many older records were dropped to make room.
+    pub fn push(&mut self, records: &[FlowRecord]) -> u64 {
+        let mut dropped = 0;
+        for r in records {
+            let before = self.open.len();
+            r.write_json_line(&mut self.open);
+            self.bytes += self.open.len() - before;
+            self.open_records += 1;
+            self.open_since.get_or_insert_with(Instant::now);
+            if self.open_records >= self.batch_records {
+                self.seal();
+            }
+            // Over the limit: the oldest batches go first (the newest traffic matters most after an outage).
+            while self.bytes > self.limit {
+                match self.sealed.pop_front() {
+                    Some(old) => {
+                        self.bytes -= old.body.len();
+                        dropped += old.records;
+                    }
+                    None => break,
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Seals the open batch if it has records.
+    pub fn seal(&mut self) {
+        if self.open_records == 0 {
+            return;
+        }
+        let body = bytes::Bytes::from(std::mem::take(&mut self.open));
+        self.sealed.push_back(Sealed {
+            seq: self.next_seq,
+            records: self.open_records,
+            body,
+            sealed_at: Instant::now(),
+        });
+        self.next_seq += 1;
+        self.open_records = 0;
+        self.open_since = None;
+    }
+
+    /// Seals the open batch when it has waited `flush`.
+    pub fn seal_if_older(&mut self, flush: Duration) {
+        if self.open_since.is_some_and(|t| t.elapsed() >= flush) {
+            self.seal();
+        }
+    }
+
+    /// Forgets batches up to `acked`.
+    fn ack(&mut self, acked: u64) -> u64 {
+        let mut records = 0;
+        while self.sealed.front().is_some_and(|b| b.seq <= acked) {
+            if let Some(b) = self.sealed.pop_front() {
+                self.bytes -= b.body.len();
+                records += b.records;
+            }
+        }
+        records
+    }
+
+    /// The first batch after `after`: its number, body and records.
+    fn next_after(&self, after: u64) -> Option<(u64, bytes::Bytes, u64, Instant)> {
+        self.sealed
+            .iter()
+            .find(|b| b.seq > after)
+            .map(|b| (b.seq, b.body.clone(), b.records, b.sealed_at))
+    }
+
+    /// The oldest batch held (the next to be sealed when none is).
+    fn oldest(&self) -> u64 {
+        self.sealed.front().map_or(self.next_seq, |b| b.seq)
+    }
+
+    /// Records held (open and sealed).
+    pub fn records(&self) -> u64 {
+        self.open_records + self.sealed.iter().map(|b| b.records).sum::<u64>()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Where and how to send.
+#[derive(Clone, Debug)]
+pub struct ExportConfig {
+    /// The aggregator's base URL (`http://weir-aggregator:9480`).
+    pub aggregator: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// PEM file with the CA (or self-signed certificate) the aggregator's certificate must chain to; without
+    /// it, the system's roots.
+    pub ca_cert: Option<Vec<u8>>,
+    /// The node name.
+    pub node: String,
+    /// Seal a batch after this long even when it is not full.
+    pub flush: Duration,
+    /// Most records per batch.
+    pub batch_records: u64,
+    /// Most bytes held before the oldest batches are dropped.
+    pub buffer_bytes: usize,
+    /// Longest wait between attempts after failures.
+    pub max_backoff: Duration,
+}
+
+/// The exporter's counters, for `/metrics` and the aggregator.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    /// Batches sent (including resends).
+    pub requests: AtomicU64,
+    /// Failed requests (connection errors, timeouts, error statuses).
+    pub failures: AtomicU64,
+    /// Batches sent again (after a failure or a rewind).
+    pub resent_batches: AtomicU64,
+    /// Records acknowledged as durable.
+    pub acked_records: AtomicU64,
+    /// Records dropped because the buffer was full.
+    pub buffer_drops: AtomicU64,
+    /// Records held.
+    pub buffered_records: AtomicU64,
+    /// Bytes held.
+    pub buffered_bytes: AtomicU64,
+    /// Whether the last request succeeded.
+    pub connected: AtomicBool,
+    /// Seconds from sealing a batch to its acknowledgement, last batch, in microseconds.
+    pub last_ack_latency_us: AtomicU64,
+}
+
+/// The sending side: a client, the shared buffer, the cursor.
+pub struct Exporter {
+    config: ExportConfig,
+    client: reqwest::Client,
+    epoch: String,
+    /// The last batch the aggregator has applied (resends start after it).
+    sent: u64,
+    /// The last batch the aggregator holds durably.
+    acked: u64,
+    /// Set when the next batch after `sent` is a resend.
+    resending: bool,
+}
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The CA certificate could not be used.
+    #[error("the CA certificate: {0}")]
+    Certificate(String),
+    /// The HTTP client could not be built.
+    #[error("the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// A random agent run identifier, 16 hex digits.
+pub fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    let from_urandom = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if from_urandom.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        bytes = (nanos ^ (u64::from(std::process::id()) << 32)).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Installs the ring-based rustls crypto provider once per process (every TLS user in weir uses it).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl Exporter {
+    /// An exporter with a new epoch.
+    pub fn new(config: ExportConfig) -> Result<Exporter, ExportError> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(pem) = &config.ca_cert {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ExportError::Certificate(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ExportError::Certificate(
+                    "no certificate in the PEM file".into(),
+                ));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(Exporter {
+            client: builder.build()?,
+            config,
+            epoch: new_epoch(),
+            sent: 0,
+            acked: 0,
+            resending: false,
+        })
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn request(&self, counters: &AgentCounters, oldest: u64) -> reqwest::RequestBuilder {
+        let url = format!(
+            "{}/api/v1/ingest",
+            self.config.aggregator.trim_end_matches('/')
+        );
+        let mut req = self
+            .client
+            .post(url)
+            .header(HEADER_NODE, &self.config.node)
+            .header(HEADER_EPOCH, &self.epoch)
+            .header(HEADER_OLDEST, oldest.to_string())
+            .header(HEADER_COUNTERS, counters.to_header());
+        if let Some(token) = &self.config.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    /// Sends one request: the next batch if there is one, else a heartbeat. Returns whether more is waiting.
+    async fn step(
+        &mut self,
+        buffer: &Mutex<Buffer>,
+        counters: &AgentCounters,
+        stats: &ExportCounters,
+    ) -> Result<bool, String> {
+        let (next, oldest) = {
+            let b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+            (b.next_after(self.sent), b.oldest())
+        };
+        let mut req = self.request(counters, oldest);
+        let sending = next.as_ref().map(|(seq, _, _, sealed)| (*seq, *sealed));
+        if let Some((seq, body, _, _)) = next {
+            if self.resending {
+                stats.resent_batches.fetch_add(1, Ordering::Relaxed);
+            }
+            req = req
+                .header(HEADER_SEQ, seq.to_string())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(body);
+        }
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let response = req.send().await.map_err(|e| format!("{e}"))?;
+        let status = response.status();
+        if status != StatusCode::OK && status != StatusCode::CONFLICT {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{status}: {}", text.trim()));
+        }
+        let body = response.bytes().await.map_err(|e| format!("{e}"))?;
+        let reply: IngestReply =
+            serde_json::from_slice(&body).map_err(|e| format!("bad reply: {e}"))?;
+        match reply.expected {
+            // The aggregator wants an earlier batch (it restarted and lost what was not durable yet).
+            Some(expected) => {
+                self.sent = expected.saturating_sub(1);
+                self.resending = true;
+            }
+            None => {
+                if let Some((seq, _)) = sending {
+                    self.sent = seq;
+                }
+                self.sent = self.sent.max(reply.applied);
+            }
+        }
+        if reply.acked > self.acked {
+            self.acked = reply.acked;
+            let mut b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+            let records = b.ack(reply.acked);
+            stats.acked_records.fetch_add(records, Ordering::Relaxed);
+            if let Some((_, sealed)) = sending {
+                stats
+                    .last_ack_latency_us
+                    .store(sealed.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+        }
+        let b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+        if b.next_after(self.sent).is_none() {
+            self.resending = false;
+        }
+        Ok(b.next_after(self.sent).is_some())
+    }
+
+    /// Sends until `stop` is set and everything is acked (or `drain` runs out): batches as soon as they are
+    /// sealed, a heartbeat every second otherwise, with exponential backoff after failures.
+    pub async fn run(
+        mut self,
+        buffer: &Mutex<Buffer>,
+        counters: impl Fn() -> AgentCounters,
+        stats: &ExportCounters,
+        stop: &AtomicBool,
+        drain: Duration,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_heartbeat = Instant::now() - Duration::from_secs(10);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let has_batch = {
+                let Ok(mut b) = buffer.lock() else { return };
+                if stopping.is_some() {
+                    b.seal();
+                } else {
+                    b.seal_if_older(self.config.flush);
+                }
+                stats.buffered_records.store(b.records(), Ordering::Relaxed);
+                stats
+                    .buffered_bytes
+                    .store(b.bytes() as u64, Ordering::Relaxed);
+                b.next_after(self.sent).is_some()
+            };
+            if stop.load(Ordering::Relaxed) && stopping.is_none() {
+                stopping = Some(Instant::now());
+                continue;
+            }
+            if let Some(since) = stopping {
+                let all_acked = buffer
+                    .lock()
+                    .map(|b| b.records() == 0 || since.elapsed() >= drain)
+                    .unwrap_or(true);
+                if all_acked {
+                    return;
+                }
+            }
+            let unacked = buffer.lock().map(|b| b.records() > 0).unwrap_or(false);
+            let heartbeat_due = last_heartbeat.elapsed() >= Duration::from_secs(1)
+                || (unacked && last_heartbeat.elapsed() >= Duration::from_millis(250));
+            if !has_batch && !heartbeat_due {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            last_heartbeat = Instant::now();
+            match self.step(buffer, &counters(), stats).await {
+                Ok(_) => {
+                    stats.connected.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if stats.connected.swap(false, Ordering::Relaxed) {
+                        eprintln!("weir agent: the aggregator is unreachable ({e}); buffering");
+                    }
+                    // Everything not acked is sent again: the aggregator ignores what it already applied.
+                    self.sent = self.acked;
+                    self.resending = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buffer;
+    use weir_model::{FlowRecord, Protocol, Timestamp};
+
+    fn record(port: u16) -> FlowRecord {
+        FlowRecord {
+            src: [10, 0, 0, 1].into(),
+            src_port: Some(port),
+            dst: [10, 0, 0, 2].into(),
+            dst_port: Some(80),
+            proto: Protocol::TCP,
+            icmp_type: None,
+            icmp_code: None,
+            icmp_id: None,
+            packets: 1,
+            bytes: 60,
+            reply_packets: 0,
+            reply_bytes: 0,
+            start: Timestamp(0),
+            end: Timestamp(0),
+            tcp_flags: Default::default(),
+            reply_tcp_flags: Default::default(),
+            orientation: Default::default(),
+            end_reason: Default::default(),
+            community_id: String::new(),
+            observed_at: None,
+        }
+    }
+
+    #[test]
+    fn batches_are_numbered_acked_and_the_oldest_dropped_when_full() {
+        let mut b = Buffer::new(1 << 16, 10);
+        let records: Vec<FlowRecord> = (0..25).map(record).collect();
+        assert_eq!(b.push(&records), 0);
+        b.seal();
+        assert_eq!(b.oldest(), 1);
+        assert_eq!(b.next_after(0).map(|n| (n.0, n.2)), Some((1, 10)));
+        assert_eq!(b.next_after(2).map(|n| (n.0, n.2)), Some((3, 5)));
+        assert_eq!(b.ack(2), 20);
+        assert_eq!(b.records(), 5);
+        // Fill past the limit: whole old batches go, and are counted.
+        let many: Vec<FlowRecord> = (0..2000).map(|i| record(i as u16)).collect();
+        let dropped = b.push(&many);
+        assert!(dropped > 0);
+        assert_eq!(b.records() + dropped, 2005);
+        assert!(b.bytes() <= 1 << 16);
+    }
+}

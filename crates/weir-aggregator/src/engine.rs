@@ -1,0 +1,1120 @@
+//! The aggregator's judging core, without I/O: batches of flow records in; judged flows, workload edges, the
+//! baseline, the join of a connection's views from both ends, and alerts out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use weir_analysis::{Analyzer, JudgedFlow, Party, direction_views, verdict_name};
+use weir_model::{
+    Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, FlowRecord, Protocol,
+    TcpFlags, Timestamp,
+};
+use weir_policy::{PolicySet, VerdictCache};
+
+/// Settings of the judging core.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Address ranges of the cluster beyond the nodes' pod ranges (ownerless addresses there are unknown pods).
+    pub cluster_ranges: Vec<Cidr>,
+    /// How long the baseline is learned, from the first start of the aggregator on its data directory.
+    pub learn: Duration,
+    /// Least time between two deliveries of the same alert (its count goes on meanwhile).
+    pub alert_repeat: Duration,
+    /// The window a scan is counted in.
+    pub scan_window: Duration,
+    /// Distinct destinations (address and port), mostly unanswered, that make a scan.
+    pub scan_min_targets: u64,
+    /// Denied attempts from one source in the window that make a scan.
+    pub scan_min_denied: u64,
+    /// Judged flows kept for the API.
+    pub recent_flows: usize,
+    /// How long to wait for the other end's view of a connection.
+    pub join_window: Duration,
+    /// Most connections waiting for their other view.
+    pub max_joins: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cluster_ranges: Vec::new(),
+            learn: Duration::from_secs(3600),
+            alert_repeat: Duration::from_secs(30),
+            scan_window: Duration::from_secs(10),
+            scan_min_targets: 20,
+            scan_min_denied: 20,
+            recent_flows: 100_000,
+            join_window: Duration::from_secs(15),
+            max_joins: 2_000_000,
+        }
+    }
+}
+
+/// One end of an edge: a workload, a node, a Service, or an address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointKey {
+    /// `pod` (a workload's pods), `node`, `service`, `external` or `unknown`.
+    pub kind: Arc<str>,
+    /// Namespace, for workloads and Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Arc<str>>,
+    /// `Deployment/frontend`, the node or Service name, or the address.
+    pub name: Arc<str>,
+}
+
+impl EndpointKey {
+    /// `namespace/name`, or the name.
+    pub fn label(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.to_string(),
+        }
+    }
+
+    /// Whether the endpoint is inside the cluster (lateral traffic is between such endpoints).
+    pub fn in_cluster(&self) -> bool {
+        &*self.kind != "external"
+    }
+
+    fn alert_endpoint(&self, pod: Option<&str>, ip: Option<IpAddr>) -> AlertEndpoint {
+        AlertEndpoint {
+            kind: self.kind.to_string(),
+            namespace: self.namespace.as_deref().map(str::to_owned),
+            name: self.name.to_string(),
+            pod: pod.map(str::to_owned),
+            ip,
+        }
+    }
+}
+
+/// An edge: traffic from one endpoint to another on one protocol and port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EdgeKey {
+    /// Source.
+    pub src: EndpointKey,
+    /// Destination (the backend workload for Service traffic).
+    pub dst: EndpointKey,
+    /// Protocol name.
+    pub proto: Protocol,
+    /// Destination port as policy judges it (after DNAT); none for ICMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// What is known of an edge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStats {
+    /// The edge.
+    pub key: EdgeKey,
+    /// Connections (a connection reported from both ends counts once).
+    pub flows: u64,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// Bytes, both directions.
+    pub bytes: u64,
+    /// Connections the policies allowed.
+    pub allowed: u64,
+    /// Connections the policies denied.
+    pub denied: u64,
+    /// Connections whose verdict was mixed or unknown.
+    pub other: u64,
+    /// The last verdict: `allowed`, `denied`, `mixed`, `unknown`.
+    pub verdict: String,
+    /// Allowed only because an end is not isolated.
+    pub not_isolated: bool,
+    /// The deciding policies of the last verdict (`egress ns/name`, `ingress ns/name`).
+    pub policies: Vec<String>,
+    /// Services the traffic went through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// Nodes that reported it.
+    pub nodes: BTreeSet<String>,
+    /// Connections seen arriving at the destination (or answered by it).
+    pub delivered: u64,
+    /// Connections that left the source but were never seen at the destination, whose node reports too.
+    pub dropped_in_transit: u64,
+    /// Denied connections that were delivered: the CNI did not enforce the policy.
+    pub enforcement_gaps: u64,
+    /// First flow start.
+    pub first_seen: Timestamp,
+    /// Last flow end.
+    pub last_seen: Timestamp,
+    /// Seen while the baseline was learned.
+    pub baseline: bool,
+    /// The latest record, kept to re-judge the edge (suggest, diff) against the cluster as it is now.
+    pub sample: FlowRecord,
+}
+
+/// A judged flow as kept for the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredFlow {
+    /// The record.
+    #[serde(flatten)]
+    pub record: FlowRecord,
+    /// The source pod (`namespace/name`), when a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_pod: Option<String>,
+    /// The destination pod, when a pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_pod: Option<String>,
+    /// The Service it went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Source endpoint.
+    pub source: EndpointKey,
+    /// Destination endpoint.
+    pub destination: EndpointKey,
+    /// Port as judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `allowed`, `denied`, `mixed`, `unknown`.
+    pub verdict: String,
+    /// The deciding policies.
+    pub policies: Vec<String>,
+    /// Which end reported it: `source`, `destination`.
+    pub reported_by: String,
+}
+
+/// What an applied batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Records in the batch.
+    pub records: u64,
+    /// Connections counted for the first time.
+    pub connections: u64,
+    /// Records that were the other end's view of a connection already counted.
+    pub joined_views: u64,
+    /// Post-DNAT records folded into their Service flow.
+    pub dnat_joined: u64,
+}
+
+/// Running totals, for metrics and status (kept across restarts).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Records applied.
+    pub records: u64,
+    /// Connections counted.
+    pub connections: u64,
+    /// By verdict (`allowed`, `denied`, `mixed`, `unknown`).
+    pub verdicts: BTreeMap<String, u64>,
+    /// Records joined with the other end's view.
+    pub joined_views: u64,
+    /// Post-DNAT records folded into their Service flow.
+    pub dnat_joined: u64,
+    /// Connections seen delivered.
+    pub delivered: u64,
+    /// Connections dropped between the nodes.
+    pub dropped_in_transit: u64,
+    /// Denied connections that were delivered.
+    pub enforcement_gaps: u64,
+    /// Connections dropped from the join table because it was full (not joined).
+    pub join_evictions: u64,
+    /// Alerts raised, by type.
+    pub alerts: BTreeMap<String, u64>,
+    /// Alert deliveries (first raise and rate-limited updates).
+    pub alert_deliveries: u64,
+    /// Policy set changes applied.
+    pub policy_updates: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct JoinKey {
+    proto: Protocol,
+    src: IpAddr,
+    port: u16,
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    start: Timestamp,
+    last_end: Timestamp,
+    dst: IpAddr,
+    edge: usize,
+    /// Which end counted it (its records carry the volume).
+    primary: Side,
+    seen_source: bool,
+    seen_destination: bool,
+    delivered: bool,
+    denied: bool,
+    gap_raised: bool,
+    /// Whether a view from the destination's node can be expected.
+    destination_watched: bool,
+    expires: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+#[derive(Debug, Default)]
+struct ScanWindow {
+    start: i64,
+    targets: HashSet<(IpAddr, u16)>,
+    ports: BTreeSet<u16>,
+    flows: u64,
+    failed: u64,
+    denied: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+struct AlertEntry {
+    alert: Alert,
+    delivered_at: i64,
+    pending: bool,
+}
+
+/// Most targets remembered per scan window (the count goes on).
+const SCAN_TARGET_CAP: usize = 4096;
+/// How far apart two views of one connection may start.
+const VIEW_SLACK_NS: i64 = 2_000_000_000;
+
+/// The judging core.
+pub struct Engine {
+    config: EngineConfig,
+    set: Arc<PolicySet>,
+    cache: Option<VerdictCache>,
+    /// `namespace/name` of pods by id, for the current policy set.
+    pod_names: Vec<Option<Arc<str>>>,
+    edges: Vec<EdgeStats>,
+    edge_index: HashMap<EdgeKey, usize>,
+    dirty_edges: BTreeSet<usize>,
+    learning_started: Timestamp,
+    joins: HashMap<JoinKey, Vec<Conn>>,
+    join_count: usize,
+    expiry: VecDeque<(i64, JoinKey)>,
+    scans: HashMap<IpAddr, ScanWindow>,
+    alerts: HashMap<String, AlertEntry>,
+    dirty_alerts: BTreeSet<String>,
+    deliveries: Vec<Alert>,
+    recent: VecDeque<StoredFlow>,
+    /// Flows added to `recent` since the last checkpoint.
+    unsaved_flows: usize,
+    /// Nodes with an agent reporting (a connection to a pod there can be expected to show up at both ends).
+    watched_nodes: HashSet<String>,
+    totals: Totals,
+}
+
+fn ns_of(t: Duration) -> i64 {
+    i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Whether the destination took the connection: it answered (for TCP: a SYN-ACK).
+fn answered(r: &FlowRecord) -> bool {
+    if r.reply_packets == 0 {
+        return false;
+    }
+    if r.proto == Protocol::TCP {
+        // A RST alone is what a REJECT rule (or a closed port) sends back.
+        return r.reply_tcp_flags.contains(TcpFlags::SYN | TcpFlags::ACK)
+            || r.reply_tcp_flags.contains(TcpFlags::PSH);
+    }
+    true
+}
+
+impl Engine {
+    /// An engine judging against `set`, learning its baseline from `learning_started` on.
+    pub fn new(config: EngineConfig, set: Arc<PolicySet>, learning_started: Timestamp) -> Engine {
+        let mut engine = Engine {
+            config,
+            set: Arc::clone(&set),
+            cache: None,
+            pod_names: Vec::new(),
+            edges: Vec::new(),
+            edge_index: HashMap::new(),
+            dirty_edges: BTreeSet::new(),
+            learning_started,
+            joins: HashMap::new(),
+            join_count: 0,
+            expiry: VecDeque::new(),
+            scans: HashMap::new(),
+            alerts: HashMap::new(),
+            dirty_alerts: BTreeSet::new(),
+            deliveries: Vec::new(),
+            recent: VecDeque::new(),
+            unsaved_flows: 0,
+            watched_nodes: HashSet::new(),
+            totals: Totals::default(),
+        };
+        engine.set_policy(set);
+        engine.totals.policy_updates = 0;
+        engine
+    }
+
+    /// Judges later flows against a new policy set (the cluster changed).
+    pub fn set_policy(&mut self, set: Arc<PolicySet>) {
+        self.pod_names = set
+            .cluster()
+            .pods()
+            .iter()
+            .map(|p| Some(Arc::from(p.key())))
+            .collect();
+        self.set = set;
+        self.cache = None;
+        self.totals.policy_updates += 1;
+    }
+
+    /// The policy set in force.
+    pub fn policy_set(&self) -> &Arc<PolicySet> {
+        &self.set
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// When the baseline started to be learned.
+    pub fn learning_started(&self) -> Timestamp {
+        self.learning_started
+    }
+
+    /// When learning ends.
+    pub fn learning_ends(&self) -> Timestamp {
+        Timestamp(
+            self.learning_started
+                .0
+                .saturating_add(ns_of(self.config.learn)),
+        )
+    }
+
+    /// Notes that a node's agent reports: connections to pods there are expected to show up at both ends.
+    pub fn watch_node(&mut self, node: &str) {
+        if !self.watched_nodes.contains(node) {
+            self.watched_nodes.insert(node.to_owned());
+        }
+    }
+
+    /// Totals.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Every edge.
+    pub fn edges(&self) -> &[EdgeStats] {
+        &self.edges
+    }
+
+    /// Every alert.
+    pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.values().map(|e| &e.alert)
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: &str) -> Option<&Alert> {
+        self.alerts.get(id).map(|e| &e.alert)
+    }
+
+    /// Recent judged flows, oldest first.
+    pub fn recent(&self) -> &VecDeque<StoredFlow> {
+        &self.recent
+    }
+
+    /// Alerts raised or updated since the last call, to deliver.
+    pub fn take_deliveries(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.deliveries)
+    }
+
+    /// Connections waiting for their other view.
+    pub fn pending_joins(&self) -> usize {
+        self.join_count
+    }
+
+    /// Restores persisted state (at start, before any batch).
+    pub fn restore(
+        &mut self,
+        edges: Vec<EdgeStats>,
+        alerts: Vec<Alert>,
+        flows: Vec<StoredFlow>,
+        totals: Option<Totals>,
+        now: Timestamp,
+    ) {
+        if let Some(t) = totals {
+            self.totals = t;
+        }
+        for e in edges {
+            self.edge_index.insert(e.key.clone(), self.edges.len());
+            self.edges.push(e);
+        }
+        for a in alerts {
+            self.alerts.insert(
+                a.id.clone(),
+                AlertEntry {
+                    delivered_at: now.0,
+                    pending: false,
+                    alert: a,
+                },
+            );
+        }
+        let keep = flows.len().saturating_sub(self.config.recent_flows);
+        self.recent = flows.into_iter().skip(keep).collect();
+    }
+
+    /// Marks every edge and alert changed (a checkpoint failed: write them all next time).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty_edges = (0..self.edges.len()).collect();
+        self.dirty_alerts = self.alerts.keys().cloned().collect();
+    }
+
+    /// What changed since the last checkpoint: edges, alerts and new recent flows. Marks them saved.
+    pub fn take_changes(&mut self) -> (Vec<EdgeStats>, Vec<Alert>, Vec<StoredFlow>) {
+        let edges = std::mem::take(&mut self.dirty_edges)
+            .into_iter()
+            .map(|i| self.edges[i].clone())
+            .collect();
+        let alerts = std::mem::take(&mut self.dirty_alerts)
+            .into_iter()
+            .filter_map(|id| self.alerts.get(&id).map(|e| e.alert.clone()))
+            .collect();
+        let n = self.unsaved_flows.min(self.recent.len());
+        let flows = self
+            .recent
+            .iter()
+            .skip(self.recent.len() - n)
+            .cloned()
+            .collect();
+        self.unsaved_flows = 0;
+        (edges, alerts, flows)
+    }
+
+    fn endpoint(&self, party: Party, ip: IpAddr) -> EndpointKey {
+        let cluster = self.set.cluster();
+        let make = |kind: &str, namespace: Option<&str>, name: String| EndpointKey {
+            kind: Arc::from(kind),
+            namespace: namespace.map(Arc::from),
+            name: Arc::from(name),
+        };
+        match party {
+            Party::Pod(id) => {
+                let w = &cluster.pod(id).workload;
+                make("pod", Some(&w.namespace), format!("{}/{}", w.kind, w.name))
+            }
+            Party::Node(id) => make("node", None, cluster.node(id).name.clone()),
+            Party::Backends(id) => match cluster.backend_workload(id) {
+                Some(w) => make("pod", Some(&w.namespace), format!("{}/{}", w.kind, w.name)),
+                None => {
+                    let s = cluster.service(id);
+                    make("service", Some(&s.namespace), s.name.clone())
+                }
+            },
+            Party::Service(id) => {
+                let s = cluster.service(id);
+                make("service", Some(&s.namespace), s.name.clone())
+            }
+            Party::External => make("external", None, ip.to_string()),
+            Party::Unknown => make("unknown", None, ip.to_string()),
+        }
+    }
+
+    fn pod_name(&self, party: Party) -> Option<Arc<str>> {
+        match party {
+            Party::Pod(id) => self.pod_names.get(id.0 as usize).cloned().flatten(),
+            _ => None,
+        }
+    }
+
+    fn node_of(&self, party: Party) -> Option<String> {
+        let cluster = self.set.cluster();
+        match party {
+            Party::Pod(id) => cluster.pod(id).node_name.clone(),
+            Party::Node(id) => Some(cluster.node(id).name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Attributes, judges and counts a batch of records reported at `now` (wall clock).
+    pub fn apply(&mut self, records: Vec<FlowRecord>, now: Timestamp) -> Applied {
+        let mut applied = Applied {
+            records: records.len() as u64,
+            ..Applied::default()
+        };
+        let set = Arc::clone(&self.set);
+        let mut analyzer = Analyzer::with_cache(
+            &set,
+            &self.config.cluster_ranges,
+            self.cache.take().unwrap_or_default(),
+        );
+        let analysis = analyzer.analyze_sorted(records);
+        self.cache = Some(analyzer.into_cache());
+        applied.dnat_joined = analysis.dnat_joined;
+        self.totals.records += applied.records;
+        self.totals.dnat_joined += analysis.dnat_joined;
+        for flow in &analysis.flows {
+            match self.observe(&set, flow, now) {
+                true => applied.connections += 1,
+                false => applied.joined_views += 1,
+            }
+        }
+        self.expire(now);
+        applied
+    }
+
+    /// Counts one judged flow; returns whether it was a connection not counted before.
+    fn observe(&mut self, set: &PolicySet, flow: &JudgedFlow, now: Timestamp) -> bool {
+        let r = &flow.record;
+        let src = self.endpoint(flow.source, r.src);
+        let dst_ip = flow.destination_ip();
+        let dst = self.endpoint(flow.destination, dst_ip);
+        let port = if r.proto.is_icmp() {
+            None
+        } else {
+            flow.judged_port()
+        };
+        let verdict = verdict_name(&flow.judgement);
+        let denied = verdict == "denied";
+        let (egress, ingress) = direction_views(set, &flow.judgement);
+        let not_isolated = verdict == "allowed"
+            && (egress.verdict == "not-isolated" || ingress.verdict == "not-isolated")
+            && matches!(flow.source, Party::Pod(_))
+            && matches!(flow.destination, Party::Pod(_) | Party::Backends(_));
+        let mut policies: Vec<String> = Vec::new();
+        for (dir, view) in [("egress", &egress), ("ingress", &ingress)] {
+            for p in &view.policies {
+                policies.push(format!("{dir} {p}"));
+            }
+        }
+        let service = flow.service.map(|s| set.cluster().service(s.service).key());
+        let side = match r.observed_at.as_ref().map(|o| o.direction) {
+            Some(Direction::ToPod) => Side::Destination,
+            _ => Side::Source,
+        };
+        let key = EdgeKey {
+            src: src.clone(),
+            dst: dst.clone(),
+            proto: r.proto,
+            port,
+        };
+        let edge = match self.edge_index.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.edges.len();
+                let baseline = now < self.learning_ends();
+                self.edges.push(EdgeStats {
+                    key: key.clone(),
+                    flows: 0,
+                    packets: 0,
+                    bytes: 0,
+                    allowed: 0,
+                    denied: 0,
+                    other: 0,
+                    verdict: verdict.to_owned(),
+                    not_isolated,
+                    policies: policies.clone(),
+                    services: Vec::new(),
+                    nodes: BTreeSet::new(),
+                    delivered: 0,
+                    dropped_in_transit: 0,
+                    enforcement_gaps: 0,
+                    first_seen: r.start,
+                    last_seen: r.end,
+                    baseline,
+                    sample: r.clone(),
+                });
+                self.edge_index.insert(key, i);
+                i
+            }
+        };
+        self.dirty_edges.insert(edge);
+
+        // One connection, two views: find the other end's report of it.
+        let join_key = JoinKey {
+            proto: r.proto,
+            src: r.src,
+            port: r.src_port.or(r.icmp_id).unwrap_or(0),
+        };
+        let destination_node = self.node_of(flow.destination);
+        let destination_watched = matches!(flow.destination, Party::Pod(_))
+            && destination_node
+                .as_deref()
+                .is_some_and(|n| self.watched_nodes.contains(n));
+        let expires = now.0.saturating_add(ns_of(self.config.join_window));
+        let mut is_new = true;
+        let mut counts_volume = true;
+        let conns = self.joins.entry(join_key).or_default();
+        let found = conns.iter_mut().find(|c| {
+            (c.dst == dst_ip || c.dst == r.dst)
+                && r.start.0 >= c.start.0 - VIEW_SLACK_NS
+                && r.start.0 <= c.last_end.0 + VIEW_SLACK_NS
+        });
+        let conn: &mut Conn = match found {
+            Some(c) => {
+                is_new = false;
+                counts_volume = c.primary == side;
+                c.last_end = c.last_end.max(r.end);
+                c.expires = expires;
+                c
+            }
+            None => {
+                conns.push(Conn {
+                    start: r.start,
+                    last_end: r.end,
+                    dst: dst_ip,
+                    edge,
+                    primary: side,
+                    seen_source: false,
+                    seen_destination: false,
+                    delivered: false,
+                    denied,
+                    gap_raised: false,
+                    destination_watched,
+                    expires,
+                });
+                self.join_count += 1;
+                self.expiry.push_back((expires, join_key));
+                match conns.last_mut() {
+                    Some(c) => c,
+                    None => return true,
+                }
+            }
+        };
+        match side {
+            Side::Source => conn.seen_source = true,
+            Side::Destination => conn.seen_destination = true,
+        }
+        let newly_delivered = !conn.delivered && (side == Side::Destination || answered(r));
+        if newly_delivered {
+            conn.delivered = true;
+        }
+        let gap = newly_delivered && conn.denied && !conn.gap_raised;
+        if gap {
+            conn.gap_raised = true;
+        }
+
+        let e = &mut self.edges[edge];
+        if let Some(o) = &r.observed_at
+            && !e.nodes.contains(&o.node)
+        {
+            e.nodes.insert(o.node.clone());
+        }
+        if counts_volume {
+            e.packets += r.total_packets();
+            e.bytes += r.total_bytes();
+            e.first_seen = e.first_seen.min(r.start);
+            e.last_seen = e.last_seen.max(r.end);
+            e.sample = r.clone();
+        }
+        if newly_delivered {
+            e.delivered += 1;
+            self.totals.delivered += 1;
+        }
+        if gap {
+            e.enforcement_gaps += 1;
+            self.totals.enforcement_gaps += 1;
+        }
+        if is_new {
+            e.flows += 1;
+            match verdict {
+                "allowed" => e.allowed += 1,
+                "denied" => e.denied += 1,
+                _ => e.other += 1,
+            }
+            e.verdict = verdict.to_owned();
+            e.not_isolated = not_isolated;
+            if e.policies != policies {
+                e.policies = policies.clone();
+            }
+            if let Some(s) = &service
+                && !e.services.contains(s)
+            {
+                e.services.push(s.clone());
+            }
+            self.totals.connections += 1;
+            *self.totals.verdicts.entry(verdict.to_owned()).or_default() += 1;
+        } else {
+            self.totals.joined_views += 1;
+        }
+        let baseline = e.baseline;
+
+        let src_pod = self.pod_name(flow.source);
+        let dst_pod = self.pod_name(flow.destination);
+        let reason = format!(
+            "egress {}{}; ingress {}{}",
+            egress.verdict,
+            bracket(&egress.policies),
+            ingress.verdict,
+            bracket(&ingress.policies)
+        );
+        let ctx = AlertContext {
+            src: &src,
+            dst: &dst,
+            src_pod: src_pod.as_deref(),
+            dst_pod: dst_pod.as_deref(),
+            record: r,
+            port,
+            policies: &policies,
+            reason: &reason,
+            denied,
+            now,
+        };
+        let scanning = is_new && self.count_scan(&ctx);
+        // A scanning source's denied attempts count into its scan alert, not into one alert per target.
+        if is_new && denied && !scanning {
+            self.raise_edge_alert(AlertKind::PolicyViolation, &ctx);
+        }
+        if gap {
+            self.raise_edge_alert(AlertKind::EnforcementGap, &ctx);
+        }
+        if is_new && verdict == "allowed" && !baseline && src.in_cluster() && dst.in_cluster() {
+            self.raise_edge_alert(AlertKind::NewEdge, &ctx);
+        }
+
+        self.recent.push_back(StoredFlow {
+            record: r.clone(),
+            src_pod: src_pod.map(|p| p.to_string()),
+            dst_pod: dst_pod.map(|p| p.to_string()),
+            service,
+            source: src,
+            destination: dst,
+            port,
+            verdict: verdict.to_owned(),
+            policies,
+            reported_by: match side {
+                Side::Source => "source".into(),
+                Side::Destination => "destination".into(),
+            },
+        });
+        self.unsaved_flows += 1;
+        while self.recent.len() > self.config.recent_flows {
+            self.recent.pop_front();
+        }
+        is_new
+    }
+
+    /// Counts a new connection into its source's scan window; true while the source is scanning.
+    fn count_scan(&mut self, ctx: &AlertContext<'_>) -> bool {
+        let r = ctx.record;
+        let window = ns_of(self.config.scan_window);
+        let w = self.scans.entry(r.src).or_default();
+        if r.start.0 - w.start > window || r.start.0 < w.start {
+            *w = ScanWindow {
+                start: r.start.0,
+                ..ScanWindow::default()
+            };
+        }
+        let target_port = r.dst_port.or(r.icmp_type.map(u16::from)).unwrap_or(0);
+        if w.targets.len() < SCAN_TARGET_CAP {
+            w.targets.insert((r.dst, target_port));
+        }
+        if w.ports.len() < 20 || w.ports.iter().next_back().is_some_and(|&p| p > target_port) {
+            w.ports.insert(target_port);
+            while w.ports.len() > 20 {
+                w.ports.pop_last();
+            }
+        }
+        w.flows += 1;
+        if !answered(r) {
+            w.failed += 1;
+        }
+        if ctx.denied {
+            w.denied += 1;
+        }
+        w.packets += r.total_packets();
+        w.bytes += r.total_bytes();
+        let targets = w.targets.len() as u64;
+        let fanout = targets >= self.config.scan_min_targets && w.failed * 2 >= w.flows;
+        let hammering = w.denied >= self.config.scan_min_denied;
+        if !(fanout || hammering) {
+            return false;
+        }
+        let evidence = AlertEvidence {
+            flows: w.flows,
+            packets: w.packets,
+            bytes: w.bytes,
+            denied: w.denied,
+            targets,
+            ports: w.ports.iter().copied().collect(),
+            community_id: r.community_id.clone(),
+            last_flow: tuple(r),
+            observed_at: r.observed_at.iter().cloned().collect(),
+            reason: format!(
+                "{} distinct destinations, {} of {} attempts unanswered, {} denied, within {} s",
+                targets,
+                w.failed,
+                w.flows,
+                w.denied,
+                self.config.scan_window.as_secs()
+            ),
+        };
+        let window_flows = w.flows;
+        let id = alert_id(AlertKind::Scan, &[&ctx.src.label()]);
+        let now = ctx.now;
+        let summary = format!(
+            "{} is scanning: {} destinations, {} ports, {} denied",
+            ctx.src.label(),
+            targets,
+            evidence.ports.len(),
+            evidence.denied
+        );
+        match self.alerts.get_mut(&id) {
+            Some(entry) => {
+                let a = &mut entry.alert;
+                // The count goes on over windows; the evidence is the current window's.
+                a.count += 1;
+                a.last_seen = a.last_seen.max(r.end);
+                a.summary = summary;
+                a.evidence = evidence;
+                a.updated_at = now;
+                entry.pending = true;
+                self.dirty_alerts.insert(id);
+            }
+            None => {
+                let alert = Alert {
+                    id: id.clone(),
+                    kind: AlertKind::Scan,
+                    severity: AlertKind::Scan.severity(),
+                    summary,
+                    source: ctx.src.alert_endpoint(ctx.src_pod, Some(r.src)),
+                    destination: None,
+                    proto: r.proto.name().map(str::to_owned),
+                    port: None,
+                    policies: Vec::new(),
+                    evidence,
+                    first_seen: r.start,
+                    last_seen: r.end,
+                    count: window_flows,
+                    raised_at: now,
+                    updated_at: now,
+                };
+                self.new_alert(alert);
+            }
+        }
+        self.deliver_due(now);
+        true
+    }
+
+    fn raise_edge_alert(&mut self, kind: AlertKind, ctx: &AlertContext<'_>) {
+        let r = ctx.record;
+        let port_text = match ctx.port {
+            Some(p) => format!("{}/{p}", r.proto),
+            None => r.proto.to_string(),
+        };
+        // Violations are one alert per pair of endpoints (a probe of many ports is one alert listing them);
+        // gaps and new edges are per port.
+        let id = match kind {
+            AlertKind::PolicyViolation => alert_id(kind, &[&ctx.src.label(), &ctx.dst.label()]),
+            _ => alert_id(kind, &[&ctx.src.label(), &ctx.dst.label(), &port_text]),
+        };
+        let now = ctx.now;
+        match self.alerts.get_mut(&id) {
+            Some(entry) => {
+                let a = &mut entry.alert;
+                a.count += 1;
+                a.last_seen = a.last_seen.max(r.end);
+                a.first_seen = a.first_seen.min(r.start);
+                a.evidence.flows += 1;
+                a.evidence.packets += r.total_packets();
+                a.evidence.bytes += r.total_bytes();
+                a.evidence.denied += u64::from(ctx.denied);
+                a.evidence.community_id = r.community_id.clone();
+                a.evidence.last_flow = tuple(r);
+                a.evidence.observed_at = r.observed_at.iter().cloned().collect();
+                if let Some(p) = ctx.port
+                    && !a.evidence.ports.contains(&p)
+                    && a.evidence.ports.len() < 20
+                {
+                    a.evidence.ports.push(p);
+                    a.evidence.ports.sort_unstable();
+                }
+                a.destination = Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst)));
+                a.source = ctx.src.alert_endpoint(ctx.src_pod, Some(r.src));
+                a.updated_at = now;
+                entry.pending = true;
+                self.dirty_alerts.insert(id);
+                self.deliver_due(now);
+            }
+            None => {
+                let summary = match kind {
+                    AlertKind::PolicyViolation => format!(
+                        "{} -> {} ({port_text}): denied by the policies in force",
+                        ctx.src.label(),
+                        ctx.dst.label()
+                    ),
+                    AlertKind::EnforcementGap => format!(
+                        "{} -> {} on {port_text}: denied by policy but delivered; the CNI is not enforcing it",
+                        ctx.src.label(),
+                        ctx.dst.label()
+                    ),
+                    AlertKind::NewEdge => format!(
+                        "{} -> {} on {port_text}: allowed, but never seen while the baseline was learned",
+                        ctx.src.label(),
+                        ctx.dst.label()
+                    ),
+                    AlertKind::Scan => String::new(),
+                };
+                let alert = Alert {
+                    id: id.clone(),
+                    kind,
+                    severity: kind.severity(),
+                    summary,
+                    source: ctx.src.alert_endpoint(ctx.src_pod, Some(r.src)),
+                    destination: Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst))),
+                    proto: r.proto.name().map(str::to_owned),
+                    port: ctx.port,
+                    policies: ctx.policies.to_vec(),
+                    evidence: AlertEvidence {
+                        flows: 1,
+                        packets: r.total_packets(),
+                        bytes: r.total_bytes(),
+                        denied: u64::from(ctx.denied),
+                        targets: 0,
+                        ports: ctx.port.into_iter().collect(),
+                        community_id: r.community_id.clone(),
+                        last_flow: tuple(r),
+                        observed_at: r.observed_at.iter().cloned().collect(),
+                        reason: ctx.reason.to_owned(),
+                    },
+                    first_seen: r.start,
+                    last_seen: r.end,
+                    count: 1,
+                    raised_at: now,
+                    updated_at: now,
+                };
+                self.new_alert(alert);
+            }
+        }
+    }
+
+    fn new_alert(&mut self, alert: Alert) {
+        *self
+            .totals
+            .alerts
+            .entry(alert.kind.name().to_owned())
+            .or_default() += 1;
+        self.totals.alert_deliveries += 1;
+        self.dirty_alerts.insert(alert.id.clone());
+        self.deliveries.push(alert.clone());
+        self.alerts.insert(
+            alert.id.clone(),
+            AlertEntry {
+                delivered_at: alert.raised_at.0,
+                pending: false,
+                alert,
+            },
+        );
+    }
+
+    /// Delivers pending alert updates whose quiet time is over.
+    fn deliver_due(&mut self, now: Timestamp) {
+        let repeat = ns_of(self.config.alert_repeat);
+        for entry in self.alerts.values_mut() {
+            if entry.pending && now.0 - entry.delivered_at >= repeat {
+                entry.pending = false;
+                entry.delivered_at = now.0;
+                self.deliveries.push(entry.alert.clone());
+                self.totals.alert_deliveries += 1;
+            }
+        }
+    }
+
+    /// Closes the join of connections whose other view did not come in time, and delivers due alert updates.
+    pub fn tick(&mut self, now: Timestamp) {
+        self.expire(now);
+        if self.alerts.values().any(|e| e.pending) {
+            self.deliver_due(now);
+        }
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        while let Some(&(at, key)) = self.expiry.front() {
+            let over = self.join_count > self.config.max_joins;
+            if at > now.0 && !over {
+                break;
+            }
+            self.expiry.pop_front();
+            let Some(conns) = self.joins.get_mut(&key) else {
+                continue;
+            };
+            let mut finished = Vec::new();
+            conns.retain(|c| {
+                let done = c.expires <= now.0 || (over && c.expires <= at);
+                if done {
+                    finished.push(c.clone());
+                }
+                !done
+            });
+            let empty = conns.is_empty();
+            if !empty && let Some(next) = conns.iter().map(|c| c.expires).min() {
+                self.expiry.push_back((next, key));
+            }
+            if empty {
+                self.joins.remove(&key);
+            }
+            for c in finished {
+                self.join_count -= 1;
+                if over && c.expires > now.0 {
+                    self.totals.join_evictions += 1;
+                }
+                // Left the source, never arrived, never answered: dropped on the way. For a denied
+                // connection that is the policy being enforced.
+                if c.seen_source && !c.seen_destination && !c.delivered && c.destination_watched {
+                    if !c.denied
+                        && let Some(e) = self.edges.get_mut(c.edge)
+                    {
+                        e.dropped_in_transit += 1;
+                        self.dirty_edges.insert(c.edge);
+                    }
+                    if !c.denied {
+                        self.totals.dropped_in_transit += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AlertContext<'a> {
+    src: &'a EndpointKey,
+    dst: &'a EndpointKey,
+    src_pod: Option<&'a str>,
+    dst_pod: Option<&'a str>,
+    record: &'a FlowRecord,
+    port: Option<u16>,
+    policies: &'a [String],
+    reason: &'a str,
+    denied: bool,
+    now: Timestamp,
+}
+
+fn bracket(policies: &[String]) -> String {
+    if policies.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", policies.join(", "))
+    }
+}
+
+/// `src:port -> dst:port` (ICMP: type and code).
+pub fn tuple(r: &FlowRecord) -> String {
+    let end = |ip: IpAddr, port: Option<u16>| match (ip, port) {
+        (IpAddr::V6(_), Some(p)) => format!("[{ip}]:{p}"),
+        (_, Some(p)) => format!("{ip}:{p}"),
+        (_, None) => ip.to_string(),
+    };
+    match (r.icmp_type, r.icmp_code) {
+        (Some(t), Some(c)) => format!("{} -> {} {} type {t} code {c}", r.src, r.dst, r.proto),
+        _ => format!(
+            "{} -> {} {}",
+            end(r.src, r.src_port),
+            end(r.dst, r.dst_port),
+            r.proto
+        ),
+    }
+}
+
+/// A stable alert id: the kind and a 64-bit FNV-1a hash of the edge's names.
+fn alert_id(kind: AlertKind, parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{}-{h:016x}", kind.name())
+}

@@ -1,0 +1,292 @@
+//! weir's aggregator.
+//!
+//! Agents POST numbered batches of flow records to `/api/v1/ingest`; [`engine::Engine`] attributes and judges
+//! them exactly as `weir analyze` does (the same [`weir_analysis::Analyzer`]) against the NetworkPolicies in
+//! force at that moment, joins the views of a connection reported from both ends (denied yet delivered: the CNI
+//! is not enforcing; sent but never arrived: dropped on the way), keeps workload edges and the learned baseline,
+//! and raises alerts (`policy-violation`, `enforcement-gap`, `new-edge`, `scan`), deduplicated per edge and
+//! rate-limited. [`server`] serves the API, the alert stream and metrics; [`store`] checkpoints everything to
+//! SQLite and only then acknowledges batches, so a restart loses nothing; [`cluster`] follows a live cluster with
+//! kube-rs watchers, or a snapshot.
+
+#![deny(missing_docs)]
+
+pub mod cluster;
+pub mod engine;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::broadcast;
+use weir_cluster::ClusterState;
+use weir_policy::PolicySet;
+
+pub use engine::{EdgeKey, EdgeStats, EndpointKey, Engine, EngineConfig, StoredFlow};
+pub use server::{Core, Shared};
+
+/// Where the cluster comes from.
+pub enum ClusterConfig {
+    /// A snapshot, already loaded.
+    Snapshot(Arc<PolicySet>),
+    /// A live cluster: the kubeconfig (default: in-cluster, then `$KUBECONFIG`, then `~/.kube/config`) and its
+    /// context.
+    Kubernetes {
+        /// A kubeconfig file.
+        kubeconfig: Option<PathBuf>,
+        /// A context in it.
+        context: Option<String>,
+    },
+    /// A live cluster through an already-built client (tests).
+    Client(kube::Client),
+}
+
+/// TLS for the listener.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Everything `weir aggregator` needs.
+pub struct AggregatorConfig {
+    /// The cluster.
+    pub cluster: ClusterConfig,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory (SQLite database).
+    pub data: PathBuf,
+    /// Judging, baseline and alert settings.
+    pub engine: EngineConfig,
+    /// Token agents must present.
+    pub ingest_token: Option<String>,
+    /// Token readers must present.
+    pub read_token: Option<String>,
+    /// TLS.
+    pub tls: Option<TlsConfig>,
+    /// Webhooks.
+    pub webhooks: Vec<webhook::Webhook>,
+    /// Alerts to standard output as JSON lines.
+    pub alerts_stdout: bool,
+    /// Checkpoint (and acknowledgement) interval.
+    pub checkpoint: Duration,
+    /// How long edges, alerts and flows are kept.
+    pub retention: Duration,
+    /// Largest ingest body.
+    pub max_body: usize,
+}
+
+fn empty_set() -> Result<Arc<PolicySet>> {
+    Ok(Arc::new(
+        PolicySet::new(Arc::new(ClusterState::default())).context("an empty policy set")?,
+    ))
+}
+
+/// Runs the aggregator until `stop` is set; writes a last checkpoint before returning.
+pub fn run(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, stop))
+}
+
+async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
+    weir_agent_crypto();
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating the data directory {}", config.data.display()))?;
+    let mut store = store::Store::open(&config.data, config.engine.recent_flows, config.retention)?;
+    let now = server::now();
+    let restored = store.restore(now)?;
+    let learning_started = restored.learning_started.unwrap_or(now);
+    let mut engine = Engine::new(config.engine.clone(), empty_set()?, learning_started);
+    let restored_edges = restored.edges.len();
+    let restored_alerts = restored.alerts.len();
+    engine.restore(
+        restored.edges,
+        restored.alerts,
+        restored.flows,
+        restored.totals,
+        now,
+    );
+    let agents = restored
+        .cursors
+        .into_iter()
+        .map(|c| {
+            (
+                (c.node.clone(), c.epoch.clone()),
+                server::AgentState {
+                    node: c.node,
+                    epoch: c.epoch,
+                    applied: c.applied,
+                    acked: c.applied,
+                    missed_batches: 0,
+                    counters: Default::default(),
+                    last_seen: c.last_seen,
+                },
+            )
+        })
+        .collect();
+    eprintln!(
+        "weir aggregator: {} holds {restored_edges} edges and {restored_alerts} alerts; learning the baseline until {}",
+        store.path().display(),
+        engine.learning_ends()
+    );
+    let (alerts_tx, _) = broadcast::channel(4096);
+    let (flows_tx, _) = broadcast::channel(16384);
+    let mut webhook_queues = Vec::new();
+    for hook in &config.webhooks {
+        let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+        webhook_queues.push((hook.clone(), tx, rx));
+    }
+    let status = Arc::new(Mutex::new(cluster::ClusterStatus::default()));
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core { engine, agents }),
+        alerts: alerts_tx,
+        flows: flows_tx,
+        counters: Default::default(),
+        cluster: Arc::clone(&status),
+        ready: AtomicBool::new(false),
+        ingest_token: config.ingest_token.clone(),
+        read_token: config.read_token.clone(),
+        sink: webhook_queues.first().map(|(_, tx, _)| tx.clone()),
+        alerts_stdout: config.alerts_stdout,
+    });
+    // One webhook queue is fed directly; more are fanned out from it.
+    let mut senders = Vec::new();
+    for (hook, tx, rx) in webhook_queues {
+        senders.push(tx);
+        tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));
+    }
+    if senders.len() > 1 {
+        eprintln!("weir aggregator: only the first --webhook is used in this version");
+    }
+
+    match config.cluster {
+        ClusterConfig::Snapshot(set) => {
+            if let Ok(mut s) = status.lock() {
+                s.source = "snapshot".into();
+                s.synced = true;
+                s.generation = 1;
+                s.updated_at = Some(now);
+            }
+            shared.set_policy(set);
+        }
+        ClusterConfig::Kubernetes {
+            kubeconfig,
+            context,
+        } => {
+            let client = kube_client(kubeconfig, context).await?;
+            spawn_watch(client, &shared, &status);
+        }
+        ClusterConfig::Client(client) => spawn_watch(client, &shared, &status),
+    }
+
+    let store = Arc::new(Mutex::new(store));
+    tokio::spawn(server::checkpoint_loop(
+        Arc::clone(&shared),
+        Arc::clone(&store),
+        config.checkpoint,
+    ));
+    let app = server::router(Arc::clone(&shared), config.max_body);
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        });
+    }
+    eprintln!(
+        "weir aggregator: listening on {}{}",
+        config.listen,
+        if config.tls.is_some() { " (TLS)" } else { "" }
+    );
+    let service = app.into_make_service();
+    match &config.tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        tls.cert.display(),
+                        tls.key.display()
+                    )
+                })?;
+            axum_server::bind_rustls(config.listen, rustls)
+                .handle(handle)
+                .serve(service)
+                .await
+                .with_context(|| format!("serving on {}", config.listen))?;
+        }
+        None => {
+            axum_server::bind(config.listen)
+                .handle(handle)
+                .serve(service)
+                .await
+                .with_context(|| format!("serving on {}", config.listen))?;
+        }
+    }
+    server::checkpoint_once(&shared, &store).await;
+    Ok(())
+}
+
+fn weir_agent_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn spawn_watch(
+    client: kube::Client,
+    shared: &Arc<Shared>,
+    status: &Arc<Mutex<cluster::ClusterStatus>>,
+) {
+    if let Ok(mut s) = status.lock() {
+        s.source = "kubernetes".into();
+    }
+    let publish = {
+        let shared = Arc::clone(shared);
+        move |set: Arc<PolicySet>| shared.set_policy(set)
+    };
+    tokio::spawn(cluster::watch(
+        client,
+        Duration::from_millis(200),
+        Arc::clone(status),
+        publish,
+    ));
+}
+
+async fn kube_client(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<kube::Client> {
+    let options = kube::config::KubeConfigOptions {
+        context,
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(&path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None if options.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("using the kubeconfig")?,
+        None => kube::Config::infer().await.context(
+            "finding the cluster (in-cluster service account, $KUBECONFIG or ~/.kube/config)",
+        )?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}

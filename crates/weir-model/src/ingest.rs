@@ -1,0 +1,136 @@
+//! The agent → aggregator protocol (`POST /api/v1/ingest`).
+//!
+//! A request carries one batch: a body of flow records as JSON lines (the stable flow record format) and these
+//! headers. Batches are numbered per agent run (`epoch`, random at agent start) from 1 without gaps. The
+//! aggregator applies batch `n` only after `n - 1`, answers with the last batch it has applied and the last one
+//! that is durable (`acked`), and the agent keeps every batch until it is acked, so an aggregator restart loses
+//! nothing: the agent sends again from the first unacked batch and the aggregator ignores what it already has.
+//! A request without `x-weir-seq` and without a body is a heartbeat: it only reports the agent's counters and
+//! fetches the cursor.
+
+use serde::{Deserialize, Serialize};
+
+/// The node the agent runs on.
+pub const HEADER_NODE: &str = "x-weir-node";
+/// The agent run, 16 hex digits.
+pub const HEADER_EPOCH: &str = "x-weir-epoch";
+/// The batch number (absent on heartbeats).
+pub const HEADER_SEQ: &str = "x-weir-seq";
+/// The oldest batch the agent still holds: batches before it that the aggregator lacks were dropped by the
+/// agent (its buffer was full) and are not coming.
+pub const HEADER_OLDEST: &str = "x-weir-oldest";
+/// The agent's counters, [`AgentCounters`] in its header form.
+pub const HEADER_COUNTERS: &str = "x-weir-counters";
+
+/// What an agent counted since it started, reported with every request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCounters {
+    /// Packets read from the rings.
+    pub packets: u64,
+    /// Packets the kernel dropped because a ring was full.
+    pub kernel_drops: u64,
+    /// Flows closed early because a flow table was full (their records were still sent).
+    pub table_evictions: u64,
+    /// Packets not accounted to any flow (malformed or unsupported).
+    pub skipped_packets: u64,
+    /// Flow records made.
+    pub records: u64,
+    /// Flow records dropped because the agent's buffer was full (the aggregator was unreachable too long).
+    pub buffer_drops: u64,
+    /// Interfaces being captured.
+    pub interfaces: u64,
+}
+
+const FIELDS: [&str; 7] = [
+    "packets",
+    "kernel_drops",
+    "table_evictions",
+    "skipped_packets",
+    "records",
+    "buffer_drops",
+    "interfaces",
+];
+
+impl AgentCounters {
+    fn values(&self) -> [u64; 7] {
+        [
+            self.packets,
+            self.kernel_drops,
+            self.table_evictions,
+            self.skipped_packets,
+            self.records,
+            self.buffer_drops,
+            self.interfaces,
+        ]
+    }
+
+    /// The header form: `packets=1,kernel_drops=0,...`.
+    pub fn to_header(&self) -> String {
+        FIELDS
+            .iter()
+            .zip(self.values())
+            .map(|(name, v)| format!("{name}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses the header form; unknown names are ignored (a newer agent), malformed pairs are an error.
+    pub fn parse_header(text: &str) -> Result<AgentCounters, String> {
+        let mut c = AgentCounters::default();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not name=value"))?;
+            let value: u64 = value
+                .parse()
+                .map_err(|_| format!("{name}: {value:?} is not a count"))?;
+            match name {
+                "packets" => c.packets = value,
+                "kernel_drops" => c.kernel_drops = value,
+                "table_evictions" => c.table_evictions = value,
+                "skipped_packets" => c.skipped_packets = value,
+                "records" => c.records = value,
+                "buffer_drops" => c.buffer_drops = value,
+                "interfaces" => c.interfaces = value,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The aggregator's answer to an ingest request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReply {
+    /// The last batch applied (0: none).
+    pub applied: u64,
+    /// The last batch stored durably: the agent may forget it and every batch before it.
+    pub acked: u64,
+    /// Set when the batch was not the next one: send from this batch on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgentCounters;
+
+    #[test]
+    fn counters_round_trip_through_the_header() {
+        let c = AgentCounters {
+            packets: 10,
+            kernel_drops: 1,
+            table_evictions: 2,
+            skipped_packets: 3,
+            records: 4,
+            buffer_drops: 5,
+            interfaces: 6,
+        };
+        assert_eq!(AgentCounters::parse_header(&c.to_header()), Ok(c));
+        assert!(AgentCounters::parse_header("packets=x").is_err());
+        assert_eq!(
+            AgentCounters::parse_header("future=1,packets=2").map(|c| c.packets),
+            Ok(2)
+        );
+    }
+}

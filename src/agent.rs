@@ -1,0 +1,152 @@
+//! `weir agent`: live capture on this node's pod veths, streamed to the aggregator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use weir_agent::{AgentConfig, CaptureConfig, ExportConfig};
+use weir_flow::FlowConfig;
+
+use crate::capture::{Backend, node_name, patterns, ring_config};
+use crate::duration::parse_duration;
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The aggregator's base URL, such as `http://weir-aggregator.weir-system:9480`.
+    #[arg(long, env = "WEIR_AGGREGATOR")]
+    aggregator: String,
+    /// This node's name (in a DaemonSet: from the downward API). Default: the host name.
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Interfaces to capture on (`*` is any run of characters). Repeatable. Default: the host-side veth names
+    /// of the common CNIs.
+    #[arg(long = "interfaces", short = 'i', value_name = "PATTERN")]
+    interfaces: Vec<String>,
+    /// A file holding the bearer token the aggregator expects (a mounted Secret).
+    #[arg(long, env = "WEIR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM certificate(s) the aggregator's TLS certificate must chain to (for `https://` URLs).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (`none` to turn off).
+    #[arg(long, default_value = "0.0.0.0:9479")]
+    listen: String,
+    /// Report flows that go on every this often (the longest a flow waits before the aggregator hears of it).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    active_timeout: Duration,
+    /// Send a batch at least this often.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    flush: Duration,
+    /// Most flow records per batch.
+    #[arg(long, default_value_t = 2000)]
+    batch: u64,
+    /// Most MiB of records held while the aggregator is unreachable; beyond it the oldest are dropped (and
+    /// counted).
+    #[arg(long, default_value_t = 64)]
+    buffer_mb: usize,
+    /// Stop after this long (default: until SIGINT/SIGTERM).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Capture threads (a fanout group per interface).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// Ring size per interface, in MiB.
+    #[arg(long, default_value_t = 4)]
+    ring_mb: u32,
+    /// Bytes kept of each packet.
+    #[arg(long, default_value_t = 256)]
+    snaplen: u32,
+    /// How packets are read.
+    #[arg(long, value_enum, default_value_t = Backend::Ring)]
+    backend: Backend,
+}
+
+/// Reads a token file: the first line, trimmed; an empty file is an error.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+/// Sets the flag on SIGINT and SIGTERM.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .context("installing the signal handler")?;
+    Ok(stop)
+}
+
+pub fn run(args: AgentArgs) -> Result<ExitCode> {
+    if !args.aggregator.starts_with("http://") && !args.aggregator.starts_with("https://") {
+        bail!(
+            "--aggregator {:?} is not an http:// or https:// URL",
+            args.aggregator
+        );
+    }
+    if args.backend == Backend::Pnet && args.threads > 1 {
+        bail!("--backend pnet reads on one thread; drop --threads");
+    }
+    let listen: Option<SocketAddr> = match args.listen.as_str() {
+        "none" | "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--listen {text:?} is not an address:port"))?,
+        ),
+    };
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let ca_cert = args
+        .ca_cert
+        .as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let node = node_name(args.node.as_deref());
+    let config = AgentConfig {
+        capture: CaptureConfig {
+            patterns: patterns(&args.interfaces),
+            threads: usize::from(args.threads),
+            backend: args.backend.into(),
+            ring: ring_config(args.ring_mb, args.snaplen),
+            flow: FlowConfig {
+                active_timeout: Some(args.active_timeout),
+                ..FlowConfig::default()
+            },
+            node: node.clone(),
+            deadline: args.duration.map(|d| Instant::now() + d),
+        },
+        export: ExportConfig {
+            aggregator: args.aggregator.clone(),
+            token,
+            ca_cert,
+            node,
+            flush: args.flush,
+            batch_records: args.batch,
+            buffer_bytes: args.buffer_mb.saturating_mul(1 << 20),
+            max_backoff: Duration::from_secs(5),
+        },
+        listen,
+        drain: Duration::from_secs(10),
+    };
+    let stop = stop_on_signals()?;
+    let summary = weir_agent::run(config, stop)?;
+    let c = summary.counters;
+    eprintln!(
+        "weir agent: {} packets, {} flow records, {} acknowledged by the aggregator, {} unacknowledged at exit; \
+         dropped: {} packets by the kernel, {} records for lack of buffer",
+        c.packets, c.records, summary.acked, summary.unacked, c.kernel_drops, c.buffer_drops
+    );
+    Ok(if summary.unacked > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,169 @@
+//! `weir aggregator`: ingest from agents, judging against the cluster's policies, alerts, API and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use weir_aggregator::webhook::{Webhook, WebhookFormat};
+use weir_aggregator::{AggregatorConfig, ClusterConfig, EngineConfig, TlsConfig};
+use weir_model::Cidr;
+
+use crate::agent::{read_token, stop_on_signals};
+use crate::analyze::parse_cidr;
+use crate::duration::parse_duration;
+use crate::snapshot;
+
+#[derive(Args)]
+pub struct AggregatorArgs {
+    /// Judge against cluster snapshot files instead of a live cluster (offline use and tests).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["kubeconfig", "context"])]
+    cluster: Vec<PathBuf>,
+    /// A kubeconfig file. Default: the in-cluster service account, then $KUBECONFIG, then ~/.kube/config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context.
+    #[arg(long)]
+    context: Option<String>,
+    /// Where to listen.
+    #[arg(long, default_value = "0.0.0.0:9480")]
+    listen: SocketAddr,
+    /// The data directory (a SQLite database: edges, baseline, alerts, recent flows, agent cursors).
+    #[arg(long, default_value = "weir-data")]
+    data: PathBuf,
+    /// A file with the bearer token agents must present to send flows.
+    #[arg(long, env = "WEIR_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// A file with the bearer token readers of the API must present (default: reads are open).
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, the listener speaks HTTPS only.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// How long the baseline is learned from the first start on this data directory; afterwards allowed
+    /// traffic on edges never seen raises `new-edge`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    learn: Duration,
+    /// Least time between two deliveries of one alert (its count goes on meanwhile).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    alert_repeat: Duration,
+    /// The window scans are counted in.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    scan_window: Duration,
+    /// Distinct destinations (address and port), mostly unanswered, that make a scan.
+    #[arg(long, default_value_t = 20)]
+    scan_min_targets: u64,
+    /// Denied attempts from one source within the window that make a scan.
+    #[arg(long, default_value_t = 20)]
+    scan_min_denied: u64,
+    /// POST every alert to this URL (with retries).
+    #[arg(long)]
+    webhook: Option<String>,
+    /// The webhook's body.
+    #[arg(long, value_enum, default_value_t = HookFormat::Weir)]
+    webhook_format: HookFormat,
+    /// Do not print alerts as JSON lines on standard output.
+    #[arg(long)]
+    no_alert_lines: bool,
+    /// Write a checkpoint (and acknowledge agents' batches) this often.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    checkpoint: Duration,
+    /// Keep edges, alerts and flows this long after they were last seen.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    retention: Duration,
+    /// Judged flows kept for the API (and across restarts).
+    #[arg(long, default_value_t = 100_000)]
+    recent_flows: usize,
+    /// Address ranges that belong to the cluster besides the nodes' pod ranges. Repeatable.
+    #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
+    cluster_cidrs: Vec<Cidr>,
+    /// Largest batch body agents may send, in MiB.
+    #[arg(long, default_value_t = 32)]
+    max_body_mb: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HookFormat {
+    /// weir's alert JSON.
+    Weir,
+    /// A Slack incoming-webhook message.
+    Slack,
+    /// Alertmanager's `POST /api/v2/alerts` body.
+    Alertmanager,
+}
+
+pub fn run(args: AggregatorArgs) -> Result<ExitCode> {
+    let cluster = if args.cluster.is_empty() {
+        ClusterConfig::Kubernetes {
+            kubeconfig: args.kubeconfig.clone(),
+            context: args.context.clone(),
+        }
+    } else {
+        ClusterConfig::Snapshot(std::sync::Arc::new(snapshot::load(&args.cluster)?))
+    };
+    if let Some(url) = &args.webhook
+        && !url.starts_with("http://")
+        && !url.starts_with("https://")
+    {
+        bail!("--webhook {url:?} is not an http:// or https:// URL");
+    }
+    let config = AggregatorConfig {
+        cluster,
+        listen: args.listen,
+        data: args.data.clone(),
+        engine: EngineConfig {
+            cluster_ranges: args.cluster_cidrs.clone(),
+            learn: args.learn,
+            alert_repeat: args.alert_repeat,
+            scan_window: args.scan_window,
+            scan_min_targets: args.scan_min_targets,
+            scan_min_denied: args.scan_min_denied,
+            recent_flows: args.recent_flows.max(1),
+            ..EngineConfig::default()
+        },
+        ingest_token: args.token_file.as_deref().map(read_token).transpose()?,
+        read_token: args
+            .read_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?,
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        },
+        webhooks: args
+            .webhook
+            .iter()
+            .map(|url| Webhook {
+                url: url.clone(),
+                format: match args.webhook_format {
+                    HookFormat::Weir => WebhookFormat::Weir,
+                    HookFormat::Slack => WebhookFormat::Slack,
+                    HookFormat::Alertmanager => WebhookFormat::Alertmanager,
+                },
+                attempts: 5,
+            })
+            .collect(),
+        alerts_stdout: !args.no_alert_lines,
+        checkpoint: args.checkpoint,
+        retention: args.retention,
+        max_body: args.max_body_mb.saturating_mul(1 << 20),
+    };
+    if config.ingest_token.is_none() {
+        eprintln!(
+            "weir aggregator: warning: no --token-file: anyone who can reach {} can send flows",
+            config.listen
+        );
+    }
+    let stop = stop_on_signals()?;
+    weir_aggregator::run(config, stop)?;
+    Ok(ExitCode::SUCCESS)
+}

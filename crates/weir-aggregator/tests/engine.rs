@@ -1,0 +1,220 @@
+//! The judging core on hand-made records: the baseline and `new-edge`, deduplication and rate limiting, and
+//! the join of a connection's views from two nodes (denied yet delivered; sent but never arrived).
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_aggregator::{Engine, EngineConfig};
+use weir_cluster::SnapshotLoader;
+use weir_model::{
+    AlertKind, Direction, FlowRecord, ObservationPoint, Protocol, TcpFlags, Timestamp,
+};
+use weir_policy::PolicySet;
+
+const CLUSTER: &str = "
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Node, metadata: {name: n1}, spec: {podCIDR: 10.1.1.0/24}}
+- {apiVersion: v1, kind: Node, metadata: {name: n2}, spec: {podCIDR: 10.1.2.0/24}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: web, namespace: app, labels: {app: web}}
+  spec: {nodeName: n1, containers: [{name: c, image: x}]}
+  status: {phase: Running, podIP: 10.1.1.5}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: api, namespace: app, labels: {app: api}}
+  spec: {nodeName: n2, containers: [{name: c, image: x}]}
+  status: {phase: Running, podIP: 10.1.2.5}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: db, namespace: app, labels: {app: db}}
+  spec: {nodeName: n2, containers: [{name: c, image: x}]}
+  status: {phase: Running, podIP: 10.1.2.6}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: db, namespace: app}
+  spec:
+    podSelector: {matchLabels: {app: db}}
+    ingress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]
+";
+
+const S: i64 = 1_000_000_000;
+
+fn set() -> Arc<PolicySet> {
+    let mut loader = SnapshotLoader::default();
+    loader
+        .add_bytes(Path::new("cluster.yaml"), CLUSTER.as_bytes())
+        .unwrap();
+    Arc::new(PolicySet::new(Arc::new(loader.finish().0)).unwrap())
+}
+
+fn record(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    at: i64,
+    seen: Option<(&str, Direction)>,
+) -> FlowRecord {
+    let mut r = FlowRecord {
+        src: src.parse::<IpAddr>().unwrap(),
+        src_port: Some(sport),
+        dst: dst.parse::<IpAddr>().unwrap(),
+        dst_port: Some(dport),
+        proto: Protocol::TCP,
+        icmp_type: None,
+        icmp_code: None,
+        icmp_id: None,
+        packets: 1,
+        bytes: 60,
+        reply_packets: 0,
+        reply_bytes: 0,
+        start: Timestamp(at),
+        end: Timestamp(at + 1000),
+        tcp_flags: TcpFlags(TcpFlags::SYN),
+        reply_tcp_flags: TcpFlags(0),
+        orientation: Default::default(),
+        end_reason: Default::default(),
+        community_id: String::new(),
+        observed_at: seen.map(|(node, direction)| ObservationPoint {
+            node: node.into(),
+            interface: "veth0".into(),
+            direction,
+        }),
+    };
+    r.community_id = r.compute_community_id();
+    r
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        learn: Duration::from_secs(10),
+        alert_repeat: Duration::from_secs(30),
+        join_window: Duration::from_secs(5),
+        ..EngineConfig::default()
+    }
+}
+
+#[test]
+fn edges_learned_in_the_window_are_quiet_and_later_ones_are_new_once() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(config(), set(), Timestamp(t0));
+    // Learning: web -> api:8080.
+    e.apply(
+        vec![record("10.1.1.5", 4000, "10.1.2.5", 8080, t0, None)],
+        Timestamp(t0 + S),
+    );
+    assert!(e.take_deliveries().is_empty());
+    // After learning: the same edge is quiet, a new port is a new edge.
+    e.apply(
+        vec![record(
+            "10.1.1.5",
+            4001,
+            "10.1.2.5",
+            8080,
+            t0 + 20 * S,
+            None,
+        )],
+        Timestamp(t0 + 20 * S),
+    );
+    assert!(e.take_deliveries().is_empty());
+    e.apply(
+        vec![record(
+            "10.1.1.5",
+            4002,
+            "10.1.2.5",
+            9090,
+            t0 + 21 * S,
+            None,
+        )],
+        Timestamp(t0 + 21 * S),
+    );
+    let raised = e.take_deliveries();
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].kind, AlertKind::NewEdge);
+    assert_eq!(raised[0].port, Some(9090));
+    // Again and again: one alert counting on, delivered again only after the repeat interval.
+    for i in 0..5 {
+        e.apply(
+            vec![record(
+                "10.1.1.5",
+                4100 + i,
+                "10.1.2.5",
+                9090,
+                t0 + 22 * S,
+                None,
+            )],
+            Timestamp(t0 + 22 * S),
+        );
+    }
+    assert!(e.take_deliveries().is_empty());
+    e.tick(Timestamp(t0 + 60 * S));
+    let update = e.take_deliveries();
+    assert_eq!(update.len(), 1);
+    assert_eq!(update[0].count, 6);
+    assert_eq!(update[0].id, raised[0].id);
+}
+
+#[test]
+fn views_from_two_nodes_join_into_one_connection() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(config(), set(), Timestamp(t0 - 100 * S));
+    e.watch_node("n1");
+    e.watch_node("n2");
+    // Denied web -> db, seen leaving web on n1 and arriving at db on n2: one connection, an enforcement gap.
+    let out = record(
+        "10.1.1.5",
+        5000,
+        "10.1.2.6",
+        5432,
+        t0,
+        Some(("n1", Direction::FromPod)),
+    );
+    let r#in = record(
+        "10.1.1.5",
+        5000,
+        "10.1.2.6",
+        5432,
+        t0 + 200_000,
+        Some(("n2", Direction::ToPod)),
+    );
+    let a = e.apply(vec![out], Timestamp(t0 + S));
+    let b = e.apply(vec![r#in], Timestamp(t0 + 2 * S));
+    assert_eq!((a.connections, b.connections, b.joined_views), (1, 0, 1));
+    let kinds: Vec<AlertKind> = e.take_deliveries().iter().map(|a| a.kind).collect();
+    assert_eq!(
+        kinds,
+        [AlertKind::PolicyViolation, AlertKind::EnforcementGap]
+    );
+    // Allowed web -> api:8080, seen leaving n1 and never arriving on n2 (whose agent reports): dropped.
+    e.apply(
+        vec![record(
+            "10.1.1.5",
+            5001,
+            "10.1.2.5",
+            8080,
+            t0,
+            Some(("n1", Direction::FromPod)),
+        )],
+        Timestamp(t0 + 3 * S),
+    );
+    e.tick(Timestamp(t0 + 30 * S));
+    let edge = e.edges().iter().find(|x| x.key.port == Some(8080)).unwrap();
+    assert_eq!(
+        (edge.flows, edge.dropped_in_transit, edge.delivered),
+        (1, 1, 0)
+    );
+    assert_eq!(e.totals().dropped_in_transit, 1);
+    let db = e.edges().iter().find(|x| x.key.port == Some(5432)).unwrap();
+    assert_eq!(
+        (db.flows, db.denied, db.enforcement_gaps, db.delivered),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(e.pending_joins(), 0);
+}

@@ -1,7 +1,9 @@
 //! The aggregator's judging core, without I/O: batches of flow records in; judged flows, workload edges, the
 //! baseline, the join of a connection's views from both ends, and alerts out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,13 +158,13 @@ pub struct StoredFlow {
     pub record: FlowRecord,
     /// The source pod (`namespace/name`), when a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src_pod: Option<String>,
+    pub src_pod: Option<Arc<str>>,
     /// The destination pod, when a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst_pod: Option<String>,
+    pub dst_pod: Option<Arc<str>>,
     /// The Service it went through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
+    pub service: Option<Arc<str>>,
     /// Source endpoint.
     pub source: EndpointKey,
     /// Destination endpoint.
@@ -171,12 +173,49 @@ pub struct StoredFlow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `allowed`, `denied`, `mixed`, `unknown`.
-    pub verdict: String,
+    pub verdict: Arc<str>,
     /// The deciding policies.
-    pub policies: Vec<String>,
-    /// Which end reported it: `source`, `destination`.
-    pub reported_by: String,
+    pub policies: Arc<[String]>,
+    /// Which end reported it.
+    pub reported_by: Side,
 }
+
+/// What a connection's ends and verdict resolved to.
+#[derive(Debug)]
+struct Resolved {
+    edge: usize,
+    src: EndpointKey,
+    dst: EndpointKey,
+    port: Option<u16>,
+    verdict: Arc<str>,
+    denied: bool,
+    not_isolated: bool,
+    policies: Arc<[String]>,
+    reason: Arc<str>,
+    /// Its policy-violation (per pair), enforcement-gap and new-edge (per port) alert ids.
+    alert_ids: [Arc<str>; 3],
+    service: Option<Arc<str>>,
+    src_pod: Option<Arc<str>>,
+    dst_pod: Option<Arc<str>>,
+    /// The node of the destination pod.
+    destination_pod_node: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ResolveKey {
+    source: Party,
+    source_ip: Option<IpAddr>,
+    destination: Party,
+    destination_ip: Option<IpAddr>,
+    proto: Protocol,
+    port: Option<u16>,
+    service: Option<weir_cluster::ServiceId>,
+}
+
+/// Most resolutions cached (cleared when full, and with every policy change).
+const RESOLVED_CAP: usize = 1 << 18;
+/// How often an edge's sample record is refreshed.
+const SAMPLE_REFRESH_NS: i64 = 60_000_000_000;
 
 /// What an applied batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -245,14 +284,21 @@ struct Conn {
     expires: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
+/// Which end of a connection reported a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Side {
+    /// The initiator's node (the record was seen leaving the source pod), or a record without an observation
+    /// point.
     Source,
+    /// The responder's node (seen arriving at the destination pod).
     Destination,
 }
 
 #[derive(Debug, Default)]
 struct ScanWindow {
+    /// The source's scan alert, once raised.
+    alert: Option<Arc<str>>,
     start: i64,
     targets: HashSet<(IpAddr, u16)>,
     ports: BTreeSet<u16>,
@@ -266,6 +312,8 @@ struct ScanWindow {
 #[derive(Clone, Debug)]
 struct AlertEntry {
     alert: Alert,
+    /// When the evidence's details (last flow, endpoints) were last refreshed.
+    detail_at: i64,
     delivered_at: i64,
     pending: bool,
 }
@@ -282,7 +330,11 @@ pub struct Engine {
     cache: Option<VerdictCache>,
     /// `namespace/name` of pods by id, for the current policy set.
     pod_names: Vec<Option<Arc<str>>>,
+    /// Resolutions for the current policy set.
+    resolved: HashMap<ResolveKey, Arc<Resolved>>,
     edges: Vec<EdgeStats>,
+    /// The resolution each edge last counted a connection with.
+    edge_resolved: Vec<Option<Arc<Resolved>>>,
     edge_index: HashMap<EdgeKey, usize>,
     dirty_edges: BTreeSet<usize>,
     learning_started: Timestamp,
@@ -290,8 +342,10 @@ pub struct Engine {
     join_count: usize,
     expiry: VecDeque<(i64, JoinKey)>,
     scans: HashMap<IpAddr, ScanWindow>,
-    alerts: HashMap<String, AlertEntry>,
-    dirty_alerts: BTreeSet<String>,
+    alerts: HashMap<Arc<str>, AlertEntry>,
+    dirty_alerts: HashSet<Arc<str>>,
+    /// Alerts updated but not delivered since (their quiet time is not over).
+    pending_alerts: HashSet<Arc<str>>,
     deliveries: Vec<Alert>,
     recent: VecDeque<StoredFlow>,
     /// Flows added to `recent` since the last checkpoint.
@@ -326,7 +380,9 @@ impl Engine {
             set: Arc::clone(&set),
             cache: None,
             pod_names: Vec::new(),
+            resolved: HashMap::new(),
             edges: Vec::new(),
+            edge_resolved: Vec::new(),
             edge_index: HashMap::new(),
             dirty_edges: BTreeSet::new(),
             learning_started,
@@ -335,7 +391,8 @@ impl Engine {
             expiry: VecDeque::new(),
             scans: HashMap::new(),
             alerts: HashMap::new(),
-            dirty_alerts: BTreeSet::new(),
+            dirty_alerts: HashSet::new(),
+            pending_alerts: HashSet::new(),
             deliveries: Vec::new(),
             recent: VecDeque::new(),
             unsaved_flows: 0,
@@ -357,6 +414,7 @@ impl Engine {
             .collect();
         self.set = set;
         self.cache = None;
+        self.resolved.clear();
         self.totals.policy_updates += 1;
     }
 
@@ -441,11 +499,13 @@ impl Engine {
         for e in edges {
             self.edge_index.insert(e.key.clone(), self.edges.len());
             self.edges.push(e);
+            self.edge_resolved.push(None);
         }
         for a in alerts {
             self.alerts.insert(
-                a.id.clone(),
+                Arc::from(a.id.as_str()),
                 AlertEntry {
+                    detail_at: now.0,
                     delivered_at: now.0,
                     pending: false,
                     alert: a,
@@ -472,7 +532,12 @@ impl Engine {
             .into_iter()
             .filter_map(|id| self.alerts.get(&id).map(|e| e.alert.clone()))
             .collect();
-        let n = self.unsaved_flows.min(self.recent.len());
+        // At most a tenth of the ring per checkpoint: under a heavy load the stored ring keeps the newest flows
+        // of each checkpoint instead of spending a core on serializing every one (counts are exact regardless).
+        let n = self
+            .unsaved_flows
+            .min(self.recent.len())
+            .min((self.config.recent_flows / 10).max(1000));
         let flows = self
             .recent
             .iter()
@@ -545,7 +610,7 @@ impl Engine {
         applied.dnat_joined = analysis.dnat_joined;
         self.totals.records += applied.records;
         self.totals.dnat_joined += analysis.dnat_joined;
-        for flow in &analysis.flows {
+        for flow in analysis.flows {
             match self.observe(&set, flow, now) {
                 true => applied.connections += 1,
                 false => applied.joined_views += 1,
@@ -555,19 +620,35 @@ impl Engine {
         applied
     }
 
-    /// Counts one judged flow; returns whether it was a connection not counted before.
-    fn observe(&mut self, set: &PolicySet, flow: &JudgedFlow, now: Timestamp) -> bool {
+    /// What a flow's ends and verdict resolve to, cached per (source, destination, protocol, port, Service):
+    /// for a given policy set the verdict, the edge and every name depend on nothing else.
+    fn resolve(&mut self, set: &PolicySet, flow: &JudgedFlow, now: Timestamp) -> Arc<Resolved> {
         let r = &flow.record;
-        let src = self.endpoint(flow.source, r.src);
+        let named = |party: Party, ip: IpAddr| match party {
+            Party::External | Party::Unknown => Some(ip),
+            _ => None,
+        };
         let dst_ip = flow.destination_ip();
-        let dst = self.endpoint(flow.destination, dst_ip);
         let port = if r.proto.is_icmp() {
             None
         } else {
             flow.judged_port()
         };
+        let key = ResolveKey {
+            source: flow.source,
+            source_ip: named(flow.source, r.src),
+            destination: flow.destination,
+            destination_ip: named(flow.destination, dst_ip),
+            proto: r.proto,
+            port,
+            service: flow.service.map(|s| s.service),
+        };
+        if let Some(hit) = self.resolved.get(&key) {
+            return Arc::clone(hit);
+        }
+        let src = self.endpoint(flow.source, r.src);
+        let dst = self.endpoint(flow.destination, dst_ip);
         let verdict = verdict_name(&flow.judgement);
-        let denied = verdict == "denied";
         let (egress, ingress) = direction_views(set, &flow.judgement);
         let not_isolated = verdict == "allowed"
             && (egress.verdict == "not-isolated" || ingress.verdict == "not-isolated")
@@ -579,24 +660,25 @@ impl Engine {
                 policies.push(format!("{dir} {p}"));
             }
         }
-        let service = flow.service.map(|s| set.cluster().service(s.service).key());
-        let side = match r.observed_at.as_ref().map(|o| o.direction) {
-            Some(Direction::ToPod) => Side::Destination,
-            _ => Side::Source,
-        };
-        let key = EdgeKey {
+        let reason = format!(
+            "egress {}{}; ingress {}{}",
+            egress.verdict,
+            bracket(&egress.policies),
+            ingress.verdict,
+            bracket(&ingress.policies)
+        );
+        let edge_key = EdgeKey {
             src: src.clone(),
             dst: dst.clone(),
             proto: r.proto,
             port,
         };
-        let edge = match self.edge_index.get(&key) {
+        let edge = match self.edge_index.get(&edge_key) {
             Some(&i) => i,
             None => {
                 let i = self.edges.len();
-                let baseline = now < self.learning_ends();
                 self.edges.push(EdgeStats {
-                    key: key.clone(),
+                    key: edge_key.clone(),
                     flows: 0,
                     packets: 0,
                     bytes: 0,
@@ -613,14 +695,77 @@ impl Engine {
                     enforcement_gaps: 0,
                     first_seen: r.start,
                     last_seen: r.end,
-                    baseline,
+                    baseline: now < self.learning_ends(),
                     sample: r.clone(),
                 });
-                self.edge_index.insert(key, i);
+                self.edge_index.insert(edge_key, i);
+                self.edge_resolved.push(None);
                 i
             }
         };
+        let destination_node = self.node_of(flow.destination);
+        let port_text = match port {
+            Some(p) => format!("{}/{p}", r.proto),
+            None => r.proto.to_string(),
+        };
+        let (src_label, dst_label) = (src.label(), dst.label());
+        // Violations are one alert per pair of endpoints (a probe of many ports is one alert listing them);
+        // gaps and new edges are per port.
+        let alert_ids = [
+            Arc::from(alert_id(
+                AlertKind::PolicyViolation,
+                &[&src_label, &dst_label],
+            )),
+            Arc::from(alert_id(
+                AlertKind::EnforcementGap,
+                &[&src_label, &dst_label, &port_text],
+            )),
+            Arc::from(alert_id(
+                AlertKind::NewEdge,
+                &[&src_label, &dst_label, &port_text],
+            )),
+        ];
+        let resolved = Arc::new(Resolved {
+            alert_ids,
+            edge,
+            src,
+            dst,
+            port,
+            verdict: Arc::from(verdict),
+            denied: verdict == "denied",
+            not_isolated,
+            policies: Arc::from(policies),
+            reason: Arc::from(reason),
+            service: flow
+                .service
+                .map(|s| Arc::from(set.cluster().service(s.service).key())),
+            src_pod: self.pod_name(flow.source),
+            dst_pod: self.pod_name(flow.destination),
+            destination_pod_node: match flow.destination {
+                Party::Pod(_) => destination_node,
+                _ => None,
+            },
+        });
+        // Bounded: a flood of distinct outside addresses must not grow it without end.
+        if self.resolved.len() >= RESOLVED_CAP {
+            self.resolved.clear();
+        }
+        self.resolved.insert(key, Arc::clone(&resolved));
+        resolved
+    }
+
+    /// Counts one judged flow; returns whether it was a connection not counted before.
+    fn observe(&mut self, set: &PolicySet, flow: JudgedFlow, now: Timestamp) -> bool {
+        let res = self.resolve(set, &flow, now);
+        let r = flow.record;
+        let dst_ip = flow.service.and_then(|s| s.backend).unwrap_or(r.dst);
+        let edge = res.edge;
+        let denied = res.denied;
         self.dirty_edges.insert(edge);
+        let side = match r.observed_at.as_ref().map(|o| o.direction) {
+            Some(Direction::ToPod) => Side::Destination,
+            _ => Side::Source,
+        };
 
         // One connection, two views: find the other end's report of it.
         let join_key = JoinKey {
@@ -628,11 +773,10 @@ impl Engine {
             src: r.src,
             port: r.src_port.or(r.icmp_id).unwrap_or(0),
         };
-        let destination_node = self.node_of(flow.destination);
-        let destination_watched = matches!(flow.destination, Party::Pod(_))
-            && destination_node
-                .as_deref()
-                .is_some_and(|n| self.watched_nodes.contains(n));
+        let destination_watched = res
+            .destination_pod_node
+            .as_deref()
+            .is_some_and(|n| self.watched_nodes.contains(n));
         let expires = now.0.saturating_add(ns_of(self.config.join_window));
         let mut is_new = true;
         let mut counts_volume = true;
@@ -677,7 +821,7 @@ impl Engine {
             Side::Source => conn.seen_source = true,
             Side::Destination => conn.seen_destination = true,
         }
-        let newly_delivered = !conn.delivered && (side == Side::Destination || answered(r));
+        let newly_delivered = !conn.delivered && (side == Side::Destination || answered(&r));
         if newly_delivered {
             conn.delivered = true;
         }
@@ -696,8 +840,11 @@ impl Engine {
             e.packets += r.total_packets();
             e.bytes += r.total_bytes();
             e.first_seen = e.first_seen.min(r.start);
+            // The sample is refreshed now and then, not copied with every record.
+            if r.end.0 - e.last_seen.0 > SAMPLE_REFRESH_NS || e.flows == 0 {
+                e.sample = r.clone();
+            }
             e.last_seen = e.last_seen.max(r.end);
-            e.sample = r.clone();
         }
         if newly_delivered {
             e.delivered += 1;
@@ -709,46 +856,52 @@ impl Engine {
         }
         if is_new {
             e.flows += 1;
-            match verdict {
+            match &*res.verdict {
                 "allowed" => e.allowed += 1,
                 "denied" => e.denied += 1,
                 _ => e.other += 1,
             }
-            e.verdict = verdict.to_owned();
-            e.not_isolated = not_isolated;
-            if e.policies != policies {
-                e.policies = policies.clone();
+            if e.verdict != *res.verdict {
+                e.verdict = res.verdict.to_string();
             }
-            if let Some(s) = &service
-                && !e.services.contains(s)
+            e.not_isolated = res.not_isolated;
+            // Resolutions are shared: the same one as last time means the same policies.
+            let same = self.edge_resolved[edge]
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, &res));
+            if !same {
+                if e.policies.as_slice() != &*res.policies {
+                    e.policies = res.policies.to_vec();
+                }
+                self.edge_resolved[edge] = Some(Arc::clone(&res));
+            }
+            if let Some(s) = &res.service
+                && !e.services.iter().any(|x| **x == **s)
             {
-                e.services.push(s.clone());
+                e.services.push(s.to_string());
             }
             self.totals.connections += 1;
-            *self.totals.verdicts.entry(verdict.to_owned()).or_default() += 1;
+            match self.totals.verdicts.get_mut(&*res.verdict) {
+                Some(n) => *n += 1,
+                None => {
+                    self.totals.verdicts.insert(res.verdict.to_string(), 1);
+                }
+            }
         } else {
             self.totals.joined_views += 1;
         }
         let baseline = e.baseline;
 
-        let src_pod = self.pod_name(flow.source);
-        let dst_pod = self.pod_name(flow.destination);
-        let reason = format!(
-            "egress {}{}; ingress {}{}",
-            egress.verdict,
-            bracket(&egress.policies),
-            ingress.verdict,
-            bracket(&ingress.policies)
-        );
         let ctx = AlertContext {
-            src: &src,
-            dst: &dst,
-            src_pod: src_pod.as_deref(),
-            dst_pod: dst_pod.as_deref(),
-            record: r,
-            port,
-            policies: &policies,
-            reason: &reason,
+            src: &res.src,
+            dst: &res.dst,
+            src_pod: res.src_pod.as_deref(),
+            dst_pod: res.dst_pod.as_deref(),
+            record: &r,
+            port: res.port,
+            policies: &res.policies,
+            reason: &res.reason,
+            ids: &res.alert_ids,
             denied,
             now,
         };
@@ -760,24 +913,26 @@ impl Engine {
         if gap {
             self.raise_edge_alert(AlertKind::EnforcementGap, &ctx);
         }
-        if is_new && verdict == "allowed" && !baseline && src.in_cluster() && dst.in_cluster() {
+        if is_new
+            && &*res.verdict == "allowed"
+            && !baseline
+            && res.src.in_cluster()
+            && res.dst.in_cluster()
+        {
             self.raise_edge_alert(AlertKind::NewEdge, &ctx);
         }
 
         self.recent.push_back(StoredFlow {
-            record: r.clone(),
-            src_pod: src_pod.map(|p| p.to_string()),
-            dst_pod: dst_pod.map(|p| p.to_string()),
-            service,
-            source: src,
-            destination: dst,
-            port,
-            verdict: verdict.to_owned(),
-            policies,
-            reported_by: match side {
-                Side::Source => "source".into(),
-                Side::Destination => "destination".into(),
-            },
+            record: r,
+            src_pod: res.src_pod.clone(),
+            dst_pod: res.dst_pod.clone(),
+            service: res.service.clone(),
+            source: res.src.clone(),
+            destination: res.dst.clone(),
+            port: res.port,
+            verdict: Arc::clone(&res.verdict),
+            policies: Arc::clone(&res.policies),
+            reported_by: side,
         });
         self.unsaved_flows += 1;
         while self.recent.len() > self.config.recent_flows {
@@ -822,53 +977,68 @@ impl Engine {
         if !(fanout || hammering) {
             return false;
         }
-        let evidence = AlertEvidence {
+        let now = ctx.now;
+        // The source's scan alert: the window remembers its id, so later flows only count.
+        let id: Arc<str> = match &w.alert {
+            Some(id) => Arc::clone(id),
+            None => {
+                let id: Arc<str> = Arc::from(alert_id(AlertKind::Scan, &[&ctx.src.label()]));
+                w.alert = Some(Arc::clone(&id));
+                id
+            }
+        };
+        let scan_secs = self.config.scan_window.as_secs();
+        let evidence_of = |w: &ScanWindow| AlertEvidence {
             flows: w.flows,
             packets: w.packets,
             bytes: w.bytes,
             denied: w.denied,
-            targets,
+            targets: w.targets.len() as u64,
             ports: w.ports.iter().copied().collect(),
             community_id: r.community_id.clone(),
             last_flow: tuple(r),
             observed_at: r.observed_at.iter().cloned().collect(),
             reason: format!(
-                "{} distinct destinations, {} of {} attempts unanswered, {} denied, within {} s",
-                targets,
+                "{} distinct destinations, {} of {} attempts unanswered, {} denied, within {scan_secs} s",
+                w.targets.len(),
                 w.failed,
                 w.flows,
                 w.denied,
-                self.config.scan_window.as_secs()
             ),
         };
-        let window_flows = w.flows;
-        let id = alert_id(AlertKind::Scan, &[&ctx.src.label()]);
-        let now = ctx.now;
-        let summary = format!(
-            "{} is scanning: {} destinations, {} ports, {} denied",
-            ctx.src.label(),
-            targets,
-            evidence.ports.len(),
-            evidence.denied
-        );
+        let summary_of = |e: &AlertEvidence| {
+            format!(
+                "{} is scanning: {} destinations, {} ports, {} denied",
+                ctx.src.label(),
+                e.targets,
+                e.ports.len(),
+                e.denied
+            )
+        };
+        let repeat = self.config.alert_repeat;
         match self.alerts.get_mut(&id) {
             Some(entry) => {
-                let a = &mut entry.alert;
-                // The count goes on over windows; the evidence is the current window's.
-                a.count += 1;
-                a.last_seen = a.last_seen.max(r.end);
-                a.summary = summary;
-                a.evidence = evidence;
-                a.updated_at = now;
+                // The count goes on over windows; the evidence is the current window's, refreshed when the
+                // alert is about to be delivered or a second after the last refresh.
+                entry.alert.count += 1;
+                entry.alert.last_seen = entry.alert.last_seen.max(r.end);
+                entry.alert.updated_at = now;
                 entry.pending = true;
-                self.dirty_alerts.insert(id);
+                if detail_due(entry, now, repeat) {
+                    entry.detail_at = now.0;
+                    entry.alert.evidence = evidence_of(w);
+                    entry.alert.summary = summary_of(&entry.alert.evidence);
+                }
+                self.dirty_alerts.insert(Arc::clone(&id));
+                self.deliver_if_due(&id, now);
             }
             None => {
+                let evidence = evidence_of(w);
                 let alert = Alert {
-                    id: id.clone(),
+                    id: id.to_string(),
                     kind: AlertKind::Scan,
                     severity: AlertKind::Scan.severity(),
-                    summary,
+                    summary: summary_of(&evidence),
                     source: ctx.src.alert_endpoint(ctx.src_pod, Some(r.src)),
                     destination: None,
                     proto: r.proto.name().map(str::to_owned),
@@ -877,30 +1047,27 @@ impl Engine {
                     evidence,
                     first_seen: r.start,
                     last_seen: r.end,
-                    count: window_flows,
+                    count: w.flows,
                     raised_at: now,
                     updated_at: now,
                 };
                 self.new_alert(alert);
             }
         }
-        self.deliver_due(now);
         true
     }
 
     fn raise_edge_alert(&mut self, kind: AlertKind, ctx: &AlertContext<'_>) {
         let r = ctx.record;
-        let port_text = match ctx.port {
-            Some(p) => format!("{}/{p}", r.proto),
-            None => r.proto.to_string(),
-        };
-        // Violations are one alert per pair of endpoints (a probe of many ports is one alert listing them);
-        // gaps and new edges are per port.
-        let id = match kind {
-            AlertKind::PolicyViolation => alert_id(kind, &[&ctx.src.label(), &ctx.dst.label()]),
-            _ => alert_id(kind, &[&ctx.src.label(), &ctx.dst.label(), &port_text]),
-        };
         let now = ctx.now;
+        let id = Arc::clone(
+            &ctx.ids[match kind {
+                AlertKind::PolicyViolation => 0,
+                AlertKind::EnforcementGap => 1,
+                _ => 2,
+            }],
+        );
+        let repeat = self.config.alert_repeat;
         match self.alerts.get_mut(&id) {
             Some(entry) => {
                 let a = &mut entry.alert;
@@ -911,9 +1078,6 @@ impl Engine {
                 a.evidence.packets += r.total_packets();
                 a.evidence.bytes += r.total_bytes();
                 a.evidence.denied += u64::from(ctx.denied);
-                a.evidence.community_id = r.community_id.clone();
-                a.evidence.last_flow = tuple(r);
-                a.evidence.observed_at = r.observed_at.iter().cloned().collect();
                 if let Some(p) = ctx.port
                     && !a.evidence.ports.contains(&p)
                     && a.evidence.ports.len() < 20
@@ -921,14 +1085,27 @@ impl Engine {
                     a.evidence.ports.push(p);
                     a.evidence.ports.sort_unstable();
                 }
-                a.destination = Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst)));
-                a.source = ctx.src.alert_endpoint(ctx.src_pod, Some(r.src));
                 a.updated_at = now;
                 entry.pending = true;
-                self.dirty_alerts.insert(id);
-                self.deliver_due(now);
+                // The last flow's details are refreshed when the alert is about to be delivered, or a second
+                // after the last refresh: not copied with every flow of an attack.
+                if detail_due(entry, now, repeat) {
+                    entry.detail_at = now.0;
+                    let a = &mut entry.alert;
+                    a.evidence.community_id = r.community_id.clone();
+                    a.evidence.last_flow = tuple(r);
+                    a.evidence.observed_at = r.observed_at.iter().cloned().collect();
+                    a.destination = Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst)));
+                    a.source = ctx.src.alert_endpoint(ctx.src_pod, Some(r.src));
+                }
+                self.dirty_alerts.insert(Arc::clone(&id));
+                self.deliver_if_due(&id, now);
             }
             None => {
+                let port_text = match ctx.port {
+                    Some(p) => format!("{}/{p}", r.proto),
+                    None => r.proto.to_string(),
+                };
                 let summary = match kind {
                     AlertKind::PolicyViolation => format!(
                         "{} -> {} ({port_text}): denied by the policies in force",
@@ -948,7 +1125,8 @@ impl Engine {
                     AlertKind::Scan => String::new(),
                 };
                 let alert = Alert {
-                    id: id.clone(),
+                    id: id.to_string(),
+
                     kind,
                     severity: kind.severity(),
                     summary,
@@ -987,11 +1165,13 @@ impl Engine {
             .entry(alert.kind.name().to_owned())
             .or_default() += 1;
         self.totals.alert_deliveries += 1;
-        self.dirty_alerts.insert(alert.id.clone());
+        let id: Arc<str> = Arc::from(alert.id.as_str());
+        self.dirty_alerts.insert(Arc::clone(&id));
         self.deliveries.push(alert.clone());
         self.alerts.insert(
-            alert.id.clone(),
+            id,
             AlertEntry {
+                detail_at: alert.raised_at.0,
                 delivered_at: alert.raised_at.0,
                 pending: false,
                 alert,
@@ -999,24 +1179,28 @@ impl Engine {
         );
     }
 
-    /// Delivers pending alert updates whose quiet time is over.
-    fn deliver_due(&mut self, now: Timestamp) {
+    /// Delivers an updated alert now if its quiet time is over; else it waits for [`Engine::tick`].
+    fn deliver_if_due(&mut self, id: &Arc<str>, now: Timestamp) {
         let repeat = ns_of(self.config.alert_repeat);
-        for entry in self.alerts.values_mut() {
-            if entry.pending && now.0 - entry.delivered_at >= repeat {
-                entry.pending = false;
-                entry.delivered_at = now.0;
-                self.deliveries.push(entry.alert.clone());
-                self.totals.alert_deliveries += 1;
-            }
+        let Some(entry) = self.alerts.get_mut(id) else {
+            return;
+        };
+        if entry.pending && now.0 - entry.delivered_at >= repeat {
+            entry.pending = false;
+            entry.delivered_at = now.0;
+            self.deliveries.push(entry.alert.clone());
+            self.totals.alert_deliveries += 1;
+        } else {
+            self.pending_alerts.insert(Arc::clone(id));
         }
     }
 
-    /// Closes the join of connections whose other view did not come in time, and delivers due alert updates.
+    /// Closes the join of connections whose other view did not come in time, and delivers alert updates whose
+    /// quiet time is over.
     pub fn tick(&mut self, now: Timestamp) {
         self.expire(now);
-        if self.alerts.values().any(|e| e.pending) {
-            self.deliver_due(now);
+        for id in std::mem::take(&mut self.pending_alerts) {
+            self.deliver_if_due(&id, now);
         }
     }
 
@@ -1077,8 +1261,15 @@ struct AlertContext<'a> {
     port: Option<u16>,
     policies: &'a [String],
     reason: &'a str,
+    /// The ids of the edge's policy-violation, enforcement-gap and new-edge alerts.
+    ids: &'a [Arc<str>; 3],
     denied: bool,
     now: Timestamp,
+}
+
+/// Whether an alert's details should be refreshed: it is about to be delivered, or they are a second old.
+fn detail_due(entry: &AlertEntry, now: Timestamp, repeat: Duration) -> bool {
+    now.0 - entry.delivered_at >= ns_of(repeat) || now.0 - entry.detail_at >= 1_000_000_000
 }
 
 fn bracket(policies: &[String]) -> String {

@@ -659,7 +659,7 @@ impl FlowFilter {
         since: Option<Timestamp>,
         until: Option<Timestamp>,
     ) -> bool {
-        self.verdict.as_deref().is_none_or(|v| f.verdict == v)
+        self.verdict.as_deref().is_none_or(|v| &*f.verdict == v)
             && since.is_none_or(|t| f.record.end >= t)
             && until.is_none_or(|t| f.record.start <= t)
             && self.sides_match(

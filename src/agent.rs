@@ -5,14 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use weir_agent::{AgentConfig, CaptureConfig, ExportConfig};
-use weir_flow::FlowConfig;
+use weir_agent::{AgentConfig, ExportConfig};
 
-use crate::capture::{Backend, node_name, patterns, ring_config};
+use crate::capture::{Backend, capture_config, node_name};
 use crate::duration::parse_duration;
 
 #[derive(Args)]
@@ -111,18 +110,16 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         .transpose()?;
     let node = node_name(args.node.as_deref());
     let config = AgentConfig {
-        capture: CaptureConfig {
-            patterns: patterns(&args.interfaces),
-            threads: usize::from(args.threads),
-            backend: args.backend.into(),
-            ring: ring_config(args.ring_mb, args.snaplen),
-            flow: FlowConfig {
-                active_timeout: Some(args.active_timeout),
-                ..FlowConfig::default()
-            },
-            node: node.clone(),
-            deadline: args.duration.map(|d| Instant::now() + d),
-        },
+        capture: capture_config(
+            &args.interfaces,
+            args.threads,
+            args.backend,
+            args.ring_mb,
+            args.snaplen,
+            args.active_timeout,
+            &node,
+            args.duration,
+        ),
         export: ExportConfig {
             aggregator: args.aggregator.clone(),
             token,

@@ -139,19 +139,15 @@ pub fn run(args: AggregatorArgs) -> Result<ExitCode> {
             }),
             _ => None,
         },
-        webhooks: args
-            .webhook
-            .iter()
-            .map(|url| Webhook {
-                url: url.clone(),
-                format: match args.webhook_format {
-                    HookFormat::Weir => WebhookFormat::Weir,
-                    HookFormat::Slack => WebhookFormat::Slack,
-                    HookFormat::Alertmanager => WebhookFormat::Alertmanager,
-                },
-                attempts: 5,
-            })
-            .collect(),
+        webhook: args.webhook.as_ref().map(|url| Webhook {
+            url: url.clone(),
+            format: match args.webhook_format {
+                HookFormat::Weir => WebhookFormat::Weir,
+                HookFormat::Slack => WebhookFormat::Slack,
+                HookFormat::Alertmanager => WebhookFormat::Alertmanager,
+            },
+            attempts: 5,
+        }),
         alerts_stdout: !args.no_alert_lines,
         checkpoint: args.checkpoint,
         retention: args.retention,

@@ -103,6 +103,32 @@ pub fn patterns(given: &[String]) -> Vec<String> {
     }
 }
 
+/// What to capture, from the flags `weir capture` and `weir agent` share.
+#[allow(clippy::too_many_arguments)]
+pub fn capture_config(
+    interfaces: &[String],
+    threads: u16,
+    backend: Backend,
+    ring_mb: u32,
+    snaplen: u32,
+    active_timeout: Duration,
+    node: &str,
+    duration: Option<Duration>,
+) -> CaptureConfig {
+    CaptureConfig {
+        patterns: patterns(interfaces),
+        threads: usize::from(threads),
+        backend: backend.into(),
+        ring: ring_config(ring_mb, snaplen),
+        flow: FlowConfig {
+            active_timeout: Some(active_timeout),
+            ..FlowConfig::default()
+        },
+        node: node.to_owned(),
+        deadline: duration.map(|d| Instant::now() + d),
+    }
+}
+
 /// The ring geometry for a size in MiB.
 pub fn ring_config(ring_mb: u32, snaplen: u32) -> RingConfig {
     RingConfig {
@@ -194,18 +220,16 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     if args.backend == Backend::Pnet && args.threads > 1 {
         bail!("--backend pnet reads on one thread (it has no fanout groups here); drop --threads");
     }
-    let capture = Capture::start(CaptureConfig {
-        patterns: patterns(&args.interfaces),
-        threads: usize::from(args.threads),
-        backend: args.backend.into(),
-        ring: ring_config(args.ring_mb, args.snaplen),
-        flow: FlowConfig {
-            active_timeout: Some(args.active_timeout),
-            ..FlowConfig::default()
-        },
-        node: node.clone(),
-        deadline: args.duration.map(|d| Instant::now() + d),
-    });
+    let capture = Capture::start(capture_config(
+        &args.interfaces,
+        args.threads,
+        args.backend,
+        args.ring_mb,
+        args.snaplen,
+        args.active_timeout,
+        &node,
+        args.duration,
+    ));
     {
         let stop = capture.stop_flag();
         ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))

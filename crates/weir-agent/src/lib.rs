@@ -45,7 +45,7 @@ pub struct AgentSummary {
     pub counters: AgentCounters,
     /// Records acknowledged by the aggregator.
     pub acked: u64,
-    /// Records still unacknowledged at the end (lost if the agent is not run again... they are counted here).
+    /// Records the aggregator had not acknowledged when the drain time ran out (not known to be stored).
     pub unacked: u64,
 }
 

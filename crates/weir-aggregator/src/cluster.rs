@@ -25,6 +25,8 @@ use weir_cluster::{ClusterState, SnapshotLoader};
 use weir_model::Timestamp;
 use weir_policy::PolicySet;
 
+use crate::server::now;
+
 /// The kinds weir reads, in the order they are loaded.
 pub const KINDS: [&str; 8] = [
     "Namespace",
@@ -79,13 +81,6 @@ struct Objects {
     relisting: HashMap<&'static str, BTreeMap<(String, String), Value>>,
     synced: HashSet<&'static str>,
     deleted_pods: BTreeMap<(String, String), (Value, Timestamp)>,
-}
-
-fn now() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
 }
 
 impl Objects {

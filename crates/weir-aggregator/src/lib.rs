@@ -73,8 +73,8 @@ pub struct AggregatorConfig {
     pub read_token: Option<String>,
     /// TLS.
     pub tls: Option<TlsConfig>,
-    /// Webhooks.
-    pub webhooks: Vec<webhook::Webhook>,
+    /// Where alerts are POSTed.
+    pub webhook: Option<webhook::Webhook>,
     /// Alerts to standard output as JSON lines.
     pub alerts_stdout: bool,
     /// Checkpoint (and acknowledgement) interval.
@@ -101,7 +101,7 @@ pub fn run(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
 }
 
 async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
-    weir_agent_crypto();
+    install_crypto_provider();
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating the data directory {}", config.data.display()))?;
     let mut store = store::Store::open(&config.data, config.engine.recent_flows, config.retention)?;
@@ -143,11 +143,10 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
     );
     let (alerts_tx, _) = broadcast::channel(4096);
     let (flows_tx, _) = broadcast::channel(16384);
-    let mut webhook_queues = Vec::new();
-    for hook in &config.webhooks {
-        let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-        webhook_queues.push((hook.clone(), tx, rx));
-    }
+    let webhook = config
+        .webhook
+        .clone()
+        .map(|hook| (hook, tokio::sync::mpsc::channel(10_000)));
     let status = Arc::new(Mutex::new(cluster::ClusterStatus::default()));
     let shared = Arc::new(Shared {
         core: Mutex::new(Core { engine, agents }),
@@ -158,17 +157,11 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         ready: AtomicBool::new(false),
         ingest_token: config.ingest_token.clone(),
         read_token: config.read_token.clone(),
-        sink: webhook_queues.first().map(|(_, tx, _)| tx.clone()),
+        sink: webhook.as_ref().map(|(_, (tx, _))| tx.clone()),
         alerts_stdout: config.alerts_stdout,
     });
-    // One webhook queue is fed directly; more are fanned out from it.
-    let mut senders = Vec::new();
-    for (hook, tx, rx) in webhook_queues {
-        senders.push(tx);
+    if let Some((hook, (_, rx))) = webhook {
         tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));
-    }
-    if senders.len() > 1 {
-        eprintln!("weir aggregator: only the first --webhook is used in this version");
     }
 
     match config.cluster {
@@ -244,7 +237,8 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn weir_agent_crypto() {
+/// rustls with the ring provider, as everywhere in weir (TLS listener, webhook client).
+fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

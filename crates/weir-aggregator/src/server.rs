@@ -102,8 +102,8 @@ pub struct Shared {
     pub core: Mutex<Core>,
     /// New and updated alerts.
     pub alerts: broadcast::Sender<Arc<Alert>>,
-    /// Judged flows as JSON, when someone listens.
-    pub flows: broadcast::Sender<Arc<str>>,
+    /// Judged flows, when someone listens.
+    pub flows: broadcast::Sender<Arc<StoredFlow>>,
     /// Counters.
     pub counters: IngestCounters,
     /// The cluster source's status.
@@ -419,13 +419,13 @@ fn apply_batch(
         agent.applied = seq;
     }
     let deliveries = core.engine.take_deliveries();
-    let rendered: Vec<String> = if render {
+    let listened: Vec<Arc<StoredFlow>> = if render {
         let recent = core.engine.recent();
         let added = (result.connections + result.joined_views) as usize;
         recent
             .iter()
             .skip(recent.len().saturating_sub(added))
-            .filter_map(|f| serde_json::to_string(f).ok())
+            .map(|f| Arc::new(f.clone()))
             .collect()
     } else {
         Vec::new()
@@ -433,8 +433,8 @@ fn apply_batch(
     drop(core);
     s.counters.batches.fetch_add(1, Ordering::Relaxed);
     s.counters.records.fetch_add(n, Ordering::Relaxed);
-    for line in rendered {
-        let _ = s.flows.send(Arc::from(line));
+    for flow in listened {
+        let _ = s.flows.send(flow);
     }
     s.deliver(deliveries);
     IngestReply {
@@ -808,22 +808,16 @@ async fn alert(
     }
 }
 
-async fn alert_stream(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Query(f): Query<AlertFilter>,
-) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
-    let kinds = f.kinds()?;
-    let shared = Arc::clone(&s);
-    let stream = BroadcastStream::new(s.alerts.subscribe()).filter_map(move |item| match item {
-        Ok(alert) if f.matches(&kinds, &alert) => Event::default()
-            .event("alert")
-            .id(alert.id.clone())
-            .json_data(&*alert)
-            .ok()
-            .map(Ok::<Event, Infallible>),
-        Ok(_) => None,
+/// A Server-Sent Events response over a broadcast channel: `event(item)` makes the event for an item (or skips
+/// it); a subscriber that falls behind gets a `lagged` event with the number of items it missed.
+fn sse<T: Clone + Send + 'static>(
+    s: &Arc<Shared>,
+    rx: broadcast::Receiver<T>,
+    event: impl Fn(T) -> Option<Event> + Send + 'static,
+) -> Response {
+    let shared = Arc::clone(s);
+    let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(item) => event(item).map(Ok::<Event, Infallible>),
         Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
             shared
                 .counters
@@ -832,9 +826,28 @@ async fn alert_stream(
             Some(Ok(Event::default().event("lagged").data(n.to_string())))
         }
     });
-    Ok(Sse::new(stream)
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
+}
+
+async fn alert_stream(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(f): Query<AlertFilter>,
+) -> Result<Response, ApiError> {
+    read_auth(&s, &headers)?;
+    let kinds = f.kinds()?;
+    Ok(sse(&s, s.alerts.subscribe(), move |alert: Arc<Alert>| {
+        if !f.matches(&kinds, &alert) {
+            return None;
+        }
+        Event::default()
+            .event("alert")
+            .id(alert.id.clone())
+            .json_data(&*alert)
+            .ok()
+    }))
 }
 
 async fn flow_stream(
@@ -843,26 +856,16 @@ async fn flow_stream(
     Query(f): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
     read_auth(&s, &headers)?;
-    let shared = Arc::clone(&s);
-    let stream = BroadcastStream::new(s.flows.subscribe()).filter_map(move |item| match item {
-        Ok(line) => {
-            let keep = match serde_json::from_str::<StoredFlow>(&line) {
-                Ok(flow) => f.matches_flow(&flow, None, None),
-                Err(_) => false,
-            };
-            keep.then(|| Ok::<Event, Infallible>(Event::default().event("flow").data(&*line)))
-        }
-        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-            shared
-                .counters
-                .stream_lagged
-                .fetch_add(n, Ordering::Relaxed);
-            Some(Ok(Event::default().event("lagged").data(n.to_string())))
-        }
-    });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+    Ok(sse(
+        &s,
+        s.flows.subscribe(),
+        move |flow: Arc<StoredFlow>| {
+            if !f.matches_flow(&flow, None, None) {
+                return None;
+            }
+            Event::default().event("flow").json_data(&*flow).ok()
+        },
+    ))
 }
 
 /// The policy set, one record per edge and the cluster ranges.

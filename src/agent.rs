@@ -9,10 +9,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use weir_agent::{AgentConfig, ExportConfig};
+use weir_agent::{AgentConfig, ExportConfig, WireFormat};
 
 use crate::capture::{Backend, capture_config, node_name};
 use crate::duration::parse_duration;
+
+/// The `--wire` choices.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Wire {
+    Binary,
+    Json,
+}
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -48,6 +55,9 @@ pub struct AgentArgs {
     /// counted).
     #[arg(long, default_value_t = 64)]
     buffer_mb: usize,
+    /// How batches travel: `binary` (compact) or `json` (flow-record JSON lines, readable for debugging).
+    #[arg(long, value_enum, default_value = "binary")]
+    wire: Wire,
     /// Stop after this long (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -128,6 +138,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             flush: args.flush,
             batch_records: args.batch,
             buffer_bytes: args.buffer_mb.saturating_mul(1 << 20),
+            wire: match args.wire {
+                Wire::Binary => WireFormat::Binary,
+                Wire::Json => WireFormat::JsonLines,
+            },
             max_backoff: Duration::from_secs(5),
         },
         listen,

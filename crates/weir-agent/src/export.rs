@@ -13,7 +13,26 @@ use weir_model::ingest::{
     IngestReply,
 };
 
-/// A sealed batch: its number and its body (flow records as JSON lines).
+/// How batches are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WireFormat {
+    /// [`weir_model::wire`]: compact, and about ten times faster for the aggregator to read.
+    #[default]
+    Binary,
+    /// Flow records as JSON lines (the stable record format): readable on the wire, for debugging.
+    JsonLines,
+}
+
+impl WireFormat {
+    fn content_type(self) -> &'static str {
+        match self {
+            WireFormat::Binary => weir_model::wire::CONTENT_TYPE,
+            WireFormat::JsonLines => "application/x-ndjson",
+        }
+    }
+}
+
+/// A sealed batch: its number and its body.
 #[derive(Debug)]
 struct Sealed {
     seq: u64,
@@ -33,11 +52,12 @@ pub struct Buffer {
     next_seq: u64,
     limit: usize,
     batch_records: u64,
+    format: WireFormat,
 }
 
 impl Buffer {
     /// A buffer holding at most `limit` bytes of records; batches hold at most `batch_records`.
-    pub fn new(limit: usize, batch_records: u64) -> Buffer {
+    pub fn new(limit: usize, batch_records: u64, format: WireFormat) -> Buffer {
         Buffer {
             open: Vec::new(),
             open_records: 0,
@@ -47,6 +67,7 @@ impl Buffer {
             next_seq: 1,
             limit: limit.max(1 << 16),
             batch_records: batch_records.max(1),
+            format,
         }
     }
 
@@ -55,7 +76,15 @@ impl Buffer {
         let mut dropped = 0;
         for r in records {
             let before = self.open.len();
-            r.write_json_line(&mut self.open);
+            match self.format {
+                WireFormat::Binary => {
+                    if self.open.is_empty() {
+                        self.open.extend_from_slice(weir_model::wire::MAGIC);
+                    }
+                    r.write_binary(&mut self.open);
+                }
+                WireFormat::JsonLines => r.write_json_line(&mut self.open),
+            }
             self.bytes += self.open.len() - before;
             self.open_records += 1;
             self.open_since.get_or_insert_with(Instant::now);
@@ -154,6 +183,8 @@ pub struct ExportConfig {
     pub batch_records: u64,
     /// Most bytes held before the oldest batches are dropped.
     pub buffer_bytes: usize,
+    /// How batches are written.
+    pub wire: WireFormat,
     /// Longest wait between attempts after failures.
     pub max_backoff: Duration,
 }
@@ -295,7 +326,10 @@ impl Exporter {
             }
             req = req
                 .header(HEADER_SEQ, seq.to_string())
-                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    self.config.wire.content_type(),
+                )
                 .body(body);
         }
         stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +444,7 @@ impl Exporter {
 
 #[cfg(test)]
 mod tests {
-    use super::Buffer;
+    use super::{Buffer, WireFormat};
     use weir_model::{FlowRecord, Protocol, Timestamp};
 
     fn record(port: u16) -> FlowRecord {
@@ -440,7 +474,7 @@ mod tests {
 
     #[test]
     fn batches_are_numbered_acked_and_the_oldest_dropped_when_full() {
-        let mut b = Buffer::new(1 << 16, 10);
+        let mut b = Buffer::new(1 << 16, 10, WireFormat::JsonLines);
         let records: Vec<FlowRecord> = (0..25).map(record).collect();
         assert_eq!(b.push(&records), 0);
         b.seal();
@@ -455,5 +489,22 @@ mod tests {
         assert!(dropped > 0);
         assert_eq!(b.records() + dropped, 2005);
         assert!(b.bytes() <= 1 << 16);
+    }
+
+    #[test]
+    fn binary_batches_each_start_with_the_magic_and_decode_to_their_records() {
+        let mut b = Buffer::new(1 << 20, 10, WireFormat::Binary);
+        let records: Vec<FlowRecord> = (0..25).map(record).collect();
+        b.push(&records);
+        b.seal();
+        let mut back = Vec::new();
+        let mut after = 0;
+        while let Some((seq, body, n, _)) = b.next_after(after) {
+            let (got, malformed) = weir_model::wire::decode(&body).unwrap();
+            assert_eq!((got.len() as u64, malformed), (n, 0));
+            back.extend(got);
+            after = seq;
+        }
+        assert_eq!(back, records);
     }
 }

@@ -23,7 +23,9 @@ use weir_model::ingest::AgentCounters;
 pub use capture::{
     Backend, Capture, CaptureConfig, CaptureCounters, CaptureEvent, InterfaceSummary,
 };
-pub use export::{Buffer, ExportConfig, ExportCounters, Exporter, install_crypto_provider};
+pub use export::{
+    Buffer, ExportConfig, ExportCounters, Exporter, WireFormat, install_crypto_provider,
+};
 
 /// Everything `weir agent` needs.
 #[derive(Clone, Debug)]
@@ -80,6 +82,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> Result<AgentSummary> {
     let buffer = Arc::new(Mutex::new(Buffer::new(
         config.export.buffer_bytes,
         config.export.batch_records,
+        config.export.wire,
     )));
     let fatal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let capture_done = Arc::new(AtomicBool::new(false));

@@ -1,7 +1,8 @@
 //! The agent → aggregator protocol (`POST /api/v1/ingest`).
 //!
-//! A request carries one batch: a body of flow records as JSON lines (the stable flow record format) and these
-//! headers. Batches are numbered per agent run (`epoch`, random at agent start) from 1 without gaps. The
+//! A request carries one batch: a body of flow records and these headers. The body is in the compact binary form
+//! of [`crate::wire`] (content type `application/x-weir-flows`, what `weir agent` sends by default) or, with any
+//! other content type, JSON lines (the stable flow record format; `weir agent --wire json`). Batches are numbered per agent run (`epoch`, random at agent start) from 1 without gaps. The
 //! aggregator applies batch `n` only after `n - 1`, answers with the last batch it has applied and the last one
 //! that is durable (`acked`), and the agent keeps every batch until it is acked, so an aggregator restart loses
 //! nothing: the agent sends again from the first unacked batch and the aggregator ignores what it already has.

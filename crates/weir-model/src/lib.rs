@@ -15,6 +15,7 @@ pub mod ingest;
 mod link;
 mod protocol;
 mod time;
+pub mod wire;
 
 pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, Severity};
 pub use cidr::Cidr;

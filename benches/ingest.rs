@@ -1,12 +1,13 @@
 //! The aggregator under load from simulated agents on loopback: ingest rate (flow records per second), memory
 //! per edge, and batch-to-alert latency (p50/p99, hdrhistogram) while the load runs.
 //!
-//! `cargo bench --bench ingest [-- AGENTS BATCHES_PER_AGENT RECORDS_PER_BATCH] [--random-pairs]` (defaults 2 250
-//! 2000: a million records). Traffic: each Deployment calls three others (a service graph), or with
-//! `--random-pairs` every record goes between a random pair of the 2,000 pods (the worst case: most records open
-//! a new edge, and most of those raise an alert). Starts `weir aggregator` on the 2,000-pod benchmark snapshot (200 Deployments behind Services,
+//! `cargo bench --bench ingest [-- AGENTS BATCHES_PER_AGENT RECORDS_PER_BATCH] [--random-pairs] [--json]`
+//! (defaults 2 250 2000: a million records). Traffic: each Deployment calls three others (a service graph), or
+//! with `--random-pairs` every record goes between a random pair of the 2,000 pods (the worst case: most records
+//! open a new edge, and most of those raise an alert). Bodies are binary as `weir agent` sends them, or JSON lines
+//! with `--json`. Starts `weir aggregator` on the 2,000-pod benchmark snapshot (200 Deployments behind Services,
 //! 200 policies) with a scratch data directory. The baseline, measured in the same run, is parsing the same
-//! batches with the aggregator's own parser on one thread: the cost of the JSON-lines wire format alone.
+//! batches with the aggregator's own parser on one thread: the cost of the wire format alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -117,6 +118,18 @@ fn main() {
         .collect();
     // The worst case: every record between a random pair of pods (nearly every record a new edge).
     let random_pairs = std::env::args().any(|a| a == "--random-pairs");
+    // What agents send by default (binary), or the JSON-lines form with `--json`.
+    let json = std::env::args().any(|a| a == "--json");
+    let format = if json {
+        weir_aggregator::server::BodyFormat::JsonLines
+    } else {
+        weir_aggregator::server::BodyFormat::Binary
+    };
+    let content_type = if json {
+        "application/x-ndjson"
+    } else {
+        weir_model::wire::CONTENT_TYPE
+    };
     let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (agents, batches, per_batch) = (num(0, 2), num(1, 250), num(2, 2000));
     let dir = std::env::temp_dir().join(format!("weir-ingest-bench-{}", std::process::id()));
@@ -167,7 +180,10 @@ fn main() {
         .map(|a| {
             (0..batches)
                 .map(|b| {
-                    let mut body = Vec::with_capacity(per_batch * 420);
+                    let mut body = Vec::with_capacity(per_batch * if json { 460 } else { 100 });
+                    if !json {
+                        body.extend_from_slice(weir_model::wire::MAGIC);
+                    }
                     for i in 0..per_batch {
                         let from = (rng.next() % pods.len() as u64) as usize;
                         let src = pods[from];
@@ -184,15 +200,19 @@ fn main() {
                         };
                         let sport = 10_000 + ((b * per_batch + i) % 50_000) as u16;
                         let node = format!("node-{}", (a * 7 + b) % 20);
-                        record(
+                        let r = record(
                             src,
                             sport,
                             dst,
                             port,
                             &node,
                             t0 + (b * per_batch + i) as i64 * 1000,
-                        )
-                        .write_json_line(&mut body);
+                        );
+                        if json {
+                            r.write_json_line(&mut body);
+                        } else {
+                            r.write_binary(&mut body);
+                        }
                     }
                     body
                 })
@@ -206,7 +226,10 @@ fn main() {
     let started = Instant::now();
     let mut parsed = 0u64;
     for body in bodies.iter().flatten() {
-        parsed += weir_aggregator::server::parse_records(body).0.len() as u64;
+        parsed += weir_aggregator::server::parse_records(format, body)
+            .unwrap()
+            .0
+            .len() as u64;
     }
     let parse_secs = started.elapsed().as_secs_f64();
     assert_eq!(parsed, total_records);
@@ -270,7 +293,7 @@ fn main() {
                 let mut s = TcpStream::connect(&addr).unwrap();
                 for (i, body) in batches.iter().enumerate() {
                     let head = format!(
-                        "POST /api/v1/ingest HTTP/1.1\r\nhost: x\r\nx-weir-node: node-{a}\r\nx-weir-epoch: bench{a}\r\nx-weir-seq: {}\r\ncontent-type: application/x-ndjson\r\n",
+                        "POST /api/v1/ingest HTTP/1.1\r\nhost: x\r\nx-weir-node: node-{a}\r\nx-weir-epoch: bench{a}\r\nx-weir-seq: {}\r\ncontent-type: {content_type}\r\n",
                         i + 1
                     );
                     let (code, reply) = request(&mut s, &head, body);
@@ -316,8 +339,9 @@ fn main() {
         }
     );
     println!(
-        "weir aggregator ingest: {agents} simulated agents, {total_records} records in {batches} batches each of {per_batch} ({:.0} MB of JSON lines)",
-        total_bytes as f64 / 1e6
+        "weir aggregator ingest: {agents} simulated agents, {total_records} records in {batches} batches each of {per_batch} ({:.0} MB of {})",
+        total_bytes as f64 / 1e6,
+        if json { "JSON lines" } else { "binary batches" }
     );
     println!(
         "  applied {applied} records (+{} probe records), {edges} workload edges",

@@ -3,16 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use smallvec::SmallVec;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_analysis::{Analyzer, JudgedFlow, Party, direction_views, verdict_name};
+use weir_analysis::{Analysis, Analyzer, JudgedFlow, Party, direction_views, verdict_name};
 use weir_model::{
-    Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, FlowRecord, Protocol,
-    TcpFlags, Timestamp,
+    Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, EndReason, FlowRecord,
+    Protocol, TcpFlags, Timestamp,
 };
 use weir_policy::{PolicySet, VerdictCache};
 
@@ -27,7 +28,8 @@ pub struct EngineConfig {
     pub alert_repeat: Duration,
     /// The window a scan is counted in.
     pub scan_window: Duration,
-    /// Distinct destinations (address and port), mostly unanswered, that make a scan.
+    /// Distinct destinations (address and port) that did not answer or were denied, in a window where most
+    /// attempts went unanswered, that make a scan.
     pub scan_min_targets: u64,
     /// Denied attempts from one source in the window that make a scan.
     pub scan_min_denied: u64,
@@ -150,12 +152,10 @@ pub struct EdgeStats {
     pub sample: FlowRecord,
 }
 
-/// A judged flow as kept for the API.
+/// What a flow's ends and verdict resolved to: shared by every flow with the same resolution (one reference
+/// count per flow instead of a copy of each name).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct StoredFlow {
-    /// The record.
-    #[serde(flatten)]
-    pub record: FlowRecord,
+pub struct FlowView {
     /// The source pod (`namespace/name`), when a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_pod: Option<Arc<str>>,
@@ -176,6 +176,17 @@ pub struct StoredFlow {
     pub verdict: Arc<str>,
     /// The deciding policies.
     pub policies: Arc<[String]>,
+}
+
+/// A judged flow as kept for the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredFlow {
+    /// The record.
+    #[serde(flatten)]
+    pub record: FlowRecord,
+    /// Its ends and verdict.
+    #[serde(flatten)]
+    pub view: Arc<FlowView>,
     /// Which end reported it.
     pub reported_by: Side,
 }
@@ -184,32 +195,55 @@ pub struct StoredFlow {
 #[derive(Debug)]
 struct Resolved {
     edge: usize,
-    src: EndpointKey,
-    dst: EndpointKey,
-    port: Option<u16>,
-    verdict: Arc<str>,
-    denied: bool,
+    /// Ends, port, verdict and policies, as every flow of this resolution is kept.
+    view: Arc<FlowView>,
+    class: VerdictClass,
     not_isolated: bool,
-    policies: Arc<[String]>,
     reason: Arc<str>,
     /// Its policy-violation (per pair), enforcement-gap and new-edge (per port) alert ids.
     alert_ids: [Arc<str>; 3],
-    service: Option<Arc<str>>,
-    src_pod: Option<Arc<str>>,
-    dst_pod: Option<Arc<str>>,
-    /// The node of the destination pod.
-    destination_pod_node: Option<String>,
+    /// The node of the destination pod (interned).
+    destination_pod_node: Option<u16>,
 }
 
+/// A verdict as the counters see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VerdictClass {
+    Allowed,
+    Denied,
+    Other,
+}
+
+/// What a resolution depends on, packed into integers (it is looked up once per record): each end as its
+/// party's id or, for outside and unknown addresses, the address; a word of tags, protocol and port; the Service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ResolveKey {
-    source: Party,
-    source_ip: Option<IpAddr>,
-    destination: Party,
-    destination_ip: Option<IpAddr>,
-    proto: Protocol,
-    port: Option<u16>,
-    service: Option<weir_cluster::ServiceId>,
+    source: u128,
+    destination: u128,
+    /// Source tag (bits 0–3), destination tag (4–7), protocol (8–15), port present (16), port (17–32).
+    meta: u64,
+    /// The Service's id plus one, or 0.
+    service: u64,
+}
+
+impl ResolveKey {
+    fn end(party: Party, ip: IpAddr) -> (u128, u64) {
+        match party {
+            Party::Pod(id) => (u128::from(id.0), 1),
+            Party::Node(id) => (u128::from(id.0), 2),
+            Party::Backends(id) => (u128::from(id.0), 3),
+            Party::Service(id) => (u128::from(id.0), 4),
+            Party::External => (ip_bits(ip), 5),
+            Party::Unknown => (ip_bits(ip), 6),
+        }
+    }
+}
+
+fn ip_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 /// Most resolutions cached (cleared when full, and with every policy change).
@@ -271,7 +305,7 @@ struct Conn {
     start: Timestamp,
     last_end: Timestamp,
     dst: IpAddr,
-    edge: usize,
+    edge: u32,
     /// Which end counted it (its records carry the volume).
     primary: Side,
     seen_source: bool,
@@ -315,7 +349,59 @@ struct AlertEntry {
     /// When the evidence's details (last flow, endpoints) were last refreshed.
     detail_at: i64,
     delivered_at: i64,
+    /// Updated since its last delivery.
     pending: bool,
+    /// Listed in `dirty_alerts` (changed since the last checkpoint).
+    dirty: bool,
+    /// Listed in `pending_alerts` (waiting for its quiet time to end).
+    queued: bool,
+}
+
+impl AlertEntry {
+    fn new(alert: Alert, at: i64) -> AlertEntry {
+        AlertEntry {
+            detail_at: at,
+            delivered_at: at,
+            pending: false,
+            dirty: false,
+            queued: false,
+            alert,
+        }
+    }
+}
+
+/// Where alert changes go: the checkpoint's list, the quiet-time queue and the deliveries.
+struct AlertSinks<'a> {
+    dirty: &'a mut Vec<Arc<str>>,
+    queued: &'a mut Vec<Arc<str>>,
+    deliveries: &'a mut Vec<Alert>,
+    delivered: &'a mut u64,
+    repeat: i64,
+}
+
+impl AlertSinks<'_> {
+    /// An alert was updated: listed for the next checkpoint, delivered now if its quiet time is over, else
+    /// queued for [`Engine::tick`].
+    fn updated(&mut self, id: &Arc<str>, entry: &mut AlertEntry, now: Timestamp) {
+        entry.pending = true;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(Arc::clone(id));
+        }
+        self.settle(id, entry, now);
+    }
+
+    fn settle(&mut self, id: &Arc<str>, entry: &mut AlertEntry, now: Timestamp) {
+        if entry.pending && now.0 - entry.delivered_at >= self.repeat {
+            entry.pending = false;
+            entry.delivered_at = now.0;
+            self.deliveries.push(entry.alert.clone());
+            *self.delivered += 1;
+        } else if entry.pending && !entry.queued {
+            entry.queued = true;
+            self.queued.push(Arc::clone(id));
+        }
+    }
 }
 
 /// Most targets remembered per scan window (the count goes on).
@@ -323,35 +409,83 @@ const SCAN_TARGET_CAP: usize = 4096;
 /// How far apart two views of one connection may start.
 const VIEW_SLACK_NS: i64 = 2_000_000_000;
 
+/// What judging a batch needs: the policy set, the cluster's ranges and a verdict cache (lent by the engine).
+pub struct JudgeKit {
+    set: Arc<PolicySet>,
+    cluster_ranges: Vec<Cidr>,
+    cache: VerdictCache,
+}
+
+impl JudgeKit {
+    /// Attributes and judges records (in time order, pre- and post-DNAT views joined), as `weir analyze` does.
+    pub fn judge(self, records: Vec<FlowRecord>) -> Judged {
+        let n = records.len() as u64;
+        let mut analyzer = Analyzer::with_cache(&self.set, &self.cluster_ranges, self.cache);
+        let analysis = analyzer.analyze_sorted(records);
+        let cache = analyzer.into_cache();
+        Judged {
+            set: self.set,
+            analysis,
+            records: n,
+            cache,
+        }
+    }
+}
+
+/// A judged batch, for [`Engine::apply_judged`].
+pub struct Judged {
+    set: Arc<PolicySet>,
+    analysis: Analysis,
+    records: u64,
+    cache: VerdictCache,
+}
+
 /// The judging core.
 pub struct Engine {
     config: EngineConfig,
     set: Arc<PolicySet>,
-    cache: Option<VerdictCache>,
     /// `namespace/name` of pods by id, for the current policy set.
     pod_names: Vec<Option<Arc<str>>>,
     /// Resolutions for the current policy set.
     resolved: HashMap<ResolveKey, Arc<Resolved>>,
     edges: Vec<EdgeStats>,
+    /// The interned nodes that reported each edge (`EdgeStats::nodes` by id, to skip string compares).
+    edge_nodes: Vec<SmallVec<[u16; 4]>>,
+    /// Node names, interned.
+    node_ids: HashMap<String, u16>,
+    /// Per interned node: whether its agent reports.
+    node_watched: Vec<bool>,
+    /// The last reporting node looked up (a batch comes from one node).
+    last_node: Option<(String, u16)>,
     /// The resolution each edge last counted a connection with.
     edge_resolved: Vec<Option<Arc<Resolved>>>,
     edge_index: HashMap<EdgeKey, usize>,
-    dirty_edges: BTreeSet<usize>,
+    /// Edges changed since the last checkpoint, and the same as flags.
+    dirty_edges: Vec<usize>,
+    edge_dirty: Vec<bool>,
+    /// Connections by verdict since the engine started, added to `totals.verdicts` when read.
+    verdict_counts: SmallVec<[(Arc<str>, u64); 4]>,
     learning_started: Timestamp,
-    joins: HashMap<JoinKey, Vec<Conn>>,
+    joins: HashMap<JoinKey, SmallVec<[Conn; 1]>>,
     join_count: usize,
     expiry: VecDeque<(i64, JoinKey)>,
     scans: HashMap<IpAddr, ScanWindow>,
     alerts: HashMap<Arc<str>, AlertEntry>,
-    dirty_alerts: HashSet<Arc<str>>,
+    /// Alerts changed since the last checkpoint.
+    dirty_alerts: Vec<Arc<str>>,
     /// Alerts updated but not delivered since (their quiet time is not over).
-    pending_alerts: HashSet<Arc<str>>,
+    pending_alerts: Vec<Arc<str>>,
     deliveries: Vec<Alert>,
     recent: VecDeque<StoredFlow>,
+    /// Flows pushed out of the ring, for the caller to free outside its lock ([`Engine::take_evicted`]).
+    evicted: Vec<StoredFlow>,
+    /// Verdict caches for the current policy set, lent out by [`Engine::judge_kit`].
+    spare_caches: Vec<VerdictCache>,
+    /// Equal policy lists, verdicts and Service names share one allocation, so an edge sees a change by pointer.
+    interned_policies: HashSet<Arc<[String]>>,
+    interned_names: HashSet<Arc<str>>,
     /// Flows added to `recent` since the last checkpoint.
     unsaved_flows: usize,
-    /// Nodes with an agent reporting (a connection to a pod there can be expected to show up at both ends).
-    watched_nodes: HashSet<String>,
     totals: Totals,
 }
 
@@ -378,25 +512,33 @@ impl Engine {
         let mut engine = Engine {
             config,
             set: Arc::clone(&set),
-            cache: None,
             pod_names: Vec::new(),
             resolved: HashMap::new(),
             edges: Vec::new(),
             edge_resolved: Vec::new(),
             edge_index: HashMap::new(),
-            dirty_edges: BTreeSet::new(),
+            edge_nodes: Vec::new(),
+            node_ids: HashMap::new(),
+            node_watched: Vec::new(),
+            last_node: None,
+            dirty_edges: Vec::new(),
+            edge_dirty: Vec::new(),
+            verdict_counts: SmallVec::new(),
             learning_started,
             joins: HashMap::new(),
             join_count: 0,
             expiry: VecDeque::new(),
             scans: HashMap::new(),
             alerts: HashMap::new(),
-            dirty_alerts: HashSet::new(),
-            pending_alerts: HashSet::new(),
+            dirty_alerts: Vec::new(),
+            pending_alerts: Vec::new(),
             deliveries: Vec::new(),
             recent: VecDeque::new(),
+            evicted: Vec::new(),
+            spare_caches: Vec::new(),
+            interned_policies: HashSet::default(),
+            interned_names: HashSet::default(),
             unsaved_flows: 0,
-            watched_nodes: HashSet::new(),
             totals: Totals::default(),
         };
         engine.set_policy(set);
@@ -413,7 +555,7 @@ impl Engine {
             .map(|p| Some(Arc::from(p.key())))
             .collect();
         self.set = set;
-        self.cache = None;
+        self.spare_caches.clear();
         self.resolved.clear();
         self.totals.policy_updates += 1;
     }
@@ -444,14 +586,54 @@ impl Engine {
 
     /// Notes that a node's agent reports: connections to pods there are expected to show up at both ends.
     pub fn watch_node(&mut self, node: &str) {
-        if !self.watched_nodes.contains(node) {
-            self.watched_nodes.insert(node.to_owned());
+        let id = self.node_id(node);
+        if let Some(w) = self.node_watched.get_mut(usize::from(id)) {
+            *w = true;
         }
     }
 
+    /// A node name's interned id (ids past `u16::MAX` share the last one: counting stays right, only the
+    /// per-edge node lists of such clusters merge them).
+    fn node_id(&mut self, node: &str) -> u16 {
+        if let Some((name, id)) = &self.last_node
+            && name == node
+        {
+            return *id;
+        }
+        let id = match self.node_ids.get(node) {
+            Some(&id) => id,
+            None => {
+                let id = u16::try_from(self.node_ids.len()).unwrap_or(u16::MAX);
+                self.node_ids.insert(node.to_owned(), id);
+                if self.node_watched.len() <= usize::from(id) {
+                    self.node_watched.push(false);
+                }
+                id
+            }
+        };
+        self.last_node = Some((node.to_owned(), id));
+        id
+    }
+
     /// Totals.
-    pub fn totals(&self) -> &Totals {
-        &self.totals
+    pub fn totals(&self) -> Totals {
+        let mut t = self.totals.clone();
+        for (verdict, n) in &self.verdict_counts {
+            *t.verdicts.entry(verdict.to_string()).or_default() += n;
+        }
+        t
+    }
+
+    fn mark_edge(&mut self, i: usize) {
+        if self.edge_dirty.len() < self.edges.len() {
+            self.edge_dirty.resize(self.edges.len(), false);
+        }
+        if let Some(flag) = self.edge_dirty.get_mut(i)
+            && !*flag
+        {
+            *flag = true;
+            self.dirty_edges.push(i);
+        }
     }
 
     /// Every edge.
@@ -498,19 +680,14 @@ impl Engine {
         }
         for e in edges {
             self.edge_index.insert(e.key.clone(), self.edges.len());
+            let nodes = e.nodes.iter().map(|n| self.node_id(n)).collect();
             self.edges.push(e);
+            self.edge_nodes.push(nodes);
             self.edge_resolved.push(None);
         }
         for a in alerts {
-            self.alerts.insert(
-                Arc::from(a.id.as_str()),
-                AlertEntry {
-                    detail_at: now.0,
-                    delivered_at: now.0,
-                    pending: false,
-                    alert: a,
-                },
-            );
+            self.alerts
+                .insert(Arc::from(a.id.as_str()), AlertEntry::new(a, now.0));
         }
         let keep = flows.len().saturating_sub(self.config.recent_flows);
         self.recent = flows.into_iter().skip(keep).collect();
@@ -519,18 +696,32 @@ impl Engine {
     /// Marks every edge and alert changed (a checkpoint failed: write them all next time).
     pub fn mark_all_dirty(&mut self) {
         self.dirty_edges = (0..self.edges.len()).collect();
-        self.dirty_alerts = self.alerts.keys().cloned().collect();
+        self.edge_dirty = vec![true; self.edges.len()];
+        self.dirty_alerts.clear();
+        for (id, entry) in &mut self.alerts {
+            entry.dirty = true;
+            self.dirty_alerts.push(Arc::clone(id));
+        }
     }
 
     /// What changed since the last checkpoint: edges, alerts and new recent flows. Marks them saved.
     pub fn take_changes(&mut self) -> (Vec<EdgeStats>, Vec<Alert>, Vec<StoredFlow>) {
-        let edges = std::mem::take(&mut self.dirty_edges)
+        let mut dirty = std::mem::take(&mut self.dirty_edges);
+        dirty.sort_unstable();
+        let edges = dirty
             .into_iter()
-            .map(|i| self.edges[i].clone())
+            .map(|i| {
+                self.edge_dirty[i] = false;
+                self.edges[i].clone()
+            })
             .collect();
         let alerts = std::mem::take(&mut self.dirty_alerts)
             .into_iter()
-            .filter_map(|id| self.alerts.get(&id).map(|e| e.alert.clone()))
+            .filter_map(|id| {
+                let entry = self.alerts.get_mut(&id)?;
+                entry.dirty = false;
+                Some(entry.alert.clone())
+            })
             .collect();
         // At most a tenth of the ring per checkpoint: under a heavy load the stored ring keeps the newest flows
         // of each checkpoint instead of spending a core on serializing every one (counts are exact regardless).
@@ -584,31 +775,45 @@ impl Engine {
         }
     }
 
-    fn node_of(&self, party: Party) -> Option<String> {
-        let cluster = self.set.cluster();
-        match party {
-            Party::Pod(id) => cluster.pod(id).node_name.clone(),
-            Party::Node(id) => Some(cluster.node(id).name.clone()),
-            _ => None,
+    /// Attributes, judges and counts a batch of records reported at `now` (wall clock).
+    pub fn apply(&mut self, records: Vec<FlowRecord>, now: Timestamp) -> Applied {
+        let kit = self.judge_kit();
+        // Always applied: nothing changed the policy set in between.
+        self.apply_judged(kit.judge(records), now)
+            .unwrap_or_default()
+    }
+
+    /// What judging a batch needs, to do it without holding the engine (the expensive half of
+    /// [`Engine::apply`], on any thread); [`Engine::apply_judged`] counts the result.
+    pub fn judge_kit(&mut self) -> JudgeKit {
+        JudgeKit {
+            set: Arc::clone(&self.set),
+            cluster_ranges: self.config.cluster_ranges.clone(),
+            cache: self.spare_caches.pop().unwrap_or_default(),
         }
     }
 
-    /// Attributes, judges and counts a batch of records reported at `now` (wall clock).
-    pub fn apply(&mut self, records: Vec<FlowRecord>, now: Timestamp) -> Applied {
+    /// Counts a batch judged by [`JudgeKit::judge`]. When the policy set changed meanwhile, counts nothing and
+    /// answers `None`: the records must be judged again (parties are numbered per policy set).
+    pub fn apply_judged(&mut self, judged: Judged, now: Timestamp) -> Option<Applied> {
+        if !Arc::ptr_eq(&judged.set, &self.set) {
+            return None;
+        }
+        let Judged {
+            set,
+            analysis,
+            records,
+            cache,
+        } = judged;
+        if self.spare_caches.len() < 8 {
+            self.spare_caches.push(cache);
+        }
         let mut applied = Applied {
-            records: records.len() as u64,
+            records,
+            dnat_joined: analysis.dnat_joined,
             ..Applied::default()
         };
-        let set = Arc::clone(&self.set);
-        let mut analyzer = Analyzer::with_cache(
-            &set,
-            &self.config.cluster_ranges,
-            self.cache.take().unwrap_or_default(),
-        );
-        let analysis = analyzer.analyze_sorted(records);
-        self.cache = Some(analyzer.into_cache());
-        applied.dnat_joined = analysis.dnat_joined;
-        self.totals.records += applied.records;
+        self.totals.records += records;
         self.totals.dnat_joined += analysis.dnat_joined;
         for flow in analysis.flows {
             match self.observe(&set, flow, now) {
@@ -617,31 +822,52 @@ impl Engine {
             }
         }
         self.expire(now);
-        applied
+        Some(applied)
+    }
+
+    /// Flows the ring let go of since the last call: dropping them is left to the caller, outside its lock.
+    pub fn take_evicted(&mut self) -> Vec<StoredFlow> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    fn intern_policies(&mut self, policies: Vec<String>) -> Arc<[String]> {
+        if let Some(p) = self.interned_policies.get(policies.as_slice()) {
+            return Arc::clone(p);
+        }
+        let p: Arc<[String]> = Arc::from(policies);
+        self.interned_policies.insert(Arc::clone(&p));
+        p
+    }
+
+    fn intern_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.interned_names.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.interned_names.insert(Arc::clone(&n));
+        n
     }
 
     /// What a flow's ends and verdict resolve to, cached per (source, destination, protocol, port, Service):
     /// for a given policy set the verdict, the edge and every name depend on nothing else.
     fn resolve(&mut self, set: &PolicySet, flow: &JudgedFlow, now: Timestamp) -> Arc<Resolved> {
         let r = &flow.record;
-        let named = |party: Party, ip: IpAddr| match party {
-            Party::External | Party::Unknown => Some(ip),
-            _ => None,
-        };
         let dst_ip = flow.destination_ip();
         let port = if r.proto.is_icmp() {
             None
         } else {
             flow.judged_port()
         };
+        let (source, source_tag) = ResolveKey::end(flow.source, r.src);
+        let (destination, destination_tag) = ResolveKey::end(flow.destination, dst_ip);
         let key = ResolveKey {
-            source: flow.source,
-            source_ip: named(flow.source, r.src),
-            destination: flow.destination,
-            destination_ip: named(flow.destination, dst_ip),
-            proto: r.proto,
-            port,
-            service: flow.service.map(|s| s.service),
+            source,
+            destination,
+            meta: source_tag
+                | destination_tag << 4
+                | u64::from(r.proto.0) << 8
+                | port.map_or(0, |p| 1 << 16 | u64::from(p) << 17),
+            service: flow.service.map_or(0, |s| u64::from(s.service.0) + 1),
         };
         if let Some(hit) = self.resolved.get(&key) {
             return Arc::clone(hit);
@@ -677,6 +903,7 @@ impl Engine {
             Some(&i) => i,
             None => {
                 let i = self.edges.len();
+                self.edge_nodes.push(SmallVec::new());
                 self.edges.push(EdgeStats {
                     key: edge_key.clone(),
                     flows: 0,
@@ -703,7 +930,15 @@ impl Engine {
                 i
             }
         };
-        let destination_node = self.node_of(flow.destination);
+        let destination_pod_node = match flow.destination {
+            Party::Pod(id) => set
+                .cluster()
+                .pod(id)
+                .node_name
+                .as_deref()
+                .map(|node| self.node_id(node)),
+            _ => None,
+        };
         let port_text = match port {
             Some(p) => format!("{}/{p}", r.proto),
             None => r.proto.to_string(),
@@ -728,23 +963,26 @@ impl Engine {
         let resolved = Arc::new(Resolved {
             alert_ids,
             edge,
-            src,
-            dst,
-            port,
-            verdict: Arc::from(verdict),
-            denied: verdict == "denied",
-            not_isolated,
-            policies: Arc::from(policies),
-            reason: Arc::from(reason),
-            service: flow
-                .service
-                .map(|s| Arc::from(set.cluster().service(s.service).key())),
-            src_pod: self.pod_name(flow.source),
-            dst_pod: self.pod_name(flow.destination),
-            destination_pod_node: match flow.destination {
-                Party::Pod(_) => destination_node,
-                _ => None,
+            view: Arc::new(FlowView {
+                src_pod: self.pod_name(flow.source),
+                dst_pod: self.pod_name(flow.destination),
+                service: flow
+                    .service
+                    .map(|s| self.intern_name(&set.cluster().service(s.service).key())),
+                source: src,
+                destination: dst,
+                port,
+                verdict: self.intern_name(verdict),
+                policies: self.intern_policies(policies),
+            }),
+            class: match verdict {
+                "allowed" => VerdictClass::Allowed,
+                "denied" => VerdictClass::Denied,
+                _ => VerdictClass::Other,
             },
+            not_isolated,
+            reason: Arc::from(reason),
+            destination_pod_node,
         });
         // Bounded: a flood of distinct outside addresses must not grow it without end.
         if self.resolved.len() >= RESOLVED_CAP {
@@ -760,12 +998,13 @@ impl Engine {
         let r = flow.record;
         let dst_ip = flow.service.and_then(|s| s.backend).unwrap_or(r.dst);
         let edge = res.edge;
-        let denied = res.denied;
-        self.dirty_edges.insert(edge);
+        let denied = res.class == VerdictClass::Denied;
+        self.mark_edge(edge);
         let side = match r.observed_at.as_ref().map(|o| o.direction) {
             Some(Direction::ToPod) => Side::Destination,
             _ => Side::Source,
         };
+        let reporter = r.observed_at.as_ref().map(|o| self.node_id(&o.node));
 
         // One connection, two views: find the other end's report of it.
         let join_key = JoinKey {
@@ -773,33 +1012,38 @@ impl Engine {
             src: r.src,
             port: r.src_port.or(r.icmp_id).unwrap_or(0),
         };
-        let destination_watched = res
-            .destination_pod_node
-            .as_deref()
-            .is_some_and(|n| self.watched_nodes.contains(n));
+        let destination_watched = res.destination_pod_node.is_some_and(|n| {
+            self.node_watched
+                .get(usize::from(n))
+                .copied()
+                .unwrap_or(false)
+        });
         let expires = now.0.saturating_add(ns_of(self.config.join_window));
-        let mut is_new = true;
-        let mut counts_volume = true;
-        let conns = self.joins.entry(join_key).or_default();
-        let found = conns.iter_mut().find(|c| {
+        let matches = |c: &Conn| {
             (c.dst == dst_ip || c.dst == r.dst)
                 && r.start.0 >= c.start.0 - VIEW_SLACK_NS
                 && r.start.0 <= c.last_end.0 + VIEW_SLACK_NS
-        });
+        };
+        let found = self
+            .joins
+            .get_mut(&join_key)
+            .and_then(|conns| conns.iter_mut().find(|c| matches(c)));
+        let is_new = found.is_none();
+        let mut counts_volume = true;
+        let mut scratch;
         let conn: &mut Conn = match found {
             Some(c) => {
-                is_new = false;
                 counts_volume = c.primary == side;
                 c.last_end = c.last_end.max(r.end);
                 c.expires = expires;
                 c
             }
             None => {
-                conns.push(Conn {
+                let c = Conn {
                     start: r.start,
                     last_end: r.end,
                     dst: dst_ip,
-                    edge,
+                    edge: u32::try_from(edge).unwrap_or(u32::MAX),
                     primary: side,
                     seen_source: false,
                     seen_destination: false,
@@ -808,12 +1052,22 @@ impl Engine {
                     gap_raised: false,
                     destination_watched,
                     expires,
-                });
-                self.join_count += 1;
-                self.expiry.push_back((expires, join_key));
-                match conns.last_mut() {
-                    Some(c) => c,
-                    None => return true,
+                };
+                // Nothing more can come of a connection that is over and whose destination's node does not
+                // report: it needs no place in the join table (most connections, when few nodes run agents).
+                let more_to_come = destination_watched
+                    || side == Side::Destination
+                    || r.end_reason == EndReason::ActiveTimeout;
+                if more_to_come {
+                    self.join_count += 1;
+                    self.expiry.push_back((expires, join_key));
+                    let conns = self.joins.entry(join_key).or_default();
+                    conns.push(c);
+                    let last = conns.len() - 1;
+                    &mut conns[last]
+                } else {
+                    scratch = c;
+                    &mut scratch
                 }
             }
         };
@@ -831,10 +1085,16 @@ impl Engine {
         }
 
         let e = &mut self.edges[edge];
-        if let Some(o) = &r.observed_at
-            && !e.nodes.contains(&o.node)
+        if let Some(node) = reporter
+            && let Some(ids) = self.edge_nodes.get_mut(edge)
+            && !ids.contains(&node)
         {
-            e.nodes.insert(o.node.clone());
+            ids.push(node);
+            if let Some(o) = &r.observed_at
+                && !e.nodes.contains(&o.node)
+            {
+                e.nodes.insert(o.node.clone());
+            }
         }
         if counts_volume {
             e.packets += r.total_packets();
@@ -854,38 +1114,50 @@ impl Engine {
             e.enforcement_gaps += 1;
             self.totals.enforcement_gaps += 1;
         }
+        let view = &res.view;
         if is_new {
             e.flows += 1;
-            match &*res.verdict {
-                "allowed" => e.allowed += 1,
-                "denied" => e.denied += 1,
-                _ => e.other += 1,
-            }
-            if e.verdict != *res.verdict {
-                e.verdict = res.verdict.to_string();
+            match res.class {
+                VerdictClass::Allowed => e.allowed += 1,
+                VerdictClass::Denied => e.denied += 1,
+                VerdictClass::Other => e.other += 1,
             }
             e.not_isolated = res.not_isolated;
-            // Resolutions are shared: the same one as last time means the same policies.
-            let same = self.edge_resolved[edge]
-                .as_ref()
-                .is_some_and(|last| Arc::ptr_eq(last, &res));
+            // Verdicts, policy lists and Service names are interned: the same pointers as last time mean
+            // nothing to copy.
+            let same = self.edge_resolved[edge].as_ref().is_some_and(|last| {
+                let v = &last.view;
+                Arc::ptr_eq(&v.verdict, &view.verdict)
+                    && Arc::ptr_eq(&v.policies, &view.policies)
+                    && match (&v.service, &view.service) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            });
             if !same {
-                if e.policies.as_slice() != &*res.policies {
-                    e.policies = res.policies.to_vec();
+                if e.verdict != *view.verdict {
+                    e.verdict = view.verdict.to_string();
+                }
+                if e.policies.as_slice() != &*view.policies {
+                    e.policies = view.policies.to_vec();
+                }
+                if let Some(s) = &view.service
+                    && !e.services.iter().any(|x| **x == **s)
+                {
+                    e.services.push(s.to_string());
                 }
                 self.edge_resolved[edge] = Some(Arc::clone(&res));
             }
-            if let Some(s) = &res.service
-                && !e.services.iter().any(|x| **x == **s)
-            {
-                e.services.push(s.to_string());
-            }
             self.totals.connections += 1;
-            match self.totals.verdicts.get_mut(&*res.verdict) {
-                Some(n) => *n += 1,
-                None => {
-                    self.totals.verdicts.insert(res.verdict.to_string(), 1);
-                }
+            // Verdict names are interned: a pointer compare among a handful.
+            match self
+                .verdict_counts
+                .iter_mut()
+                .find(|(v, _)| Arc::ptr_eq(v, &view.verdict))
+            {
+                Some((_, n)) => *n += 1,
+                None => self.verdict_counts.push((Arc::clone(&view.verdict), 1)),
             }
         } else {
             self.totals.joined_views += 1;
@@ -893,13 +1165,13 @@ impl Engine {
         let baseline = e.baseline;
 
         let ctx = AlertContext {
-            src: &res.src,
-            dst: &res.dst,
-            src_pod: res.src_pod.as_deref(),
-            dst_pod: res.dst_pod.as_deref(),
+            src: &view.source,
+            dst: &view.destination,
+            src_pod: view.src_pod.as_deref(),
+            dst_pod: view.dst_pod.as_deref(),
             record: &r,
-            port: res.port,
-            policies: &res.policies,
+            port: view.port,
+            policies: &view.policies,
             reason: &res.reason,
             ids: &res.alert_ids,
             denied,
@@ -914,29 +1186,24 @@ impl Engine {
             self.raise_edge_alert(AlertKind::EnforcementGap, &ctx);
         }
         if is_new
-            && &*res.verdict == "allowed"
+            && res.class == VerdictClass::Allowed
             && !baseline
-            && res.src.in_cluster()
-            && res.dst.in_cluster()
+            && view.source.in_cluster()
+            && view.destination.in_cluster()
         {
             self.raise_edge_alert(AlertKind::NewEdge, &ctx);
         }
 
         self.recent.push_back(StoredFlow {
             record: r,
-            src_pod: res.src_pod.clone(),
-            dst_pod: res.dst_pod.clone(),
-            service: res.service.clone(),
-            source: res.src.clone(),
-            destination: res.dst.clone(),
-            port: res.port,
-            verdict: Arc::clone(&res.verdict),
-            policies: Arc::clone(&res.policies),
+            view: Arc::clone(view),
             reported_by: side,
         });
         self.unsaved_flows += 1;
         while self.recent.len() > self.config.recent_flows {
-            self.recent.pop_front();
+            if let Some(old) = self.recent.pop_front() {
+                self.evicted.push(old);
+            }
         }
         is_new
     }
@@ -953,7 +1220,10 @@ impl Engine {
             };
         }
         let target_port = r.dst_port.or(r.icmp_type.map(u16::from)).unwrap_or(0);
-        if w.targets.len() < SCAN_TARGET_CAP {
+        let failed = !answered(r);
+        // Probes are what count: a destination that answered an allowed connection is ordinary traffic (and
+        // remembering every one would cost a lookup for each connection in the cluster).
+        if (failed || ctx.denied) && w.targets.len() < SCAN_TARGET_CAP {
             w.targets.insert((r.dst, target_port));
         }
         if w.ports.len() < 20 || w.ports.iter().next_back().is_some_and(|&p| p > target_port) {
@@ -963,7 +1233,7 @@ impl Engine {
             }
         }
         w.flows += 1;
-        if !answered(r) {
+        if failed {
             w.failed += 1;
         }
         if ctx.denied {
@@ -999,7 +1269,7 @@ impl Engine {
             last_flow: tuple(r),
             observed_at: r.observed_at.iter().cloned().collect(),
             reason: format!(
-                "{} distinct destinations, {} of {} attempts unanswered, {} denied, within {scan_secs} s",
+                "{} distinct destinations unanswered or denied, {} of {} attempts unanswered, {} denied, within {scan_secs} s",
                 w.targets.len(),
                 w.failed,
                 w.flows,
@@ -1023,14 +1293,19 @@ impl Engine {
                 entry.alert.count += 1;
                 entry.alert.last_seen = entry.alert.last_seen.max(r.end);
                 entry.alert.updated_at = now;
-                entry.pending = true;
                 if detail_due(entry, now, repeat) {
                     entry.detail_at = now.0;
                     entry.alert.evidence = evidence_of(w);
                     entry.alert.summary = summary_of(&entry.alert.evidence);
                 }
-                self.dirty_alerts.insert(Arc::clone(&id));
-                self.deliver_if_due(&id, now);
+                AlertSinks {
+                    dirty: &mut self.dirty_alerts,
+                    queued: &mut self.pending_alerts,
+                    deliveries: &mut self.deliveries,
+                    delivered: &mut self.totals.alert_deliveries,
+                    repeat: ns_of(repeat),
+                }
+                .updated(&id, entry, now);
             }
             None => {
                 let evidence = evidence_of(w);
@@ -1086,7 +1361,6 @@ impl Engine {
                     a.evidence.ports.sort_unstable();
                 }
                 a.updated_at = now;
-                entry.pending = true;
                 // The last flow's details are refreshed when the alert is about to be delivered, or a second
                 // after the last refresh: not copied with every flow of an attack.
                 if detail_due(entry, now, repeat) {
@@ -1098,8 +1372,14 @@ impl Engine {
                     a.destination = Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst)));
                     a.source = ctx.src.alert_endpoint(ctx.src_pod, Some(r.src));
                 }
-                self.dirty_alerts.insert(Arc::clone(&id));
-                self.deliver_if_due(&id, now);
+                AlertSinks {
+                    dirty: &mut self.dirty_alerts,
+                    queued: &mut self.pending_alerts,
+                    deliveries: &mut self.deliveries,
+                    delivered: &mut self.totals.alert_deliveries,
+                    repeat: ns_of(repeat),
+                }
+                .updated(&id, entry, now);
             }
             None => {
                 let port_text = match ctx.port {
@@ -1166,41 +1446,29 @@ impl Engine {
             .or_default() += 1;
         self.totals.alert_deliveries += 1;
         let id: Arc<str> = Arc::from(alert.id.as_str());
-        self.dirty_alerts.insert(Arc::clone(&id));
         self.deliveries.push(alert.clone());
-        self.alerts.insert(
-            id,
-            AlertEntry {
-                detail_at: alert.raised_at.0,
-                delivered_at: alert.raised_at.0,
-                pending: false,
-                alert,
-            },
-        );
-    }
-
-    /// Delivers an updated alert now if its quiet time is over; else it waits for [`Engine::tick`].
-    fn deliver_if_due(&mut self, id: &Arc<str>, now: Timestamp) {
-        let repeat = ns_of(self.config.alert_repeat);
-        let Some(entry) = self.alerts.get_mut(id) else {
-            return;
-        };
-        if entry.pending && now.0 - entry.delivered_at >= repeat {
-            entry.pending = false;
-            entry.delivered_at = now.0;
-            self.deliveries.push(entry.alert.clone());
-            self.totals.alert_deliveries += 1;
-        } else {
-            self.pending_alerts.insert(Arc::clone(id));
-        }
+        let mut entry = AlertEntry::new(alert.clone(), alert.raised_at.0);
+        entry.dirty = true;
+        self.dirty_alerts.push(Arc::clone(&id));
+        self.alerts.insert(id, entry);
     }
 
     /// Closes the join of connections whose other view did not come in time, and delivers alert updates whose
     /// quiet time is over.
     pub fn tick(&mut self, now: Timestamp) {
         self.expire(now);
-        for id in std::mem::take(&mut self.pending_alerts) {
-            self.deliver_if_due(&id, now);
+        let mut sinks = AlertSinks {
+            dirty: &mut self.dirty_alerts,
+            queued: &mut self.pending_alerts,
+            deliveries: &mut self.deliveries,
+            delivered: &mut self.totals.alert_deliveries,
+            repeat: ns_of(self.config.alert_repeat),
+        };
+        for id in std::mem::take(sinks.queued) {
+            if let Some(entry) = self.alerts.get_mut(&id) {
+                entry.queued = false;
+                sinks.settle(&id, entry, now);
+            }
         }
     }
 
@@ -1238,10 +1506,10 @@ impl Engine {
                 // connection that is the policy being enforced.
                 if c.seen_source && !c.seen_destination && !c.delivered && c.destination_watched {
                     if !c.denied
-                        && let Some(e) = self.edges.get_mut(c.edge)
+                        && let Some(e) = self.edges.get_mut(c.edge as usize)
                     {
                         e.dropped_in_transit += 1;
-                        self.dirty_edges.insert(c.edge);
+                        self.mark_edge(c.edge as usize);
                     }
                     if !c.denied {
                         self.totals.dropped_in_transit += 1;

@@ -256,7 +256,7 @@ fn parse_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError
 }
 
 /// Flow records from JSON lines; lines that are not records are counted and skipped.
-pub fn parse_records(body: &[u8]) -> (Vec<FlowRecord>, u64) {
+pub fn parse_json_lines(body: &[u8]) -> (Vec<FlowRecord>, u64) {
     let mut records = Vec::with_capacity(body.len() / 300 + 1);
     let mut malformed = 0;
     for line in body.split(|&b| b == b'\n') {
@@ -269,6 +269,43 @@ pub fn parse_records(body: &[u8]) -> (Vec<FlowRecord>, u64) {
         }
     }
     (records, malformed)
+}
+
+/// The wire format of a batch, from its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// Flow records as JSON lines (the stable record format; any content type but the binary one).
+    JsonLines,
+    /// [`weir_model::wire`]: the compact binary form agents send.
+    Binary,
+}
+
+impl BodyFormat {
+    fn of(headers: &HeaderMap) -> BodyFormat {
+        let binary = header_str(headers, "content-type")
+            .and_then(|t| t.split(';').next())
+            .is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case(weir_model::wire::CONTENT_TYPE)
+            });
+        if binary {
+            BodyFormat::Binary
+        } else {
+            BodyFormat::JsonLines
+        }
+    }
+}
+
+/// Reads a batch body: the records and how many were malformed; an error when a binary body cannot be framed.
+pub fn parse_records(
+    format: BodyFormat,
+    body: &[u8],
+) -> Result<(Vec<FlowRecord>, u64), weir_model::wire::WireError> {
+    match format {
+        BodyFormat::JsonLines => Ok(parse_json_lines(body)),
+        BodyFormat::Binary if body.is_empty() => Ok((Vec::new(), 0)),
+        BodyFormat::Binary => weir_model::wire::decode(body),
+    }
 }
 
 async fn ingest(
@@ -324,16 +361,24 @@ async fn ingest(
         .into_response());
     }
     let shared = Arc::clone(&s);
+    let format = BodyFormat::of(&headers);
     let reply = tokio::task::spawn_blocking(move || {
-        apply_batch(&shared, node, epoch, seq, oldest, counters, &body)
+        apply_batch(&shared, node, epoch, seq, oldest, counters, format, &body)
     })
     .await
     .map_err(|e| internal(format!("the batch could not be applied: {e}")).into_response())?;
-    Ok(axum::Json(reply))
+    match reply {
+        Ok(reply) => Ok(axum::Json(reply)),
+        Err(e) => {
+            s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            Err(bad(format!("the batch body is unreadable: {e}")).into_response())
+        }
+    }
 }
 
 /// Applies one request under the core lock: a batch in order, a duplicate ignored, a gap answered with where
-/// to resume.
+/// to resume. Fails only on a binary body that cannot be framed.
+#[allow(clippy::too_many_arguments)]
 fn apply_batch(
     s: &Shared,
     node: String,
@@ -341,8 +386,9 @@ fn apply_batch(
     seq: Option<u64>,
     oldest: Option<u64>,
     counters: Option<AgentCounters>,
+    format: BodyFormat,
     body: &[u8],
-) -> IngestReply {
+) -> Result<IngestReply, weir_model::wire::WireError> {
     let now = now();
     let key = (node.clone(), epoch.clone());
     let cursor = |core: &mut Core| {
@@ -365,60 +411,70 @@ fn apply_batch(
         (agent.applied, agent.acked)
     };
     let Ok(mut core) = s.core.lock() else {
-        return IngestReply::default();
+        return Ok(IngestReply::default());
     };
     core.engine.watch_node(&node);
     let (applied, acked) = cursor(&mut core);
     let Some(seq) = seq else {
         s.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-        return IngestReply {
+        return Ok(IngestReply {
             applied,
             acked,
             expected: None,
-        };
+        });
     };
     if seq <= applied {
         s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        return IngestReply {
+        return Ok(IngestReply {
             applied,
             acked,
             expected: None,
-        };
+        });
     }
     // A gap is fine only when the agent no longer holds the missing batches.
     if seq > applied + 1 && oldest.is_none_or(|o| o <= applied + 1) {
         s.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
-        return IngestReply {
+        return Ok(IngestReply {
             applied,
             acked,
             expected: Some(applied + 1),
-        };
+        });
     }
-    // Parsing does not need the lock.
+    // Parsing, attribution and verdicts do not need the lock: only counting does.
+    let kit = core.engine.judge_kit();
     drop(core);
-    let (records, malformed) = parse_records(body);
+    let (records, malformed) = parse_records(format, body)?;
     s.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
+    let judged = kit.judge(records);
     let Ok(mut core) = s.core.lock() else {
-        return IngestReply::default();
+        return Ok(IngestReply::default());
     };
     // Another request of the same agent run may have got there first.
     let (applied, acked) = cursor(&mut core);
     if seq <= applied {
         s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        return IngestReply {
+        return Ok(IngestReply {
             applied,
             acked,
             expected: None,
-        };
+        });
     }
-    let n = records.len() as u64;
     let render = s.flows.receiver_count() > 0;
-    let result = core.engine.apply(records, now);
+    let result = match core.engine.apply_judged(judged, now) {
+        Some(result) => result,
+        // The policy set changed while the batch was judged: judge it again against the new one.
+        None => {
+            let (records, _) = parse_records(format, body)?;
+            core.engine.apply(records, now)
+        }
+    };
+    let n = result.records;
     if let Some(agent) = core.agents.get_mut(&key) {
         agent.missed_batches += seq - applied - 1;
         agent.applied = seq;
     }
     let deliveries = core.engine.take_deliveries();
+    let evicted = core.engine.take_evicted();
     let listened: Vec<Arc<StoredFlow>> = if render {
         let recent = core.engine.recent();
         let added = (result.connections + result.joined_views) as usize;
@@ -431,17 +487,19 @@ fn apply_batch(
         Vec::new()
     };
     drop(core);
+    // Freeing the flows the ring let go of is work too: not under the lock.
+    drop(evicted);
     s.counters.batches.fetch_add(1, Ordering::Relaxed);
     s.counters.records.fetch_add(n, Ordering::Relaxed);
     for flow in listened {
         let _ = s.flows.send(flow);
     }
     s.deliver(deliveries);
-    IngestReply {
+    Ok(IngestReply {
         applied: seq,
         acked,
         expected: None,
-    }
+    })
 }
 
 /// Collects a checkpoint under the lock; after it is written, acknowledges the batches it covers.
@@ -466,7 +524,7 @@ pub async fn checkpoint_once(s: &Arc<Shared>, store: &Arc<Mutex<crate::store::St
         core.engine.tick(now);
         let deliveries = core.engine.take_deliveries();
         let (edges, alerts, flows) = core.engine.take_changes();
-        let totals = core.engine.totals().clone();
+        let totals = core.engine.totals();
         let cursors: Vec<Cursor> = core
             .agents
             .values()
@@ -561,7 +619,7 @@ async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Resp
         learning_started: core.engine.learning_started(),
         learning_ends: core.engine.learning_ends(),
         learning: now < core.engine.learning_ends(),
-        totals: core.engine.totals().clone(),
+        totals: core.engine.totals(),
         edges: core.engine.edges().len(),
         alerts: core.engine.alerts().count(),
         pending_joins: core.engine.pending_joins(),
@@ -659,12 +717,15 @@ impl FlowFilter {
         since: Option<Timestamp>,
         until: Option<Timestamp>,
     ) -> bool {
-        self.verdict.as_deref().is_none_or(|v| &*f.verdict == v)
+        let v = &f.view;
+        self.verdict
+            .as_deref()
+            .is_none_or(|want| &*v.verdict == want)
             && since.is_none_or(|t| f.record.end >= t)
             && until.is_none_or(|t| f.record.start <= t)
             && self.sides_match(
-                (&f.source, f.src_pod.as_deref()),
-                (&f.destination, f.dst_pod.as_deref()),
+                (&v.source, v.src_pod.as_deref()),
+                (&v.destination, v.dst_pod.as_deref()),
             )
     }
 

@@ -218,3 +218,70 @@ fn views_from_two_nodes_join_into_one_connection() {
     );
     assert_eq!(e.pending_joins(), 0);
 }
+
+#[test]
+fn a_batch_judged_against_a_policy_set_since_replaced_is_judged_again() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(config(), set(), Timestamp(t0));
+    let records = vec![record("10.1.1.5", 4000, "10.1.2.5", 8080, t0, None)];
+    // Judged outside the engine, then the cluster changes before it is counted.
+    let judged = e.judge_kit().judge(records.clone());
+    e.set_policy(set());
+    assert!(e.apply_judged(judged, Timestamp(t0 + S)).is_none());
+    assert_eq!(
+        e.totals().records,
+        0,
+        "nothing counted from the stale verdicts"
+    );
+    // Judged against the set in force, it counts.
+    let judged = e.judge_kit().judge(records);
+    let applied = e.apply_judged(judged, Timestamp(t0 + S)).unwrap();
+    assert_eq!((applied.records, applied.connections), (1, 1));
+    assert_eq!(e.totals().verdicts.values().sum::<u64>(), 1);
+}
+
+#[test]
+fn a_long_connection_exported_twice_is_one_connection_even_without_the_other_end() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(config(), set(), Timestamp(t0));
+    // An active-timeout export, then the final record of the same connection (same client port).
+    let mut first = record(
+        "10.1.1.5",
+        4000,
+        "10.1.2.5",
+        8080,
+        t0,
+        Some(("n1", Direction::FromPod)),
+    );
+    first.end_reason = weir_model::EndReason::ActiveTimeout;
+    first.end = Timestamp(t0 + 4 * S);
+    let mut last = record(
+        "10.1.1.5",
+        4000,
+        "10.1.2.5",
+        8080,
+        t0,
+        Some(("n1", Direction::FromPod)),
+    );
+    last.start = Timestamp(t0 + 5 * S);
+    last.end = Timestamp(t0 + 6 * S);
+    last.end_reason = weir_model::EndReason::TcpClosed;
+    let a = e.apply(vec![first], Timestamp(t0 + 5 * S));
+    let b = e.apply(vec![last], Timestamp(t0 + 6 * S));
+    assert_eq!((a.connections, b.connections, b.joined_views), (1, 0, 1));
+    // A closed connection nobody else can report takes no place in the join table.
+    let before = e.pending_joins();
+    let c = e.apply(
+        vec![record(
+            "10.1.1.6",
+            4100,
+            "10.1.2.5",
+            8080,
+            t0 + 7 * S,
+            Some(("n1", Direction::FromPod)),
+        )],
+        Timestamp(t0 + 7 * S),
+    );
+    assert_eq!(c.connections, 1);
+    assert_eq!(e.pending_joins(), before);
+}

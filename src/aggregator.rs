@@ -55,7 +55,8 @@ pub struct AggregatorArgs {
     /// The window scans are counted in.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     scan_window: Duration,
-    /// Distinct destinations (address and port), mostly unanswered, that make a scan.
+    /// Distinct destinations (address and port) that did not answer or were denied, in a window where most
+    /// attempts went unanswered, that make a scan.
     #[arg(long, default_value_t = 20)]
     scan_min_targets: u64,
     /// Denied attempts from one source within the window that make a scan.

@@ -351,9 +351,9 @@ struct AlertEntry {
     delivered_at: i64,
     /// Updated since its last delivery.
     pending: bool,
-    /// Listed in `dirty_alerts` (changed since the last checkpoint).
+    /// Listed in the outbox's `dirty` (changed since the last checkpoint).
     dirty: bool,
-    /// Listed in `pending_alerts` (waiting for its quiet time to end).
+    /// Listed in the outbox's `queued` (waiting for its quiet time to end).
     queued: bool,
 }
 
@@ -370,16 +370,30 @@ impl AlertEntry {
     }
 }
 
-/// Where alert changes go: the checkpoint's list, the quiet-time queue and the deliveries.
-struct AlertSinks<'a> {
-    dirty: &'a mut Vec<Arc<str>>,
-    queued: &'a mut Vec<Arc<str>>,
-    deliveries: &'a mut Vec<Alert>,
-    delivered: &'a mut u64,
+/// Where alert changes go: the checkpoint's list, the quiet-time queue and the deliveries. Apart from the alerts
+/// themselves, so an entry borrowed from them can be handed in.
+#[derive(Default)]
+struct Outbox {
+    /// Alerts changed since the last checkpoint.
+    dirty: Vec<Arc<str>>,
+    /// Alerts updated but not delivered since (their quiet time is not over).
+    queued: Vec<Arc<str>>,
+    deliveries: Vec<Alert>,
+    /// Deliveries since the engine started (added to the persisted total when read).
+    delivered: u64,
+    /// The quiet time, in nanoseconds.
     repeat: i64,
 }
 
-impl AlertSinks<'_> {
+impl Outbox {
+    /// A new alert: delivered now and listed for the next checkpoint.
+    fn raised(&mut self, id: &Arc<str>, entry: &mut AlertEntry) {
+        entry.dirty = true;
+        self.dirty.push(Arc::clone(id));
+        self.deliveries.push(entry.alert.clone());
+        self.delivered += 1;
+    }
+
     /// An alert was updated: listed for the next checkpoint, delivered now if its quiet time is over, else
     /// queued for [`Engine::tick`].
     fn updated(&mut self, id: &Arc<str>, entry: &mut AlertEntry, now: Timestamp) {
@@ -396,7 +410,7 @@ impl AlertSinks<'_> {
             entry.pending = false;
             entry.delivered_at = now.0;
             self.deliveries.push(entry.alert.clone());
-            *self.delivered += 1;
+            self.delivered += 1;
         } else if entry.pending && !entry.queued {
             entry.queued = true;
             self.queued.push(Arc::clone(id));
@@ -412,7 +426,7 @@ const VIEW_SLACK_NS: i64 = 2_000_000_000;
 /// What judging a batch needs: the policy set, the cluster's ranges and a verdict cache (lent by the engine).
 pub struct JudgeKit {
     set: Arc<PolicySet>,
-    cluster_ranges: Vec<Cidr>,
+    cluster_ranges: Arc<[Cidr]>,
     cache: VerdictCache,
 }
 
@@ -443,6 +457,8 @@ pub struct Judged {
 /// The judging core.
 pub struct Engine {
     config: EngineConfig,
+    /// The configuration's cluster ranges, shared with every [`JudgeKit`].
+    cluster_ranges: Arc<[Cidr]>,
     set: Arc<PolicySet>,
     /// `namespace/name` of pods by id, for the current policy set.
     pod_names: Vec<Option<Arc<str>>>,
@@ -471,11 +487,7 @@ pub struct Engine {
     expiry: VecDeque<(i64, JoinKey)>,
     scans: HashMap<IpAddr, ScanWindow>,
     alerts: HashMap<Arc<str>, AlertEntry>,
-    /// Alerts changed since the last checkpoint.
-    dirty_alerts: Vec<Arc<str>>,
-    /// Alerts updated but not delivered since (their quiet time is not over).
-    pending_alerts: Vec<Arc<str>>,
-    deliveries: Vec<Alert>,
+    outbox: Outbox,
     recent: VecDeque<StoredFlow>,
     /// Flows pushed out of the ring, for the caller to free outside its lock ([`Engine::take_evicted`]).
     evicted: Vec<StoredFlow>,
@@ -509,8 +521,14 @@ fn answered(r: &FlowRecord) -> bool {
 impl Engine {
     /// An engine judging against `set`, learning its baseline from `learning_started` on.
     pub fn new(config: EngineConfig, set: Arc<PolicySet>, learning_started: Timestamp) -> Engine {
+        let outbox = Outbox {
+            repeat: ns_of(config.alert_repeat),
+            ..Outbox::default()
+        };
+        let cluster_ranges = Arc::from(config.cluster_ranges.as_slice());
         let mut engine = Engine {
             config,
+            cluster_ranges,
             set: Arc::clone(&set),
             pod_names: Vec::new(),
             resolved: HashMap::new(),
@@ -530,9 +548,7 @@ impl Engine {
             expiry: VecDeque::new(),
             scans: HashMap::new(),
             alerts: HashMap::new(),
-            dirty_alerts: Vec::new(),
-            pending_alerts: Vec::new(),
-            deliveries: Vec::new(),
+            outbox,
             recent: VecDeque::new(),
             evicted: Vec::new(),
             spare_caches: Vec::new(),
@@ -618,6 +634,7 @@ impl Engine {
     /// Totals.
     pub fn totals(&self) -> Totals {
         let mut t = self.totals.clone();
+        t.alert_deliveries += self.outbox.delivered;
         for (verdict, n) in &self.verdict_counts {
             *t.verdicts.entry(verdict.to_string()).or_default() += n;
         }
@@ -625,9 +642,6 @@ impl Engine {
     }
 
     fn mark_edge(&mut self, i: usize) {
-        if self.edge_dirty.len() < self.edges.len() {
-            self.edge_dirty.resize(self.edges.len(), false);
-        }
         if let Some(flag) = self.edge_dirty.get_mut(i)
             && !*flag
         {
@@ -658,7 +672,7 @@ impl Engine {
 
     /// Alerts raised or updated since the last call, to deliver.
     pub fn take_deliveries(&mut self) -> Vec<Alert> {
-        std::mem::take(&mut self.deliveries)
+        std::mem::take(&mut self.outbox.deliveries)
     }
 
     /// Connections waiting for their other view.
@@ -683,6 +697,7 @@ impl Engine {
             let nodes = e.nodes.iter().map(|n| self.node_id(n)).collect();
             self.edges.push(e);
             self.edge_nodes.push(nodes);
+            self.edge_dirty.push(false);
             self.edge_resolved.push(None);
         }
         for a in alerts {
@@ -697,10 +712,10 @@ impl Engine {
     pub fn mark_all_dirty(&mut self) {
         self.dirty_edges = (0..self.edges.len()).collect();
         self.edge_dirty = vec![true; self.edges.len()];
-        self.dirty_alerts.clear();
+        self.outbox.dirty.clear();
         for (id, entry) in &mut self.alerts {
             entry.dirty = true;
-            self.dirty_alerts.push(Arc::clone(id));
+            self.outbox.dirty.push(Arc::clone(id));
         }
     }
 
@@ -715,7 +730,7 @@ impl Engine {
                 self.edges[i].clone()
             })
             .collect();
-        let alerts = std::mem::take(&mut self.dirty_alerts)
+        let alerts = std::mem::take(&mut self.outbox.dirty)
             .into_iter()
             .filter_map(|id| {
                 let entry = self.alerts.get_mut(&id)?;
@@ -788,7 +803,7 @@ impl Engine {
     pub fn judge_kit(&mut self) -> JudgeKit {
         JudgeKit {
             set: Arc::clone(&self.set),
-            cluster_ranges: self.config.cluster_ranges.clone(),
+            cluster_ranges: Arc::clone(&self.cluster_ranges),
             cache: self.spare_caches.pop().unwrap_or_default(),
         }
     }
@@ -904,6 +919,7 @@ impl Engine {
             None => {
                 let i = self.edges.len();
                 self.edge_nodes.push(SmallVec::new());
+                self.edge_dirty.push(false);
                 self.edges.push(EdgeStats {
                     key: edge_key.clone(),
                     flows: 0,
@@ -1298,14 +1314,7 @@ impl Engine {
                     entry.alert.evidence = evidence_of(w);
                     entry.alert.summary = summary_of(&entry.alert.evidence);
                 }
-                AlertSinks {
-                    dirty: &mut self.dirty_alerts,
-                    queued: &mut self.pending_alerts,
-                    deliveries: &mut self.deliveries,
-                    delivered: &mut self.totals.alert_deliveries,
-                    repeat: ns_of(repeat),
-                }
-                .updated(&id, entry, now);
+                self.outbox.updated(&id, entry, now);
             }
             None => {
                 let evidence = evidence_of(w);
@@ -1372,14 +1381,7 @@ impl Engine {
                     a.destination = Some(ctx.dst.alert_endpoint(ctx.dst_pod, Some(r.dst)));
                     a.source = ctx.src.alert_endpoint(ctx.src_pod, Some(r.src));
                 }
-                AlertSinks {
-                    dirty: &mut self.dirty_alerts,
-                    queued: &mut self.pending_alerts,
-                    deliveries: &mut self.deliveries,
-                    delivered: &mut self.totals.alert_deliveries,
-                    repeat: ns_of(repeat),
-                }
-                .updated(&id, entry, now);
+                self.outbox.updated(&id, entry, now);
             }
             None => {
                 let port_text = match ctx.port {
@@ -1444,12 +1446,10 @@ impl Engine {
             .alerts
             .entry(alert.kind.name().to_owned())
             .or_default() += 1;
-        self.totals.alert_deliveries += 1;
         let id: Arc<str> = Arc::from(alert.id.as_str());
-        self.deliveries.push(alert.clone());
-        let mut entry = AlertEntry::new(alert.clone(), alert.raised_at.0);
-        entry.dirty = true;
-        self.dirty_alerts.push(Arc::clone(&id));
+        let at = alert.raised_at.0;
+        let mut entry = AlertEntry::new(alert, at);
+        self.outbox.raised(&id, &mut entry);
         self.alerts.insert(id, entry);
     }
 
@@ -1457,17 +1457,10 @@ impl Engine {
     /// quiet time is over.
     pub fn tick(&mut self, now: Timestamp) {
         self.expire(now);
-        let mut sinks = AlertSinks {
-            dirty: &mut self.dirty_alerts,
-            queued: &mut self.pending_alerts,
-            deliveries: &mut self.deliveries,
-            delivered: &mut self.totals.alert_deliveries,
-            repeat: ns_of(self.config.alert_repeat),
-        };
-        for id in std::mem::take(sinks.queued) {
+        for id in std::mem::take(&mut self.outbox.queued) {
             if let Some(entry) = self.alerts.get_mut(&id) {
                 entry.queued = false;
-                sinks.settle(&id, entry, now);
+                self.outbox.settle(&id, entry, now);
             }
         }
     }

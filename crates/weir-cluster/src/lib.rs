@@ -10,6 +10,7 @@
 
 mod load;
 mod state;
+pub mod yaml;
 
 pub use load::{LoadError, LoadReport, NAMESPACE_NAME_LABEL, SnapshotLoader};
 pub use state::{

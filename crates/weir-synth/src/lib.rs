@@ -13,11 +13,9 @@ mod demo;
 mod scenarios;
 mod synth;
 mod writer;
-mod yaml;
 
 pub use cluster::{SyntheticCluster, synthetic_cluster, synthetic_cluster_with};
 pub use demo::{demo_cluster, demo_traffic};
 pub use scenarios::{EPOCH, bench_mix, bench_pod_address, pod_traffic, write_bundled_pcaps};
 pub use synth::{Capture, Close, ExpectedFlow, Link, Synth, SynthPacket, TcpSpec};
 pub use writer::{PcapNgOptions, PcapOptions, write_pcap, write_pcapng};
-pub use yaml::to_yaml;

@@ -247,7 +247,7 @@ pub fn write_bundled_pcaps(dir: &Path) -> io::Result<()> {
 
     // The demo: its cluster snapshot, and its traffic as an Ethernet capture and as `tcpdump -i any` writes it.
     create(&dir.join("demo.cluster.yaml"))?
-        .write_all(crate::to_yaml(&crate::demo_cluster()).as_bytes())?;
+        .write_all(weir_cluster::yaml::to_yaml(&crate::demo_cluster()).as_bytes())?;
     let eth = crate::demo_traffic(Link::Ethernet);
     write_pcap(
         create(&dir.join("demo.pcap"))?,

@@ -1,4 +1,5 @@
-//! JSON values written as block YAML, the way `kubectl get -o yaml` lays them out.
+//! JSON values written as block YAML, the way `kubectl get -o yaml` lays them out: what `weir snapshot` and
+//! the synthetic demo cluster write, and what [`crate::ClusterState::load`] reads back.
 
 use serde_json::Value;
 
@@ -80,18 +81,19 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
-/// Plain when a YAML reader cannot take it for anything but this string, double-quoted (JSON escapes are
-/// valid YAML) otherwise.
+/// Plain when it is made of harmless characters and the YAML reader weir uses reads it back as this very
+/// string (not `0x1F` as a number, not `no` as a boolean), double-quoted otherwise: JSON escapes are valid YAML.
 fn string_text(s: &str) -> String {
-    let plain = !s.is_empty()
+    let harmless = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
         && !s.starts_with(['-', '.'])
-        && s.parse::<f64>().is_err()
         && !matches!(
             s.to_ascii_lowercase().as_str(),
             "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | "inf" | "nan"
         );
+    let plain = harmless
+        && serde_saphyr::from_str::<serde_json::Value>(s).is_ok_and(|v| v.as_str() == Some(s));
     if plain {
         s.to_owned()
     } else {

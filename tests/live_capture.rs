@@ -110,21 +110,32 @@ fn ring_capture_matches_known_traffic_and_the_kernel_counters() {
         block_timeout_ms: 10,
         ..RingConfig::default()
     };
-    let mut rings: Vec<RingSource> = node
-        .pods
-        .iter()
-        .map(|p| RingSource::open(&p.host_veth, &config).unwrap())
-        .collect();
-    let before: Vec<(u64, u64, u64, u64)> = (0..2)
-        .map(|i| {
-            (
-                node.counter(i, "rx_packets"),
-                node.counter(i, "tx_packets"),
-                node.counter(i, "rx_bytes"),
-                node.counter(i, "tx_bytes"),
-            )
+    let counters = || -> Vec<(u64, u64, u64, u64)> {
+        (0..2)
+            .map(|i| {
+                (
+                    node.counter(i, "rx_packets"),
+                    node.counter(i, "tx_packets"),
+                    node.counter(i, "rx_bytes"),
+                    node.counter(i, "tx_bytes"),
+                )
+            })
+            .collect()
+    };
+    // The kernel sends IGMP reports on its own, at random delays after an interface comes up. Rings opened
+    // while one passes would make the counters and the capture start at different packets, so the rings are
+    // opened again until the counters did not move across the opening.
+    let (mut rings, before) = (0..20)
+        .find_map(|_| {
+            let before = counters();
+            let rings: Vec<RingSource> = node
+                .pods
+                .iter()
+                .map(|p| RingSource::open(&p.host_veth, &config).unwrap())
+                .collect();
+            (counters() == before).then_some((rings, before))
         })
-        .collect();
+        .expect("the interfaces never went quiet");
 
     // Known traffic: 5 pings, 20 UDP echoes of 100 bytes, one TCP connection (30,000 bytes up, 5,000 down).
     let ready = std::env::temp_dir().join(format!("weir-live-ready-{}", std::process::id()));

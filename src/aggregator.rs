@@ -14,22 +14,20 @@ use weir_model::Cidr;
 use crate::agent::{read_token, stop_on_signals};
 use crate::analyze::parse_cidr;
 use crate::duration::parse_duration;
-use crate::snapshot;
+use crate::snapshot::{self, KubeArgs};
 
 #[derive(Args)]
 pub struct AggregatorArgs {
     /// Judge against cluster snapshot files instead of a live cluster (offline use and tests).
     #[arg(long, value_name = "PATH", conflicts_with_all = ["kubeconfig", "context"])]
     cluster: Vec<PathBuf>,
-    /// A kubeconfig file. Default: the in-cluster service account, then $KUBECONFIG, then ~/.kube/config.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context.
-    #[arg(long)]
-    context: Option<String>,
     /// Where to listen.
     #[arg(long, default_value = "0.0.0.0:9480")]
     listen: SocketAddr,
+    /// Take agents' flows on this separate listener (then --listen serves only the API, UI and metrics), so a
+    /// NetworkPolicy can tell agents from readers by port.
+    #[arg(long, value_name = "ADDR")]
+    ingest_listen: Option<SocketAddr>,
     /// The data directory (a SQLite database: edges, baseline, alerts, recent flows, agent cursors).
     #[arg(long, default_value = "weir-data")]
     data: PathBuf,
@@ -98,14 +96,14 @@ enum HookFormat {
     Alertmanager,
 }
 
-pub fn run(args: AggregatorArgs) -> Result<ExitCode> {
+pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let cluster = if args.cluster.is_empty() {
         ClusterConfig::Kubernetes {
-            kubeconfig: args.kubeconfig.clone(),
-            context: args.context.clone(),
+            kubeconfig: kube.kubeconfig.clone(),
+            context: kube.context.clone(),
         }
     } else {
-        ClusterConfig::Snapshot(std::sync::Arc::new(snapshot::load(&args.cluster)?))
+        ClusterConfig::Snapshot(std::sync::Arc::new(snapshot::load(&args.cluster, kube)?))
     };
     if let Some(url) = &args.webhook
         && !url.starts_with("http://")
@@ -116,6 +114,7 @@ pub fn run(args: AggregatorArgs) -> Result<ExitCode> {
     let config = AggregatorConfig {
         cluster,
         listen: args.listen,
+        ingest_listen: args.ingest_listen,
         data: args.data.clone(),
         engine: EngineConfig {
             cluster_ranges: args.cluster_cidrs.clone(),

@@ -14,7 +14,7 @@ use weir_policy::PolicySet;
 
 use crate::pipeline::extract_file_streaming;
 use crate::report::{Style, render_report};
-use crate::snapshot;
+use crate::snapshot::{self, KubeArgs};
 
 #[derive(Args)]
 pub struct AnalyzeArgs {
@@ -26,7 +26,7 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     flows: Vec<PathBuf>,
     /// Cluster snapshot(s): `kubectl get ... -o yaml/json` output, multi-document YAML, or directories.
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     cluster: Vec<PathBuf>,
     /// Judge against the NetworkPolicies in these files or directories instead of the snapshot's own (a
     /// `weir suggest` output, a policy change under review).
@@ -179,7 +179,10 @@ pub fn read_records(
 
 /// Reads the inputs on this thread while another loads the snapshot and then judges flows as they finish, so
 /// attribution and judging run beside decoding.
-fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Report)> {
+fn analyze_inputs(
+    args: &AnalyzeArgs,
+    kube: &KubeArgs,
+) -> Result<(PolicySet, Inputs, Analysis, Report)> {
     let keep_flows = args.format == AnalyzeFormat::Json;
     // Bounded, so a slow judge holds the reader back instead of letting finished flows pile up; deep enough to
     // let the reader run on while the snapshot loads.
@@ -187,7 +190,7 @@ fn analyze_inputs(args: &AnalyzeArgs) -> Result<(PolicySet, Inputs, Analysis, Re
     std::thread::scope(|scope| {
         let judge = scope.spawn(move || -> Result<(PolicySet, Analysis, Report)> {
             let policies = (!args.policies.is_empty()).then_some(args.policies.as_slice());
-            let set = snapshot::load_with(&args.cluster, policies)?;
+            let set = snapshot::load_with(&args.cluster, kube, policies)?;
             let (analysis, report) = {
                 let mut stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
                 for chunk in rx {
@@ -246,11 +249,11 @@ pub fn open_output(output: Option<&Path>) -> Result<Box<dyn Write>> {
     })
 }
 
-pub fn run(args: AnalyzeArgs) -> Result<ExitCode> {
+pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
     if args.captures.is_empty() && args.flows.is_empty() {
         bail!("give at least one capture or --flows file");
     }
-    let (set, inputs, analysis, report) = analyze_inputs(&args)?;
+    let (set, inputs, analysis, report) = analyze_inputs(&args, kube)?;
 
     let color = use_color(args.color, args.output.as_deref());
     let mut out = open_output(args.output.as_deref())?;

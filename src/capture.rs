@@ -211,7 +211,10 @@ pub fn run(args: CaptureArgs) -> Result<ExitCode> {
     let set = if args.cluster.is_empty() {
         None
     } else {
-        Some(snapshot::load(&args.cluster)?)
+        Some(snapshot::load(
+            &args.cluster,
+            &snapshot::KubeArgs::default(),
+        )?)
     };
     let node = node_name(args.node.as_deref());
     if !args.cluster.is_empty() && args.format == LiveFormat::Table {

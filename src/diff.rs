@@ -19,7 +19,7 @@ use crate::analyze::{
     AnalyzeFormat, ColorChoice, open_output, parse_cidr, read_records, use_color,
 };
 use crate::report::{self, Section, Style, Tone, edge_row, sides, span, take};
-use crate::snapshot;
+use crate::snapshot::{self, KubeArgs};
 
 /// The exit code when observed flows would break.
 const BREAKS: u8 = 3;
@@ -33,7 +33,7 @@ pub struct DiffArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     flows: Vec<PathBuf>,
     /// Cluster snapshot(s): `kubectl get ... -o yaml/json` output, multi-document YAML, or directories.
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     cluster: Vec<PathBuf>,
     /// The policies before the change (files or directories; default: the snapshot's).
     #[arg(long, value_name = "PATH")]
@@ -69,7 +69,7 @@ fn names(paths: &[PathBuf]) -> Vec<String> {
     paths.iter().map(|p| p.display().to_string()).collect()
 }
 
-pub fn run(args: DiffArgs) -> Result<ExitCode> {
+pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let traffic = !args.captures.is_empty() || !args.flows.is_empty();
     if args.policies_before.is_empty() && args.policies_after.is_empty() {
         if !traffic {
@@ -78,12 +78,19 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
                  --policies-before/--policies-after to compare two policy sets"
             );
         }
-        return in_force(&args);
+        return in_force(&args, kube);
     }
-    let before = snapshot::load_with(&args.cluster, given(&args.policies_before))
-        .context("the policies before")?;
-    let after = snapshot::load_with(&args.cluster, given(&args.policies_after))
-        .context("the policies after")?;
+    // One read of the cluster, so both sides judge the same pods even when it is the live cluster.
+    let base = snapshot::load(&args.cluster, kube)?;
+    let side = |paths: Option<&[PathBuf]>| -> Result<PolicySet> {
+        match paths {
+            Some(paths) => snapshot::with_policies(&base, paths),
+            None => PolicySet::new(std::sync::Arc::new(base.cluster().clone()))
+                .context("cannot use the cluster's NetworkPolicies"),
+        }
+    };
+    let before = side(given(&args.policies_before)).context("the policies before")?;
+    let after = side(given(&args.policies_after)).context("the policies after")?;
     let (records, inputs) = if traffic {
         read_records(&args.captures, &args.flows, args.threads)?
     } else {
@@ -145,8 +152,8 @@ pub fn run(args: DiffArgs) -> Result<ExitCode> {
 }
 
 /// The policies in force against observed traffic: the findings of `weir analyze` about the policies.
-fn in_force(args: &DiffArgs) -> Result<ExitCode> {
-    let set = snapshot::load(&args.cluster)?;
+fn in_force(args: &DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    let set = snapshot::load(&args.cluster, kube)?;
     let (records, inputs) = read_records(&args.captures, &args.flows, args.threads)?;
     let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze_sorted(records);
     let report = Report::new(&set, &analysis);

@@ -15,12 +15,12 @@ use weir_policy::{
     Address, Decision, Direction, DirectionDetail, Endpoint, Explanation, PolicySet, RuleRef,
 };
 
-use crate::snapshot::{self, describe};
+use crate::snapshot::{self, KubeArgs, describe};
 
 #[derive(Args)]
 pub struct ExplainArgs {
     /// Cluster snapshot(s), as for `weir reach`.
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     cluster: Vec<PathBuf>,
     /// The client: NAMESPACE/POD or an IP address.
     #[arg(long, value_name = "NS/POD|IP")]
@@ -32,9 +32,28 @@ pub struct ExplainArgs {
     /// PORT[/PROTOCOL]: a number or a port name (a container port of the pod, or a Service port name).
     #[arg(long, value_name = "PORT[/PROTO]")]
     port: String,
+    /// The namespace of a bare pod name in --from or --to, and of `svc/NAME`.
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
     format: ExplainFormat,
+}
+
+/// `POD` as `NS/POD` and `svc/NAME` as `svc/NS/NAME` when a namespace is given; anything else as it is.
+fn qualify(text: &str, namespace: Option<&str>) -> String {
+    let Some(ns) = namespace else {
+        return text.to_owned();
+    };
+    if text.parse::<IpAddr>().is_ok() {
+        return text.to_owned();
+    }
+    match text.strip_prefix("svc/") {
+        Some(name) if !name.contains('/') => format!("svc/{ns}/{name}"),
+        Some(_) => text.to_owned(),
+        None if !text.contains('/') => format!("{ns}/{text}"),
+        None => text.to_owned(),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,8 +72,10 @@ struct Case {
     explanation: Explanation,
 }
 
-pub fn run(args: ExplainArgs) -> Result<ExitCode> {
-    let set = snapshot::load(&args.cluster)?;
+pub fn run(mut args: ExplainArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    args.from = qualify(&args.from, args.namespace.as_deref());
+    args.to = qualify(&args.to, args.namespace.as_deref());
+    let set = snapshot::load(&args.cluster, kube)?;
     let cluster = set.cluster();
     let src = snapshot::resolve(&set, &args.from, "--from")?;
     let (port_text, protocol) = snapshot::parse_port(&args.port)?;
@@ -458,4 +479,21 @@ fn case_json(set: &PolicySet, case: &Case) -> Value {
         "egress": direction_json(set, e.verdict.egress, &e.egress),
         "ingress": direction_json(set, e.verdict.ingress, &e.ingress),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qualify;
+
+    #[test]
+    fn a_namespace_qualifies_bare_names_only() {
+        let ns = Some("shop");
+        assert_eq!(qualify("web-0", ns), "shop/web-0");
+        assert_eq!(qualify("other/web-0", ns), "other/web-0");
+        assert_eq!(qualify("svc/api", ns), "svc/shop/api");
+        assert_eq!(qualify("svc/other/api", ns), "svc/other/api");
+        assert_eq!(qualify("10.0.0.5", ns), "10.0.0.5");
+        assert_eq!(qualify("fd00::5", ns), "fd00::5");
+        assert_eq!(qualify("web-0", None), "web-0");
+    }
 }

@@ -18,13 +18,16 @@ mod watch;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "weir", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    kube: snapshot::KubeArgs,
 }
 
 #[derive(Subcommand)]
@@ -50,22 +53,46 @@ enum Command {
     /// Run once: take flows from agents, judge them against the cluster's policies as they arrive, raise
     /// alerts, keep the baseline, serve the API and metrics.
     Aggregator(aggregator::AggregatorArgs),
+    /// Write a cluster snapshot from the live cluster: the objects every `--cluster` option reads.
+    Snapshot(snapshot::SnapshotArgs),
     /// Tail the aggregator's alerts (or judged flows) as they happen.
     Watch(watch::WatchArgs),
 }
 
+/// The command line; named `kubectl weir` in help and errors when run as the kubectl plugin `kubectl-weir`
+/// (kubectl finds `kubectl-*` executables on the PATH and runs them with the rest of the command line).
+fn parse() -> Cli {
+    let invoked = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()));
+    let command = Cli::command();
+    let command = if invoked.as_deref() == Some("kubectl-weir") {
+        command
+            .name("kubectl-weir")
+            .bin_name("kubectl weir")
+            .display_name("kubectl weir")
+    } else {
+        command
+    };
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
+    let kube = &cli.kube;
     let result = match cli.command {
         Command::Flows(args) => flows::run(args),
         Command::Capture(args) => capture::run(args),
-        Command::Analyze(args) => analyze::run(args),
-        Command::Reach(args) => reach::run(args),
-        Command::Explain(args) => explain::run(args),
-        Command::Suggest(args) => suggest::run(args),
-        Command::Diff(args) => diff::run(args),
+        Command::Analyze(args) => analyze::run(args, kube),
+        Command::Reach(args) => reach::run(args, kube),
+        Command::Explain(args) => explain::run(args, kube),
+        Command::Suggest(args) => suggest::run(args, kube),
+        Command::Diff(args) => diff::run(args, kube),
         Command::Agent(args) => agent::run(args),
-        Command::Aggregator(args) => aggregator::run(args),
+        Command::Aggregator(args) => aggregator::run(args, kube),
+        Command::Snapshot(args) => snapshot::run_snapshot(args, kube),
         Command::Watch(args) => watch::run(args),
     };
     match result {

@@ -11,20 +11,20 @@ use weir_cluster::PodId;
 use weir_model::Protocol;
 use weir_policy::{PolicySet, ProbePort, ReachMatrix};
 
-use crate::snapshot;
+use crate::snapshot::{self, KubeArgs};
 
 #[derive(Args)]
 pub struct ReachArgs {
     /// Cluster snapshot: `kubectl get ... -A -o yaml` output, JSON, multi-document YAML or a directory;
     /// repeat to merge several.
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     cluster: Vec<PathBuf>,
     /// Port to probe, as PORT[/PROTOCOL] with a number or a container port name (repeatable)
     /// [default: every container port declared in the cluster].
     #[arg(long, value_name = "PORT/PROTO")]
     probe: Vec<String>,
     /// Only pods in these namespaces (repeatable) [default: all].
-    #[arg(long, value_name = "NS")]
+    #[arg(long, short = 'n', value_name = "NS")]
     namespace: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReachFormat::Table)]
@@ -45,8 +45,8 @@ struct Probe {
     protocol: Protocol,
 }
 
-pub fn run(args: ReachArgs) -> Result<ExitCode> {
-    let set = snapshot::load(&args.cluster)?;
+pub fn run(args: ReachArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    let set = snapshot::load(&args.cluster, kube)?;
     let cluster = set.cluster();
     for ns in &args.namespace {
         if cluster.namespace(ns).is_none() {

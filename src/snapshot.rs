@@ -1,18 +1,36 @@
-//! `--cluster` arguments: loading snapshots and naming things in them for people.
+//! `--cluster` arguments: loading snapshots (or the live cluster, when none is given), `weir snapshot`, and
+//! naming things in the cluster for people.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use weir_cluster::ClusterState;
+use clap::{Args, ValueEnum};
+use serde_json::{Value, json};
+use weir_cluster::{ClusterState, LoadReport, SnapshotLoader};
 use weir_model::Protocol;
 use weir_policy::{Address, Endpoint, PolicySet};
 
-/// Loads and merges snapshots, reporting skipped kinds on standard error, and compiles the policies.
-pub fn load(paths: &[PathBuf]) -> Result<PolicySet> {
-    load_with(paths, None)
+/// Where the live cluster is, as kubectl's own options say it. Used by `weir snapshot`, by `weir aggregator`,
+/// and by every command that judges traffic when it is given no `--cluster`.
+#[derive(Args, Clone, Default)]
+pub struct KubeArgs {
+    /// The kubeconfig file [default: $KUBECONFIG, then ~/.kube/config; in a pod, its service account].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: the current context].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Loads and merges snapshots, reporting skipped kinds on standard error, and compiles the policies. With no
+/// paths, reads the live cluster instead (every namespace).
+pub fn load(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
+    load_with(paths, kube, None)
 }
 
 /// The NetworkPolicies in files or directories (anything else in them is ignored).
@@ -22,20 +40,35 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<weir_cluster::PolicyObject
 }
 
 /// [`load`], with `policies` (when given) in force instead of the snapshot's own.
-pub fn load_with(paths: &[PathBuf], policies: Option<&[PathBuf]>) -> Result<PolicySet> {
-    let set = load_cluster(paths)?;
+pub fn load_with(
+    paths: &[PathBuf],
+    kube: &KubeArgs,
+    policies: Option<&[PathBuf]>,
+) -> Result<PolicySet> {
+    let set = load_cluster(paths, kube)?;
     match policies {
         None => Ok(set),
-        Some(policy_paths) => {
-            let cluster = set.cluster().with_policies(load_policies(policy_paths)?);
-            PolicySet::new(Arc::new(cluster)).context("cannot use the given NetworkPolicies")
-        }
+        Some(policy_paths) => with_policies(&set, policy_paths),
     }
 }
 
-fn load_cluster(paths: &[PathBuf]) -> Result<PolicySet> {
-    let (cluster, report) =
-        ClusterState::load(paths).context("cannot load the cluster snapshot")?;
+/// The cluster of `set` with the NetworkPolicies in `paths` in force instead of its own.
+pub fn with_policies(set: &PolicySet, paths: &[PathBuf]) -> Result<PolicySet> {
+    let cluster = set.cluster().with_policies(load_policies(paths)?);
+    PolicySet::new(Arc::new(cluster)).context("cannot use the given NetworkPolicies")
+}
+
+fn load_cluster(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
+    let (cluster, report) = if paths.is_empty() {
+        let (objects, server) = list_live(kube, None)?;
+        eprintln!(
+            "weir: no --cluster given: read {} objects from the cluster at {server}",
+            objects.len()
+        );
+        load_objects(&server, objects)?
+    } else {
+        ClusterState::load(paths).context("cannot load the cluster snapshot")?
+    };
     if !report.skipped.is_empty() {
         let mut kinds = String::new();
         for (kind, count) in &report.skipped {
@@ -55,6 +88,147 @@ fn load_cluster(paths: &[PathBuf]) -> Result<PolicySet> {
         );
     }
     PolicySet::new(Arc::new(cluster)).context("cannot use the cluster's NetworkPolicies")
+}
+
+/// Every object weir reads from the live cluster, and the API server's address.
+fn list_live(kube: &KubeArgs, namespace: Option<&str>) -> Result<(Vec<Value>, String)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the Kubernetes client's runtime")?;
+    runtime.block_on(async {
+        let (client, server) = weir_aggregator::cluster::kube_client(
+            kube.kubeconfig.as_deref(),
+            kube.context.as_deref(),
+        )
+        .await?;
+        let objects = weir_aggregator::cluster::list_objects(&client, namespace)
+            .await
+            .with_context(|| format!("reading the cluster at {server}"))?;
+        Ok((objects, server))
+    })
+}
+
+/// Loads listed objects through the snapshot loader (the same checks a snapshot file gets).
+fn load_objects(source: &str, objects: Vec<Value>) -> Result<(ClusterState, LoadReport)> {
+    let mut loader = SnapshotLoader::default();
+    for object in objects {
+        loader
+            .add_value(source, object)
+            .with_context(|| format!("the cluster at {source}"))?;
+    }
+    Ok(loader.finish())
+}
+
+#[derive(Args)]
+pub struct SnapshotArgs {
+    /// Write the snapshot here (atomically: a failed run leaves an existing file as it was) [default: standard
+    /// output].
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Only namespaced objects of this namespace (Namespaces and Nodes are always taken whole). Pods of other
+    /// namespaces are then unknown addresses to whatever reads the snapshot.
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NS",
+        conflicts_with = "all_namespaces"
+    )]
+    namespace: Option<String>,
+    /// Every namespace (the default; accepted for kubectl habits).
+    #[arg(long, short = 'A')]
+    all_namespaces: bool,
+    /// Output format: what `kubectl get -o yaml` or `-o json` prints.
+    #[arg(long, value_enum, default_value_t = SnapshotFormat::Yaml)]
+    format: SnapshotFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SnapshotFormat {
+    /// A `List` as `kubectl get -o yaml` lays it out.
+    Yaml,
+    /// The same `List` as JSON.
+    Json,
+}
+
+/// `weir snapshot`: the objects `kubectl get namespaces,nodes,pods,services,endpointslices,replicasets,jobs,
+/// networkpolicies -A -o yaml` prints, as one `List`, checked by loading it as `--cluster` would.
+pub fn run_snapshot(args: SnapshotArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    let namespace = args.namespace.filter(|_| !args.all_namespaces);
+    let (objects, server) = list_live(kube, namespace.as_deref())?;
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for object in &objects {
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("?");
+        match counts.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind.to_owned(), 1)),
+        }
+    }
+    // Checked before it is written, so a snapshot weir cannot read never replaces a good one.
+    load_objects(&server, objects.clone())
+        .context("the cluster's objects do not load as a snapshot; nothing was written")?;
+    let list = json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": ""},
+        "items": objects,
+    });
+    let scope = match &namespace {
+        Some(ns) => format!("namespace {ns}"),
+        None => "all namespaces".to_owned(),
+    };
+    let text = match args.format {
+        SnapshotFormat::Yaml => format!(
+            "# weir snapshot of {server} ({scope}), taken {}\n{}",
+            weir_aggregator::server::now(),
+            weir_cluster::yaml::to_yaml(&list)
+        ),
+        SnapshotFormat::Json => {
+            let mut text = serde_json::to_string_pretty(&list)?;
+            text.push('\n');
+            text
+        }
+    };
+    match &args.output {
+        Some(path) if path != Path::new("-") => write_atomically(path, text.as_bytes())?,
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    eprintln!(
+        "weir snapshot: wrote {} from {server} ({scope}): {}",
+        args.output
+            .as_deref()
+            .filter(|p| *p != Path::new("-"))
+            .map_or_else(|| "standard output".to_owned(), |p| p.display().to_string()),
+        if summary.is_empty() {
+            "no objects".to_owned()
+        } else {
+            summary.join(", ")
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes beside the target, then renames over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".weir-tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Parses `PORT[/PROTO]`: a number or a name, and TCP, UDP or SCTP (any case; TCP by default).

@@ -11,7 +11,7 @@ use weir_analysis::{Analyzer, SuggestOptions, policy_yaml, prove, suggest, sugge
 use weir_model::Cidr;
 
 use crate::analyze::{parse_cidr, read_records};
-use crate::snapshot;
+use crate::snapshot::{self, KubeArgs};
 
 #[derive(Args)]
 pub struct SuggestArgs {
@@ -22,7 +22,7 @@ pub struct SuggestArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     flows: Vec<PathBuf>,
     /// Cluster snapshot(s): `kubectl get ... -o yaml/json` output, multi-document YAML, or directories.
-    #[arg(long, required = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     cluster: Vec<PathBuf>,
     /// Only workloads in these namespaces (default: every namespace but kube-* and the CNI's own).
     #[arg(long = "namespace", short = 'n', value_name = "NS")]
@@ -47,8 +47,8 @@ pub struct SuggestArgs {
     threads: u16,
 }
 
-pub fn run(args: SuggestArgs) -> Result<ExitCode> {
-    let set = snapshot::load(&args.cluster)?;
+pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    let set = snapshot::load(&args.cluster, kube)?;
     let (records, inputs) = read_records(&args.captures, &args.flows, args.threads)?;
     let analysis = Analyzer::new(&set, &args.cluster_cidr).analyze_sorted(records.clone());
     let options = SuggestOptions {

@@ -17,8 +17,11 @@ fn allowed_traffic_is_quiet_denied_traffic_and_a_scan_raise_alerts() {
         eprintln!("skipped: needs root and iproute2");
         return;
     }
-    let (node, system, _scratch) = setup("s", 7);
+    let (node, mut system, _scratch) = setup("s", 7);
+    // Agents send to their own listener, as in deploy/kubernetes (the other test uses one listener).
+    system.ingest_port = Some(free_port());
     let _aggregator = system.aggregator();
+    wait_for(&format!("{}/readyz", system.ingest_url()));
     let (_watch, alerts) = watch(&system);
     let mut agent = agent(&system, &node);
     let _api = serve(&node, 1, 8080);
@@ -107,12 +110,31 @@ fn allowed_traffic_is_quiet_denied_traffic_and_a_scan_raise_alerts() {
         "{metrics}"
     );
 
-    // Agents without the token are refused.
-    let refused = Command::new("python3")
-        .args(["-c", "import sys,urllib.request\ntry:\n urllib.request.urlopen(urllib.request.Request(sys.argv[1],data=b'',headers={'x-weir-node':'x','x-weir-epoch':'1'}))\nexcept urllib.error.HTTPError as e: print(e.code)", &format!("{}/api/v1/ingest", system.url())])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&refused.stdout).trim(), "401");
+    // Agents without the token are refused; the API listener sends agents to the ingest listener, which
+    // serves nothing else.
+    let code = |method: &str, url: String| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys,urllib.request\ntry:\n r=urllib.request.urlopen(urllib.request.Request(sys.argv[2],method=sys.argv[1],data=b'' if sys.argv[1]=='POST' else None,headers={'x-weir-node':'x','x-weir-epoch':'1'}));print(r.status)\nexcept urllib.error.HTTPError as e: print(e.code)", method, &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        code("POST", format!("{}/api/v1/ingest", system.ingest_url())),
+        "401"
+    );
+    assert_eq!(
+        code("POST", format!("{}/api/v1/ingest", system.url())),
+        "421"
+    );
+    assert_eq!(
+        code("GET", format!("{}/api/v1/edges", system.ingest_url())),
+        "404"
+    );
+    assert_eq!(
+        code("GET", format!("{}/metrics", system.ingest_url())),
+        "404"
+    );
     let _ = Command::new("kill")
         .args(["-INT", &agent.child().id().to_string()])
         .status();

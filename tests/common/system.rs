@@ -103,6 +103,8 @@ items:
 pub struct System {
     pub dir: PathBuf,
     pub port: u16,
+    /// A separate ingest listener for agents (`--ingest-listen`), when the test wants one.
+    pub ingest_port: Option<u16>,
     pub snapshot: PathBuf,
     pub token: PathBuf,
 }
@@ -110,6 +112,11 @@ pub struct System {
 impl System {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where agents send flows.
+    pub fn ingest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingest_port.unwrap_or(self.port))
     }
 
     pub fn aggregator(&self) -> Proc {
@@ -126,6 +133,11 @@ impl System {
             .arg("--token-file")
             .arg(&self.token)
             .args(["--learn", "1h", "--no-alert-lines", "--checkpoint", "500ms"])
+            .args(
+                self.ingest_port
+                    .map(|p| vec!["--ingest-listen".to_owned(), format!("127.0.0.1:{p}")])
+                    .unwrap_or_default(),
+            )
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -187,6 +199,7 @@ pub fn setup(tag: &str, subnet: u8) -> (Node, System, Scratch) {
     let system = System {
         dir: dir.clone(),
         port: free_port(),
+        ingest_port: None,
         snapshot,
         token,
     };
@@ -202,7 +215,7 @@ pub fn agent(system: &System, node: &Node) -> Proc {
         .args([
             "agent",
             "--aggregator",
-            &system.url(),
+            &system.ingest_url(),
             "--node",
             "node-e",
             "-i",

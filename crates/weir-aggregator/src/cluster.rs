@@ -5,15 +5,19 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::ListParams;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -209,16 +213,125 @@ fn added<K: Resource + Serialize>(kind: &'static str, obj: &K, initial: bool) ->
 where
     K::DynamicType: Default,
 {
+    Change::Add(kind, key_of(obj), object_value(kind, obj), initial)
+}
+
+/// An object as `kubectl get -o json` shows it: with its kind and apiVersion (whatever the serializer did),
+/// without `metadata.managedFields` (bookkeeping of who set which field, often most of an object's bytes).
+pub fn object_value<K: Resource + Serialize>(kind: &str, obj: &K) -> Value
+where
+    K::DynamicType: Default,
+{
     let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
-    // Watch events carry kind and apiVersion; make sure the loader sees them whatever the serializer did.
     if let Value::Object(map) = &mut value {
         map.entry("kind")
             .or_insert_with(|| Value::String(kind.to_owned()));
         let api_version = K::api_version(&K::DynamicType::default()).into_owned();
         map.entry("apiVersion")
             .or_insert_with(|| Value::String(api_version));
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.remove("managedFields");
+        }
     }
-    Change::Add(kind, key_of(obj), value, initial)
+    value
+}
+
+/// Connects to a cluster with `kubeconfig` and `context` when given; otherwise the in-cluster service account,
+/// then `$KUBECONFIG`, then `~/.kube/config`. Returns the client and the API server's address, for messages.
+pub async fn kube_client(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> anyhow::Result<(Client, String)> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None if options.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .context("using the kubeconfig")?,
+        None => kube::Config::infer().await.context(
+            "finding the cluster (in-cluster service account, $KUBECONFIG or ~/.kube/config)",
+        )?,
+    };
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    Ok((client, server))
+}
+
+/// Objects per list request when taking a snapshot; larger lists come in pages.
+const PAGE_SIZE: u32 = 500;
+
+async fn list_pages<K>(api: Api<K>, kind: &'static str, out: &mut Vec<Value>) -> anyhow::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    K::DynamicType: Default,
+{
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await.map_err(|e| match &e {
+            kube::Error::Api(status) if status.code == 403 => anyhow::anyhow!(
+                "listing {kind} objects: forbidden ({}); a snapshot needs get and list on {}",
+                status.message,
+                KINDS.join(", ")
+            ),
+            _ => anyhow::Error::new(e).context(format!("listing {kind} objects")),
+        })?;
+        out.extend(page.items.iter().map(|obj| object_value(kind, obj)));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Lists every object weir reads, in [`KINDS`] order, as `kubectl get <those kinds> -A -o json` would (see
+/// [`object_value`]), following continue tokens. With `namespace`, the namespaced kinds come from that
+/// namespace only; Namespaces and Nodes are always listed whole, because selectors and node addresses need them.
+pub async fn list_objects(client: &Client, namespace: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    list_pages(Api::<Namespace>::all(client.clone()), "Namespace", &mut out).await?;
+    list_pages(Api::<Node>::all(client.clone()), "Node", &mut out).await?;
+    list_pages(scoped::<Pod>(client, namespace), "Pod", &mut out).await?;
+    list_pages(scoped::<Service>(client, namespace), "Service", &mut out).await?;
+    list_pages(
+        scoped::<EndpointSlice>(client, namespace),
+        "EndpointSlice",
+        &mut out,
+    )
+    .await?;
+    list_pages(
+        scoped::<ReplicaSet>(client, namespace),
+        "ReplicaSet",
+        &mut out,
+    )
+    .await?;
+    list_pages(scoped::<Job>(client, namespace), "Job", &mut out).await?;
+    list_pages(
+        scoped::<NetworkPolicy>(client, namespace),
+        "NetworkPolicy",
+        &mut out,
+    )
+    .await?;
+    Ok(out)
 }
 
 /// Watches a cluster; calls `publish` with each new policy set, at most every `settle` (changes that come

@@ -63,6 +63,9 @@ pub struct AggregatorConfig {
     pub cluster: ClusterConfig,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// A separate listener for agents' flows (then `listen` serves only the API, UI and metrics), so a
+    /// NetworkPolicy can let agents and readers in on different ports.
+    pub ingest_listen: Option<SocketAddr>,
     /// The data directory (SQLite database).
     pub data: PathBuf,
     /// Judging, baseline and alert settings.
@@ -178,7 +181,8 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
             kubeconfig,
             context,
         } => {
-            let client = kube_client(kubeconfig, context).await?;
+            let (client, _) =
+                cluster::kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             spawn_watch(client, &shared, &status);
         }
         ClusterConfig::Client(client) => spawn_watch(client, &shared, &status),
@@ -190,7 +194,6 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         Arc::clone(&store),
         config.checkpoint,
     ));
-    let app = server::router(Arc::clone(&shared), config.max_body);
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();
@@ -202,15 +205,9 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
             handle.graceful_shutdown(Some(Duration::from_secs(2)));
         });
     }
-    eprintln!(
-        "weir aggregator: listening on {}{}",
-        config.listen,
-        if config.tls.is_some() { " (TLS)" } else { "" }
-    );
-    let service = app.into_make_service();
-    match &config.tls {
-        Some(tls) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+    let tls = match &config.tls {
+        Some(tls) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
                 .with_context(|| {
                     format!(
@@ -218,23 +215,51 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
                         tls.cert.display(),
                         tls.key.display()
                     )
-                })?;
-            axum_server::bind_rustls(config.listen, rustls)
-                .handle(handle)
-                .serve(service)
-                .await
-                .with_context(|| format!("serving on {}", config.listen))?;
-        }
+                })?,
+        ),
+        None => None,
+    };
+    match config.ingest_listen {
         None => {
-            axum_server::bind(config.listen)
-                .handle(handle)
-                .serve(service)
-                .await
-                .with_context(|| format!("serving on {}", config.listen))?;
+            let app = server::router(Arc::clone(&shared), config.max_body, server::Routes::All);
+            serve_on(config.listen, "", tls, handle, app).await?;
+        }
+        Some(ingest) => {
+            let api = server::router(Arc::clone(&shared), config.max_body, server::Routes::Api);
+            let flows =
+                server::router(Arc::clone(&shared), config.max_body, server::Routes::Ingest);
+            tokio::try_join!(
+                serve_on(config.listen, " (API)", tls.clone(), handle.clone(), api),
+                serve_on(ingest, " (agents' flows)", tls, handle, flows),
+            )?;
         }
     }
     server::checkpoint_once(&shared, &store).await;
     Ok(())
+}
+
+/// Serves `app` on `addr` (HTTPS when `tls` is given) until `handle` shuts it down.
+async fn serve_on(
+    addr: SocketAddr,
+    role: &str,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    handle: axum_server::Handle<SocketAddr>,
+    app: axum::Router,
+) -> Result<()> {
+    let service = app.into_make_service();
+    let served = match tls {
+        Some(tls) => {
+            let server = axum_server::bind_rustls(addr, tls).handle(handle);
+            eprintln!("weir aggregator: listening on {addr}{role} (TLS)");
+            server.serve(service).await
+        }
+        None => {
+            let server = axum_server::bind(addr).handle(handle);
+            eprintln!("weir aggregator: listening on {addr}{role}");
+            server.serve(service).await
+        }
+    };
+    served.with_context(|| format!("serving on {addr}"))
 }
 
 /// rustls with the ring provider, as everywhere in weir (TLS listener, webhook client).
@@ -260,27 +285,4 @@ fn spawn_watch(
         Arc::clone(status),
         publish,
     ));
-}
-
-async fn kube_client(kubeconfig: Option<PathBuf>, context: Option<String>) -> Result<kube::Client> {
-    let options = kube::config::KubeConfigOptions {
-        context,
-        ..Default::default()
-    };
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(&path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .with_context(|| format!("using the kubeconfig {}", path.display()))?
-        }
-        None if options.context.is_some() => kube::Config::from_kubeconfig(&options)
-            .await
-            .context("using the kubeconfig")?,
-        None => kube::Config::infer().await.context(
-            "finding the cluster (in-cluster service account, $KUBECONFIG or ~/.kube/config)",
-        )?,
-    };
-    kube::Client::try_from(config).context("building the Kubernetes client")
 }

@@ -205,12 +205,37 @@ pub fn now() -> Timestamp {
 }
 
 /// The routes.
-pub fn router(shared: Arc<Shared>, max_body: usize) -> Router {
-    Router::new()
-        .route(
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything: ingest, the API and metrics (one listener).
+    All,
+    /// The API and metrics; agents' flows are sent to the ingest listener instead.
+    Api,
+    /// Agents' flows only (and the health checks).
+    Ingest,
+}
+
+/// The HTTP routes of one listener.
+pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    let ingest_route = post(ingest).layer(DefaultBodyLimit::max(max_body));
+    let router = match routes {
+        Routes::Ingest => return health.route("/api/v1/ingest", ingest_route).with_state(shared),
+        Routes::All => health.route("/api/v1/ingest", ingest_route),
+        Routes::Api => health.route(
             "/api/v1/ingest",
-            post(ingest).layer(DefaultBodyLimit::max(max_body)),
-        )
+            post(|| async {
+                (
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "this aggregator takes agents' flows on its ingest listener (--ingest-listen), not here\n",
+                )
+            }),
+        ),
+    };
+    router
         .route("/api/v1/status", get(status))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/flows/stream", get(flow_stream))
@@ -224,8 +249,6 @@ pub fn router(shared: Arc<Shared>, max_body: usize) -> Router {
             post(diff).layer(DefaultBodyLimit::max(4 << 20)),
         )
         .route("/metrics", get(crate::metrics::metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .with_state(shared)
 }
 

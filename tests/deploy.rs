@@ -1,17 +1,24 @@
 //! The Kubernetes manifests in `deploy/kubernetes`, rendered by `kubectl kustomize` (base and the example overlay)
 //! and parsed into k8s-openapi types, hold to what the security team will check: the agent gets NET_RAW and nothing
 //! else, the aggregator passes Pod Security "restricted", RBAC is read-only on exactly what weir reads, and weir's
-//! own NetworkPolicy leaves one port open.
+//! own NetworkPolicies, judged by weir's own engine, let agents and labelled readers in on their own ports and
+//! the aggregator out to DNS and the API server, and nothing else.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::process::Command;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde_json::json;
+use weir_cluster::SnapshotLoader;
+use weir_model::Protocol;
+use weir_policy::{PolicySet, VerdictCache};
 
 fn render(dir: &str) -> Vec<serde_json::Value> {
     let out = Command::new("kubectl")
@@ -314,27 +321,193 @@ fn check(objects: &[serde_json::Value]) {
         deny.policy_types.clone().unwrap(),
         vec!["Ingress".to_owned(), "Egress".to_owned()]
     );
-    let open = policies
-        .iter()
-        .find(|p| p.metadata.name.as_deref() == Some("weir-aggregator"))
-        .unwrap()
-        .spec
+    assert_eq!(policies.len(), 2, "default-deny and weir-aggregator only");
+
+    // The ports agree: agents send to the aggregator's ingest listener through the Service.
+    let deploy: Deployment = one(objects, "Deployment");
+    let aggregator_args = deploy.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
         .clone()
         .unwrap();
-    let ingress = open.ingress.unwrap();
-    assert_eq!(ingress.len(), 1);
-    let ports: Vec<String> = ingress[0]
+    assert!(aggregator_args.contains(&"--listen=0.0.0.0:9480".to_owned()));
+    assert!(aggregator_args.contains(&"--ingest-listen=0.0.0.0:9481".to_owned()));
+    let agent: DaemonSet = one(objects, "DaemonSet");
+    let agent_args = agent.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        agent_args.contains(&"--aggregator=http://weir-aggregator.weir-system.svc:9481".to_owned()),
+        "{agent_args:?}"
+    );
+    let service: Service = one(objects, "Service");
+    let service_ports: Vec<(Option<String>, i32)> = service
+        .spec
+        .unwrap()
         .ports
-        .iter()
-        .flatten()
-        .map(|p| format!("{}/{:?}", p.protocol.as_deref().unwrap_or("TCP"), p.port))
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name, p.port))
         .collect();
-    assert_eq!(ports, vec!["TCP/Some(Int(9480))".to_owned()]);
+    assert_eq!(
+        service_ports,
+        vec![(Some("http".into()), 9480), (Some("ingest".into()), 9481)]
+    );
+}
+
+/// weir's own NetworkPolicies, judged by weir's policy engine in a small cluster: a node running an agent
+/// (hostNetwork, the node's address), another running the aggregator with the labels its Deployment gives it, cluster DNS, a
+/// Prometheus labelled for API access, and an ordinary pod.
+fn judge_weir_policies(
+    objects: &[serde_json::Value],
+) -> impl Fn(&str, &str, u16, Protocol) -> bool {
+    let deploy: Deployment = one(objects, "Deployment");
+    let aggregator_labels = deploy
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    let namespace = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+    };
+    let pod = |ns: &str, name: &str, labels: serde_json::Value, ip: &str, host: bool| {
+        let node = if host { "node-2" } else { "node-1" };
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
+               "spec": {"nodeName": node, "hostNetwork": host, "containers": [{"name": "c", "image": "x"}]},
+               "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+    };
+    let mut loader = SnapshotLoader::default();
+    let mut cluster = vec![
+        namespace("kube-system"),
+        namespace("shop"),
+        namespace("monitoring"),
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+               "spec": {"podCIDR": "10.244.1.0/24"},
+               "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.11"}]}}),
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-2"},
+               "spec": {"podCIDR": "10.244.2.0/24"},
+               "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.12"}]}}),
+        pod(
+            "weir-system",
+            "weir-aggregator-0",
+            json!(aggregator_labels),
+            "10.244.1.10",
+            false,
+        ),
+        pod(
+            "weir-agent",
+            "weir-agent-0",
+            json!({"app.kubernetes.io/name": "weir-agent"}),
+            "10.0.0.12",
+            true,
+        ),
+        pod(
+            "kube-system",
+            "coredns-0",
+            json!({"k8s-app": "kube-dns"}),
+            "10.244.1.2",
+            false,
+        ),
+        pod("shop", "web-0", json!({"app": "web"}), "10.244.1.20", false),
+        pod(
+            "monitoring",
+            "prometheus-0",
+            json!({"weir.dev/api-access": "true"}),
+            "10.244.1.30",
+            false,
+        ),
+    ];
+    cluster.extend(
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "Namespace" || o["kind"] == "NetworkPolicy")
+            .cloned(),
+    );
+    for object in cluster {
+        loader.add_value("test", object).unwrap();
+    }
+    let set = PolicySet::new(Arc::new(loader.finish().0)).unwrap();
+    let ip = |name: &str| -> IpAddr {
+        match name {
+            // The agent's node; the aggregator runs on the other one.
+            "node" => "10.0.0.12",
+            "own node" => "10.0.0.11",
+            "aggregator" => "10.244.1.10",
+            "dns" => "10.244.1.2",
+            "web" => "10.244.1.20",
+            "prometheus" => "10.244.1.30",
+            "api-server" => "172.18.0.2",
+            other => other,
+        }
+        .parse()
+        .unwrap()
+    };
+    move |from, to, port, protocol| {
+        let mut cache = VerdictCache::new();
+        set.judge(&mut cache, ip(from), ip(to), Some(port), protocol)
+            .allowed()
+    }
+}
+
+/// What both the base and the overlay allow and deny.
+fn check_weir_policies(allowed: &impl Fn(&str, &str, u16, Protocol) -> bool) {
+    let tcp = Protocol::TCP;
+    assert!(allowed("node", "aggregator", 9481, tcp), "agents' flows");
+    assert!(
+        allowed("prometheus", "aggregator", 9480, tcp),
+        "a labelled reader"
+    );
+    assert!(
+        !allowed("web", "aggregator", 9480, tcp),
+        "an unlabelled pod reads the API"
+    );
+    assert!(
+        !allowed("node", "aggregator", 9480, tcp),
+        "the API from a node address"
+    );
+    assert!(
+        allowed("own node", "aggregator", 9480, tcp),
+        "the kubelet's probes (its own node is always let in)"
+    );
+    assert!(
+        !allowed("web", "aggregator", 22, tcp),
+        "a port weir does not serve"
+    );
+    assert!(
+        allowed("aggregator", "dns", 53, Protocol::UDP),
+        "cluster DNS"
+    );
+    assert!(
+        allowed("aggregator", "dns", 53, tcp),
+        "cluster DNS over TCP"
+    );
+    assert!(
+        !allowed("aggregator", "web", 53, Protocol::UDP),
+        "DNS to a pod that is not cluster DNS"
+    );
+    assert!(
+        allowed("aggregator", "api-server", 6443, tcp),
+        "the Kubernetes API"
+    );
+    assert!(
+        !allowed("aggregator", "web", 80, tcp),
+        "the aggregator reaching workloads"
+    );
 }
 
 #[test]
 fn the_base_manifests_ask_for_no_more_than_weir_needs() {
-    check(&render("deploy/kubernetes"));
+    let objects = render("deploy/kubernetes");
+    check(&objects);
+    let allowed = judge_weir_policies(&objects);
+    check_weir_policies(&allowed);
+    // The base cannot know the node subnet: any source may send flows (with the token).
+    assert!(allowed("web", "aggregator", 9481, Protocol::TCP));
 }
 
 #[test]
@@ -347,4 +520,9 @@ fn the_example_overlay_keeps_every_property_of_the_base() {
         .clone()
         .unwrap();
     assert!(args.iter().any(|a| a == "--learn=24h"), "{args:?}");
+    // The overlay narrows agents' port to the node subnet: pods can no longer send flows.
+    let allowed = judge_weir_policies(&objects);
+    check_weir_policies(&allowed);
+    assert!(!allowed("web", "aggregator", 9481, Protocol::TCP));
+    assert!(!allowed("prometheus", "aggregator", 9481, Protocol::TCP));
 }

@@ -18,6 +18,11 @@ mod watch;
 
 use std::process::ExitCode;
 
+/// The static (musl) build, which the container image ships, allocates with mimalloc: musl's own allocator
+/// costs 1.2-1.4x in `weir analyze` and more under the aggregator's threads.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 

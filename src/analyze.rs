@@ -62,6 +62,9 @@ pub enum AnalyzeFormat {
     Json,
     /// The text report's content as Markdown, for a ticket or a pull request.
     Markdown,
+    /// weir's service map with every edge's details and each workload's suggested policy, as one
+    /// self-contained HTML file (opens offline; attach it to an incident ticket).
+    Html,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -183,7 +186,7 @@ fn analyze_inputs(
     args: &AnalyzeArgs,
     kube: &KubeArgs,
 ) -> Result<(PolicySet, Inputs, Analysis, Report)> {
-    let keep_flows = args.format == AnalyzeFormat::Json;
+    let keep_flows = matches!(args.format, AnalyzeFormat::Json | AnalyzeFormat::Html);
     // Bounded, so a slow judge holds the reader back instead of letting finished flows pile up; deep enough to
     // let the reader run on while the snapshot loads.
     let (tx, rx) = crossbeam_channel::bounded::<Chunk>(1024);
@@ -266,6 +269,16 @@ pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
     match args.format {
         AnalyzeFormat::Json => {
             write_analysis_json(&set, &analysis, &report, &inputs.names, &mut out)
+        }
+        AnalyzeFormat::Html => {
+            let map = crate::map::build(
+                &set,
+                &analysis,
+                &report,
+                &args.cluster_cidr,
+                &inputs.names.join(", "),
+            );
+            out.write_all(weir_map::offline_page(&map).as_bytes())
         }
         AnalyzeFormat::Text | AnalyzeFormat::Markdown => {
             let style = if args.format == AnalyzeFormat::Markdown {

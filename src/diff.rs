@@ -70,6 +70,9 @@ fn names(paths: &[PathBuf]) -> Vec<String> {
 }
 
 pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
+    if args.format == AnalyzeFormat::Html {
+        bail!("--format html is for `weir analyze`; diff writes text, markdown or json");
+    }
     let traffic = !args.captures.is_empty() || !args.flows.is_empty();
     if args.policies_before.is_empty() && args.policies_after.is_empty() {
         if !traffic {

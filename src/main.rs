@@ -8,6 +8,7 @@ mod diff;
 mod duration;
 mod explain;
 mod flows;
+mod map;
 mod output;
 mod pipeline;
 mod reach;

@@ -288,3 +288,29 @@ fn output_file_and_errors() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_html_report_is_one_self_contained_file() {
+    let html = analyze("pcaps/demo.pcap", "html");
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(html.contains(r#"<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'sha256-"#));
+    // Nothing is fetched: no external script, stylesheet, image or font.
+    for needle in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"/",
+        "href=\"/",
+        "url(http",
+        "url(/",
+        "@import",
+    ] {
+        assert!(!html.contains(needle), "{needle} in the report");
+    }
+    assert_eq!(html.matches("<svg").count(), 1);
+    assert_eq!(
+        html.matches("class=\"edge denied").count(),
+        11,
+        "the demo's denied edges"
+    );
+    assert!(html.contains("data-name=\"Deployment/frontend\""));
+}

@@ -1,0 +1,268 @@
+//! weir's service map: the observed traffic as a graph (workloads grouped by namespace, nodes, addresses outside
+//! the cluster), laid out here in Rust and drawn as SVG, and the page that shows it, live from the aggregator or
+//! offline as one self-contained HTML file.
+//!
+//! Everything in a [`Map`] comes from the cluster or the traffic and is untrusted: every name reaches the SVG
+//! and HTML through [`escape`], and the page's script writes text with `textContent` only.
+
+#![deny(missing_docs)]
+
+mod layout;
+mod page;
+mod svg;
+
+use serde::{Deserialize, Serialize};
+
+pub use layout::{Layout, Placed, layout};
+pub use page::{APP_CSS, APP_JS, CONTENT_SECURITY_POLICY, live_page, offline_page};
+pub use svg::render_svg;
+
+/// What a map node stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeKind {
+    /// A workload (its pods taken together).
+    Workload,
+    /// The backends of a Service that span several workloads.
+    Service,
+    /// A node (its address, shared by its hostNetwork pods).
+    Node,
+    /// An address outside the cluster.
+    External,
+    /// An address in the cluster's ranges that nobody held.
+    Unknown,
+}
+
+/// How an edge's flows were judged: its colour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EdgeVerdict {
+    /// The policies in force deny it.
+    Denied,
+    /// Allowed only because an end is not isolated (no policy selects it).
+    NotIsolated,
+    /// A Service whose backends get different verdicts.
+    Mixed,
+    /// Allowed by a policy rule (or always allowed).
+    Allowed,
+    /// Not judged.
+    Unknown,
+}
+
+impl EdgeVerdict {
+    /// The CSS class and filter value.
+    pub fn name(self) -> &'static str {
+        match self {
+            EdgeVerdict::Denied => "denied",
+            EdgeVerdict::NotIsolated => "not-isolated",
+            EdgeVerdict::Mixed => "mixed",
+            EdgeVerdict::Allowed => "allowed",
+            EdgeVerdict::Unknown => "unknown",
+        }
+    }
+
+    /// For people.
+    pub fn label(self) -> &'static str {
+        match self {
+            EdgeVerdict::Denied => "denied by policy",
+            EdgeVerdict::NotIsolated => "allowed only because not isolated",
+            EdgeVerdict::Mixed => "mixed (backends judged differently)",
+            EdgeVerdict::Allowed => "allowed by policy",
+            EdgeVerdict::Unknown => "not judged",
+        }
+    }
+}
+
+/// A node of the map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapNode {
+    /// Stable identity (`pod:NS/Kind/name`, `node:NAME`, `external:IP`, ...), the key edges use.
+    pub id: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// The box it is drawn in: its namespace, or `nodes`, `outside the cluster`, `unknown addresses`.
+    pub group: String,
+    /// Its name in the box (`Deployment/frontend`, a node name, an address).
+    pub name: String,
+    /// Its pods seen in the traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Its pods' labels, as `key=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// The NetworkPolicies selecting it (`ns/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The least-privilege NetworkPolicy weir suggests for it, as YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+    /// What that suggestion would deny among the observed flows (one line each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggestion_denies: Vec<String>,
+}
+
+/// An edge of the map: the observed flows from one node to another.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MapEdge {
+    /// Stable identity within the map.
+    pub id: String,
+    /// Source node id.
+    pub from: String,
+    /// Destination node id.
+    pub to: String,
+    /// The verdict (its colour).
+    pub verdict: EdgeVerdict,
+    /// Not seen while the baseline was learned.
+    #[serde(default)]
+    pub new: bool,
+    /// Ports, as `8080/TCP`.
+    pub ports: Vec<String>,
+    /// Connections.
+    pub flows: u64,
+    /// Bytes, both directions.
+    pub bytes: u64,
+    /// First seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    /// Last seen (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// Nodes that reported it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Services the traffic went through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// The deciding policies (`ingress ns/name`, `egress ns/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    /// The engine's explanation, a sentence per line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explanation: Vec<String>,
+    /// Alerts raised on it (one line each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
+}
+
+/// The whole map.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Map {
+    /// What it shows (a capture's name, or the live cluster).
+    pub title: String,
+    /// Nodes.
+    pub nodes: Vec<MapNode>,
+    /// Edges.
+    pub edges: Vec<MapEdge>,
+}
+
+impl Map {
+    /// The map with the workloads of `namespaces` folded into one node per namespace, their edges merged (the
+    /// worst verdict wins, counts add up), so a large cluster stays readable.
+    pub fn collapse(&self, namespaces: &[String]) -> Map {
+        let folded = |id: &str| -> String {
+            match self.nodes.iter().find(|n| n.id == id) {
+                Some(n)
+                    if matches!(n.kind, NodeKind::Workload | NodeKind::Service)
+                        && namespaces.contains(&n.group) =>
+                {
+                    format!("namespace:{}", n.group)
+                }
+                _ => id.to_owned(),
+            }
+        };
+        let mut nodes: Vec<MapNode> = Vec::new();
+        for node in &self.nodes {
+            let id = folded(&node.id);
+            if id == node.id {
+                nodes.push(node.clone());
+            } else if let Some(existing) = nodes.iter_mut().find(|n| n.id == id) {
+                existing.pods.extend(node.pods.iter().cloned());
+            } else {
+                nodes.push(MapNode {
+                    id,
+                    kind: NodeKind::Workload,
+                    group: node.group.clone(),
+                    name: format!("all of {}", node.group),
+                    pods: node.pods.clone(),
+                    labels: Vec::new(),
+                    policies: Vec::new(),
+                    suggestion: None,
+                    suggestion_denies: Vec::new(),
+                });
+            }
+        }
+        let mut edges: Vec<MapEdge> = Vec::new();
+        for edge in &self.edges {
+            let (from, to) = (folded(&edge.from), folded(&edge.to));
+            match edges.iter_mut().find(|e| e.from == from && e.to == to) {
+                Some(e) => {
+                    e.verdict = e.verdict.min(edge.verdict);
+                    e.new |= edge.new;
+                    e.flows += edge.flows;
+                    e.bytes += edge.bytes;
+                    for (into, from) in [
+                        (&mut e.ports, &edge.ports),
+                        (&mut e.nodes, &edge.nodes),
+                        (&mut e.services, &edge.services),
+                        (&mut e.policies, &edge.policies),
+                        (&mut e.alerts, &edge.alerts),
+                    ] {
+                        for item in from {
+                            if !into.contains(item) {
+                                into.push(item.clone());
+                            }
+                        }
+                    }
+                    e.first = match (e.first.take(), edge.first.clone()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    e.last = e.last.take().max(edge.last.clone());
+                }
+                None => edges.push(MapEdge {
+                    id: format!("{from}>{to}"),
+                    from,
+                    to,
+                    explanation: Vec::new(),
+                    ..edge.clone()
+                }),
+            }
+        }
+        Map {
+            title: self.title.clone(),
+            nodes,
+            edges,
+        }
+    }
+}
+
+/// Text made safe for HTML and SVG, in element content and in quoted attributes alike.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // Control characters are not allowed in XML; show them as the replacement character.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_is_escaped() {
+        assert_eq!(
+            escape("<img src=x onerror=alert(1)> & \"'\u{1}"),
+            "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;&#39;\u{fffd}"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! `weir analyze --format html`: a capture's judged traffic as weir's service map, with each workload's policies
+//! and suggested least-privilege policy, in one self-contained HTML file.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use weir_analysis::{
+    Analysis, Analyzer, Edge, EdgeClass, Group, Judgement, Party, Report, SuggestOptions,
+    policy_objects, policy_yaml, suggest,
+};
+use weir_cluster::{ClusterState, PodId};
+use weir_map::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
+use weir_model::Cidr;
+use weir_policy::PolicySet;
+
+/// The map node id of a report group; the aggregator names the same endpoints the same way, so alerts find
+/// their edges.
+fn node_id(group: &Group) -> String {
+    match group {
+        Group::Workload(w) => format!("pod:{}/{}/{}", w.namespace, w.kind, w.name),
+        Group::Node(name) => format!("node:{name}"),
+        Group::Service(key) => format!("service:{key}"),
+        Group::External(ip) => format!("external:{ip}"),
+        Group::Unknown(ip) => format!("unknown:{ip}"),
+    }
+}
+
+fn node_of(group: &Group) -> MapNode {
+    let (kind, box_name, name) = match group {
+        Group::Workload(w) => (
+            NodeKind::Workload,
+            w.namespace.clone(),
+            format!("{}/{}", w.kind, w.name),
+        ),
+        Group::Node(name) => (NodeKind::Node, "nodes".to_owned(), name.clone()),
+        Group::Service(key) => (
+            NodeKind::Service,
+            key.split_once('/')
+                .map_or_else(|| key.clone(), |(ns, _)| ns.to_owned()),
+            format!("svc {key}"),
+        ),
+        Group::External(ip) => (
+            NodeKind::External,
+            "outside the cluster".to_owned(),
+            ip.to_string(),
+        ),
+        Group::Unknown(ip) => (
+            NodeKind::Unknown,
+            "unknown addresses".to_owned(),
+            ip.to_string(),
+        ),
+    };
+    MapNode {
+        id: node_id(group),
+        kind,
+        group: box_name,
+        name,
+        pods: Vec::new(),
+        labels: Vec::new(),
+        policies: Vec::new(),
+        suggestion: None,
+        suggestion_denies: Vec::new(),
+    }
+}
+
+fn verdict(class: EdgeClass) -> EdgeVerdict {
+    match class {
+        EdgeClass::Denied => EdgeVerdict::Denied,
+        EdgeClass::Mixed => EdgeVerdict::Mixed,
+        EdgeClass::NotIsolated => EdgeVerdict::NotIsolated,
+        EdgeClass::Allowed => EdgeVerdict::Allowed,
+        EdgeClass::Unjudged => EdgeVerdict::Unknown,
+    }
+}
+
+/// Why an edge got its verdict, in the engine's terms.
+fn explanation(edge: &Edge) -> Vec<String> {
+    let mut lines = Vec::new();
+    let list = |policies: &[String]| policies.join(", ");
+    if edge.egress_denied {
+        lines.push(format!(
+            "The source is isolated for egress by {} and no egress rule of them allows this.",
+            list(&edge.egress_policies)
+        ));
+    } else if !edge.egress_policies.is_empty() {
+        lines.push(format!(
+            "Egress allowed by {}.",
+            list(&edge.egress_policies)
+        ));
+    }
+    if edge.ingress_denied {
+        lines.push(format!(
+            "The destination is isolated for ingress by {} and no ingress rule of them allows this.",
+            list(&edge.ingress_policies)
+        ));
+    } else if !edge.ingress_policies.is_empty() {
+        lines.push(format!(
+            "Ingress allowed by {}.",
+            list(&edge.ingress_policies)
+        ));
+    }
+    match edge.not_isolated {
+        (true, true) => lines.push(
+            "Allowed only because no policy isolates either end: nothing restricts this traffic.".into(),
+        ),
+        (true, false) => lines.push(
+            "The source is not isolated for egress: no policy selects it, so its egress is open.".into(),
+        ),
+        (false, true) => lines.push(
+            "The destination is not isolated for ingress: no policy selects it, so anything may reach it."
+                .into(),
+        ),
+        (false, false) => {}
+    }
+    if let Some(why) = edge.exception {
+        lines.push(format!("Always allowed: {why}."));
+    }
+    if edge.answered < edge.flows {
+        lines.push(format!(
+            "{} of {} connections were answered.",
+            edge.answered, edge.flows
+        ));
+    }
+    lines
+}
+
+fn pod_group(cluster: &ClusterState, pod: PodId) -> Group {
+    Group::Workload(cluster.pod(pod).workload.clone())
+}
+
+/// Builds the map of an analysis (its flows must have been kept).
+pub fn build(
+    set: &PolicySet,
+    analysis: &Analysis,
+    report: &Report,
+    cluster_ranges: &[Cidr],
+    title: &str,
+) -> Map {
+    let cluster = set.cluster();
+    let mut nodes: BTreeMap<String, MapNode> = BTreeMap::new();
+    for edge in &report.edges {
+        for group in [&edge.from, &edge.to] {
+            nodes
+                .entry(node_id(group))
+                .or_insert_with(|| node_of(group));
+        }
+    }
+
+    // Pods seen, and the policies selecting them.
+    let mut pods: BTreeMap<String, BTreeSet<PodId>> = BTreeMap::new();
+    for flow in &analysis.flows {
+        for party in [flow.source, flow.destination] {
+            if let Party::Pod(pod) = party {
+                pods.entry(node_id(&pod_group(cluster, pod)))
+                    .or_default()
+                    .insert(pod);
+            }
+        }
+    }
+    for (id, members) in &pods {
+        let Some(node) = nodes.get_mut(id) else {
+            continue;
+        };
+        let mut policies = BTreeSet::new();
+        let mut labels = BTreeSet::new();
+        for &pod in members {
+            node.pods.push(cluster.pod(pod).name.clone());
+            labels.extend(
+                cluster
+                    .pod(pod)
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}")),
+            );
+            let (ingress, egress) = set.isolating(pod);
+            for &p in ingress.iter().chain(egress) {
+                let policy = &set.policies()[p as usize];
+                policies.insert(format!("{}/{}", policy.namespace, policy.name));
+            }
+        }
+        node.policies = policies.into_iter().collect();
+        node.labels = labels.into_iter().collect();
+    }
+
+    // The suggestion, and what it would deny among the observed flows.
+    let options = SuggestOptions {
+        cluster_ranges: cluster_ranges.to_vec(),
+        ..SuggestOptions::default()
+    };
+    let suggestion = suggest(set, &analysis.flows, &options);
+    for policy in &suggestion.policies {
+        if let Some(node) = nodes.get_mut(&node_id(&Group::Workload(policy.workload.clone()))) {
+            node.suggestion = Some(policy_yaml(policy));
+        }
+    }
+    if let Ok(proven) = PolicySet::new(Arc::new(cluster.with_policies(policy_objects(&suggestion))))
+    {
+        let records = analysis.flows.iter().map(|f| f.record.clone()).collect();
+        let judged = Analyzer::new(&proven, cluster_ranges).analyze_sorted(records);
+        let mut denies: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        for flow in &judged.flows {
+            let denied =
+                matches!(&flow.judgement, Judgement::Judged { verdict, .. } if !verdict.allowed());
+            if !denied {
+                continue;
+            }
+            let name = |party: Party, ip| match party {
+                Party::Pod(pod) => {
+                    format!("{}/{}", cluster.pod(pod).namespace, cluster.pod(pod).name)
+                }
+                _ => format!("{ip}"),
+            };
+            let line = format!(
+                "{} → {} {}/{}",
+                name(flow.source, flow.record.src),
+                name(flow.destination, flow.destination_ip()),
+                flow.judged_port()
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                flow.record.proto
+            );
+            for party in [flow.source, flow.destination] {
+                if let Party::Pod(pod) = party {
+                    *denies
+                        .entry(node_id(&pod_group(cluster, pod)))
+                        .or_default()
+                        .entry(line.clone())
+                        .or_default() += 1;
+                }
+            }
+        }
+        for (id, lines) in denies {
+            if let Some(node) = nodes.get_mut(&id).filter(|n| n.suggestion.is_some()) {
+                node.suggestion_denies = lines
+                    .into_iter()
+                    .map(|(line, n)| {
+                        if n == 1 {
+                            line
+                        } else {
+                            format!("{line} ×{n}")
+                        }
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    let scans: HashMap<String, Vec<String>> =
+        report.scans.iter().fold(HashMap::new(), |mut m, s| {
+            m.entry(node_id(&s.source)).or_default().push(format!(
+                "scan: {} targets ({} hosts, {} ports), {} failed, {} denied",
+                s.targets, s.hosts, s.ports, s.failed, s.denied
+            ));
+            m
+        });
+    let edges = report
+        .edges
+        .iter()
+        .enumerate()
+        .map(|(i, edge)| {
+            let from = node_id(&edge.from);
+            let mut alerts = Vec::new();
+            if edge.class == EdgeClass::Denied {
+                alerts.push(format!(
+                    "policy-violation: {} denied connection{} observed",
+                    edge.flows,
+                    if edge.flows == 1 { "" } else { "s" }
+                ));
+            }
+            alerts.extend(scans.get(&from).into_iter().flatten().cloned());
+            MapEdge {
+                id: format!("e{i}"),
+                to: node_id(&edge.to),
+                from,
+                verdict: verdict(edge.class),
+                new: false,
+                ports: edge.port_summary(),
+                flows: edge.flows,
+                bytes: edge.bytes,
+                first: Some(edge.first.to_string()),
+                last: Some(edge.last.to_string()),
+                nodes: Vec::new(),
+                services: edge.service.iter().cloned().collect(),
+                policies: edge
+                    .egress_policies
+                    .iter()
+                    .map(|p| format!("egress {p}"))
+                    .chain(edge.ingress_policies.iter().map(|p| format!("ingress {p}")))
+                    .collect(),
+                explanation: explanation(edge),
+                alerts,
+            }
+        })
+        .collect();
+    Map {
+        title: title.to_owned(),
+        nodes: nodes.into_values().collect(),
+        edges,
+    }
+}

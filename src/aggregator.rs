@@ -156,7 +156,7 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
     if config.ingest_token.is_none() {
         eprintln!(
             "weir aggregator: warning: no --token-file: anyone who can reach {} can send flows",
-            config.listen
+            config.ingest_listen.unwrap_or(config.listen)
         );
     }
     let stop = stop_on_signals()?;

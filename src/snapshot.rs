@@ -189,9 +189,10 @@ pub fn run_snapshot(args: SnapshotArgs, kube: &KubeArgs) -> Result<ExitCode> {
             text
         }
     };
-    match &args.output {
-        Some(path) if path != Path::new("-") => write_atomically(path, text.as_bytes())?,
-        _ => {
+    let output = args.output.filter(|p| p != Path::new("-"));
+    match &output {
+        Some(path) => write_atomically(path, text.as_bytes())?,
+        None => {
             let mut out = std::io::stdout().lock();
             out.write_all(text.as_bytes())?;
             out.flush()?;
@@ -200,10 +201,7 @@ pub fn run_snapshot(args: SnapshotArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let summary: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
     eprintln!(
         "weir snapshot: wrote {} from {server} ({scope}): {}",
-        args.output
-            .as_deref()
-            .filter(|p| *p != Path::new("-"))
-            .map_or_else(|| "standard output".to_owned(), |p| p.display().to_string()),
+        output.map_or_else(|| "standard output".to_owned(), |p| p.display().to_string()),
         if summary.is_empty() {
             "no objects".to_owned()
         } else {

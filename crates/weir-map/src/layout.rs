@@ -2,7 +2,7 @@
 //! mostly left to right (groups that mostly send first, groups that mostly receive last), nodes in columns
 //! inside their box in the same order. Deterministic: the same map always gets the same picture.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::{Map, NodeKind};
 
@@ -60,18 +60,12 @@ fn group_rank(kind: NodeKind) -> u8 {
 
 /// Lays out a map.
 pub fn layout(map: &Map) -> Layout {
-    let index: HashMap<&str, usize> = map
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
+    let index = map.node_index();
     // Net sending of each node and group: out-edges minus in-edges, by distinct peers.
     let mut node_net = vec![0i64; map.nodes.len()];
     let mut group_net: BTreeMap<&str, i64> = BTreeMap::new();
     for edge in &map.edges {
-        let (Some(&from), Some(&to)) = (index.get(edge.from.as_str()), index.get(edge.to.as_str()))
-        else {
+        let Some((from, to)) = Map::ends(&index, edge) else {
             continue;
         };
         node_net[from] += 1;

@@ -11,6 +11,8 @@ mod layout;
 mod page;
 mod svg;
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use layout::{Layout, Placed, layout};
@@ -156,83 +158,21 @@ pub struct Map {
 }
 
 impl Map {
-    /// The map with the workloads of `namespaces` folded into one node per namespace, their edges merged (the
-    /// worst verdict wins, counts add up), so a large cluster stays readable.
-    pub fn collapse(&self, namespaces: &[String]) -> Map {
-        let folded = |id: &str| -> String {
-            match self.nodes.iter().find(|n| n.id == id) {
-                Some(n)
-                    if matches!(n.kind, NodeKind::Workload | NodeKind::Service)
-                        && namespaces.contains(&n.group) =>
-                {
-                    format!("namespace:{}", n.group)
-                }
-                _ => id.to_owned(),
-            }
-        };
-        let mut nodes: Vec<MapNode> = Vec::new();
-        for node in &self.nodes {
-            let id = folded(&node.id);
-            if id == node.id {
-                nodes.push(node.clone());
-            } else if let Some(existing) = nodes.iter_mut().find(|n| n.id == id) {
-                existing.pods.extend(node.pods.iter().cloned());
-            } else {
-                nodes.push(MapNode {
-                    id,
-                    kind: NodeKind::Workload,
-                    group: node.group.clone(),
-                    name: format!("all of {}", node.group),
-                    pods: node.pods.clone(),
-                    labels: Vec::new(),
-                    policies: Vec::new(),
-                    suggestion: None,
-                    suggestion_denies: Vec::new(),
-                });
-            }
-        }
-        let mut edges: Vec<MapEdge> = Vec::new();
-        for edge in &self.edges {
-            let (from, to) = (folded(&edge.from), folded(&edge.to));
-            match edges.iter_mut().find(|e| e.from == from && e.to == to) {
-                Some(e) => {
-                    e.verdict = e.verdict.min(edge.verdict);
-                    e.new |= edge.new;
-                    e.flows += edge.flows;
-                    e.bytes += edge.bytes;
-                    for (into, from) in [
-                        (&mut e.ports, &edge.ports),
-                        (&mut e.nodes, &edge.nodes),
-                        (&mut e.services, &edge.services),
-                        (&mut e.policies, &edge.policies),
-                        (&mut e.alerts, &edge.alerts),
-                    ] {
-                        for item in from {
-                            if !into.contains(item) {
-                                into.push(item.clone());
-                            }
-                        }
-                    }
-                    e.first = match (e.first.take(), edge.first.clone()) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    e.last = e.last.take().max(edge.last.clone());
-                }
-                None => edges.push(MapEdge {
-                    id: format!("{from}>{to}"),
-                    from,
-                    to,
-                    explanation: Vec::new(),
-                    ..edge.clone()
-                }),
-            }
-        }
-        Map {
-            title: self.title.clone(),
-            nodes,
-            edges,
-        }
+    /// Each node's position in [`Map::nodes`], by id.
+    pub(crate) fn node_index(&self) -> HashMap<&str, usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), i))
+            .collect()
+    }
+
+    /// The node positions of an edge's ends; none when an end is not in the map.
+    pub(crate) fn ends(index: &HashMap<&str, usize>, edge: &MapEdge) -> Option<(usize, usize)> {
+        Some((
+            *index.get(edge.from.as_str())?,
+            *index.get(edge.to.as_str())?,
+        ))
     }
 }
 

@@ -112,6 +112,16 @@ mod tests {
     use crate::{MapNode, NodeKind};
 
     #[test]
+    fn the_live_page_loads_its_script_and_style_as_files_and_escapes_its_title() {
+        let page = live_page("<b>prod</b>");
+        assert!(page.contains(r#"<script type="module" src="/ui/app.js"></script>"#));
+        assert!(page.contains(r#"<link rel="stylesheet" href="/ui/app.css">"#));
+        assert_eq!(page.matches("<script").count(), 1, "no inline script");
+        assert!(!page.contains("<style") && !page.contains("<b>"));
+        assert!(page.contains("&lt;b&gt;prod&lt;/b&gt;"));
+    }
+
+    #[test]
     fn the_offline_page_carries_hostile_names_as_text_only() {
         let evil = "<img src=x onerror=alert(1)></script><!--";
         let map = Map {

@@ -2,7 +2,6 @@
 //! colours and no inline style is needed under the Content Security Policy), nodes on top. Every element that
 //! can be clicked carries its identity in a `data-` attribute; every text is escaped.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::layout::Placed;
@@ -89,20 +88,14 @@ pub fn render_svg(map: &Map, layout: &Layout) -> String {
         );
     }
     out.push_str("</g><g class=\"edges\">");
-    let index: HashMap<&str, usize> = map
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.id.as_str(), i))
-        .collect();
+    let index = map.node_index();
     let name = |id: &str| -> String {
         index
             .get(id)
             .map_or_else(|| id.to_owned(), |&i| map.nodes[i].name.clone())
     };
     for edge in &map.edges {
-        let (Some(&from), Some(&to)) = (index.get(edge.from.as_str()), index.get(edge.to.as_str()))
-        else {
+        let Some((from, to)) = Map::ends(&index, edge) else {
             continue;
         };
         let apart = if from == to {

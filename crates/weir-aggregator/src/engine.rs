@@ -891,10 +891,9 @@ impl Engine {
         let dst = self.endpoint(flow.destination, dst_ip);
         let verdict = verdict_name(&flow.judgement);
         let (egress, ingress) = direction_views(set, &flow.judgement);
-        let not_isolated = verdict == "allowed"
-            && (egress.verdict == "not-isolated" || ingress.verdict == "not-isolated")
-            && matches!(flow.source, Party::Pod(_))
-            && matches!(flow.destination, Party::Pod(_) | Party::Backends(_));
+        // As the reports count it: allowed with no rule allowing it in either direction.
+        let not_isolated =
+            weir_analysis::class_of(&flow.judgement) == weir_analysis::EdgeClass::NotIsolated;
         let mut policies: Vec<String> = Vec::new();
         for (dir, view) in [("egress", &egress), ("ingress", &ingress)] {
             for p in &view.policies {

@@ -40,6 +40,7 @@ pub use json::{
 };
 pub use report::{
     Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,
+    class_of, port_summary,
 };
 pub use stream::AnalysisStream;
 pub use suggest::{

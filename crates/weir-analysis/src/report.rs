@@ -109,29 +109,31 @@ pub struct Edge {
     pub exception: Option<&'static str>,
 }
 
+/// Sorted protocols and ports, each protocol with its ports: `22,80,443/TCP`, `53/UDP`, `ICMP`.
+pub fn port_summary(ports: &[(Protocol, Option<u16>)]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let proto = ports[i].0;
+        let run = ports[i..].iter().take_while(|(p, _)| *p == proto).count();
+        let numbers: Vec<String> = ports[i..i + run]
+            .iter()
+            .filter_map(|(_, n)| n.map(|n| n.to_string()))
+            .collect();
+        out.push(if numbers.is_empty() {
+            proto.to_string()
+        } else {
+            format!("{}/{proto}", numbers.join(","))
+        });
+        i += run;
+    }
+    out
+}
+
 impl Edge {
     /// Each protocol with its ports: `22,80,443/TCP`, `53/UDP`, `ICMP`.
     pub fn port_summary(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut i = 0;
-        while i < self.ports.len() {
-            let proto = self.ports[i].0;
-            let run = self.ports[i..]
-                .iter()
-                .take_while(|(p, _)| *p == proto)
-                .count();
-            let numbers: Vec<String> = self.ports[i..i + run]
-                .iter()
-                .filter_map(|(_, n)| n.map(|n| n.to_string()))
-                .collect();
-            out.push(if numbers.is_empty() {
-                proto.to_string()
-            } else {
-                format!("{}/{proto}", numbers.join(","))
-            });
-            i += run;
-        }
-        out
+        port_summary(&self.ports)
     }
 }
 
@@ -251,7 +253,9 @@ fn answered(flow: &JudgedFlow) -> bool {
     flow.record.reply_packets > 0 && !flow.record.reply_tcp_flags.contains(TcpFlags::RST)
 }
 
-fn class_of(judgement: &Judgement) -> EdgeClass {
+/// How a judged flow counts in the report: denied, mixed, allowed only because an end is not isolated (no rule
+/// allowed it in either direction), allowed, or not judged.
+pub fn class_of(judgement: &Judgement) -> EdgeClass {
     match judgement {
         Judgement::Judged { verdict, .. } if !verdict.allowed() => EdgeClass::Denied,
         Judgement::Judged { verdict, .. } => {

@@ -271,7 +271,7 @@ pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
             write_analysis_json(&set, &analysis, &report, &inputs.names, &mut out)
         }
         AnalyzeFormat::Html => {
-            let map = crate::map::build(
+            let map = weir_map::build(
                 &set,
                 &analysis,
                 &report,

@@ -8,7 +8,6 @@ mod diff;
 mod duration;
 mod explain;
 mod flows;
-mod map;
 mod output;
 mod pipeline;
 mod reach;

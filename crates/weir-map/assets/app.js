@@ -8,6 +8,10 @@ let map = { title: "", nodes: [], edges: [] };
 let nodesById = new Map();
 let edgesById = new Map();
 let selected = null;
+// Live only: namespaces left open while the rest are folded, and workloads shown pod by pod.
+const openNamespaces = new Set();
+const expanded = new Set();
+let alertsStarted = false;
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -46,29 +50,59 @@ function query() {
   const w = $("f-window");
   if (w && w.value) p.set("window", w.value);
   const c = $("f-collapse");
-  if (c && c.checked) p.set("collapse", "auto");
+  p.set("collapse", c ? c.value : "auto");
+  if (openNamespaces.size) p.set("open", [...openNamespaces].join(","));
+  if (expanded.size) p.set("expand", [...expanded].join(","));
   return p.toString();
 }
 
+function signIn(message) {
+  const body = $("details-body");
+  const input = el("input");
+  input.type = "password";
+  input.id = "token";
+  input.autocomplete = "current-password";
+  const go = el("button", "Sign in");
+  go.type = "button";
+  const submit = async () => {
+    const r = await fetch("/ui/session", { method: "POST", body: input.value });
+    if (r.ok) { $("details").hidden = true; loadLive(); } else signIn("That is not the read token.");
+  };
+  go.addEventListener("click", submit);
+  input.addEventListener("keydown", (ev) => { if (ev.key === "Enter") submit(); });
+  body.replaceChildren(el("h2", "Sign in"), el("p", message), input, go);
+  $("details").hidden = false;
+  input.focus();
+}
+
 async function loadLive() {
-  const q = query();
-  const [data, svgText] = await Promise.all([
-    fetch(`/ui/map.json?${q}`).then((r) => r.json()),
-    fetch(`/ui/map.svg?${q}`).then((r) => r.text()),
-  ]);
+  let response;
+  try { response = await fetch(`/ui/map.json?${query()}`); } catch { $("counts").textContent = "aggregator unreachable"; return; }
+  if (response.status === 401) {
+    signIn("This aggregator asks readers for its read token (--read-token-file).");
+    return;
+  }
+  if (!response.ok) { $("counts").textContent = `map: HTTP ${response.status}`; return; }
+  const data = await response.json();
   setData(data);
-  const doc = new DOMParser().parseFromString(svgText, "image/svg+xml");
+  const doc = new DOMParser().parseFromString(data.svg, "image/svg+xml");
   const svg = document.importNode(doc.documentElement, true);
   $("map").replaceChildren(svg);
+  for (const id of [...expanded]) if (!data.expanded.includes(id)) expanded.delete(id);
   bind();
   applyFilters();
   if (selected) reselect();
+  if (!alertsStarted) { alertsStarted = true; startAlerts(); }
 }
 
+// `80,443/TCP` and `ICMP` against `443`, `tcp`, `443/tcp`.
 function portMatches(ports, wanted) {
   if (!wanted) return true;
   const w = wanted.trim().toLowerCase();
-  return ports.toLowerCase().split(" ").some((p) => p === w || p.startsWith(`${w}/`) || p.endsWith(`/${w}`));
+  return ports.toLowerCase().split(" ").some((entry) => {
+    const [numbers, proto] = entry.includes("/") ? entry.split("/") : ["", entry];
+    return numbers.split(",").some((n) => n === w || `${n}/${proto}` === w) || proto === w;
+  });
 }
 
 function applyFilters() {
@@ -129,7 +163,17 @@ function list(title, items, onClick) {
 function name(id) {
   const n = nodesById.get(id);
   if (!n) return id;
-  return n.kind === "workload" || n.kind === "service" ? `${n.group}/${n.name}` : n.name;
+  return n.kind === "workload" || n.kind === "service" || n.kind === "pod" ? `${n.group}/${n.name}` : n.name;
+}
+
+// The nodes an alert's end is drawn as: itself, its pods when shown pod by pod, or its folded namespace.
+function drawnAs(id) {
+  const ids = new Set([id]);
+  for (const n of map.nodes) if (n.parent === id) ids.add(n.id);
+  const slash = id.indexOf("/");
+  if (id.startsWith("pod:") && slash > 0) ids.add(`namespace:${id.slice(4, slash)}`);
+  if (id.startsWith("service:") && slash > 0) ids.add(`namespace:${id.slice(8, slash)}`);
+  return ids;
 }
 
 function clearSelection() {
@@ -175,7 +219,10 @@ function showNode(id) {
   const body = $("details-body");
   body.replaceChildren(
     el("h2", name(n.id)),
-    dl([["kind", n.kind], ["pods", n.pods]]),
+    dl([["kind", n.kind], ["pods", n.pods], ["workloads", n.members], ["pod of", n.parent ? name(n.parent) : null]]),
+  );
+  if (live) body.append(...actions(n));
+  body.append(
     list("Labels", n.labels || []),
     list("Policies selecting it", n.policies || []),
     list("Observed ingress", ingress, showEdge),
@@ -192,6 +239,26 @@ function showNode(id) {
     body.append(copy, pre, list("It would deny, among the observed flows", n.suggestion_denies || []));
   }
   $("details").hidden = false;
+}
+
+function button(text, onClick) {
+  const b = el("button", text, "action");
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// What a node can be opened into or folded back to (live only: the server draws the map again).
+function actions(n) {
+  const out = [];
+  const reload = (change) => () => { change(); selected = null; $("details").hidden = true; loadLive(); };
+  if (n.kind === "namespace") out.push(button("Open namespace", reload(() => openNamespaces.add(n.group))));
+  if (n.kind === "workload") out.push(button("Show pods", reload(() => expanded.add(n.id))));
+  if (n.kind === "pod" && n.parent) out.push(button("Back to workload", reload(() => expanded.delete(n.parent))));
+  if (openNamespaces.has(n.group) && n.kind !== "namespace") {
+    out.push(button("Fold namespace", reload(() => openNamespaces.delete(n.group))));
+  }
+  return out;
 }
 
 function reselect() {
@@ -218,7 +285,8 @@ function endpointId(ep) {
   return `${ep.kind}:${ep.namespace ? `${ep.namespace}/` : ""}${ep.name}`;
 }
 
-function addAlert(alert) {
+// A new or updated alert goes on top; the ones already raised when the page opened (`older`) go below.
+function addAlert(alert, older = false) {
   const list = $("alert-list");
   const li = el("li", null, alert.type);
   const from = endpointId(alert.source);
@@ -232,25 +300,41 @@ function addAlert(alert) {
     el("span", alert.last_seen || "", "when"),
   );
   li.addEventListener("click", () => {
-    clearSelection();
+    const froms = drawnAs(from);
+    const tos = drawnAs(to);
     let found = null;
     for (const p of document.querySelectorAll("path.edge")) {
-      if (p.dataset.from === from && (p.dataset.to === to || alert.type === "scan")) { p.classList.add("highlight"); found = found || p.dataset.edge; }
+      if (froms.has(p.dataset.from) && (tos.has(p.dataset.to) || alert.type === "scan")) found = found || p.dataset.edge;
     }
-    if (found) showEdge(found);
+    if (found) {
+      showEdge(found);
+      const path = document.querySelector(`path.edge[data-edge="${CSS.escape(found)}"]`);
+      if (path) path.scrollIntoView({ block: "center", inline: "center", behavior: "smooth" });
+    } else clearSelection();
+    for (const p of document.querySelectorAll("path.edge")) {
+      if (froms.has(p.dataset.from) && (tos.has(p.dataset.to) || alert.type === "scan")) p.classList.add("highlight");
+    }
+    li.classList.add("chosen");
+    for (const other of $("alert-list").children) if (other !== li) other.classList.remove("chosen");
   });
   const same = [...list.children].find((c) => c.dataset.id === String(alert.id));
-  if (same) same.replaceWith(li); else list.prepend(li);
+  if (same && older) return;
+  if (same) same.replaceWith(li); else if (older) list.append(li); else list.prepend(li);
   li.dataset.id = String(alert.id);
   while (list.children.length > 200) list.lastChild.remove();
 }
 
+// Subscribe first, then list what was raised before: nothing falls in between.
 function startAlerts() {
-  const source = new EventSource("/api/v1/alerts/stream?existing=true");
+  const source = new EventSource("/api/v1/alerts/stream");
   source.addEventListener("alert", (ev) => {
     try { addAlert(JSON.parse(ev.data)); } catch { /* a malformed event is skipped */ }
-    if (live) scheduleReload();
+    scheduleReload();
   });
+  fetch("/api/v1/alerts")
+    .then((r) => (r.ok ? r.json() : { alerts: [] }))
+    .then((body) => { for (const a of body.alerts.slice(0, 200)) addAlert(a, true); })
+    .catch(() => {});
 }
 
 let reloadTimer = null;
@@ -265,7 +349,7 @@ $("close").addEventListener("click", () => { $("details").hidden = true; selecte
 
 if (live) {
   for (const id of ["f-window", "f-collapse"]) $(id).addEventListener("change", loadLive);
-  loadLive().then(startAlerts);
+  loadLive();
   setInterval(loadLive, 10000);
 } else {
   setData(JSON.parse($("weir-data").textContent));

@@ -1,21 +1,23 @@
-//! `weir analyze --format html`: a capture's judged traffic as weir's service map, with each workload's policies
-//! and suggested least-privilege policy, in one self-contained HTML file.
+//! From judged traffic to the map: one node per workload (or node, Service, address), one edge per pair of ends,
+//! each workload with its pods, labels, selecting policies and suggested least-privilege policy. The offline
+//! report builds it from a capture's analysis; the aggregator from one sample flow per edge, and then lays its
+//! own counters over it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_analysis::{
     Analysis, Analyzer, Edge, EdgeClass, Group, Judgement, Party, Report, SuggestOptions,
     policy_objects, policy_yaml, suggest,
 };
 use weir_cluster::{ClusterState, PodId};
-use weir_map::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_model::Cidr;
 use weir_policy::PolicySet;
 
 /// The map node id of a report group; the aggregator names the same endpoints the same way, so alerts find
 /// their edges.
-fn node_id(group: &Group) -> String {
+pub fn node_id(group: &Group) -> String {
     match group {
         Group::Workload(w) => format!("pod:{}/{}/{}", w.namespace, w.kind, w.name),
         Group::Node(name) => format!("node:{name}"),
@@ -50,17 +52,7 @@ fn node_of(group: &Group) -> MapNode {
             ip.to_string(),
         ),
     };
-    MapNode {
-        id: node_id(group),
-        kind,
-        group: box_name,
-        name,
-        pods: Vec::new(),
-        labels: Vec::new(),
-        policies: Vec::new(),
-        suggestion: None,
-        suggestion_denies: Vec::new(),
-    }
+    MapNode::new(node_id(group), kind, box_name, name)
 }
 
 fn verdict(class: EdgeClass) -> EdgeVerdict {
@@ -128,6 +120,44 @@ fn pod_group(cluster: &ClusterState, pod: PodId) -> Group {
     Group::Workload(cluster.pod(pod).workload.clone())
 }
 
+/// Fills in the workload nodes' pods, their labels and the policies selecting them, from the given pods (a pod
+/// given twice counts once; pods of workloads not among the nodes are passed over).
+pub fn describe_pods<'a>(
+    set: &PolicySet,
+    nodes: impl IntoIterator<Item = &'a mut MapNode>,
+    pods: impl IntoIterator<Item = PodId>,
+) {
+    let cluster = set.cluster();
+    let mut by_node: HashMap<String, BTreeSet<PodId>> = HashMap::new();
+    for pod in pods {
+        by_node
+            .entry(node_id(&pod_group(cluster, pod)))
+            .or_default()
+            .insert(pod);
+    }
+    for node in nodes {
+        let Some(members) = by_node.get(&node.id) else {
+            continue;
+        };
+        let mut names: BTreeSet<String> = node.pods.drain(..).collect();
+        let mut labels: BTreeSet<String> = node.labels.drain(..).collect();
+        let mut policies: BTreeSet<String> = node.policies.drain(..).collect();
+        for &pod in members {
+            let p = cluster.pod(pod);
+            names.insert(p.name.clone());
+            labels.extend(p.labels.iter().map(|(k, v)| format!("{k}={v}")));
+            let (ingress, egress) = set.isolating(pod);
+            for &i in ingress.iter().chain(egress) {
+                let policy = &set.policies()[i as usize];
+                policies.insert(format!("{}/{}", policy.namespace, policy.name));
+            }
+        }
+        node.pods = names.into_iter().collect();
+        node.labels = labels.into_iter().collect();
+        node.policies = policies.into_iter().collect();
+    }
+}
+
 /// Builds the map of an analysis (its flows must have been kept).
 pub fn build(
     set: &PolicySet,
@@ -147,40 +177,16 @@ pub fn build(
     }
 
     // Pods seen, and the policies selecting them.
-    let mut pods: BTreeMap<String, BTreeSet<PodId>> = BTreeMap::new();
-    for flow in &analysis.flows {
-        for party in [flow.source, flow.destination] {
-            if let Party::Pod(pod) = party {
-                pods.entry(node_id(&pod_group(cluster, pod)))
-                    .or_default()
-                    .insert(pod);
-            }
-        }
-    }
-    for (id, members) in &pods {
-        let Some(node) = nodes.get_mut(id) else {
-            continue;
-        };
-        let mut policies = BTreeSet::new();
-        let mut labels = BTreeSet::new();
-        for &pod in members {
-            node.pods.push(cluster.pod(pod).name.clone());
-            labels.extend(
-                cluster
-                    .pod(pod)
-                    .labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}")),
-            );
-            let (ingress, egress) = set.isolating(pod);
-            for &p in ingress.iter().chain(egress) {
-                let policy = &set.policies()[p as usize];
-                policies.insert(format!("{}/{}", policy.namespace, policy.name));
-            }
-        }
-        node.policies = policies.into_iter().collect();
-        node.labels = labels.into_iter().collect();
-    }
+    let seen: Vec<PodId> = analysis
+        .flows
+        .iter()
+        .flat_map(|flow| [flow.source, flow.destination])
+        .filter_map(|party| match party {
+            Party::Pod(pod) => Some(pod),
+            _ => None,
+        })
+        .collect();
+    describe_pods(set, nodes.values_mut(), seen);
 
     // The suggestion, and what it would deny among the observed flows.
     let options = SuggestOptions {

@@ -54,7 +54,7 @@ fn group_rank(kind: NodeKind) -> u8 {
         NodeKind::External => 2,
         NodeKind::Unknown => 3,
         NodeKind::Node => 1,
-        NodeKind::Workload | NodeKind::Service => 0,
+        NodeKind::Workload | NodeKind::Service | NodeKind::Namespace | NodeKind::Pod => 0,
     }
 }
 
@@ -165,36 +165,20 @@ mod tests {
     use crate::{EdgeVerdict, MapEdge, MapNode};
 
     fn node(id: &str, group: &str) -> MapNode {
-        MapNode {
-            id: id.into(),
-            kind: NodeKind::Workload,
-            group: group.into(),
-            name: id.into(),
-            pods: Vec::new(),
-            labels: Vec::new(),
-            policies: Vec::new(),
-            suggestion: None,
-            suggestion_denies: Vec::new(),
-        }
+        MapNode::new(id.into(), NodeKind::Workload, group.into(), id.into())
     }
 
     fn edge(from: &str, to: &str) -> MapEdge {
         MapEdge {
-            id: format!("{from}>{to}"),
-            from: from.into(),
-            to: to.into(),
-            verdict: EdgeVerdict::Allowed,
-            new: false,
             ports: vec!["80/TCP".into()],
             flows: 1,
             bytes: 1,
-            first: None,
-            last: None,
-            nodes: Vec::new(),
-            services: Vec::new(),
-            policies: Vec::new(),
-            explanation: Vec::new(),
-            alerts: Vec::new(),
+            ..MapEdge::new(
+                format!("{from}>{to}"),
+                from.into(),
+                to.into(),
+                EdgeVerdict::Allowed,
+            )
         }
     }
 

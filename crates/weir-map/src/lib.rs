@@ -7,6 +7,8 @@
 
 #![deny(missing_docs)]
 
+mod build;
+mod collapse;
 mod layout;
 mod page;
 mod svg;
@@ -15,6 +17,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use build::{build, describe_pods, node_id};
+pub use collapse::{collapse, namespace_id};
 pub use layout::{Layout, Placed, layout};
 pub use page::{APP_CSS, APP_JS, CONTENT_SECURITY_POLICY, live_page, offline_page};
 pub use svg::render_svg;
@@ -33,6 +37,10 @@ pub enum NodeKind {
     External,
     /// An address in the cluster's ranges that nobody held.
     Unknown,
+    /// A namespace folded into one node (its workloads are its members).
+    Namespace,
+    /// One pod of a workload shown pod by pod.
+    Pod,
 }
 
 /// How an edge's flows were judged: its colour.
@@ -52,6 +60,23 @@ pub enum EdgeVerdict {
 }
 
 impl EdgeVerdict {
+    /// The one to draw when edges are drawn as one: denied before mixed before allowed-because-not-isolated
+    /// before not judged before allowed.
+    pub fn worst(self, other: EdgeVerdict) -> EdgeVerdict {
+        let rank = |v: EdgeVerdict| match v {
+            EdgeVerdict::Denied => 0,
+            EdgeVerdict::Mixed => 1,
+            EdgeVerdict::NotIsolated => 2,
+            EdgeVerdict::Unknown => 3,
+            EdgeVerdict::Allowed => 4,
+        };
+        if rank(other) < rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
     /// The CSS class and filter value.
     pub fn name(self) -> &'static str {
         match self {
@@ -101,6 +126,31 @@ pub struct MapNode {
     /// What that suggestion would deny among the observed flows (one line each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suggestion_denies: Vec<String>,
+    /// A folded namespace: the nodes folded into it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// A pod: the id of its workload's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+impl MapNode {
+    /// A node with nothing known yet but what it is.
+    pub fn new(id: String, kind: NodeKind, group: String, name: String) -> MapNode {
+        MapNode {
+            id,
+            kind,
+            group,
+            name,
+            pods: Vec::new(),
+            labels: Vec::new(),
+            policies: Vec::new(),
+            suggestion: None,
+            suggestion_denies: Vec::new(),
+            members: Vec::new(),
+            parent: None,
+        }
+    }
 }
 
 /// An edge of the map: the observed flows from one node to another.
@@ -144,6 +194,29 @@ pub struct MapEdge {
     /// Alerts raised on it (one line each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
+}
+
+impl MapEdge {
+    /// An edge with nothing counted yet.
+    pub fn new(id: String, from: String, to: String, verdict: EdgeVerdict) -> MapEdge {
+        MapEdge {
+            id,
+            from,
+            to,
+            verdict,
+            new: false,
+            ports: Vec::new(),
+            flows: 0,
+            bytes: 0,
+            first: None,
+            last: None,
+            nodes: Vec::new(),
+            services: Vec::new(),
+            policies: Vec::new(),
+            explanation: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
 }
 
 /// The whole map.

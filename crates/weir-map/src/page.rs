@@ -38,7 +38,7 @@ fn body(title: &str, live: bool) -> String {
     if live {
         out.push_str(
             r#"<label>Window <select id="f-window"><option value="">all</option><option value="5m">5 min</option><option value="1h">1 hour</option><option value="24h">24 hours</option></select></label>
-<label><input id="f-collapse" type="checkbox"> collapse namespaces</label>
+<label>Namespaces <select id="f-collapse"><option value="auto">fold when large</option><option value="all">fold all</option><option value="none">open all</option></select></label>
 "#,
         );
     }
@@ -127,15 +127,15 @@ mod tests {
         let map = Map {
             title: evil.into(),
             nodes: vec![MapNode {
-                id: format!("pod:shop/{evil}"),
-                kind: NodeKind::Workload,
-                group: evil.into(),
-                name: evil.into(),
                 pods: vec![evil.into()],
                 labels: vec![format!("team={evil}")],
-                policies: Vec::new(),
                 suggestion: Some(evil.into()),
-                suggestion_denies: Vec::new(),
+                ..MapNode::new(
+                    format!("pod:shop/{evil}"),
+                    NodeKind::Workload,
+                    evil.into(),
+                    evil.into(),
+                )
             }],
             edges: Vec::new(),
         };

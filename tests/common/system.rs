@@ -4,9 +4,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -307,4 +307,78 @@ pub fn kinds(alerts: &[serde_json::Value]) -> Vec<String> {
         .iter()
         .map(|a| a["type"].as_str().unwrap_or("").to_owned())
         .collect()
+}
+
+/// One HTTP/1.1 request to 127.0.0.1 (closing the connection); the status and the body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    s.write_all(request.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// `weir aggregator` on a snapshot, with a read token, on a free port (returned); stopped when the test ends.
+pub fn reading_aggregator(dir: &Path, snapshot: &Path, token: &str) -> (Proc, u16) {
+    let port = free_port();
+    let token_file = dir.join("read-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let child = weir()
+        .args(["aggregator", "--cluster"])
+        .arg(snapshot)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .arg(dir.join("data"))
+        .arg("--read-token-file")
+        .arg(&token_file)
+        .args(["--learn", "1h", "--no-alert-lines", "--checkpoint", "500ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(Some(child));
+    wait_for(&format!("http://127.0.0.1:{port}/readyz"));
+    (proc, port)
+}
+
+/// Sends flow records (JSON lines) to the aggregator as batch `seq` of one agent run.
+pub fn ingest(port: u16, seq: u64, lines: &[u8]) {
+    let seq = seq.to_string();
+    let (status, body) = http(
+        port,
+        "POST",
+        "/api/v1/ingest",
+        &[
+            ("x-weir-node", "node-a"),
+            ("x-weir-epoch", "demo"),
+            ("x-weir-seq", &seq),
+            ("content-type", "application/x-ndjson"),
+        ],
+        lines,
+    );
+    assert_eq!(status, 200, "{body}");
 }

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -162,6 +163,7 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         read_token: config.read_token.clone(),
         sink: webhook.as_ref().map(|(_, (tx, _))| tx.clone()),
         alerts_stdout: config.alerts_stdout,
+        secure_cookie: config.tls.is_some(),
     });
     if let Some((hook, (_, rx))) = webhook {
         tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));

@@ -118,6 +118,8 @@ pub struct Shared {
     pub sink: Option<tokio::sync::mpsc::Sender<Arc<Alert>>>,
     /// Alerts to standard output as JSON lines.
     pub alerts_stdout: bool,
+    /// Served over TLS: the UI's session cookie is marked Secure.
+    pub secure_cookie: bool,
 }
 
 impl Shared {
@@ -150,7 +152,7 @@ impl Shared {
 
 /// An API error: a status and a message, as JSON.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -163,12 +165,12 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-fn internal(message: impl Into<String>) -> ApiError {
+pub(crate) fn internal(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
 }
 
 /// Compares without an early exit, so the time taken does not tell how much of a token was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -192,7 +194,13 @@ fn check_token(headers: &HeaderMap, token: &Option<String>) -> Result<(), ApiErr
     }
 }
 
-fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Readers present the read token as a bearer token, or, in a browser, in the cookie the UI's sign-in set.
+pub(crate) fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let (Some(token), Some(given)) = (&s.read_token, crate::ui::session_token(headers))
+        && same(given.as_bytes(), token.as_bytes())
+    {
+        return Ok(());
+    }
     check_token(headers, &s.read_token)
 }
 
@@ -204,13 +212,12 @@ pub fn now() -> Timestamp {
     Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// The routes.
 /// Which routes a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routes {
-    /// Everything: ingest, the API and metrics (one listener).
+    /// Everything: ingest, the API, the UI and metrics (one listener).
     All,
-    /// The API and metrics; agents' flows are sent to the ingest listener instead.
+    /// The API, the UI and metrics; agents' flows are sent to the ingest listener instead.
     Api,
     /// Agents' flows only (and the health checks).
     Ingest,
@@ -235,7 +242,7 @@ pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
             }),
         ),
     };
-    router
+    crate::ui::routes(router)
         .route("/api/v1/status", get(status))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/flows/stream", get(flow_stream))
@@ -652,7 +659,7 @@ async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Resp
 }
 
 /// `since`/`until`: RFC 3339, or a time ago (`90s`, `5m`, `2h`, `1d`).
-fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
+pub(crate) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
     if let Ok(t) = Timestamp::parse(text) {
         return Ok(t);
     }

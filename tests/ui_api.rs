@@ -1,0 +1,242 @@
+//! The aggregator's UI over HTTP, without a browser: the page's headers, the sign-in cookie, and the live map's
+//! numbers against the API's own (folding namespaces and splitting a workload into pods lose nothing).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::root;
+use common::system::{Scratch, http, ingest, reading_aggregator, weir};
+use serde_json::Value;
+
+const TOKEN: &str = "r3ad-t0ken";
+
+fn get(port: u16, path: &str, cookie: &str) -> (u16, Value) {
+    let (status, body) = http(port, "GET", path, &[("cookie", cookie)], b"");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn headers(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split("\r\n\r\n").next().unwrap().to_lowercase()
+}
+
+fn total(map: &Value, field: &str) -> u64 {
+    map["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn the_live_map_adds_up_to_the_engines_edges_however_it_is_drawn() {
+    let dir = std::env::temp_dir().join(format!("weir-ui-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _scratch = Scratch(dir.clone());
+    let (_aggregator, port) =
+        reading_aggregator(&dir, &root().join("pcaps/demo.cluster.yaml"), TOKEN);
+    let flows = weir()
+        .arg("flows")
+        .arg(root().join("pcaps/demo.pcap"))
+        .args(["--format", "jsonl"])
+        .output()
+        .unwrap();
+    ingest(port, 1, &flows.stdout);
+
+    // The page: no data in it, so no token needed; hardened headers.
+    let page = headers(port, "/");
+    assert!(page.starts_with("http/1.1 200"), "{page}");
+    for h in [
+        "content-security-policy: default-src 'none'; script-src 'self'",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "content-type: text/html",
+    ] {
+        assert!(page.contains(h), "{h} missing in {page}");
+    }
+    assert!(headers(port, "/ui/app.js").contains("content-type: text/javascript"));
+    assert!(headers(port, "/ui/app.css").contains("content-type: text/css"));
+
+    // The map is data: it wants the token, as a bearer or in the cookie the sign-in sets (and only then).
+    assert_eq!(get(port, "/ui/map.json", "").0, 401);
+    let (status, _) = http(port, "POST", "/ui/session", &[], b"wrong");
+    assert_eq!(status, 401);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    {
+        use std::io::{Read, Write};
+        write!(s, "POST /ui/session HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{TOKEN}", TOKEN.len()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let out = out.to_lowercase();
+        assert!(out.starts_with("http/1.1 204"), "{out}");
+        assert!(
+            out.contains(
+                &format!("set-cookie: weir_read={TOKEN}; path=/; httponly; samesite=strict")
+                    .to_lowercase()
+            ),
+            "{out}"
+        );
+    }
+    let cookie = format!("weir_read={TOKEN}");
+    assert_eq!(get(port, "/ui/map.json", "weir_read=nope").0, 401);
+    let (status, map) = get(port, "/ui/map.json", &cookie);
+    assert_eq!(status, 200, "{map}");
+    let (_, by_bearer) = {
+        let (s, b) = http(
+            port,
+            "GET",
+            "/ui/map.json",
+            &[("authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        );
+        (s, serde_json::from_str::<Value>(&b).unwrap())
+    };
+    assert_eq!(by_bearer["edges"], map["edges"]);
+
+    // Every connection and byte of the engine's edges is on the map, once.
+    let (_, api) = http(
+        port,
+        "GET",
+        "/api/v1/edges?limit=100000",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    );
+    let api: Value = serde_json::from_str(&api).unwrap();
+    let api_edges = api["edges"].as_array().unwrap();
+    let api_flows: u64 = api_edges.iter().map(|e| e["flows"].as_u64().unwrap()).sum();
+    let api_bytes: u64 = api_edges.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+    assert!(api_flows > 100);
+    assert_eq!(total(&map, "flows"), api_flows);
+    assert_eq!(total(&map, "bytes"), api_bytes);
+    // An edge is denied on the map when any of its engine edges is.
+    let mut denied: BTreeMap<String, bool> = BTreeMap::new();
+    for e in api_edges {
+        let id = |end: &Value| {
+            format!(
+                "{}:{}{}",
+                end["kind"].as_str().unwrap(),
+                end["namespace"]
+                    .as_str()
+                    .map_or(String::new(), |n| format!("{n}/")),
+                end["name"].as_str().unwrap()
+            )
+        };
+        *denied
+            .entry(format!("{}>{}", id(&e["key"]["src"]), id(&e["key"]["dst"])))
+            .or_default() |= e["verdict"] == "denied";
+    }
+    for e in map["edges"].as_array().unwrap() {
+        let id = e["id"].as_str().unwrap();
+        assert_eq!(
+            denied.get(id).copied(),
+            Some(e["verdict"] == "denied"),
+            "{id}: {e}"
+        );
+    }
+    // Workload nodes carry every current pod, their labels and selecting policies, and a suggestion.
+    let frontend = map["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "pod:shop/Deployment/frontend")
+        .unwrap();
+    assert!(
+        frontend["pods"].as_array().unwrap().len() >= 2,
+        "{frontend}"
+    );
+    assert!(
+        frontend["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&"shop/frontend".into()),
+        "{frontend}"
+    );
+    assert!(
+        frontend["suggestion"]
+            .as_str()
+            .unwrap()
+            .contains("kind: NetworkPolicy")
+    );
+    assert!(map["svg"].as_str().unwrap().starts_with("<svg"));
+
+    // Folded: fewer nodes, the same connections and bytes, and shop's own traffic a loop on it.
+    let (_, folded) = get(port, "/ui/map.json?collapse=all", &cookie);
+    assert_eq!(folded["folded"], true);
+    assert!(folded["nodes"].as_array().unwrap().len() < map["nodes"].as_array().unwrap().len());
+    assert_eq!(total(&folded, "flows"), api_flows);
+    assert_eq!(total(&folded, "bytes"), api_bytes);
+    let (_, open) = get(port, "/ui/map.json?collapse=all&open=shop", &cookie);
+    let ids: Vec<&str> = open["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"pod:shop/Deployment/frontend") && ids.contains(&"namespace:payments"));
+    // The demo is small: `auto` leaves it open.
+    assert_eq!(
+        get(port, "/ui/map.json?collapse=auto", &cookie).1["folded"],
+        false
+    );
+
+    // The frontend pod by pod: its pods are nodes with their workload as parent, and its edges are split
+    // among them (the aggregator still keeps every demo flow, so none stays on the workload).
+    let (_, pods) = get(
+        port,
+        "/ui/map.json?expand=pod:shop/Deployment/frontend",
+        &cookie,
+    );
+    assert_eq!(
+        pods["expanded"],
+        serde_json::json!(["pod:shop/Deployment/frontend"])
+    );
+    let nodes = pods["nodes"].as_array().unwrap();
+    let instances: Vec<&Value> = nodes.iter().filter(|n| n["kind"] == "pod").collect();
+    assert!(instances.len() >= 2, "{instances:?}");
+    assert!(
+        instances
+            .iter()
+            .all(|n| n["parent"] == "pod:shop/Deployment/frontend")
+    );
+    assert!(
+        !nodes
+            .iter()
+            .any(|n| n["id"] == "pod:shop/Deployment/frontend")
+    );
+    assert!(pods["edges"].as_array().unwrap().iter().all(|e| {
+        e["from"] != "pod:shop/Deployment/frontend" && e["to"] != "pod:shop/Deployment/frontend"
+    }));
+    // Split by pod, a denied edge stays denied.
+    assert!(pods["edges"].as_array().unwrap().iter().any(|e| {
+        e["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("instance:shop/frontend-")
+            && e["to"] == "pod:shop/StatefulSet/db"
+            && e["verdict"] == "denied"
+    }));
+
+    // The drawing alone, with its stylesheet and a policy that runs nothing.
+    let svg = headers(port, "/ui/map.svg");
+    assert!(svg.starts_with("http/1.1 401"), "{svg}");
+    let (status, body) = http(port, "GET", "/ui/map.svg", &[("cookie", &cookie)], b"");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("<svg") && body.contains("<style><![CDATA["));
+    // A window that excludes the demo (it was captured on 2026-11-22): nothing.
+    let (_, later) = get(port, "/ui/map.json?window=2030-01-01T00:00:00Z", &cookie);
+    assert_eq!(later["edges"], serde_json::json!([]));
+    let (status, err) = get(port, "/ui/map.json?window=yesterday", &cookie);
+    assert_eq!(status, 400, "{err}");
+}

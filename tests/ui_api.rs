@@ -145,7 +145,7 @@ fn the_live_map_adds_up_to_the_engines_edges_however_it_is_drawn() {
             "{id}: {e}"
         );
     }
-    // Workload nodes carry every current pod, their labels and selecting policies, and a suggestion.
+    // Workload nodes carry every current pod, their labels and selecting policies.
     let frontend = map["nodes"]
         .as_array()
         .unwrap()
@@ -163,11 +163,32 @@ fn the_live_map_adds_up_to_the_engines_edges_however_it_is_drawn() {
             .contains(&"shop/frontend".into()),
         "{frontend}"
     );
+    // Its suggested policy is worked out when asked for, from its edges, with what it would deny.
+    let (status, suggestion) = get(
+        port,
+        "/ui/workload?id=pod:shop/Deployment/frontend",
+        &cookie,
+    );
+    assert_eq!(status, 200, "{suggestion}");
+    let yaml = suggestion["suggestion"].as_str().unwrap();
     assert!(
-        frontend["suggestion"]
-            .as_str()
-            .unwrap()
-            .contains("kind: NetworkPolicy")
+        yaml.contains("kind: NetworkPolicy") && yaml.contains("namespace: \"shop\""),
+        "{yaml}"
+    );
+    assert!(suggestion["edges"].as_u64().unwrap() > 5, "{suggestion}");
+    assert!(
+        yaml.starts_with("# worked out by the aggregator from one sample flow per observed edge")
+    );
+    let denies = suggestion["suggestion_denies"].as_array().unwrap();
+    assert!(
+        denies
+            .iter()
+            .any(|d| d.as_str().unwrap().ends_with("shop/db-0 22/TCP")),
+        "the intruder's probes of port 22 would be denied: {denies:?}"
+    );
+    assert_eq!(
+        get(port, "/ui/workload?id=pod:shop/Deployment/frontend", "").0,
+        401
     );
     assert!(map["svg"].as_str().unwrap().starts_with("<svg"));
 
@@ -239,4 +260,59 @@ fn the_live_map_adds_up_to_the_engines_edges_however_it_is_drawn() {
     assert_eq!(later["edges"], serde_json::json!([]));
     let (status, err) = get(port, "/ui/map.json?window=yesterday", &cookie);
     assert_eq!(status, 400, "{err}");
+}
+
+#[test]
+fn two_hundred_workloads_fold_into_twenty_namespaces() {
+    let dir = std::env::temp_dir().join(format!("weir-ui-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _scratch = Scratch(dir.clone());
+    let (_aggregator, port) = common::system::scale_aggregator(&dir, 4000, TOKEN);
+    let cookie = format!("weir_read={TOKEN}");
+    let (_, open) = get(port, "/ui/map.json?collapse=none", &cookie);
+    let workloads = open["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "workload")
+        .count();
+    assert_eq!(workloads, 200);
+    // `auto` folds a map this big: one node per namespace, every connection kept, a drawing a browser can hold.
+    let (_, auto) = get(port, "/ui/map.json?collapse=auto", &cookie);
+    assert_eq!(auto["folded"], true);
+    let nodes = auto["nodes"].as_array().unwrap();
+    assert_eq!(
+        nodes.len(),
+        20,
+        "{:?}",
+        nodes.iter().map(|n| &n["id"]).collect::<Vec<_>>()
+    );
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["kind"] == "namespace" && n["members"].as_array().unwrap().len() == 10)
+    );
+    assert_eq!(total(&auto, "flows"), total(&open, "flows"));
+    assert_eq!(total(&auto, "bytes"), total(&open, "bytes"));
+    assert!(auto["edges"].as_array().unwrap().len() <= 400);
+    let svg = auto["svg"].as_str().unwrap().len();
+    let full = open["svg"].as_str().unwrap().len();
+    assert!(svg * 5 < full, "folded {svg} bytes, open {full}");
+    // One namespace opened among the folded ones.
+    let (_, one) = get(port, "/ui/map.json?collapse=auto&open=ns-003", &cookie);
+    let kinds: Vec<(&str, &str)> = one["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["group"].as_str().unwrap(), n["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|(g, k)| *g == "ns-003" && *k == "workload")
+            .count(),
+        10
+    );
+    assert_eq!(kinds.iter().filter(|(_, k)| *k == "namespace").count(), 19);
+    assert_eq!(total(&one, "flows"), total(&open, "flows"));
 }

@@ -302,6 +302,13 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
         labels.iter().any(|t| t == &format!("team={EVIL}")),
         "{labels:?}"
     );
+    until(
+        &c,
+        "return [...document.querySelectorAll('#details pre')].some(p => p.textContent.includes('kind: NetworkPolicy'))",
+        WAIT,
+        "the frontend's suggested policy",
+    )
+    .await;
     assert_eq!(injected(&c).await, json!(0));
     assert!(c.get_alert_text().await.is_err(), "a dialog opened");
 
@@ -522,5 +529,72 @@ async fn the_live_map_follows_real_traffic_between_pods() {
     assert!(text.contains("node-e"), "the reporting node: {text}");
     assert!(text.contains("CNI did not enforce"), "{text}");
     screenshot(&c, "live-netns.png").await;
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_workloads_stay_readable() {
+    let Some(driver) = chromedriver() else {
+        return;
+    };
+    let (dir, _scratch) = scratch("scale");
+    let (_aggregator, port) = common::system::scale_aggregator(&dir, 4000, "r3ad-t0ken");
+    let c = browser(&driver).await;
+    c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
+    until(
+        &c,
+        "return document.querySelector('#token') !== null",
+        WAIT,
+        "the sign-in form",
+    )
+    .await;
+    fill_and_press(&c, "#token", "r3ad-t0ken", "#details-body button").await;
+    // Folded by default: twenty namespaces, each one node.
+    let folded = until(
+        &c,
+        "return document.querySelectorAll('g.node.kind-namespace').length",
+        WAIT,
+        "the folded map",
+    )
+    .await;
+    assert_eq!(folded, json!(20));
+    screenshot(&c, "live-scale-folded.png").await;
+    // Search finds a workload inside a folded namespace by its namespace's node; opening it shows its ten.
+    click_svg(&c, "g.node[data-node='namespace:ns-003']").await;
+    let members = texts(&c, "#details dd").await;
+    assert!(
+        members.iter().any(|m| m.contains("Deployment/app-00")),
+        "{members:?}"
+    );
+    press(&c, "Open namespace").await;
+    let open = until(
+        &c,
+        "return document.querySelectorAll(\"g.node.kind-workload[data-group='ns-003']\").length",
+        WAIT,
+        "ns-003 open",
+    )
+    .await;
+    assert_eq!(open, json!(10));
+    assert_eq!(
+        js(
+            &c,
+            "return document.querySelectorAll('g.node.kind-namespace').length"
+        )
+        .await,
+        json!(19)
+    );
+    // The namespace filter keeps to ns-003 and its peers.
+    js(
+        &c,
+        "const s = document.getElementById('f-namespace'); s.value = 'ns-003'; s.dispatchEvent(new Event('input'));",
+    )
+    .await;
+    let hidden = js(
+        &c,
+        "return [...document.querySelectorAll('path.edge')].filter(p => !p.classList.contains('hidden')).every(p => p.dataset.from.includes('ns-003') || p.dataset.to.includes('ns-003'))",
+    )
+    .await;
+    assert_eq!(hidden, json!(true));
+    screenshot(&c, "live-scale-open.png").await;
     c.close().await.unwrap();
 }

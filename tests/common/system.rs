@@ -382,3 +382,33 @@ pub fn ingest(port: u16, seq: u64, lines: &[u8]) {
     );
     assert_eq!(status, 200, "{body}");
 }
+
+/// An aggregator holding a big cluster's traffic: the benchmark cluster (20 namespaces × 10 Deployments × 10
+/// pods, 200 Services and NetworkPolicies) and `flows` flows between its pods, sent through the ingest API.
+pub fn scale_aggregator(dir: &Path, flows: u64, token: &str) -> (Proc, u16) {
+    let cluster = weir_synth::synthetic_cluster_with(20, 10, 10, 200, true, |i| {
+        weir_synth::bench_pod_address(i as u64)
+    });
+    let snapshot = dir.join("bench-cluster.json");
+    std::fs::write(&snapshot, cluster.json).unwrap();
+    let capture = weir_synth::bench_mix(flows * 10, flows, 42);
+    let pcap = dir.join("bench.pcap");
+    let out = std::io::BufWriter::new(std::fs::File::create(&pcap).unwrap());
+    weir_synth::write_pcap(
+        out,
+        capture.link,
+        &capture.packets,
+        weir_synth::PcapOptions::default(),
+    )
+    .unwrap();
+    let lines = weir()
+        .arg("flows")
+        .arg(&pcap)
+        .args(["--format", "jsonl"])
+        .output()
+        .unwrap();
+    assert!(lines.status.success());
+    let (proc, port) = reading_aggregator(dir, &snapshot, token);
+    ingest(port, 1, &lines.stdout);
+    (proc, port)
+}

@@ -44,6 +44,7 @@ pub fn routes(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
         .route("/ui/app.css", get(style))
         .route("/ui/map.json", get(map_json))
         .route("/ui/map.svg", get(map_svg))
+        .route("/ui/workload", get(workload))
         .route("/ui/session", post(session))
 }
 
@@ -260,9 +261,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
     let records = snap.edges.iter().map(|e| e.sample.clone()).collect();
     let analysis = Analyzer::new(set, &snap.ranges).analyze_sorted(records);
     let report = Report::new(set, &analysis);
-    let judged = weir_map::build(set, &analysis, &report, &snap.ranges, "");
-    let judged_nodes: HashMap<&str, &MapNode> =
-        judged.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let judged = weir_map::graph(set, &analysis, &report, "");
     let judged_edges: HashMap<(&str, &str), &MapEdge> = judged
         .edges
         .iter()
@@ -277,12 +276,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
             if nodes.contains_key(&id) {
                 continue;
             }
-            let mut node = endpoint_node(end);
-            if let Some(j) = judged_nodes.get(id.as_str()) {
-                node.suggestion = j.suggestion.clone();
-                node.suggestion_denies = j.suggestion_denies.clone();
-            }
-            nodes.insert(id, node);
+            nodes.insert(id, endpoint_node(end));
         }
     }
     // Every current pod of each workload, not only those in the sample flows.
@@ -640,6 +634,82 @@ async fn live(s: &Arc<Shared>, headers: &HeaderMap, q: MapQuery) -> Result<LiveM
     tokio::task::spawn_blocking(move || build(&snap, &q))
         .await
         .map_err(|e| internal(e.to_string()))
+}
+
+/// Which workload `/ui/workload` is about.
+#[derive(Debug, Deserialize)]
+pub struct WorkloadQuery {
+    /// Its node id, `pod:NS/Kind/name`.
+    pub id: String,
+}
+
+/// What `/ui/workload` answers: the workload's suggested policy and what it would deny.
+#[derive(Debug, Serialize)]
+pub struct WorkloadSuggestion {
+    /// The node id asked about.
+    pub id: String,
+    /// The suggested least-privilege NetworkPolicy as YAML; none when nothing observed calls for one.
+    pub suggestion: Option<String>,
+    /// What it would deny among the observed flows, one line each.
+    pub suggestion_denies: Vec<String>,
+    /// The edges it was worked out from.
+    pub edges: usize,
+}
+
+/// `GET /ui/workload?id=pod:NS/Kind/name`: the suggestion for one workload, worked out when a person opens it
+/// (for every workload at once it costs seconds on a big cluster, and the map is drawn every few seconds).
+async fn workload(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<WorkloadQuery>,
+) -> Result<Response, ApiError> {
+    read_auth(&s, &headers)?;
+    let (set, ranges, records) = {
+        let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+        let engine = &core.engine;
+        let records: Vec<_> = engine
+            .edges()
+            .iter()
+            .filter(|e| endpoint_id(&e.key.src) == q.id || endpoint_id(&e.key.dst) == q.id)
+            .map(|e| e.sample.clone())
+            .collect();
+        (
+            Arc::clone(engine.policy_set()),
+            engine.config().cluster_ranges.clone(),
+            records,
+        )
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        let edges = records.len();
+        let analysis = Analyzer::new(&set, &ranges).analyze_sorted(records);
+        let (namespace, name) = q
+            .id
+            .strip_prefix("pod:")
+            .and_then(|rest| rest.split_once('/'))
+            .unwrap_or_default();
+        let mut node = [MapNode::new(
+            q.id.clone(),
+            NodeKind::Workload,
+            namespace.to_owned(),
+            name.to_owned(),
+        )];
+        weir_map::add_suggestions(&set, &analysis.flows, &ranges, &mut node);
+        let [node] = node;
+        WorkloadSuggestion {
+            id: q.id,
+            suggestion: node.suggestion.map(|yaml| {
+                format!(
+                    "# worked out by the aggregator from one sample flow per observed edge ({edges} edges): the flow\n\
+                     # counts and times below are those samples'; the map has every connection\n{yaml}"
+                )
+            }),
+            suggestion_denies: node.suggestion_denies,
+            edges,
+        }
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?;
+    Ok(axum::Json(answer).into_response())
 }
 
 async fn map_json(

@@ -228,16 +228,7 @@ function showNode(id) {
     list("Observed ingress", ingress, showEdge),
     list("Observed egress", egress, showEdge),
   );
-  if (n.suggestion) {
-    body.append(el("h3", "Suggested least-privilege policy"));
-    const pre = el("pre", n.suggestion);
-    const copy = el("button", "Copy YAML");
-    copy.type = "button";
-    copy.addEventListener("click", async () => {
-      try { await navigator.clipboard.writeText(n.suggestion); copy.textContent = "Copied"; } catch { copy.textContent = "Select and copy"; }
-    });
-    body.append(copy, pre, list("It would deny, among the observed flows", n.suggestion_denies || []));
-  }
+  if (n.kind === "workload") body.append(...suggestion(n));
   $("details").hidden = false;
 }
 
@@ -258,6 +249,40 @@ function actions(n) {
   if (openNamespaces.has(n.group) && n.kind !== "namespace") {
     out.push(button("Fold namespace", reload(() => openNamespaces.delete(n.group))));
   }
+  return out;
+}
+
+// Live, suggestions are worked out when a workload is opened, and kept a minute.
+const suggestions = new Map();
+
+function suggestion(n) {
+  const out = [el("h3", "Suggested least-privilege policy")];
+  let s = n.suggestion ? n : null;
+  if (live) {
+    const cached = suggestions.get(n.id);
+    if (cached && cached.answer && Date.now() - cached.at < 60000) s = cached.answer;
+    else if (!cached || (cached.answer && Date.now() - cached.at >= 60000)) {
+      suggestions.set(n.id, { at: Date.now(), answer: null });
+      fetch(`/ui/workload?id=${encodeURIComponent(n.id)}`)
+        .then((r) => (r.ok ? r.json() : { suggestion: null, suggestion_denies: [] }))
+        .catch(() => ({ suggestion: null, suggestion_denies: [] }))
+        .then((answer) => {
+          suggestions.set(n.id, { at: Date.now(), answer });
+          if (selected && selected.node === n.id) showNode(n.id);
+        });
+    }
+    if (!s) {
+      const pending = suggestions.get(n.id);
+      if (pending && !pending.answer) { out.push(el("p", "Working it out from the observed traffic…", "pending")); return out; }
+    }
+  }
+  if (!s || !s.suggestion) { out.push(el("p", "none: no observed traffic calls for one")); return out; }
+  const copy = el("button", "Copy YAML");
+  copy.type = "button";
+  copy.addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText(s.suggestion); copy.textContent = "Copied"; } catch { copy.textContent = "Select and copy"; }
+  });
+  out.push(copy, el("pre", s.suggestion), list("It would deny, among the observed flows", s.suggestion_denies || []));
   return out;
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_analysis::{
-    Analysis, Analyzer, Edge, EdgeClass, Group, Judgement, Party, Report, SuggestOptions,
-    policy_objects, policy_yaml, suggest,
+    Analysis, Analyzer, Edge, EdgeClass, Group, JudgedFlow, Judgement, Party, Report,
+    SuggestOptions, policy_objects, policy_yaml, suggest,
 };
 use weir_cluster::{ClusterState, PodId};
 use weir_model::Cidr;
@@ -158,42 +158,26 @@ pub fn describe_pods<'a>(
     }
 }
 
-/// Builds the map of an analysis (its flows must have been kept).
-pub fn build(
+/// Adds to the workload nodes weir's suggested least-privilege policy, from the given judged flows, and what it
+/// would deny among them (judged again with the suggested policies in place of the cluster's).
+pub fn add_suggestions(
     set: &PolicySet,
-    analysis: &Analysis,
-    report: &Report,
+    flows: &[JudgedFlow],
     cluster_ranges: &[Cidr],
-    title: &str,
-) -> Map {
+    nodes: &mut [MapNode],
+) {
     let cluster = set.cluster();
-    let mut nodes: BTreeMap<String, MapNode> = BTreeMap::new();
-    for edge in &report.edges {
-        for group in [&edge.from, &edge.to] {
-            nodes
-                .entry(node_id(group))
-                .or_insert_with(|| node_of(group));
-        }
-    }
-
-    // Pods seen, and the policies selecting them.
-    let seen: Vec<PodId> = analysis
-        .flows
+    let index: HashMap<String, usize> = nodes
         .iter()
-        .flat_map(|flow| [flow.source, flow.destination])
-        .filter_map(|party| match party {
-            Party::Pod(pod) => Some(pod),
-            _ => None,
-        })
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
         .collect();
-    describe_pods(set, nodes.values_mut(), seen);
-
-    // The suggestion, and what it would deny among the observed flows.
+    let mut nodes = Nodes { nodes, index };
     let options = SuggestOptions {
         cluster_ranges: cluster_ranges.to_vec(),
         ..SuggestOptions::default()
     };
-    let suggestion = suggest(set, &analysis.flows, &options);
+    let suggestion = suggest(set, flows, &options);
     for policy in &suggestion.policies {
         if let Some(node) = nodes.get_mut(&node_id(&Group::Workload(policy.workload.clone()))) {
             node.suggestion = Some(policy_yaml(policy));
@@ -201,7 +185,7 @@ pub fn build(
     }
     if let Ok(proven) = PolicySet::new(Arc::new(cluster.with_policies(policy_objects(&suggestion))))
     {
-        let records = analysis.flows.iter().map(|f| f.record.clone()).collect();
+        let records = flows.iter().map(|f| f.record.clone()).collect();
         let judged = Analyzer::new(&proven, cluster_ranges).analyze_sorted(records);
         let mut denies: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
         for flow in &judged.flows {
@@ -249,6 +233,55 @@ pub fn build(
             }
         }
     }
+}
+
+/// Workload nodes by id.
+struct Nodes<'a> {
+    nodes: &'a mut [MapNode],
+    index: HashMap<String, usize>,
+}
+
+impl Nodes<'_> {
+    fn get_mut(&mut self, id: &str) -> Option<&mut MapNode> {
+        self.index.get(id).map(|&i| &mut self.nodes[i])
+    }
+}
+
+/// Builds the map of an analysis (its flows must have been kept), with each workload's suggested policy.
+pub fn build(
+    set: &PolicySet,
+    analysis: &Analysis,
+    report: &Report,
+    cluster_ranges: &[Cidr],
+    title: &str,
+) -> Map {
+    let mut map = graph(set, analysis, report, title);
+    add_suggestions(set, &analysis.flows, cluster_ranges, &mut map.nodes);
+    map
+}
+
+/// The map of an analysis without the suggested policies (the costly part: [`add_suggestions`]).
+pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str) -> Map {
+    let mut nodes: BTreeMap<String, MapNode> = BTreeMap::new();
+    for edge in &report.edges {
+        for group in [&edge.from, &edge.to] {
+            nodes
+                .entry(node_id(group))
+                .or_insert_with(|| node_of(group));
+        }
+    }
+
+    // Pods seen, and the policies selecting them.
+    let seen: Vec<PodId> = analysis
+        .flows
+        .iter()
+        .flat_map(|flow| [flow.source, flow.destination])
+        .filter_map(|party| match party {
+            Party::Pod(pod) => Some(pod),
+            _ => None,
+        })
+        .collect();
+    describe_pods(set, nodes.values_mut(), seen);
 
     let scans: HashMap<String, Vec<String>> =
         report.scans.iter().fold(HashMap::new(), |mut m, s| {

@@ -18,12 +18,6 @@ fn folds(kind: NodeKind) -> bool {
     matches!(kind, NodeKind::Workload | NodeKind::Service | NodeKind::Pod)
 }
 
-fn merge_sorted(into: &mut Vec<String>, more: &[String]) {
-    let mut all: BTreeSet<String> = into.drain(..).collect();
-    all.extend(more.iter().cloned());
-    *into = all.into_iter().collect();
-}
-
 /// The map with every namespace folded into one node, except those in `open`. Nodes, addresses outside the
 /// cluster and unknown addresses are never folded.
 pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
@@ -46,11 +40,13 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
         });
         ns.members.push(node.name.clone());
         ns.pods.extend(node.pods.iter().cloned());
-        merge_sorted(&mut ns.policies, &node.policies);
+        ns.policies.extend(node.policies.iter().cloned());
         moved.insert(&node.id, id);
     }
     for mut ns in folded.into_values() {
         ns.members.sort();
+        ns.policies.sort();
+        ns.policies.dedup();
         ns.name = format!(
             "{} · {} workload{}",
             ns.group,
@@ -60,11 +56,12 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
         nodes.push(ns);
     }
 
+    let index = map.node_index();
     let name = |id: &str| -> String {
-        map.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map_or_else(|| id.to_owned(), |n| format!("{}/{}", n.group, n.name))
+        index.get(id).map_or_else(
+            || id.to_owned(),
+            |&i| format!("{}/{}", map.nodes[i].group, map.nodes[i].name),
+        )
     };
     let mut merged: BTreeMap<(String, String), Vec<&MapEdge>> = BTreeMap::new();
     for edge in &map.edges {
@@ -90,16 +87,21 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
                 to,
                 parts[0].verdict,
             );
+            let mut ports = BTreeSet::new();
+            let mut nodes = BTreeSet::new();
+            let mut services = BTreeSet::new();
+            let mut policies = BTreeSet::new();
+            let mut alerts = BTreeSet::new();
             for part in &parts {
                 edge.verdict = edge.verdict.worst(part.verdict);
                 edge.new |= part.new;
                 edge.flows += part.flows;
                 edge.bytes += part.bytes;
-                merge_sorted(&mut edge.ports, &part.ports);
-                merge_sorted(&mut edge.nodes, &part.nodes);
-                merge_sorted(&mut edge.services, &part.services);
-                merge_sorted(&mut edge.policies, &part.policies);
-                merge_sorted(&mut edge.alerts, &part.alerts);
+                ports.extend(&part.ports);
+                nodes.extend(&part.nodes);
+                services.extend(&part.services);
+                policies.extend(&part.policies);
+                alerts.extend(&part.alerts);
                 edge.first = match (edge.first.take(), &part.first) {
                     (Some(a), Some(b)) => Some(a.min(b.clone())),
                     (a, b) => a.or_else(|| b.clone()),
@@ -108,6 +110,16 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
                     (Some(a), Some(b)) => Some(a.max(b.clone())),
                     (a, b) => a.or_else(|| b.clone()),
                 };
+            }
+            let owned = |set: BTreeSet<&String>| set.into_iter().cloned().collect::<Vec<_>>();
+            edge.ports = owned(ports);
+            edge.nodes = owned(nodes);
+            edge.services = owned(services);
+            edge.policies = owned(policies);
+            let more = alerts.len().saturating_sub(LISTED);
+            edge.alerts = alerts.into_iter().take(LISTED).cloned().collect();
+            if more > 0 {
+                edge.alerts.push(format!("… and {more} more alerts."));
             }
             edge.explanation.push(format!(
                 "{} edges drawn as one (a namespace is folded); its colour is the worst verdict among them:",

@@ -26,7 +26,7 @@ use weir_map::{
 use weir_model::{Alert, Cidr, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
-use crate::engine::{EdgeStats, EndpointKey, Side, StoredFlow};
+use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
 use crate::server::{ApiError, Shared, internal, now, parse_time, read_auth, same};
 
 /// The cookie the page's sign-in sets, so the browser's own requests (the map, the alert stream) carry the
@@ -132,10 +132,17 @@ async fn session(State(s): State<Arc<Shared>>, body: Bytes) -> Result<Response, 
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
         if s.secure_cookie { "; Secure" } else { "" }
     );
+    let fits = token
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'));
+    let value = HeaderValue::from_str(&cookie).ok().filter(|_| fits).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "the read token holds characters a cookie cannot carry; send it as a bearer token instead".into(),
+        )
+    })?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, v);
-    }
+    response.headers_mut().insert(header::SET_COOKIE, value);
     Ok(response)
 }
 
@@ -478,8 +485,6 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
         e.last = Some(e.last.map_or(r.end, |t| t.max(r.end)));
         if let Some(at) = &r.observed_at {
             e.nodes.insert(at.node.clone());
-        } else if f.reported_by == Side::Source {
-            e.nodes.insert("(no observation point)".to_owned());
         }
         if let Some(s) = &v.service {
             e.services.insert(s.to_string());

@@ -66,7 +66,10 @@ function signIn(message) {
   go.type = "button";
   const submit = async () => {
     const r = await fetch("/ui/session", { method: "POST", body: input.value });
-    if (r.ok) { $("details").hidden = true; loadLive(); } else signIn("That is not the read token.");
+    if (r.ok) { $("details").hidden = true; loadLive(); return; }
+    let message = "That is not the read token.";
+    try { message = (await r.json()).error || message; } catch { /* not JSON: keep the plain message */ }
+    signIn(message);
   };
   go.addEventListener("click", submit);
   input.addEventListener("keydown", (ev) => { if (ev.key === "Enter") submit(); });

@@ -124,6 +124,7 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
             scan_min_targets: args.scan_min_targets,
             scan_min_denied: args.scan_min_denied,
             recent_flows: args.recent_flows.max(1),
+            retention: args.retention,
             ..EngineConfig::default()
         },
         ingest_token: args.token_file.as_deref().map(read_token).transpose()?,
@@ -150,7 +151,6 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
         }),
         alerts_stdout: !args.no_alert_lines,
         checkpoint: args.checkpoint,
-        retention: args.retention,
         max_body: args.max_body_mb.saturating_mul(1 << 20),
     };
     if config.ingest_token.is_none() {

@@ -39,6 +39,8 @@ pub struct EngineConfig {
     pub join_window: Duration,
     /// Most connections waiting for their other view.
     pub max_joins: usize,
+    /// How long edges and alerts are kept after their traffic was last seen (the store keeps them as long).
+    pub retention: Duration,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             recent_flows: 100_000,
             join_window: Duration::from_secs(15),
             max_joins: 2_000_000,
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -291,6 +294,12 @@ pub struct Totals {
     pub alert_deliveries: u64,
     /// Policy set changes applied.
     pub policy_updates: u64,
+    /// Edges forgotten because none of their traffic was seen within the retention.
+    #[serde(default)]
+    pub expired_edges: u64,
+    /// Alerts forgotten the same way.
+    #[serde(default)]
+    pub expired_alerts: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -334,6 +343,8 @@ struct ScanWindow {
     /// The source's scan alert, once raised.
     alert: Option<Arc<str>>,
     start: i64,
+    /// When it last counted a connection, on the aggregator's clock.
+    touched: i64,
     targets: HashSet<(IpAddr, u16)>,
     ports: BTreeSet<u16>,
     flows: u64,
@@ -418,6 +429,10 @@ impl Outbox {
     }
 }
 
+/// Most time between two passes that forget what the retention no longer covers.
+const EXPIRY_EVERY_NS: i64 = 60_000_000_000;
+/// How long past its window a scan window is kept for late batches.
+const SCAN_IDLE_MARGIN_NS: i64 = 60_000_000_000;
 /// Most targets remembered per scan window (the count goes on).
 const SCAN_TARGET_CAP: usize = 4096;
 /// How far apart two views of one connection may start.
@@ -498,6 +513,8 @@ pub struct Engine {
     interned_names: HashSet<Arc<str>>,
     /// Flows added to `recent` since the last checkpoint.
     unsaved_flows: usize,
+    /// When [`Engine::tick`] next forgets what the retention no longer covers.
+    next_expiry: i64,
     totals: Totals,
 }
 
@@ -555,6 +572,7 @@ impl Engine {
             interned_policies: HashSet::default(),
             interned_names: HashSet::default(),
             unsaved_flows: 0,
+            next_expiry: 0,
             totals: Totals::default(),
         };
         engine.set_policy(set);
@@ -1234,6 +1252,7 @@ impl Engine {
                 ..ScanWindow::default()
             };
         }
+        w.touched = ctx.now.0;
         let target_port = r.dst_port.or(r.icmp_type.map(u16::from)).unwrap_or(0);
         let failed = !answered(r);
         // Probes are what count: a destination that answered an allowed connection is ordinary traffic (and
@@ -1456,10 +1475,96 @@ impl Engine {
     /// quiet time is over.
     pub fn tick(&mut self, now: Timestamp) {
         self.expire(now);
+        if now.0 >= self.next_expiry {
+            self.forget_expired(now);
+            // Often enough that memory follows the retention closely, seldom enough to cost nothing.
+            let every = ns_of(self.config.retention / 100).clamp(1_000_000_000, EXPIRY_EVERY_NS);
+            self.next_expiry = now.0.saturating_add(every);
+        }
         for id in std::mem::take(&mut self.outbox.queued) {
             if let Some(entry) = self.alerts.get_mut(&id) {
                 entry.queued = false;
                 self.outbox.settle(&id, entry, now);
+            }
+        }
+    }
+
+    /// Forgets edges and alerts none of whose traffic was seen within the retention, and scan windows that
+    /// ended, as the store does on disk: a long-running aggregator holds what a restarted one would. An edge a
+    /// waiting connection still points at is kept until the connection is done. Returns the edges and alerts
+    /// forgotten (also counted in the totals).
+    pub fn forget_expired(&mut self, now: Timestamp) -> (usize, usize) {
+        let horizon = now.0.saturating_sub(ns_of(self.config.retention));
+        // Scan windows: one per source address ever seen probing or connecting, so the one map here that grows
+        // with outside clients. A window idle for longer than itself plus a margin for late batches would be
+        // started afresh by its next connection anyway.
+        let idle = now
+            .0
+            .saturating_sub(ns_of(self.config.scan_window))
+            .saturating_sub(SCAN_IDLE_MARGIN_NS);
+        self.scans.retain(|_, w| w.touched >= idle);
+
+        // Alerts: not while a delivery or checkpoint still has to see them.
+        let before = self.alerts.len();
+        self.alerts.retain(|_, entry| {
+            entry.alert.last_seen.0 >= horizon || entry.pending || entry.queued || entry.dirty
+        });
+        let alerts = before - self.alerts.len();
+
+        let mut keep: Vec<bool> = self
+            .edges
+            .iter()
+            .map(|e| e.last_seen.0 >= horizon)
+            .collect();
+        for conns in self.joins.values() {
+            for c in conns {
+                if let Some(k) = keep.get_mut(c.edge as usize) {
+                    *k = true;
+                }
+            }
+        }
+        let edges = keep.iter().filter(|&&k| !k).count();
+        if edges > 0 {
+            self.compact_edges(&keep);
+        }
+        self.totals.expired_edges += edges as u64;
+        self.totals.expired_alerts += alerts as u64;
+        (edges, alerts)
+    }
+
+    /// Drops the edges not marked in `keep` and renumbers every index that points at an edge.
+    fn compact_edges(&mut self, keep: &[bool]) {
+        let mut new_index = vec![usize::MAX; keep.len()];
+        let mut next = 0;
+        for (i, &k) in keep.iter().enumerate() {
+            if k {
+                new_index[i] = next;
+                next += 1;
+            }
+        }
+        retain_marked(&mut self.edges, keep);
+        retain_marked(&mut self.edge_dirty, keep);
+        retain_marked(&mut self.edge_nodes, keep);
+        // Resolutions name their edge by index: they are worked out again on the next connection.
+        self.resolved.clear();
+        self.edge_resolved = vec![None; self.edges.len()];
+        self.edge_index = self
+            .edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.key.clone(), i))
+            .collect();
+        self.dirty_edges = self
+            .dirty_edges
+            .iter()
+            .filter_map(|&i| new_index.get(i).copied().filter(|&n| n != usize::MAX))
+            .collect();
+        for conns in self.joins.values_mut() {
+            for c in conns.iter_mut() {
+                // Kept above: every edge a waiting connection points at survives.
+                if let Some(&n) = new_index.get(c.edge as usize) {
+                    c.edge = u32::try_from(n).unwrap_or(u32::MAX);
+                }
             }
         }
     }
@@ -1510,6 +1615,12 @@ impl Engine {
             }
         }
     }
+}
+
+/// Keeps the items of `v` whose flag in `keep` is set.
+fn retain_marked<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    v.retain(|_| flags.next().copied().unwrap_or(true));
 }
 
 struct AlertContext<'a> {

@@ -83,8 +83,6 @@ pub struct AggregatorConfig {
     pub alerts_stdout: bool,
     /// Checkpoint (and acknowledgement) interval.
     pub checkpoint: Duration,
-    /// How long edges, alerts and flows are kept.
-    pub retention: Duration,
     /// Largest ingest body.
     pub max_body: usize,
 }
@@ -108,7 +106,11 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
     install_crypto_provider();
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating the data directory {}", config.data.display()))?;
-    let mut store = store::Store::open(&config.data, config.engine.recent_flows, config.retention)?;
+    let mut store = store::Store::open(
+        &config.data,
+        config.engine.recent_flows,
+        config.engine.retention,
+    )?;
     let now = server::now();
     let restored = store.restore(now)?;
     let learning_started = restored.learning_started.unwrap_or(now);

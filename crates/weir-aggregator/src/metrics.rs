@@ -200,6 +200,15 @@ pub fn render(s: &Shared) -> String {
                 )
             }),
         );
+        counter_family(
+            &mut r,
+            "expired",
+            "Edges and alerts forgotten because none of their traffic was seen within the retention, by kind.",
+            [
+                (label("kind", "edge"), t.expired_edges),
+                (label("kind", "alert"), t.expired_alerts),
+            ],
+        );
         r.register(
             "edges",
             "Workload edges known.",

@@ -285,3 +285,183 @@ fn a_long_connection_exported_twice_is_one_connection_even_without_the_other_end
     assert_eq!(c.connections, 1);
     assert_eq!(e.pending_joins(), before);
 }
+
+/// The edges by destination port, with their connection counts.
+fn flows_by_port(e: &Engine) -> Vec<(Option<u16>, u64)> {
+    let mut v: Vec<_> = e.edges().iter().map(|x| (x.key.port, x.flows)).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn edges_and_alerts_past_the_retention_are_forgotten_and_the_rest_counts_on() {
+    let t0 = 1_000 * S;
+    let retention = Duration::from_secs(600);
+    let mut e = Engine::new(
+        EngineConfig {
+            retention,
+            ..config()
+        },
+        set(),
+        Timestamp(t0 - 100 * S),
+    );
+    // Four edges from web: api on 8081 and 8083 last seen at t0, api on 8082 and 8084 ten minutes later.
+    for (i, port) in [8081u16, 8082, 8083, 8084].into_iter().enumerate() {
+        e.apply(
+            vec![record("10.1.1.5", 4000, "10.1.2.5", port, t0, None)],
+            Timestamp(t0),
+        );
+        if i % 2 == 1 {
+            e.apply(
+                vec![record(
+                    "10.1.1.5",
+                    4100,
+                    "10.1.2.5",
+                    port,
+                    t0 + 600 * S,
+                    None,
+                )],
+                Timestamp(t0 + 600 * S),
+            );
+        }
+    }
+    // And a denied web -> db at t0: its violation alert.
+    e.apply(
+        vec![record("10.1.1.5", 4200, "10.1.2.6", 5432, t0, None)],
+        Timestamp(t0),
+    );
+    assert!(
+        e.take_deliveries()
+            .iter()
+            .any(|a| a.kind == AlertKind::PolicyViolation)
+    );
+    let _ = e.take_changes();
+    assert_eq!(e.edges().len(), 5);
+    // A new-edge alert per port (learning was over) and the violation.
+    assert_eq!(e.alerts().count(), 5);
+
+    // Just inside the retention: nothing goes.
+    assert_eq!(e.forget_expired(Timestamp(t0 + 600 * S)), (0, 0));
+    // Past it: the three edges and the three alerts seen only at t0 go, the two of each seen since stay.
+    assert_eq!(e.forget_expired(Timestamp(t0 + 601 * S)), (3, 3));
+    assert_eq!(flows_by_port(&e), [(Some(8082), 2), (Some(8084), 2)]);
+    let mut kept: Vec<Option<u16>> = e.alerts().map(|a| a.port).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [Some(8082), Some(8084)]);
+    let totals = e.totals();
+    assert_eq!((totals.expired_edges, totals.expired_alerts), (3, 3));
+
+    // The edges that stayed count on under their new places, and a forgotten edge starts again from nothing
+    // and is new (learning is long over), with a fresh violation alert for web -> db.
+    let later = t0 + 700 * S;
+    e.apply(
+        vec![
+            record("10.1.1.5", 4300, "10.1.2.5", 8084, later, None),
+            record("10.1.1.5", 4301, "10.1.2.5", 8082, later, None),
+            record("10.1.1.5", 4302, "10.1.2.5", 8081, later, None),
+            record("10.1.1.5", 4303, "10.1.2.6", 5432, later, None),
+        ],
+        Timestamp(later),
+    );
+    assert_eq!(
+        flows_by_port(&e),
+        [
+            (Some(5432), 1),
+            (Some(8081), 1),
+            (Some(8082), 3),
+            (Some(8084), 3)
+        ]
+    );
+    let new = e.edges().iter().find(|x| x.key.port == Some(8081)).unwrap();
+    assert!(!new.baseline);
+    assert_eq!(new.first_seen, Timestamp(later));
+    let kinds: Vec<AlertKind> = e.take_deliveries().iter().map(|a| a.kind).collect();
+    assert!(kinds.contains(&AlertKind::PolicyViolation));
+    assert!(kinds.contains(&AlertKind::NewEdge));
+    // What changed since the last checkpoint names only edges that exist.
+    let (changed, _, _) = e.take_changes();
+    assert_eq!(changed.len(), 4);
+}
+
+#[test]
+fn an_edge_a_waiting_connection_points_at_is_kept_until_the_connection_is_done() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(
+        EngineConfig {
+            retention: Duration::from_secs(60),
+            ..config()
+        },
+        set(),
+        Timestamp(t0 - 100 * S),
+    );
+    // An old connection arrives late (an agent catching up): seen leaving web, waiting for the view from n2.
+    let arrived = t0 + 120 * S;
+    let out = record(
+        "10.1.1.5",
+        5000,
+        "10.1.2.6",
+        5432,
+        t0,
+        Some(("n1", Direction::FromPod)),
+    );
+    // A second edge, older still and not waited on (no agent reports yet), goes first; it sits before the
+    // waited-on edge, so the waiting connection's edge moves.
+    e.apply(
+        vec![record(
+            "10.1.1.5",
+            4000,
+            "10.1.2.5",
+            8080,
+            t0 - 10 * S,
+            None,
+        )],
+        Timestamp(arrived),
+    );
+    e.watch_node("n1");
+    e.watch_node("n2");
+    e.apply(vec![out], Timestamp(arrived));
+    assert_eq!(e.pending_joins(), 1);
+    assert_eq!(e.forget_expired(Timestamp(arrived)).0, 1);
+    assert_eq!(flows_by_port(&e), [(Some(5432), 1)]);
+    // The other view joins the connection on its edge, wherever it now is.
+    let r#in = record(
+        "10.1.1.5",
+        5000,
+        "10.1.2.6",
+        5432,
+        t0 + 200_000,
+        Some(("n2", Direction::ToPod)),
+    );
+    let b = e.apply(vec![r#in], Timestamp(arrived + S));
+    assert_eq!((b.connections, b.joined_views), (0, 1));
+    let db = e.edges().iter().find(|x| x.key.port == Some(5432)).unwrap();
+    assert_eq!((db.flows, db.delivered, db.enforcement_gaps), (1, 1, 1));
+    // Once the connection is done, nothing holds the edge: the same tick that ends it forgets the edge.
+    e.tick(Timestamp(arrived + 30 * S));
+    assert_eq!(e.pending_joins(), 0);
+    assert!(e.edges().is_empty());
+    assert_eq!(e.totals().expired_edges, 2);
+}
+
+#[test]
+fn tick_forgets_on_its_own() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(
+        EngineConfig {
+            retention: Duration::from_secs(60),
+            ..config()
+        },
+        set(),
+        Timestamp(t0 - 100 * S),
+    );
+    e.apply(
+        vec![record("10.1.1.5", 4000, "10.1.2.5", 8080, t0, None)],
+        Timestamp(t0),
+    );
+    e.tick(Timestamp(t0 + 30 * S));
+    assert_eq!(e.edges().len(), 1);
+    // The retention is a minute: tick looks again within a second or so of it running out.
+    e.tick(Timestamp(t0 + 62 * S));
+    assert!(e.edges().is_empty());
+    assert_eq!(e.totals().expired_edges, 1);
+}

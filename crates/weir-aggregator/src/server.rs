@@ -984,6 +984,14 @@ fn samples(s: &Shared, namespace: Option<&str>) -> Result<Samples, ApiError> {
     ))
 }
 
+/// The first lines of a suggestion worked out from [`samples`]: its comments count samples, not connections.
+pub(crate) fn samples_caveat(edges: usize) -> String {
+    format!(
+        "# worked out by the aggregator from one sample flow per observed edge ({edges} edges): the flow\n\
+         # counts and times in the comments are those samples'; /api/v1/edges has every connection\n"
+    )
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct SuggestQuery {
     /// Only this namespace's workloads.
@@ -1014,7 +1022,15 @@ async fn suggest_policies(
         let suggestion = suggest(&set, &analysis.flows, &options);
         let proof = weir_analysis::prove(&set, &suggestion, &records, &options)
             .map_err(|e| e.to_string())?;
-        let yaml = suggestion_yaml(&suggestion);
+        let yaml = if suggestion.policies.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}{}",
+                samples_caveat(records.len()),
+                suggestion_yaml(&suggestion)
+            )
+        };
         Ok::<_, String>((yaml, suggestion.policies.len(), proof))
     })
     .await

@@ -687,11 +687,10 @@ async fn workload(
     let answer = tokio::task::spawn_blocking(move || {
         let edges = records.len();
         let analysis = Analyzer::new(&set, &ranges).analyze_sorted(records);
-        let (namespace, name) = q
-            .id
-            .strip_prefix("pod:")
-            .and_then(|rest| rest.split_once('/'))
-            .unwrap_or_default();
+        let (namespace, name) =
+            q.id.strip_prefix("pod:")
+                .and_then(|rest| rest.split_once('/'))
+                .unwrap_or_default();
         let mut node = [MapNode::new(
             q.id.clone(),
             NodeKind::Workload,
@@ -702,12 +701,9 @@ async fn workload(
         let [node] = node;
         WorkloadSuggestion {
             id: q.id,
-            suggestion: node.suggestion.map(|yaml| {
-                format!(
-                    "# worked out by the aggregator from one sample flow per observed edge ({edges} edges): the flow\n\
-                     # counts and times below are those samples'; the map has every connection\n{yaml}"
-                )
-            }),
+            suggestion: node
+                .suggestion
+                .map(|yaml| format!("{}{yaml}", crate::server::samples_caveat(edges))),
             suggestion_denies: node.suggestion_denies,
             edges,
         }

@@ -284,13 +284,7 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
         "path.edge[data-from='pod:shop/Deployment/frontend'][data-to='pod:shop/StatefulSet/db']",
     )
     .await;
-    let text = c
-        .find(Locator::Id("details"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(&c, "#details").await;
     assert!(text.contains("ingress shop/db"), "{text}");
     assert!(text.contains("policy-violation"), "{text}");
     assert!(text.contains("isolated for ingress"), "{text}");
@@ -376,13 +370,7 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
         json!([[from, "pod:shop/StatefulSet/db"]]),
         "the alert's edge is highlighted"
     );
-    let text = c
-        .find(Locator::Id("details"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(&c, "#details").await;
     assert!(
         text.contains("203.0.113.66") && text.contains("5432/TCP"),
         "{text}"
@@ -518,13 +506,7 @@ async fn the_live_map_follows_real_traffic_between_pods() {
     )
     .await;
     assert_eq!(highlighted, json!([to_db]));
-    let text = c
-        .find(Locator::Id("details"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(&c, "#details").await;
     assert!(text.contains("ingress shop/db"), "{text}");
     assert!(text.contains("node-e"), "the reporting node: {text}");
     assert!(text.contains("CNI did not enforce"), "{text}");

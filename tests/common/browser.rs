@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
 use super::root;
@@ -80,13 +80,22 @@ pub async fn screenshot(c: &Client, name: &str) {
     std::fs::write(artifacts().join(name), png).unwrap();
 }
 
-/// The text of every element matching a selector.
+/// The rendered text of every element matching a selector, read in one step in the page: the live map redraws
+/// its panes when answers arrive, and an element found in one WebDriver call may be gone by the next.
 pub async fn texts(c: &Client, css: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in c.find_all(Locator::Css(css)).await.unwrap() {
-        out.push(e.text().await.unwrap());
-    }
-    out
+    let v = c
+        .execute(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText);",
+            vec![json!(css)],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// The rendered text of the first element matching a selector (empty when there is none), as [`texts`].
+pub async fn text_of(c: &Client, css: &str) -> String {
+    texts(c, css).await.into_iter().next().unwrap_or_default()
 }
 
 /// Runs a script in the page and returns its value.

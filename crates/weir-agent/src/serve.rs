@@ -42,44 +42,44 @@ fn metrics_text(h: &Health) -> String {
     let counters: [(&str, &str, u64); 10] = [
         (
             "packets",
-            "Packets read from the pod interfaces.",
+            "Packets read from the pod interfaces",
             get(&c.packets),
         ),
         (
             "kernel_packets",
-            "Packets the kernel handed to the capture rings (dropped ones included).",
+            "Packets the kernel handed to the capture rings (dropped ones included)",
             get(&c.kernel_packets),
         ),
         (
             "kernel_drops",
-            "Packets the kernel dropped because a capture ring was full.",
+            "Packets the kernel dropped because a capture ring was full",
             get(&c.kernel_drops),
         ),
         (
             "flow_table_evictions",
-            "Flows closed early because a flow table was full (their records were still sent).",
+            "Flows closed early because a flow table was full (their records were still sent)",
             get(&c.table_evictions),
         ),
         (
             "skipped_packets",
-            "Packets not accounted to any flow (malformed or unsupported).",
+            "Packets not accounted to any flow (malformed or unsupported)",
             get(&c.skipped_packets),
         ),
-        ("flow_records", "Flow records made.", get(&c.records)),
+        ("flow_records", "Flow records made", get(&c.records)),
         (
             "buffer_drops",
-            "Flow records dropped because the send buffer was full.",
+            "Flow records dropped because the send buffer was full",
             get(&e.buffer_drops),
         ),
         (
             "acked_records",
-            "Flow records the aggregator stored durably.",
+            "Flow records the aggregator stored durably",
             get(&e.acked_records),
         ),
-        ("requests", "Requests to the aggregator.", get(&e.requests)),
+        ("requests", "Requests to the aggregator", get(&e.requests)),
         (
             "request_failures",
-            "Failed requests to the aggregator.",
+            "Failed requests to the aggregator",
             get(&e.failures),
         ),
     ];
@@ -89,22 +89,22 @@ fn metrics_text(h: &Health) -> String {
     let gauges: [(&str, &str, i64); 4] = [
         (
             "buffered_records",
-            "Flow records not yet acknowledged by the aggregator.",
+            "Flow records not yet acknowledged by the aggregator",
             get(&e.buffered_records) as i64,
         ),
         (
             "buffered_bytes",
-            "Bytes of flow records not yet acknowledged.",
+            "Bytes of flow records not yet acknowledged",
             get(&e.buffered_bytes) as i64,
         ),
         (
             "interfaces",
-            "Pod interfaces being captured.",
+            "Pod interfaces being captured",
             get(&c.interfaces) as i64,
         ),
         (
             "connected",
-            "1 when the last request to the aggregator succeeded.",
+            "1 when the last request to the aggregator succeeded",
             i64::from(e.connected.load(Ordering::Relaxed)),
         ),
     ];

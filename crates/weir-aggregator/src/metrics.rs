@@ -54,7 +54,7 @@ pub fn render(s: &Shared) -> String {
     counter_family(
         &mut r,
         "ingest_batches",
-        "Agent batches by outcome.",
+        "Agent batches by outcome",
         [
             (label("result", "applied"), get(&c.batches)),
             (label("result", "duplicate"), get(&c.duplicates)),
@@ -65,7 +65,7 @@ pub fn render(s: &Shared) -> String {
     counter_family(
         &mut r,
         "ingest_rejected_requests",
-        "Ingest requests refused, by reason.",
+        "Ingest requests refused, by reason",
         [
             (label("reason", "unauthorized"), get(&c.unauthorized)),
             (label("reason", "bad_request"), get(&c.bad_requests)),
@@ -74,33 +74,33 @@ pub fn render(s: &Shared) -> String {
     );
     r.register(
         "ingest_records",
-        "Flow records applied.",
+        "Flow records applied",
         ConstCounter::new(get(&c.records)),
     );
     r.register(
         "ingest_malformed_records",
-        "Lines of agent batches that were not flow records (skipped).",
+        "Lines of agent batches that were not flow records (skipped)",
         ConstCounter::new(get(&c.malformed)),
     );
     r.register(
         "store_checkpoints",
-        "Checkpoints written to the database.",
+        "Checkpoints written to the database",
         ConstCounter::new(get(&c.checkpoints)),
     );
     r.register(
         "store_checkpoint_failures",
-        "Checkpoints that failed (their batches stay unacknowledged).",
+        "Checkpoints that failed (their batches stay unacknowledged)",
         ConstCounter::new(get(&c.checkpoint_failures)),
     );
     r.register(
         "store_checkpoint_seconds",
-        "Time spent writing checkpoints.",
+        "Time spent writing checkpoints",
         ConstCounter::new(get(&c.checkpoint_micros) as f64 / 1e6),
     );
     counter_family(
         &mut r,
         "alert_webhook_alerts",
-        "Alerts sent to the webhook, by result.",
+        "Alerts sent to the webhook, by result",
         [
             (label("result", "sent"), get(&c.webhook_sent)),
             (label("result", "failed"), get(&c.webhook_failed)),
@@ -108,24 +108,24 @@ pub fn render(s: &Shared) -> String {
     );
     r.register(
         "stream_lagged_events",
-        "Events skipped for stream subscribers that fell behind.",
+        "Events skipped for stream subscribers that fell behind",
         ConstCounter::new(get(&c.stream_lagged)),
     );
     r.register(
         "ready",
-        "1 once the cluster state is loaded.",
+        "1 once the cluster state is loaded",
         ConstGauge::new(i64::from(s.ready.load(Ordering::Acquire))),
     );
     if let Ok(cluster) = s.cluster.lock() {
         r.register(
             "cluster_generation",
-            "Policy sets built from the cluster (each change makes one).",
+            "Policy sets built from the cluster (each change makes one)",
             ConstCounter::new(cluster.generation),
         );
         gauge_family(
             &mut r,
             "cluster_objects",
-            "Cluster objects held, by kind.",
+            "Cluster objects held, by kind",
             cluster
                 .objects
                 .iter()
@@ -134,7 +134,7 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "cluster_watch_errors",
-            "Watch errors (dropped watches, 410 Gone, refused requests), by kind.",
+            "Watch errors (dropped watches, 410 Gone, refused requests), by kind",
             cluster
                 .watch_errors
                 .iter()
@@ -146,43 +146,43 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "flows",
-            "Connections judged, by verdict (a connection reported by both ends counts once).",
+            "Connections judged, by verdict (a connection reported by both ends counts once)",
             t.verdicts.iter().map(|(v, n)| (label("verdict", v), *n)),
         );
         let plain: [(&str, &str, u64); 7] = [
             (
                 "flow_views_joined",
-                "Records that were the other end's view of a connection already counted.",
+                "Records that were the other end's view of a connection already counted",
                 t.joined_views,
             ),
             (
                 "dnat_joined",
-                "Post-DNAT records folded into their Service flow.",
+                "Post-DNAT records folded into their Service flow",
                 t.dnat_joined,
             ),
             (
                 "flows_delivered",
-                "Connections seen arriving at (or answered by) their destination.",
+                "Connections seen arriving at (or answered by) their destination",
                 t.delivered,
             ),
             (
                 "flows_dropped_in_transit",
-                "Allowed connections that left the source but never reached the destination's node.",
+                "Allowed connections that left the source but never reached the destination's node",
                 t.dropped_in_transit,
             ),
             (
                 "enforcement_gaps",
-                "Denied connections that were delivered (the CNI did not enforce the policy).",
+                "Denied connections that were delivered (the CNI did not enforce the policy)",
                 t.enforcement_gaps,
             ),
             (
                 "join_evictions",
-                "Connections dropped from the join table before their other view could arrive (table full).",
+                "Connections dropped from the join table before their other view could arrive (table full)",
                 t.join_evictions,
             ),
             (
                 "alert_deliveries",
-                "Alert deliveries (first raise and rate-limited updates).",
+                "Alert deliveries (first raise and rate-limited updates)",
                 t.alert_deliveries,
             ),
         ];
@@ -192,7 +192,7 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "alerts",
-            "Alerts raised, by type.",
+            "Alerts raised, by type",
             weir_model::AlertKind::ALL.iter().map(|k| {
                 (
                     label("type", k.name()),
@@ -203,7 +203,7 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "expired",
-            "Edges and alerts forgotten because none of their traffic was seen within the retention, by kind.",
+            "Edges and alerts forgotten because none of their traffic was seen within the retention, by kind",
             [
                 (label("kind", "edge"), t.expired_edges),
                 (label("kind", "alert"), t.expired_alerts),
@@ -211,12 +211,12 @@ pub fn render(s: &Shared) -> String {
         );
         r.register(
             "edges",
-            "Workload edges known.",
+            "Workload edges known",
             ConstGauge::new(core.engine.edges().len() as i64),
         );
         r.register(
             "pending_joins",
-            "Connections waiting for the other end's view.",
+            "Connections waiting for the other end's view",
             ConstGauge::new(core.engine.pending_joins() as i64),
         );
         let agents: Vec<_> = core.agents.values().collect();
@@ -246,13 +246,13 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "agent_dropped",
-            "Packets (kernel) and flow records (agent_buffer) agents dropped, by node and reason.",
+            "Packets (kernel) and flow records (agent_buffer) agents dropped, by node and reason",
             dropped,
         );
         counter_family(
             &mut r,
             "agent_packets",
-            "Packets agents read, by node.",
+            "Packets agents read, by node",
             per_node(&|c| c.packets)
                 .into_iter()
                 .map(|(n, v)| (label("node", &n), v)),
@@ -260,7 +260,7 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "agent_flow_table_evictions",
-            "Flows agents closed early because a flow table was full, by node.",
+            "Flows agents closed early because a flow table was full, by node",
             per_node(&|c| c.table_evictions)
                 .into_iter()
                 .map(|(n, v)| (label("node", &n), v)),
@@ -268,7 +268,7 @@ pub fn render(s: &Shared) -> String {
         counter_family(
             &mut r,
             "agent_missed_batches",
-            "Batches agents dropped before sending them, by node.",
+            "Batches agents dropped before sending them, by node",
             {
                 let mut by_node: std::collections::BTreeMap<String, u64> = Default::default();
                 for a in &agents {
@@ -280,7 +280,7 @@ pub fn render(s: &Shared) -> String {
         gauge_family(
             &mut r,
             "agent_last_seen_seconds",
-            "When each node's agent was last heard from (Unix time).",
+            "When each node's agent was last heard from (Unix time)",
             {
                 let mut by_node: std::collections::BTreeMap<String, i64> = Default::default();
                 for a in &agents {

@@ -57,6 +57,7 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
         ipv6_prefix: args.ipv6_prefix,
         include_failed: args.include_failed,
         cluster_ranges: args.cluster_cidr.clone(),
+        ..SuggestOptions::default()
     };
     let suggestion = suggest(&set, &analysis.flows, &options);
     let proof = prove(&set, &suggestion, &records, &options)

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::root;
 use common::system::{Scratch, http, ingest, reading_aggregator, weir};
@@ -32,6 +32,19 @@ fn policy_names(yaml: &str) -> BTreeSet<String> {
     names
 }
 
+/// `weir.dev/observed-flows` of every policy in `yaml`, by `namespace/name`.
+fn observed(yaml: &str) -> BTreeMap<String, u64> {
+    yaml.split("\n---\n")
+        .filter_map(|doc| {
+            let name = policy_names(doc).into_iter().next()?;
+            let n = doc
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("\"weir.dev/observed-flows\": "))?;
+            Some((name, n.trim_matches('"').parse().unwrap()))
+        })
+        .collect()
+}
+
 #[test]
 fn the_live_suggestion_matches_the_offline_one_and_diff_finds_what_breaks() {
     let dir = std::env::temp_dir().join(format!("weir-api-suggest-{}", std::process::id()));
@@ -54,7 +67,7 @@ fn the_live_suggestion_matches_the_offline_one_and_diff_finds_what_breaks() {
     let (status, live) = http(port, "GET", "/api/v1/suggest", &bearer, b"");
     assert_eq!(status, 200, "{live}");
     assert!(
-        live.starts_with("# worked out by the aggregator from one sample flow per observed edge ("),
+        live.starts_with("# worked out by the aggregator from the "),
         "{live}"
     );
     let offline = weir()
@@ -69,6 +82,23 @@ fn the_live_suggestion_matches_the_offline_one_and_diff_finds_what_breaks() {
     let names = policy_names(&live);
     assert!(names.len() >= 5, "{names:?}");
     assert_eq!(names, policy_names(&offline));
+    // Each sample counts as its edge's connections, so the evidence adds up as it does offline (one sample per
+    // edge alone would give shop/api 9 flows instead of 35). Payments' backends take one more each live: the
+    // sample of a Service edge is the client's record, whose backend only the other end's record named, so
+    // judged again it could have reached either backend.
+    let (live_counts, offline_counts) = (observed(&live), observed(&offline));
+    for (name, &n) in &offline_counts {
+        let live_n = live_counts[name];
+        if name.starts_with("payments/") {
+            assert!(
+                (n..=n + 1).contains(&live_n),
+                "{name}: {live_n} live, {n} offline"
+            );
+        } else {
+            assert_eq!(live_n, n, "{name}");
+        }
+    }
+    assert_eq!(live_counts["shop/weir-api"], 35);
 
     // With proof: the suggestion allows every observed edge it covers.
     let (status, json) = http(port, "GET", "/api/v1/suggest?format=json", &bearer, b"");

@@ -3,7 +3,7 @@
 //! applied on the blocking pool, and checkpoints written by one task, which acknowledges batches to agents
 //! once they are durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use weir_analysis::{
-    Analyzer, SuggestOptions, observed_diff, suggest, suggestion_yaml, write_flow,
+    Analyzer, SampleWeight, SuggestOptions, observed_diff, suggest, suggestion_yaml, write_flow,
 };
 use weir_model::ingest::{
     AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_OLDEST, HEADER_SEQ,
@@ -959,36 +959,67 @@ async fn flow_stream(
     ))
 }
 
-/// The policy set, one record per edge and the cluster ranges.
-type Samples = (Arc<PolicySet>, Vec<FlowRecord>, Vec<weir_model::Cidr>);
-
-/// One record per edge: what suggest and diff re-judge against the cluster as it is now.
-fn samples(s: &Shared, namespace: Option<&str>) -> Result<Samples, ApiError> {
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
-    let records = core
-        .engine
-        .edges()
-        .iter()
-        .filter(|e| {
-            namespace.is_none_or(|ns| {
-                e.key.src.namespace.as_deref() == Some(ns)
-                    || e.key.dst.namespace.as_deref() == Some(ns)
-            })
-        })
-        .map(|e| e.sample.clone())
-        .collect();
-    Ok((
-        Arc::clone(core.engine.policy_set()),
-        records,
-        core.engine.config().cluster_ranges.clone(),
-    ))
+/// One record per edge, what suggest and diff re-judge against the cluster as it is now.
+pub(crate) struct Samples {
+    /// The policy set in force.
+    pub set: Arc<PolicySet>,
+    /// Each edge's sample record.
+    pub records: Vec<FlowRecord>,
+    /// The cluster ranges flows are attributed with.
+    pub ranges: Vec<weir_model::Cidr>,
+    /// What each sample stands for, by Community ID: its edge's connections and span.
+    pub weights: HashMap<String, SampleWeight>,
 }
 
-/// The first lines of a suggestion worked out from [`samples`]: its comments count samples, not connections.
+impl Samples {
+    /// Suggestion options over these samples: their ranges, and evidence counting the edges' connections.
+    pub fn suggest_options(&self) -> SuggestOptions {
+        SuggestOptions {
+            cluster_ranges: self.ranges.clone(),
+            sample_weights: self.weights.clone(),
+            ..SuggestOptions::default()
+        }
+    }
+}
+
+/// The samples of the edges `keep` picks.
+pub(crate) fn samples(s: &Shared, keep: impl Fn(&EdgeStats) -> bool) -> Result<Samples, ApiError> {
+    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let mut records = Vec::new();
+    let mut weights: HashMap<String, SampleWeight> = HashMap::new();
+    for e in core.engine.edges().iter().filter(|e| keep(e)) {
+        records.push(e.sample.clone());
+        if e.sample.community_id.is_empty() {
+            continue;
+        }
+        let weight = SampleWeight {
+            flows: e.flows.max(1),
+            first: e.first_seen,
+            last: e.last_seen,
+        };
+        // Two edges with one sample are two views of the same connections: the larger count, not the sum.
+        weights
+            .entry(e.sample.community_id.clone())
+            .and_modify(|w| {
+                w.flows = w.flows.max(weight.flows);
+                w.first = w.first.min(weight.first);
+                w.last = w.last.max(weight.last);
+            })
+            .or_insert(weight);
+    }
+    Ok(Samples {
+        set: Arc::clone(core.engine.policy_set()),
+        records,
+        ranges: core.engine.config().cluster_ranges.clone(),
+        weights,
+    })
+}
+
+/// The first lines of a suggestion worked out from [`samples`].
 pub(crate) fn samples_caveat(edges: usize) -> String {
     format!(
-        "# worked out by the aggregator from one sample flow per observed edge ({edges} edges): the flow\n\
-         # counts and times in the comments are those samples'; /api/v1/edges has every connection\n"
+        "# worked out by the aggregator from the {edges} observed edges it holds: one sample flow each, counted\n\
+         # as its edge's connections (the first and last seen are the edge's)\n"
     )
 }
 
@@ -1006,7 +1037,7 @@ async fn suggest_policies(
     Query(q): Query<SuggestQuery>,
 ) -> Result<Response, ApiError> {
     read_auth(&s, &headers)?;
-    let (set, records, ranges) = samples(&s, None)?;
+    let samples = samples(&s, |_| true)?;
     let namespace = q.namespace.clone();
     let format = q.format.clone().unwrap_or_else(|| "yaml".into());
     if format != "yaml" && format != "json" {
@@ -1015,9 +1046,14 @@ async fn suggest_policies(
     let result = tokio::task::spawn_blocking(move || {
         let options = SuggestOptions {
             namespaces: namespace.into_iter().collect(),
-            cluster_ranges: ranges.clone(),
-            ..SuggestOptions::default()
+            ..samples.suggest_options()
         };
+        let Samples {
+            set,
+            records,
+            ranges,
+            ..
+        } = samples;
         let analysis = Analyzer::new(&set, &ranges).analyze_sorted(records.clone());
         let suggestion = suggest(&set, &analysis.flows, &options);
         let proof = weir_analysis::prove(&set, &suggestion, &records, &options)
@@ -1060,7 +1096,12 @@ async fn diff(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     read_auth(&s, &headers)?;
-    let (set, records, ranges) = samples(&s, None)?;
+    let Samples {
+        set,
+        records,
+        ranges,
+        ..
+    } = samples(&s, |_| true)?;
     let result = tokio::task::spawn_blocking(move || {
         let mut loader = weir_cluster::SnapshotLoader::default();
         loader

@@ -669,24 +669,13 @@ async fn workload(
     Query(q): Query<WorkloadQuery>,
 ) -> Result<Response, ApiError> {
     read_auth(&s, &headers)?;
-    let (set, ranges, records) = {
-        let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
-        let engine = &core.engine;
-        let records: Vec<_> = engine
-            .edges()
-            .iter()
-            .filter(|e| endpoint_id(&e.key.src) == q.id || endpoint_id(&e.key.dst) == q.id)
-            .map(|e| e.sample.clone())
-            .collect();
-        (
-            Arc::clone(engine.policy_set()),
-            engine.config().cluster_ranges.clone(),
-            records,
-        )
-    };
+    let samples = crate::server::samples(&s, |e| {
+        endpoint_id(&e.key.src) == q.id || endpoint_id(&e.key.dst) == q.id
+    })?;
     let answer = tokio::task::spawn_blocking(move || {
-        let edges = records.len();
-        let analysis = Analyzer::new(&set, &ranges).analyze_sorted(records);
+        let edges = samples.records.len();
+        let options = samples.suggest_options();
+        let analysis = Analyzer::new(&samples.set, &samples.ranges).analyze_sorted(samples.records);
         let (namespace, name) =
             q.id.strip_prefix("pod:")
                 .and_then(|rest| rest.split_once('/'))
@@ -697,7 +686,7 @@ async fn workload(
             namespace.to_owned(),
             name.to_owned(),
         )];
-        weir_map::add_suggestions(&set, &analysis.flows, &ranges, &mut node);
+        weir_map::add_suggestions(&samples.set, &analysis.flows, &options, &mut node);
         let [node] = node;
         WorkloadSuggestion {
             id: q.id,

@@ -2,7 +2,7 @@
 //! rollouts, peers by labels (Services by their backends' labels and target ports), the cluster's DNS, and
 //! outside addresses as ipBlocks, proven against the observed flows with the engine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -52,6 +52,20 @@ pub struct SuggestOptions {
     /// The cluster's address ranges besides the nodes' pod ranges, as the flows were attributed with (the
     /// proof attributes them again).
     pub cluster_ranges: Vec<Cidr>,
+    /// Records that stand for more than themselves, by Community ID: the aggregator keeps one sample record per
+    /// edge, and the evidence should count the edge's connections and span, not the sample. Empty offline.
+    pub sample_weights: HashMap<String, SampleWeight>,
+}
+
+/// What a sample record stands for in the evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleWeight {
+    /// Connections.
+    pub flows: u64,
+    /// First packet of any of them.
+    pub first: Timestamp,
+    /// Last packet of any of them.
+    pub last: Timestamp,
 }
 
 impl Default for SuggestOptions {
@@ -62,11 +76,24 @@ impl Default for SuggestOptions {
             ipv6_prefix: 128,
             include_failed: false,
             cluster_ranges: Vec::new(),
+            sample_weights: HashMap::new(),
         }
     }
 }
 
 impl SuggestOptions {
+    /// What a record counts for in the evidence: itself, or the connections and span it is a sample of.
+    pub fn weight_of(&self, record: &FlowRecord) -> SampleWeight {
+        self.sample_weights
+            .get(&record.community_id)
+            .copied()
+            .unwrap_or(SampleWeight {
+                flows: 1,
+                first: record.start,
+                last: record.end,
+            })
+    }
+
     fn in_scope(&self, ns: &str) -> bool {
         if self.namespaces.is_empty() {
             !is_system_namespace(ns)
@@ -113,10 +140,10 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    fn add(&mut self, record: &FlowRecord, party: String) {
-        self.flows += 1;
-        self.first = Some(self.first.map_or(record.start, |t| t.min(record.start)));
-        self.last = Some(self.last.map_or(record.end, |t| t.max(record.end)));
+    fn add(&mut self, weight: SampleWeight, party: String) {
+        self.flows += weight.flows;
+        self.first = Some(self.first.map_or(weight.first, |t| t.min(weight.first)));
+        self.last = Some(self.last.map_or(weight.last, |t| t.max(weight.last)));
         self.parties.insert(party);
     }
 }
@@ -525,6 +552,7 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
             }
         }
         let record = &flow.record;
+        let weight = options.weight_of(record);
         let proto = record.proto;
         // Covered flows have a port (see `coverage`).
         let Some(port) = flow.judged_port() else {
@@ -586,7 +614,7 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
                 _ => {}
             }
             let draft = drafts.entry(workload).or_default();
-            draft.evidence.add(record, source_name.clone());
+            draft.evidence.add(weight, source_name.clone());
             if let Some(n) = note {
                 draft.notes.insert(n);
             }
@@ -595,7 +623,7 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
                 entry.0.insert((proto, rule_port));
                 entry
                     .1
-                    .add(record, describe(flow.destination, destination_ip));
+                    .add(weight, describe(flow.destination, destination_ip));
             }
         }
 
@@ -642,14 +670,14 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
                 _ => None,
             };
             let draft = drafts.entry(workload).or_default();
-            draft.evidence.add(record, source_name.clone());
+            draft.evidence.add(weight, source_name.clone());
             if let Some(n) = note {
                 draft.notes.insert(n);
             }
             if let Some(peer) = peer {
                 let entry = draft.ingress.entry(peer).or_default();
                 entry.0.insert((proto, rule_port));
-                entry.1.add(record, source_name.clone());
+                entry.1.add(weight, source_name.clone());
             }
         }
     }

@@ -159,11 +159,13 @@ pub fn describe_pods<'a>(
 }
 
 /// Adds to the workload nodes weir's suggested least-privilege policy, from the given judged flows, and what it
-/// would deny among them (judged again with the suggested policies in place of the cluster's).
+/// would deny among them (judged again with the suggested policies in place of the cluster's). `options` gives
+/// the cluster ranges and, for sample records, what each stands for; its namespaces are ignored (every
+/// workload drawn gets its suggestion).
 pub fn add_suggestions(
     set: &PolicySet,
     flows: &[JudgedFlow],
-    cluster_ranges: &[Cidr],
+    options: &SuggestOptions,
     nodes: &mut [MapNode],
 ) {
     let cluster = set.cluster();
@@ -174,8 +176,8 @@ pub fn add_suggestions(
         .collect();
     let mut nodes = Nodes { nodes, index };
     let options = SuggestOptions {
-        cluster_ranges: cluster_ranges.to_vec(),
-        ..SuggestOptions::default()
+        namespaces: Vec::new(),
+        ..options.clone()
     };
     let suggestion = suggest(set, flows, &options);
     for policy in &suggestion.policies {
@@ -186,7 +188,7 @@ pub fn add_suggestions(
     if let Ok(proven) = PolicySet::new(Arc::new(cluster.with_policies(policy_objects(&suggestion))))
     {
         let records = flows.iter().map(|f| f.record.clone()).collect();
-        let judged = Analyzer::new(&proven, cluster_ranges).analyze_sorted(records);
+        let judged = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records);
         let mut denies: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
         for flow in &judged.flows {
             let denied =
@@ -214,7 +216,7 @@ pub fn add_suggestions(
                         .entry(node_id(&pod_group(cluster, pod)))
                         .or_default()
                         .entry(line.clone())
-                        .or_default() += 1;
+                        .or_default() += options.weight_of(&flow.record).flows;
                 }
             }
         }
@@ -256,7 +258,11 @@ pub fn build(
     title: &str,
 ) -> Map {
     let mut map = graph(set, analysis, report, title);
-    add_suggestions(set, &analysis.flows, cluster_ranges, &mut map.nodes);
+    let options = SuggestOptions {
+        cluster_ranges: cluster_ranges.to_vec(),
+        ..SuggestOptions::default()
+    };
+    add_suggestions(set, &analysis.flows, &options, &mut map.nodes);
     map
 }
 

@@ -191,6 +191,8 @@ struct Snapshot {
     flows: Vec<StoredFlow>,
     kept: usize,
     title: String,
+    /// Workloads to show pod by pod (`expand`).
+    expand: BTreeSet<String>,
 }
 
 fn endpoint_id(e: &EndpointKey) -> String {
@@ -224,24 +226,20 @@ fn endpoint_node(e: &EndpointKey) -> MapNode {
     MapNode::new(endpoint_id(e), kind, group, name)
 }
 
-fn edge_verdict(e: &EdgeStats) -> EdgeVerdict {
-    match e.verdict.as_str() {
+/// The map's verdict for the engine's verdict name; `not_isolated` tells an allowed one only because an end is
+/// open.
+fn map_verdict(verdict: &str, not_isolated: bool) -> EdgeVerdict {
+    match verdict {
         "denied" => EdgeVerdict::Denied,
-        "allowed" if e.not_isolated => EdgeVerdict::NotIsolated,
+        "allowed" if not_isolated => EdgeVerdict::NotIsolated,
         "allowed" => EdgeVerdict::Allowed,
         "mixed" => EdgeVerdict::Mixed,
         _ => EdgeVerdict::Unknown,
     }
 }
 
-fn flow_verdict(verdict: &str, parent: EdgeVerdict) -> EdgeVerdict {
-    match verdict {
-        "denied" => EdgeVerdict::Denied,
-        "allowed" if parent == EdgeVerdict::NotIsolated => EdgeVerdict::NotIsolated,
-        "allowed" => EdgeVerdict::Allowed,
-        "mixed" => EdgeVerdict::Mixed,
-        _ => EdgeVerdict::Unknown,
-    }
+fn edge_verdict(e: &EdgeStats) -> EdgeVerdict {
+    map_verdict(&e.verdict, e.not_isolated)
 }
 
 fn alert_line(a: &Alert) -> String {
@@ -392,8 +390,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
         nodes: nodes.into_values().collect(),
         edges,
     };
-    let expand = list(&q.expand);
-    let expanded = expand_pods(&mut map, snap, &expand);
+    let expanded = expand_pods(&mut map, snap, &snap.expand);
     let workloads = map
         .nodes
         .iter()
@@ -472,7 +469,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
             .unwrap_or(EdgeVerdict::Unknown);
         let e = split.entry((from, to)).or_default();
         e.parents.insert((src, dst));
-        let verdict = flow_verdict(&v.verdict, parent);
+        let verdict = map_verdict(&v.verdict, parent == EdgeVerdict::NotIsolated);
         e.verdict = Some(e.verdict.map_or(verdict, |w| w.worst(verdict)));
         let r = &f.record;
         e.ports.insert((r.proto, v.port));
@@ -560,16 +557,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
             .filter(|id| workloads.contains_key(id));
         let mut node = MapNode::new(pod_id(pod), NodeKind::Pod, ns.to_owned(), name.to_owned());
         if let Some(&id) = by_key.get(pod) {
-            let p = cluster.pod(id);
-            node.pods = vec![p.name.clone()];
-            node.labels = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let (ingress, egress) = snap.set.isolating(id);
-            let mut policies: BTreeSet<String> = BTreeSet::new();
-            for &i in ingress.iter().chain(egress) {
-                let policy = &snap.set.policies()[i as usize];
-                policies.insert(format!("{}/{}", policy.namespace, policy.name));
-            }
-            node.policies = policies.into_iter().collect();
+            weir_map::describe_pod(&snap.set, id, &mut node);
         }
         node.parent = parent;
         map.nodes.push(node);
@@ -634,6 +622,7 @@ async fn live(s: &Arc<Shared>, headers: &HeaderMap, q: MapQuery) -> Result<LiveM
             flows,
             kept: engine.recent().len(),
             title,
+            expand,
         }
     };
     tokio::task::spawn_blocking(move || build(&snap, &q))

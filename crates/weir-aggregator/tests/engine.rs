@@ -293,18 +293,22 @@ fn flows_by_port(e: &Engine) -> Vec<(Option<u16>, u64)> {
     v
 }
 
-#[test]
-fn edges_and_alerts_past_the_retention_are_forgotten_and_the_rest_counts_on() {
-    let t0 = 1_000 * S;
-    let retention = Duration::from_secs(600);
-    let mut e = Engine::new(
+/// An engine keeping edges and alerts for `retention`, its baseline learned long before `t0`.
+fn retaining(retention: Duration, t0: i64) -> Engine {
+    Engine::new(
         EngineConfig {
             retention,
             ..config()
         },
         set(),
         Timestamp(t0 - 100 * S),
-    );
+    )
+}
+
+#[test]
+fn edges_and_alerts_past_the_retention_are_forgotten_and_the_rest_counts_on() {
+    let t0 = 1_000 * S;
+    let mut e = retaining(Duration::from_secs(600), t0);
     // Four edges from web: api on 8081 and 8083 last seen at t0, api on 8082 and 8084 ten minutes later.
     for (i, port) in [8081u16, 8082, 8083, 8084].into_iter().enumerate() {
         e.apply(
@@ -386,14 +390,7 @@ fn edges_and_alerts_past_the_retention_are_forgotten_and_the_rest_counts_on() {
 #[test]
 fn an_edge_a_waiting_connection_points_at_is_kept_until_the_connection_is_done() {
     let t0 = 1_000 * S;
-    let mut e = Engine::new(
-        EngineConfig {
-            retention: Duration::from_secs(60),
-            ..config()
-        },
-        set(),
-        Timestamp(t0 - 100 * S),
-    );
+    let mut e = retaining(Duration::from_secs(60), t0);
     // An old connection arrives late (an agent catching up): seen leaving web, waiting for the view from n2.
     let arrived = t0 + 120 * S;
     let out = record(
@@ -446,14 +443,7 @@ fn an_edge_a_waiting_connection_points_at_is_kept_until_the_connection_is_done()
 #[test]
 fn tick_forgets_on_its_own() {
     let t0 = 1_000 * S;
-    let mut e = Engine::new(
-        EngineConfig {
-            retention: Duration::from_secs(60),
-            ..config()
-        },
-        set(),
-        Timestamp(t0 - 100 * S),
-    );
+    let mut e = retaining(Duration::from_secs(60), t0);
     e.apply(
         vec![record("10.1.1.5", 4000, "10.1.2.5", 8080, t0, None)],
         Timestamp(t0),

@@ -139,22 +139,55 @@ pub fn describe_pods<'a>(
         let Some(members) = by_node.get(&node.id) else {
             continue;
         };
-        let mut names: BTreeSet<String> = node.pods.drain(..).collect();
-        let mut labels: BTreeSet<String> = node.labels.drain(..).collect();
-        let mut policies: BTreeSet<String> = node.policies.drain(..).collect();
+        let mut facts = PodFacts::of(node);
         for &pod in members {
-            let p = cluster.pod(pod);
-            names.insert(p.name.clone());
-            labels.extend(p.labels.iter().map(|(k, v)| format!("{k}={v}")));
-            let (ingress, egress) = set.isolating(pod);
-            for &i in ingress.iter().chain(egress) {
-                let policy = &set.policies()[i as usize];
-                policies.insert(format!("{}/{}", policy.namespace, policy.name));
-            }
+            facts.add(set, pod);
         }
-        node.pods = names.into_iter().collect();
-        node.labels = labels.into_iter().collect();
-        node.policies = policies.into_iter().collect();
+        facts.write(node);
+    }
+}
+
+/// Adds one pod's name, labels and selecting policies to a node (a pod drawn on its own).
+pub fn describe_pod(set: &PolicySet, pod: PodId, node: &mut MapNode) {
+    let mut facts = PodFacts::of(node);
+    facts.add(set, pod);
+    facts.write(node);
+}
+
+/// The names, labels and selecting policies of a node's pods, gathered sorted and once each.
+struct PodFacts {
+    names: BTreeSet<String>,
+    labels: BTreeSet<String>,
+    policies: BTreeSet<String>,
+}
+
+impl PodFacts {
+    /// What the node already lists.
+    fn of(node: &mut MapNode) -> PodFacts {
+        PodFacts {
+            names: node.pods.drain(..).collect(),
+            labels: node.labels.drain(..).collect(),
+            policies: node.policies.drain(..).collect(),
+        }
+    }
+
+    fn add(&mut self, set: &PolicySet, pod: PodId) {
+        let p = set.cluster().pod(pod);
+        self.names.insert(p.name.clone());
+        self.labels
+            .extend(p.labels.iter().map(|(k, v)| format!("{k}={v}")));
+        let (ingress, egress) = set.isolating(pod);
+        for &i in ingress.iter().chain(egress) {
+            let policy = &set.policies()[i as usize];
+            self.policies
+                .insert(format!("{}/{}", policy.namespace, policy.name));
+        }
+    }
+
+    fn write(self, node: &mut MapNode) {
+        node.pods = self.names.into_iter().collect();
+        node.labels = self.labels.into_iter().collect();
+        node.policies = self.policies.into_iter().collect();
     }
 }
 

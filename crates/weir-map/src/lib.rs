@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use build::{add_suggestions, build, describe_pods, graph, node_id};
+pub use build::{add_suggestions, build, describe_pod, describe_pods, graph, node_id};
 pub use collapse::{collapse, namespace_id};
 pub use layout::{Layout, Placed, layout};
 pub use page::{APP_CSS, APP_JS, CONTENT_SECURITY_POLICY, live_page, offline_page};

@@ -11,6 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/process.rs"]
+mod process;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -19,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use process::Proc;
 use weir_model::{Direction, FlowRecord, ObservationPoint, Protocol, TcpFlags, Timestamp};
 
 fn now() -> i64 {
@@ -144,16 +148,16 @@ fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut aggregator = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["aggregator", "--cluster"])
-        .arg(dir.join("cluster.json"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
-        .arg(dir.join("data"))
-        .args(["--no-alert-lines", "--learn", "1h"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let aggregator = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["aggregator", "--cluster"])
+            .arg(dir.join("cluster.json"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(dir.join("data"))
+            .args(["--no-alert-lines", "--learn", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let pid = aggregator.id();
     let addr = format!("127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -324,8 +328,7 @@ fn main() {
     let applied = status["totals"]["records"].as_u64().unwrap_or(0);
     let rss = rss_kib(pid, "VmRSS:");
     let peak = rss_kib(pid, "VmHWM:");
-    let _ = aggregator.kill();
-    let _ = aggregator.wait();
+    drop(aggregator);
     let _ = std::fs::remove_dir_all(&dir);
 
     let rate = total_records as f64 / ingest_secs;

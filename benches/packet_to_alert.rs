@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::netns::available;
+use common::process::{Proc, require_root};
 use common::system::{agent, serve, setup, weir};
 use hdrhistogram::Histogram;
 
@@ -44,10 +44,7 @@ for _ in range(int(sys.argv[2])):
     except OSError: pass";
 
 fn main() {
-    if !available() {
-        println!("packet_to_alert: needs root and iproute2 (network namespaces); skipped");
-        return;
-    }
+    require_root();
     let probes: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
@@ -67,14 +64,14 @@ fn main() {
     std::thread::sleep(Duration::from_secs(2));
 
     // The alert stream, each line stamped on arrival.
-    let mut watch = weir()
-        .args(["watch", "--aggregator", &system.url(), "--output", "json"])
-        .args(["--type", "policy-violation"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = watch.stdout.take().unwrap();
+    let mut watch = Proc::spawn(
+        weir()
+            .args(["watch", "--aggregator", &system.url(), "--output", "json"])
+            .args(["--type", "policy-violation"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let stdout = watch.child().stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<(i64, serde_json::Value)>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -90,7 +87,7 @@ fn main() {
         node.pods[1].ip.to_string(),
         node.pods[2].ip.to_string(),
     );
-    let mut load = node.spawn(
+    let load = node.spawn(
         0,
         &[
             "python3",
@@ -108,10 +105,8 @@ fn main() {
     let probing = started.elapsed();
     // The last probe's alert: the flow ends, the agent flushes, the aggregator judges.
     std::thread::sleep(Duration::from_secs(4));
-    let _ = load.kill();
-    let _ = load.wait();
-    let _ = watch.kill();
-    let _ = watch.wait();
+    drop(load);
+    drop(watch);
 
     let sent: HashMap<String, i64> = String::from_utf8_lossy(&out.stdout)
         .lines()

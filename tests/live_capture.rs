@@ -1,6 +1,7 @@
 //! Live capture on real veth interfaces: a bridge "node" with "pod" network namespaces (tests/common/netns.rs),
 //! known traffic between the pods, and weir's ring capture judged against it and against the kernel's own
-//! interface counters. Needs root (CI runs as root); elsewhere the tests say they skipped.
+//! interface counters. Needs root: the tests are ignored by a plain `cargo test` and run by the README's test
+//! command (`-- --include-ignored`), where they fail with the reason if root or a tool is missing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::netns::{Node, available};
+use common::netns::Node;
+use common::process::{Proc, require_root, require_tool};
 use weir_capture::{Batch, RingConfig, RingSource};
 use weir_flow::{FlowConfig, FlowExtractor};
 use weir_model::{Direction, FlowRecord, Protocol, Timestamp};
@@ -99,11 +101,9 @@ t.close(); time.sleep(0.2)
 "#;
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn ring_capture_matches_known_traffic_and_the_kernel_counters() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let node = Node::new("r", 1, 2);
     node.static_neighbours();
     let config = RingConfig {
@@ -146,9 +146,9 @@ fn ring_capture_matches_known_traffic_and_the_kernel_counters() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let server_ip = node.pods[1].ip.to_string();
-    node.exec(0, &["ping", "-c", "5", "-i", "0.05", "-q", &server_ip]);
+    node.ping(0, &server_ip, 5);
     node.exec(0, &["python3", "-c", CLIENT, &server_ip]);
-    let status = server.wait().unwrap();
+    let status = server.wait_for_exit(Duration::from_secs(20));
     assert!(status.success());
     let _ = std::fs::remove_file(&ready);
 
@@ -233,42 +233,40 @@ fn live_records(stdout: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn weir_capture_follows_pods_as_they_come_and_go() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let mut node = Node::new("c", 2, 2);
     node.static_neighbours();
     let pattern = format!(
         "{}*",
         &node.pods[0].host_veth[..node.pods[0].host_veth.len() - 1]
     );
-    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "capture",
-            "-i",
-            &pattern,
-            "--duration",
-            "6s",
-            "--node",
-            "node-t",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let capture = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "capture",
+                "-i",
+                &pattern,
+                "--duration",
+                "6s",
+                "--node",
+                "node-t",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let first = node.pods[1].ip.to_string();
-    node.exec(0, &["ping", "-c", "4", "-i", "0.05", "-q", &first]);
+    node.ping(0, &first, 4);
     // A pod appears during the capture and talks; then the first pod goes away.
     let late = node.add_pod();
     node.static_neighbours();
     std::thread::sleep(Duration::from_millis(1500));
-    node.exec(late, &["ping", "-c", "3", "-i", "0.05", "-q", &first]);
+    node.ping(late, &first, 3);
     std::thread::sleep(Duration::from_millis(300));
     node.remove_pod(0);
-    let out = capture.wait_with_output().unwrap();
+    let out = capture.output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let records = live_records(&String::from_utf8(out.stdout).unwrap());
@@ -323,16 +321,10 @@ fn weir_capture_follows_pods_as_they_come_and_go() {
 }
 
 #[test]
+#[ignore = "needs root: drops its privileges with setpriv (the README's test command runs it)"]
 fn without_cap_net_raw_the_error_says_so() {
-    if !available()
-        || std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("skipped: needs root and setpriv");
-        return;
-    }
+    require_root();
+    require_tool("setpriv", "util-linux");
     // A copy the unprivileged user can reach whatever the checkout's permissions.
     let dir = std::env::temp_dir().join(format!("weir-nocap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -366,11 +358,9 @@ for i in range(int(sys.argv[2])):
 "#;
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn a_full_ring_counts_every_drop() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let node = Node::new("d", 3, 2);
     node.static_neighbours();
     // A tiny ring (two 4 KiB blocks) that nobody reads while 3,000 datagrams cross the veth.
@@ -435,11 +425,9 @@ for _ in range(3):
 "#;
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn worker_threads_share_an_interface_without_splitting_flows() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let node = Node::new("f", 4, 2);
     node.static_neighbours();
     let ready = std::env::temp_dir().join(format!("weir-live-sink-{}", std::process::id()));
@@ -449,24 +437,24 @@ fn worker_threads_share_an_interface_without_splitting_flows() {
     while !ready.exists() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "capture",
-            "-i",
-            &node.pods[0].host_veth,
-            "--duration",
-            "3s",
-            "--threads",
-            "2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let capture = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "capture",
+                "-i",
+                &node.pods[0].host_veth,
+                "--duration",
+                "3s",
+                "--threads",
+                "2",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     node.exec(0, &["python3", "-c", MANY, &node.pods[1].ip.to_string()]);
-    let out = capture.wait_with_output().unwrap();
-    let _ = sink.wait();
+    let out = capture.output();
+    let _ = sink.wait_for_exit(Duration::from_secs(20));
     let _ = std::fs::remove_file(&ready);
     assert!(
         out.status.success(),
@@ -491,43 +479,30 @@ fn worker_threads_share_an_interface_without_splitting_flows() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn the_pnet_fallback_sees_the_same_flows() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let node = Node::new("p", 5, 3);
     node.static_neighbours();
-    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "capture",
-            "--backend",
-            "pnet",
-            "-i",
-            &node.pods[0].host_veth,
-            "--duration",
-            "3s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let capture = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "capture",
+                "--backend",
+                "pnet",
+                "-i",
+                &node.pods[0].host_veth,
+                "--duration",
+                "3s",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     for peer in [1, 2] {
-        node.exec(
-            0,
-            &[
-                "ping",
-                "-c",
-                "4",
-                "-i",
-                "0.05",
-                "-q",
-                &node.pods[peer].ip.to_string(),
-            ],
-        );
+        node.ping(0, &node.pods[peer].ip.to_string(), 4);
     }
-    let out = capture.wait_with_output().unwrap();
+    let out = capture.output();
     assert!(
         out.status.success(),
         "{}",
@@ -549,40 +524,27 @@ fn the_pnet_fallback_sees_the_same_flows() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn ctrl_c_flushes_open_flows_and_prints_the_summary() {
-    if !available() {
-        eprintln!("skipped: live capture tests need root and iproute2");
-        return;
-    }
+    require_root();
     let node = Node::new("i", 6, 2);
     node.static_neighbours();
-    let capture = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "capture",
-            "-i",
-            &node.pods[0].host_veth,
-            "--format",
-            "table",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    node.exec(
-        0,
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.05",
-            "-q",
-            &node.pods[1].ip.to_string(),
-        ],
+    let capture = Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "capture",
+                "-i",
+                &node.pods[0].host_veth,
+                "--format",
+                "table",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
     );
-    common::netns::sh(&["kill", "-INT", &capture.id().to_string()]);
-    let out = capture.wait_with_output().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.ping(0, &node.pods[1].ip.to_string(), 2);
+    capture.signal("INT");
+    let out = capture.output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let table = String::from_utf8(out.stdout).unwrap();

@@ -8,15 +8,13 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::netns::available;
+use common::process::require_root;
 use common::system::*;
 
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn allowed_traffic_is_quiet_denied_traffic_and_a_scan_raise_alerts() {
-    if !available() {
-        eprintln!("skipped: needs root and iproute2");
-        return;
-    }
+    require_root();
     let (node, mut system, _scratch) = setup("s", 7);
     // Agents send to their own listener, as in deploy/kubernetes (the other test uses one listener).
     system.ingest_port = Some(free_port());
@@ -141,36 +139,10 @@ fn allowed_traffic_is_quiet_denied_traffic_and_a_scan_raise_alerts() {
     let _ = agent.child().wait();
 }
 
-fn agent_summary(stderr: &str) -> (u64, u64, u64) {
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("flow records,"))
-        .unwrap_or_else(|| panic!("no summary in {stderr}"));
-    let num = |before: &str| -> u64 {
-        let at = line
-            .find(before)
-            .unwrap_or_else(|| panic!("{before:?} in {line}"));
-        line[..at]
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .trim_end_matches(',')
-            .parse()
-            .unwrap()
-    };
-    (
-        num(" flow records"),
-        num(" acknowledged"),
-        num(" unacknowledged"),
-    )
-}
-
 #[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
 fn an_aggregator_killed_mid_traffic_loses_no_flow() {
-    if !available() {
-        eprintln!("skipped: needs root and iproute2");
-        return;
-    }
+    require_root();
     let (node, system, _scratch) = setup("k", 7);
     let mut aggregator = system.aggregator();
     let mut agent = agent(&system, &node);

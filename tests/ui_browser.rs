@@ -75,10 +75,9 @@ fn report(dir: &Path) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a browser: Chromium and chromedriver (the README's test command runs it)"]
 async fn the_offline_report_draws_the_map_explains_edges_and_runs_no_markup() {
-    let Some(driver) = chromedriver() else {
-        return;
-    };
+    let driver = chromedriver();
     let (dir, _scratch) = scratch("report");
     let html = report(&dir);
     let c = browser(&driver).await;
@@ -204,10 +203,9 @@ async fn press(c: &Client, text: &str) {
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a browser: Chromium and chromedriver (the README's test command runs it)"]
 async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
-    let Some(driver) = chromedriver() else {
-        return;
-    };
+    let driver = chromedriver();
     let (dir, _scratch) = scratch("live");
     let snapshot = hostile_cluster(&dir);
     let (_aggregator, port) = reading_aggregator(&dir, &snapshot, "r3ad-t0ken");
@@ -439,15 +437,11 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and a browser: network namespaces, Chromium (the README's test command runs it)"]
 async fn the_live_map_follows_real_traffic_between_pods() {
     use common::system::{GET, agent, py, serve, setup};
-    if !common::netns::available() {
-        eprintln!("skipped: needs root and iproute2");
-        return;
-    }
-    let Some(driver) = chromedriver() else {
-        return;
-    };
+    common::process::require_root();
+    let driver = chromedriver();
     let (node, system, _scratch) = setup("ui", 7);
     let _aggregator = system.aggregator();
     let _agent = agent(&system, &node);
@@ -515,10 +509,9 @@ async fn the_live_map_follows_real_traffic_between_pods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a browser: Chromium and chromedriver (the README's test command runs it)"]
 async fn two_hundred_workloads_stay_readable() {
-    let Some(driver) = chromedriver() else {
-        return;
-    };
+    let driver = chromedriver();
     let (dir, _scratch) = scratch("scale");
     let (_aggregator, port) = common::system::scale_aggregator(&dir, 4000, "r3ad-t0ken");
     let c = browser(&driver).await;

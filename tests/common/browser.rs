@@ -1,5 +1,6 @@
 //! A real browser for the UI tests: Debian's Chromium, headless, driven through chromedriver with fantoccini
-//! (WebDriver). `.ci/run` installs chromium and chromium-driver; elsewhere the tests are skipped with a message.
+//! (WebDriver). The tests are ignored by a plain `cargo test`; the README's test command installs chromium and
+//! chromium-driver and runs them, and without them they fail saying what to install.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,15 +28,14 @@ impl Drop for Driver {
     }
 }
 
-/// Starts chromedriver on a free port; none (and a message) when Chromium is not installed.
-pub fn chromedriver() -> Option<Driver> {
+/// Starts chromedriver on a free port; fails the test, saying what to install, without Chromium.
+pub fn chromedriver() -> Driver {
     let path = Path::new("/usr/bin/chromedriver");
-    if !path.exists() || !Path::new("/usr/bin/chromium").exists() {
-        eprintln!(
-            "skipped: chromium and chromium-driver are not installed (.ci/run installs them)"
-        );
-        return None;
-    }
+    assert!(
+        path.exists() && Path::new("/usr/bin/chromium").exists(),
+        "this test needs a real browser: apt-get install chromium chromium-driver (the README's test command \
+         installs them)"
+    );
     let port = free_port();
     let child = Command::new(path)
         .arg(format!("--port={port}"))
@@ -48,7 +48,7 @@ pub fn chromedriver() -> Option<Driver> {
         assert!(Instant::now() < deadline, "chromedriver did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(Driver(child, port))
+    Driver(child, port)
 }
 
 /// A headless browser session.

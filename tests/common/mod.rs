@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod netns;
+pub mod process;
 pub mod system;
 
 use std::path::{Path, PathBuf};

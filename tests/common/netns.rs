@@ -9,6 +9,8 @@
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 
+pub use super::process::Proc;
+
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0])
@@ -24,14 +26,31 @@ pub fn sh(args: &[&str]) -> Output {
     out
 }
 
-/// Whether this process may build namespaces (root with `ip`), so tests can say why they skip elsewhere.
-pub fn available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    root && Command::new("ip").arg("-V").output().is_ok()
-}
+/// ICMP echo requests over a raw socket: `python3 -c ICMP_ECHO TARGET COUNT`. Fails when a reply does not come
+/// within two seconds.
+const ICMP_ECHO: &str = r#"
+import os, socket, struct, sys, time
+target, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(2)
+ident = os.getpid() & 0xFFFF
+def checksum(b):
+    total = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+payload = bytes(range(56))
+for seq in range(1, count + 1):
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    s.sendto(struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, seq) + payload, (target, 0))
+    while True:
+        data, _ = s.recvfrom(2048)
+        start = (data[0] & 0x0F) * 4
+        kind, _, _, got_id, got_seq = struct.unpack("!BBHHH", data[start:start + 8])
+        if kind == 0 and got_id == ident and got_seq == seq:
+            break
+    if seq < count:
+        time.sleep(0.05)
+"#;
 
 /// One pod: its namespace, the host side of its veth, its address.
 #[derive(Clone, Debug)]
@@ -157,13 +176,22 @@ impl Node {
         sh(&all)
     }
 
-    /// Starts a command inside a pod's namespace without waiting for it.
-    pub fn spawn(&self, pod: usize, args: &[&str]) -> std::process::Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.pods[pod].netns])
-            .args(args)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    /// `count` ICMP echo requests from a pod to `target`, 50 ms apart, each waiting for its reply (as `ping -c
+    /// COUNT -i 0.05` would, with its 56-byte payload): the test needs no ping binary.
+    pub fn ping(&self, pod: usize, target: &str, count: u32) {
+        self.exec(
+            pod,
+            &["python3", "-c", ICMP_ECHO, target, &count.to_string()],
+        );
+    }
+
+    /// Starts a command inside a pod's namespace without waiting for it; it is killed when the test ends.
+    pub fn spawn(&self, pod: usize, args: &[&str]) -> Proc {
+        Proc::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.pods[pod].netns])
+                .args(args),
+        )
     }
 
     /// An interface counter of a host-side veth (`rx_packets`, `tx_bytes`, ...).
@@ -182,6 +210,16 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         for pod in &self.pods {
+            // Whatever still runs in the pod (a server a failed test never stopped) goes with it: deleting
+            // the namespace's name alone would leave its processes running.
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &pod.netns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).output();
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", &pod.netns])
                 .output();

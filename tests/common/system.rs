@@ -7,29 +7,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::netns::Node;
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-pub struct Proc(pub Option<Child>);
-
-impl Proc {
-    pub fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+pub use super::process::Proc;
 
 /// A scratch directory removed at the end.
 pub struct Scratch(pub PathBuf);
@@ -206,7 +189,37 @@ pub fn setup(tag: &str, subnet: u8) -> (Node, System, Scratch) {
     (node, system, Scratch(dir))
 }
 
+/// The agent's last words: flow records made, acknowledged, and unacknowledged at exit.
+pub fn agent_summary(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("flow records,"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    let num = |before: &str| -> u64 {
+        let at = line
+            .find(before)
+            .unwrap_or_else(|| panic!("{before:?} in {line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap()
+    };
+    (
+        num(" flow records"),
+        num(" acknowledged"),
+        num(" unacknowledged"),
+    )
+}
+
 pub fn agent(system: &System, node: &Node) -> Proc {
+    agent_with(system, node, &["--active-timeout", "1s"])
+}
+
+/// The agent with its arguments after the common ones (`--active-timeout` is one of them: give it).
+pub fn agent_with(system: &System, node: &Node, extra: &[&str]) -> Proc {
     let pattern = format!(
         "{}*",
         &node.pods[0].host_veth[..node.pods[0].host_veth.len() - 1]
@@ -223,14 +236,8 @@ pub fn agent(system: &System, node: &Node) -> Proc {
         ])
         .arg("--token-file")
         .arg(&system.token)
-        .args([
-            "--listen",
-            "none",
-            "--active-timeout",
-            "1s",
-            "--flush",
-            "200ms",
-        ])
+        .args(["--listen", "none", "--flush", "200ms"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

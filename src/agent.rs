@@ -61,6 +61,11 @@ pub struct AgentArgs {
     /// Stop after this long (default: until SIGINT/SIGTERM).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// On SIGTERM (or SIGINT, or the end of `--duration`): how long to keep sending what is held and waiting
+    /// for the aggregator's acknowledgements before exiting. Keep it below the pod's
+    /// terminationGracePeriodSeconds (30 s by default), or the kubelet's SIGKILL comes first.
+    #[arg(long, env = "WEIR_DRAIN", default_value = "20s", value_parser = parse_duration)]
+    drain: Duration,
     /// Capture threads (a fanout group per interface).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -86,7 +91,8 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
     Ok(token)
 }
 
-/// Sets the flag on SIGINT and SIGTERM.
+/// Sets the flag on SIGINT, SIGTERM and SIGHUP. A handler is installed for each, so the signal also reaches
+/// weir when it runs as PID 1 of a container (the kernel drops signals PID 1 has no handler for).
 pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -145,7 +151,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
             max_backoff: Duration::from_secs(5),
         },
         listen,
-        drain: Duration::from_secs(10),
+        drain: args.drain,
     };
     let stop = stop_on_signals()?;
     let summary = weir_agent::run(config, stop)?;

@@ -178,7 +178,7 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let follow = async move {
         let mut out = std::io::stdout().lock();
         let mut printed = 0u64;
         let get = |url: String| {
@@ -291,7 +291,27 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
             eprintln!("weir watch: the stream ended; reconnecting");
             tokio::time::sleep(backoff).await;
         }
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            result = follow => result,
+            stopped = stop_signal() => stopped.map(|()| ExitCode::SUCCESS),
+        }
     })
+}
+
+/// SIGINT, SIGTERM or SIGHUP: `weir watch` ends as a finished stream does (exit 0). The handlers also make it
+/// stoppable as PID 1 of a container, where signals without a handler are dropped.
+async fn stop_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("installing the SIGINT handler")?,
+        _ = term.recv() => {}
+        _ = hangup.recv() => {}
+    }
+    Ok(())
 }
 
 fn print_alert(out: &mut impl Write, a: &Alert, json: bool, color: bool) -> Result<()> {

@@ -238,7 +238,13 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
             )?;
         }
     }
-    server::checkpoint_once(&shared, &store).await;
+    server::checkpoint_once(&shared, &store)
+        .await
+        .map_err(|e| anyhow::anyhow!("stopping: the last checkpoint failed: {e}"))?;
+    eprintln!(
+        "weir aggregator: stopped; the last checkpoint is written to {}",
+        config.data.display()
+    );
     Ok(())
 }
 

@@ -542,15 +542,21 @@ pub async fn checkpoint_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        checkpoint_once(&s, &store).await;
+        // A failure is counted and reported inside; the next tick writes everything again.
+        let _ = checkpoint_once(&s, &store).await;
     }
 }
 
-/// Writes one checkpoint now.
-pub async fn checkpoint_once(s: &Arc<Shared>, store: &Arc<Mutex<crate::store::Store>>) {
+/// Writes one checkpoint now; on failure every change is kept for the next one and the reason is returned.
+pub async fn checkpoint_once(
+    s: &Arc<Shared>,
+    store: &Arc<Mutex<crate::store::Store>>,
+) -> Result<(), String> {
     let now = now();
     let (checkpoint, covered) = {
-        let Ok(mut core) = s.core.lock() else { return };
+        let Ok(mut core) = s.core.lock() else {
+            return Err("the engine lock is poisoned".to_owned());
+        };
         core.engine.tick(now);
         let deliveries = core.engine.take_deliveries();
         let (edges, alerts, flows) = core.engine.take_changes();
@@ -609,6 +615,7 @@ pub async fn checkpoint_once(s: &Arc<Shared>, store: &Arc<Mutex<crate::store::St
                     }
                 }
             }
+            Ok(())
         }
         Some(message) => {
             s.counters
@@ -620,6 +627,7 @@ pub async fn checkpoint_once(s: &Arc<Shared>, store: &Arc<Mutex<crate::store::St
             if let Ok(mut core) = s.core.lock() {
                 core.engine.mark_all_dirty();
             }
+            Err(message)
         }
     }
 }

@@ -452,15 +452,7 @@ fn a_refused_list_is_a_clear_error_and_leaves_the_old_snapshot() {
 
 #[test]
 fn the_binary_is_a_kubectl_plugin() {
-    if Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: kubectl is not installed (.ci/run installs it)");
-        return;
-    }
+    common::process::require_tool("kubectl", "kubernetes-client");
     let server = server();
     let (scratch, kubeconfig) = scratch("plugin", server.port);
     let bin = scratch.0.join("bin");

@@ -81,17 +81,16 @@ fn scalar_text(value: &Value) -> String {
     }
 }
 
-/// Plain when it is made of harmless characters and the YAML reader weir uses reads it back as this very
-/// string (not `0x1F` as a number, not `no` as a boolean), double-quoted otherwise: JSON escapes are valid YAML.
+/// Plain when it is made of harmless characters and every YAML reader reads it back as this very string,
+/// double-quoted otherwise (JSON escapes are valid YAML). Two kinds of reader matter: the YAML 1.2 one weir
+/// uses, and the YAML 1.1 ones of kubectl, kustomize and PyYAML, which also read `1_000` and `0b11` as
+/// numbers, `0o17`-like and `2026-01-01` as other types, and `yes`, `on`, `y`, `~` as booleans or null.
 fn string_text(s: &str) -> String {
     let harmless = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
         && !s.starts_with(['-', '.'])
-        && !matches!(
-            s.to_ascii_lowercase().as_str(),
-            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | "inf" | "nan"
-        );
+        && !yaml_1_1_non_string(s);
     let plain = harmless
         && serde_saphyr::from_str::<serde_json::Value>(s).is_ok_and(|v| v.as_str() == Some(s));
     if plain {
@@ -99,6 +98,23 @@ fn string_text(s: &str) -> String {
     } else {
         serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_owned())
     }
+}
+
+/// Whether a YAML 1.1 reader could resolve a plain scalar to something other than a string: its booleans and
+/// nulls (any case), and anything that starts like a number and holds only what numbers, dates and times are
+/// made of (digits, hex digits, the base markers, `_`, signs, dots, colons). Wider than the 1.1 rules, on
+/// purpose: quoting a string that needed none costs nothing, and the reverse changes the object.
+fn yaml_1_1_non_string(s: &str) -> bool {
+    let keyword = matches!(
+        s.to_ascii_lowercase().as_str(),
+        "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | "~"
+    );
+    let numeric = s.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+        && s.chars().all(|c| {
+            c.is_ascii_hexdigit()
+                || matches!(c, 'x' | 'X' | 'o' | 'O' | '_' | '+' | '-' | '.' | ':')
+        });
+    keyword || numeric
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub struct AnalyzeArgs {
     /// `weir suggest` output, a policy change under review).
     #[arg(long, value_name = "PATH")]
     policies: Vec<PathBuf>,
+    /// The namespace of --policies objects that name none (as `kubectl apply -n` places them).
+    #[arg(long, short = 'n', value_name = "NS", requires = "policies")]
+    namespace: Option<String>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = AnalyzeFormat::Text)]
     format: AnalyzeFormat,
@@ -192,7 +195,10 @@ fn analyze_inputs(
     let (tx, rx) = crossbeam_channel::bounded::<Chunk>(1024);
     std::thread::scope(|scope| {
         let judge = scope.spawn(move || -> Result<(PolicySet, Analysis, Report)> {
-            let policies = (!args.policies.is_empty()).then_some(args.policies.as_slice());
+            let policies = (!args.policies.is_empty()).then_some(snapshot::PolicyFiles {
+                paths: &args.policies,
+                namespace: args.namespace.as_deref(),
+            });
             let set = snapshot::load_with(&args.cluster, kube, policies)?;
             let (analysis, report) = {
                 let mut stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);

@@ -41,6 +41,10 @@ pub struct DiffArgs {
     /// The policies after the change (files or directories; default: the snapshot's).
     #[arg(long, value_name = "PATH")]
     policies_after: Vec<PathBuf>,
+    /// The namespace of --policies-before/--policies-after objects that name none (as `kubectl apply -n`
+    /// places them).
+    #[arg(long, short = 'n', value_name = "NS")]
+    namespace: Option<String>,
     /// Report format.
     #[arg(long, value_enum, default_value_t = AnalyzeFormat::Text)]
     format: AnalyzeFormat,
@@ -75,6 +79,11 @@ pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
     }
     let traffic = !args.captures.is_empty() || !args.flows.is_empty();
     if args.policies_before.is_empty() && args.policies_after.is_empty() {
+        if args.namespace.is_some() {
+            bail!(
+                "-n/--namespace places the objects of --policies-before/--policies-after; give one of them"
+            );
+        }
         if !traffic {
             bail!(
                 "give traffic (captures or --flows) to compare with the policies in force, or \
@@ -87,7 +96,13 @@ pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let base = snapshot::load(&args.cluster, kube)?;
     let side = |paths: Option<&[PathBuf]>| -> Result<PolicySet> {
         match paths {
-            Some(paths) => snapshot::with_policies(&base, paths),
+            Some(paths) => snapshot::with_policies(
+                &base,
+                snapshot::PolicyFiles {
+                    paths,
+                    namespace: args.namespace.as_deref(),
+                },
+            ),
             None => PolicySet::new(std::sync::Arc::new(base.cluster().clone()))
                 .context("cannot use the cluster's NetworkPolicies"),
         }

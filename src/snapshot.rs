@@ -33,28 +33,42 @@ pub fn load(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
     load_with(paths, kube, None)
 }
 
+/// NetworkPolicy files given on the command line (`--policies`, `--policies-before`...), and the namespace
+/// (`-n`) for the ones that name none.
+#[derive(Clone, Copy)]
+pub struct PolicyFiles<'a> {
+    /// Files or directories.
+    pub paths: &'a [PathBuf],
+    /// Where objects without `metadata.namespace` go, as with `kubectl apply -n`.
+    pub namespace: Option<&'a str>,
+}
+
 /// The NetworkPolicies in files or directories (anything else in them is ignored).
-pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<weir_cluster::PolicyObject>> {
-    let (state, _) = ClusterState::load(paths).context("cannot load the policies")?;
+pub fn load_policies(files: PolicyFiles) -> Result<Vec<weir_cluster::PolicyObject>> {
+    let loaded = match files.namespace {
+        Some(namespace) => ClusterState::load_in(files.paths, namespace),
+        None => ClusterState::load(files.paths),
+    };
+    let (state, _) = loaded.context("cannot load the policies")?;
     Ok(state.policies().to_vec())
 }
 
-/// [`load`], with `policies` (when given) in force instead of the snapshot's own.
+/// [`load`], with the policies of `policies` (when given) in force instead of the snapshot's own.
 pub fn load_with(
     paths: &[PathBuf],
     kube: &KubeArgs,
-    policies: Option<&[PathBuf]>,
+    policies: Option<PolicyFiles>,
 ) -> Result<PolicySet> {
     let set = load_cluster(paths, kube)?;
     match policies {
         None => Ok(set),
-        Some(policy_paths) => with_policies(&set, policy_paths),
+        Some(files) => with_policies(&set, files),
     }
 }
 
-/// The cluster of `set` with the NetworkPolicies in `paths` in force instead of its own.
-pub fn with_policies(set: &PolicySet, paths: &[PathBuf]) -> Result<PolicySet> {
-    let cluster = set.cluster().with_policies(load_policies(paths)?);
+/// The cluster of `set` with the NetworkPolicies in `files` in force instead of its own.
+pub fn with_policies(set: &PolicySet, files: PolicyFiles) -> Result<PolicySet> {
+    let cluster = set.cluster().with_policies(load_policies(files)?);
     PolicySet::new(Arc::new(cluster)).context("cannot use the given NetworkPolicies")
 }
 

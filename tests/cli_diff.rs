@@ -161,3 +161,75 @@ fn two_policy_sets_without_traffic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give traffic"));
 }
+
+/// Policy files as repositories keep them, without `metadata.namespace`: refused with a word about `-n`,
+/// placed by `-n` as `kubectl apply -n` places them (the same answer as the file with its namespace), and an
+/// object naming another namespace refused as kubectl refuses it.
+#[test]
+fn namespace_less_policy_files_go_where_n_says() {
+    let dir = std::env::temp_dir().join(format!("weir-nsless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lockdown =
+        std::fs::read_to_string(root().join("pcaps/policies/shop-lockdown.yaml")).unwrap();
+    let bare = dir.join("lockdown.yaml");
+    std::fs::write(&bare, lockdown.replace("  namespace: shop\n", "")).unwrap();
+    let bare = bare.to_str().unwrap();
+    let args = ["diff", CAPTURE, "--cluster", CLUSTER, "--format", "json"];
+
+    let refused = weir(&[&args[..], &["--policies-after", bare]].concat());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("metadata.namespace") && stderr.contains("-n/--namespace"),
+        "{stderr}"
+    );
+
+    let placed = weir(&[&args[..], &["--policies-after", bare, "-n", "shop"]].concat());
+    let kept = weir(&[&args[..], &["--policies-after", "pcaps/policies"]].concat());
+    assert_eq!(placed.status.code(), Some(3));
+    // The same answer; only the description of where the policies came from differs.
+    let answer = |out: &Output| {
+        let mut doc: Value = serde_json::from_str(&stdout(out)).unwrap();
+        doc.as_object_mut().unwrap().remove("after");
+        doc
+    };
+    assert!(
+        answer(&placed) == answer(&kept),
+        "-n shop gave another answer"
+    );
+
+    let other = weir(
+        &[
+            &args[..],
+            &["--policies-after", "pcaps/policies", "-n", "payments"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"shop\" does not match the namespace \"payments\""),
+        "{stderr}"
+    );
+
+    // analyze takes it the same way.
+    let analyzed = weir(&[
+        "analyze",
+        CAPTURE,
+        "--cluster",
+        CLUSTER,
+        "--policies",
+        bare,
+        "-n",
+        "shop",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        analyzed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&analyzed.stderr)
+    );
+    assert!(stdout(&analyzed).contains("shop/lockdown"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

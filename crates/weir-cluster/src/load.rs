@@ -122,6 +122,8 @@ pub struct SnapshotLoader {
     replica_sets: HashMap<(String, String), Option<OwnerReference>>,
     jobs: HashMap<(String, String), Option<OwnerReference>>,
     policies: BTreeMap<(String, String), PolicyObject>,
+    /// Where namespaced objects without `metadata.namespace` go (`-n`, as `kubectl apply -n` places them).
+    default_namespace: Option<String>,
 }
 
 impl ClusterState {
@@ -133,9 +135,32 @@ impl ClusterState {
         }
         Ok(loader.finish())
     }
+
+    /// [`ClusterState::load`], placing namespaced objects that have no `metadata.namespace` in `namespace`,
+    /// as `kubectl apply -n` does (policy files kept in a repository usually leave it out); an object naming
+    /// another namespace is an error, as with kubectl.
+    pub fn load_in<P: AsRef<Path>>(
+        paths: &[P],
+        namespace: &str,
+    ) -> Result<(ClusterState, LoadReport), LoadError> {
+        let mut loader = SnapshotLoader::in_namespace(namespace);
+        for path in paths {
+            loader.add_path(path.as_ref())?;
+        }
+        Ok(loader.finish())
+    }
 }
 
 impl SnapshotLoader {
+    /// A loader that places namespaced objects without `metadata.namespace` in `namespace` (see
+    /// [`ClusterState::load_in`]).
+    pub fn in_namespace(namespace: &str) -> SnapshotLoader {
+        SnapshotLoader {
+            default_namespace: Some(namespace.to_owned()),
+            ..SnapshotLoader::default()
+        }
+    }
+
     /// Adds a file, or every `.yaml`/`.yml`/`.json` file under a directory (recursively, in name order).
     pub fn add_path(&mut self, path: &Path) -> Result<(), LoadError> {
         let io = |source| LoadError::Io {
@@ -268,6 +293,17 @@ impl SnapshotLoader {
         kind: &str,
         value: Value,
     ) -> Result<(), LoadError> {
+        let mut value = value;
+        if let Some(namespace) = &self.default_namespace
+            && !matches!(kind, "Namespace" | "Node")
+        {
+            place_in_namespace(&mut value, namespace).map_err(|message| LoadError::Object {
+                path: path.to_owned(),
+                object: ObjectRef::of(kind, &value).to_string(),
+                field: "metadata.namespace".to_owned(),
+                message,
+            })?;
+        }
         let object = ObjectRef::of(kind, &value);
         let cx = Context { path, object };
         let replaced = match kind {
@@ -347,6 +383,7 @@ impl SnapshotLoader {
             replica_sets,
             jobs,
             policies,
+            default_namespace: _,
         } = self;
 
         // Pods on nodes the snapshot lacks: the node is still real, and hostNetwork pods carry its address.
@@ -471,6 +508,36 @@ impl SnapshotLoader {
             attach_slice(&mut state, slice);
         }
         (state, report)
+    }
+}
+
+/// Puts a namespaced object without `metadata.namespace` in `namespace`; an object in another namespace is
+/// refused, as `kubectl apply -n` refuses it.
+fn place_in_namespace(value: &mut Value, namespace: &str) -> Result<(), String> {
+    let Some(object) = value.as_object_mut() else {
+        return Ok(());
+    };
+    let metadata = object
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return Ok(());
+    };
+    match metadata.get("namespace") {
+        None | Some(Value::Null) => {
+            metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
+            Ok(())
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            metadata.insert("namespace".to_owned(), Value::String(namespace.to_owned()));
+            Ok(())
+        }
+        Some(Value::String(s)) if s == namespace => Ok(()),
+        Some(Value::String(s)) => Err(format!(
+            "{s:?} does not match the namespace {namespace:?} given with -n/--namespace (leave -n out, or \
+             the namespace out of the file)"
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -609,7 +676,8 @@ impl Context<'_> {
             .ok_or_else(|| {
                 self.error(
                     "metadata.namespace",
-                    "missing (export with `kubectl get ... -A -o yaml`, which keeps namespaces)",
+                    "missing: give -n/--namespace to place objects without one, as `kubectl apply -n` \
+                     does (snapshots from `kubectl get ... -A -o yaml` keep their namespaces)",
                 )
             })
     }

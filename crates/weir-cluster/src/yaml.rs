@@ -101,20 +101,41 @@ fn string_text(s: &str) -> String {
 }
 
 /// Whether a YAML 1.1 reader could resolve a plain scalar to something other than a string: its booleans and
-/// nulls (any case), and anything that starts like a number and holds only what numbers, dates and times are
-/// made of (digits, hex digits, the base markers, `_`, signs, dots, colons). Wider than the 1.1 rules, on
-/// purpose: quoting a string that needed none costs nothing, and the reverse changes the object.
+/// nulls (any case), and what looks like one of its numbers or dates: `0x`, `0b` (and YAML 1.2's `0o`)
+/// numbers, and anything starting with a digit or dot made only of digits, `_`, signs, colons, `e` and at
+/// most one dot (integers with `_`, floats, sexagesimals, `2026-01-01`). A bit wider than the 1.1 rules, on
+/// purpose: quoting a string that needed none costs nothing, the reverse changes the object. Dotted quads and
+/// UIDs stay plain.
 fn yaml_1_1_non_string(s: &str) -> bool {
     let keyword = matches!(
         s.to_ascii_lowercase().as_str(),
         "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | "~"
     );
-    let numeric = s.starts_with(|c: char| c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
-        && s.chars().all(|c| {
-            c.is_ascii_hexdigit()
-                || matches!(c, 'x' | 'X' | 'o' | 'O' | '_' | '+' | '-' | '.' | ':')
-        });
-    keyword || numeric
+    keyword || number_like(s)
+}
+
+fn number_like(s: &str) -> bool {
+    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let lower = body.to_ascii_lowercase();
+    let digits_of = |prefix: &str, ok: fn(char) -> bool| {
+        lower
+            .strip_prefix(prefix)
+            .map(|rest| rest.chars().all(|c| ok(c) || c == '_'))
+    };
+    if let Some(hex) = digits_of("0x", |c| c.is_ascii_hexdigit()) {
+        return hex;
+    }
+    if let Some(binary) = digits_of("0b", |c| matches!(c, '0' | '1')) {
+        return binary;
+    }
+    if let Some(octal) = digits_of("0o", |c| matches!(c, '0'..='7')) {
+        return octal;
+    }
+    body.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.' | ':' | 'e' | 'E' | '+' | '-'))
+        && body.matches('.').count() <= 1
 }
 
 #[cfg(test)]

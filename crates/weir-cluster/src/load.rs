@@ -28,7 +28,8 @@ use serde_json::Value;
 use weir_model::{Cidr, Protocol, Timestamp};
 
 use crate::state::{
-    Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeId, Pod, PodId,
+    Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeAddress,
+    NodeAddressSource, NodeId, Pod, PodId,
     PolicyObject, Service, ServiceId, ServicePort, TargetPort, Workload, WorkloadKind,
 };
 
@@ -397,8 +398,11 @@ impl SnapshotLoader {
                 });
                 if pod.host_network {
                     for ip in &pod.ips {
-                        if !node.addresses.contains(ip) {
-                            node.addresses.push(*ip);
+                        if !node.has_address(*ip) {
+                            node.addresses.push(NodeAddress {
+                                ip: *ip,
+                                source: NodeAddressSource::HostNetworkPod,
+                            });
                         }
                     }
                 }
@@ -468,8 +472,10 @@ impl SnapshotLoader {
             }
         }
         for (index, node) in state.nodes.iter().enumerate() {
-            for ip in &node.addresses {
-                state.by_ip.insert(*ip, IpOwner::Node(NodeId(index as u32)));
+            for address in node.addresses.iter().filter(|a| a.source.is_listed()) {
+                state
+                    .by_ip
+                    .insert(address.ip, IpOwner::Node(NodeId(index as u32)));
             }
         }
         for (index, pod) in state.pods.iter().enumerate() {
@@ -495,6 +501,7 @@ impl SnapshotLoader {
                 }
             }
         }
+        claim_inferred_node_addresses(&mut state);
         for (index, service) in state.services.iter().enumerate() {
             let id = ServiceId(index as u32);
             state
@@ -508,6 +515,70 @@ impl SnapshotLoader {
             attach_slice(&mut state, slice);
         }
         (state, report)
+    }
+}
+
+/// Node annotations in which CNIs publish the node's own addresses inside the pod range: Calico's IPIP,
+/// VXLAN and WireGuard devices (and the address it detected for the node), Cilium's `cilium_host` (both
+/// spellings), Flannel's public address.
+const NODE_ADDRESS_ANNOTATIONS: [&str; 12] = [
+    "projectcalico.org/IPv4Address",
+    "projectcalico.org/IPv6Address",
+    "projectcalico.org/IPv4IPIPTunnelAddr",
+    "projectcalico.org/IPv4VXLANTunnelAddr",
+    "projectcalico.org/IPv6VXLANTunnelAddr",
+    "projectcalico.org/IPv4WireguardInterfaceAddr",
+    "projectcalico.org/IPv6WireguardInterfaceAddr",
+    "network.cilium.io/ipv4-cilium-host",
+    "network.cilium.io/ipv6-cilium-host",
+    "io.cilium.network.ipv4-cilium-host",
+    "io.cilium.network.ipv6-cilium-host",
+    "flannel.alpha.coreos.com/public-ip",
+];
+
+/// Gives nodes the addresses weir infers for them (annotations, each podCIDR's first host and network
+/// address) where no pod holds the address now or held it before: pods come first, and an inferred address
+/// never hides one.
+fn claim_inferred_node_addresses(state: &mut ClusterState) {
+    for index in 0..state.nodes.len() {
+        let node = &state.nodes[index];
+        let mut candidates: Vec<NodeAddress> = node
+            .addresses
+            .iter()
+            .filter(|a| !a.source.is_listed())
+            .cloned()
+            .collect();
+        for cidr in &node.pod_cidrs {
+            if let Some(ip) = cidr.first_host() {
+                candidates.push(NodeAddress {
+                    ip,
+                    source: NodeAddressSource::PodCidrGateway(*cidr),
+                });
+            }
+            candidates.push(NodeAddress {
+                ip: cidr.network(),
+                source: NodeAddressSource::PodCidrNetwork(*cidr),
+            });
+        }
+        let mut kept: Vec<NodeAddress> = node
+            .addresses
+            .iter()
+            .filter(|a| a.source.is_listed())
+            .cloned()
+            .collect();
+        for candidate in candidates {
+            if kept.iter().any(|a| a.ip == candidate.ip)
+                || state.by_ip.contains_key(&candidate.ip)
+                || state.former_tenants.contains_key(&candidate.ip)
+            {
+                continue;
+            }
+            state
+                .by_ip
+                .insert(candidate.ip, IpOwner::Node(NodeId(index as u32)));
+            kept.push(candidate);
+        }
+        state.nodes[index].addresses = kept;
     }
 }
 
@@ -708,14 +779,35 @@ impl Context<'_> {
 
     fn node(&self, node: core::Node) -> Result<Node, LoadError> {
         let name = self.name(&node.metadata)?;
-        let mut addresses = Vec::new();
+        let mut addresses: Vec<NodeAddress> = Vec::new();
         let listed = node.status.and_then(|s| s.addresses).unwrap_or_default();
         for (i, address) in listed.iter().enumerate() {
             if address.type_ == "InternalIP" || address.type_ == "ExternalIP" {
                 let ip = self.ip(format!("status.addresses[{i}].address"), &address.address)?;
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
+                if !addresses.iter().any(|a| a.ip == ip) {
+                    addresses.push(NodeAddress {
+                        ip,
+                        source: NodeAddressSource::Status(address.type_.clone()),
+                    });
                 }
+            }
+        }
+        // The CNIs' own word on the node's addresses inside the pod range. These annotations are not part of
+        // the API: a value that is not an address is left out rather than refusing the node.
+        let annotations = node.metadata.annotations.unwrap_or_default();
+        for key in NODE_ADDRESS_ANNOTATIONS {
+            let Some(value) = annotations.get(key) else {
+                continue;
+            };
+            let text = value.trim();
+            let text = text.split_once('/').map_or(text, |(ip, _)| ip);
+            if let Ok(ip) = text.parse::<IpAddr>()
+                && !addresses.iter().any(|a| a.ip == ip)
+            {
+                addresses.push(NodeAddress {
+                    ip,
+                    source: NodeAddressSource::Annotation(key.to_owned()),
+                });
             }
         }
         let spec = node.spec.unwrap_or_default();

@@ -45,10 +45,86 @@ pub struct Node {
     pub name: String,
     /// Labels.
     pub labels: Labels,
-    /// `status.addresses` of type InternalIP and ExternalIP.
-    pub addresses: Vec<IpAddr>,
+    /// Every address that is the node's, each with the rule that made it so.
+    pub addresses: Vec<NodeAddress>,
     /// `spec.podCIDRs` (or `spec.podCIDR`): the ranges its pods get addresses from, when the CNI uses them.
     pub pod_cidrs: Vec<Cidr>,
+}
+
+impl Node {
+    /// Whether `ip` is one of the node's addresses.
+    pub fn has_address(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|a| a.ip == ip)
+    }
+
+    /// The rule that made `ip` the node's, if it is.
+    pub fn address_source(&self, ip: IpAddr) -> Option<&NodeAddressSource> {
+        self.addresses.iter().find(|a| a.ip == ip).map(|a| &a.source)
+    }
+}
+
+/// One address of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// Why it is the node's.
+    pub source: NodeAddressSource,
+}
+
+/// Why an address is a node's. Besides the addresses the API lists, a node talks to its own pods from
+/// addresses inside the pod range (kubelet probes come from them), which attribution must not call unknown
+/// pods: the bridge of kubenet and bridge CNIs (`cbr0`, `cni0`: the first host of the node's podCIDR), Flannel's
+/// VXLAN device (`flannel.1`: the podCIDR's network address), Calico's tunnel and WireGuard devices and
+/// Cilium's `cilium_host` (published as node annotations), and whatever else the node's agent reports.
+/// Addresses inside the pod range are the node's only while no pod holds them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum NodeAddressSource {
+    /// `status.addresses` of this type (InternalIP or ExternalIP).
+    Status(String),
+    /// A hostNetwork pod on the node reports it as its address.
+    HostNetworkPod,
+    /// The first host of this podCIDR, held by no pod: the node's bridge (`cbr0`, `cni0`).
+    PodCidrGateway(Cidr),
+    /// The network address of this podCIDR, held by no pod: Flannel's `flannel.1`.
+    PodCidrNetwork(Cidr),
+    /// This node annotation of the CNI (Calico's tunnel or WireGuard address, Cilium's `cilium_host`).
+    Annotation(String),
+    /// weir's agent on the node reported it as the address of this interface of the node.
+    Interface(String),
+}
+
+impl fmt::Display for NodeAddressSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeAddressSource::Status(kind) => write!(f, "status.addresses ({kind})"),
+            NodeAddressSource::HostNetworkPod => f.write_str("the address of a hostNetwork pod on it"),
+            NodeAddressSource::PodCidrGateway(cidr) => write!(
+                f,
+                "the first address of its podCIDR {cidr}, held by no pod (the node's bridge, cbr0 or cni0)"
+            ),
+            NodeAddressSource::PodCidrNetwork(cidr) => write!(
+                f,
+                "the network address of its podCIDR {cidr}, held by no pod (Flannel's flannel.1)"
+            ),
+            NodeAddressSource::Annotation(key) => write!(f, "its annotation {key}"),
+            NodeAddressSource::Interface(name) => {
+                write!(f, "its interface {name}, as weir's agent on it reported")
+            }
+        }
+    }
+}
+
+impl NodeAddressSource {
+    /// Whether the API lists the address as the node's (status, or a hostNetwork pod), as opposed to a rule
+    /// weir applies; such an address wins over a pod that claims it, an inferred one only counts while no
+    /// pod holds it.
+    pub fn is_listed(&self) -> bool {
+        matches!(
+            self,
+            NodeAddressSource::Status(_) | NodeAddressSource::HostNetworkPod
+        )
+    }
 }
 
 /// A port a container declares (`spec.containers[].ports[]`), which named policy and Service ports resolve to.

@@ -262,7 +262,7 @@ fn bad_input_names_the_file_the_object_and_the_field() {
         ),
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\n",
-            "inline.yaml: Pod web: field `metadata.namespace`: missing (export with `kubectl get ... -A -o yaml`, which keeps namespaces)",
+            "inline.yaml: Pod web: field `metadata.namespace`: missing: give -n/--namespace to place objects without one, as `kubectl apply -n` does (snapshots from `kubectl get ... -A -o yaml` keep their namespaces)",
         ),
         (
             "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: n}\nspec:\n  ports: [{port: 80, protocol: ICMP}]\n",

@@ -51,6 +51,16 @@ impl Cidr {
         self.network
     }
 
+    /// The address after the network address, when the block has one: where a bridge or gateway of the
+    /// block usually sits (`10.244.1.1` of `10.244.1.0/24`).
+    pub fn first_host(&self) -> Option<IpAddr> {
+        match self.network {
+            IpAddr::V4(v4) if self.prefix < 32 => Some(IpAddr::V4((u32::from(v4) + 1).into())),
+            IpAddr::V6(v6) if self.prefix < 128 => Some(IpAddr::V6((u128::from(v6) + 1).into())),
+            _ => None,
+        }
+    }
+
     /// The prefix length.
     pub fn prefix(&self) -> u8 {
         self.prefix
@@ -91,6 +101,15 @@ impl fmt::Display for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_host_follows_the_network_address() {
+        let first = |t: &str| Cidr::parse(t).unwrap().first_host().map(|ip| ip.to_string());
+        assert_eq!(first("10.244.1.0/24").as_deref(), Some("10.244.1.1"));
+        assert_eq!(first("10.244.1.7/24").as_deref(), Some("10.244.1.1"));
+        assert_eq!(first("fd00:10:244:1::/64").as_deref(), Some("fd00:10:244:1::1"));
+        assert_eq!(first("10.0.0.9/32"), None);
+    }
 
     #[test]
     fn parses_and_contains() {

@@ -374,7 +374,7 @@ impl PolicySet {
             pod_identities.push(per_ip);
         }
         for (index, node) in cluster.nodes().iter().enumerate() {
-            for &ip in &node.addresses {
+            for ip in node.addresses.iter().map(|a| a.ip) {
                 let identity = self.intern(self.address_identity(Some(ip)));
                 if cluster.owner_of(ip) == Some(IpOwner::Node(NodeId(index as u32))) {
                     self.addresses

@@ -382,11 +382,11 @@ fn oracle(
             || cluster
                 .nodes()
                 .iter()
-                .any(|n| n.addresses.contains(&src.ip) && Some(n.name.clone()) == node_of(dst));
+                .any(|n| n.has_address(src.ip) && Some(n.name.clone()) == node_of(dst));
     let dst_node_is_src_node = cluster
         .nodes()
         .iter()
-        .any(|n| n.addresses.contains(&dst.ip) && Some(n.name.clone()) == node_of(src));
+        .any(|n| n.has_address(dst.ip) && Some(n.name.clone()) == node_of(src));
     let egress = match src.pod.filter(|_| src.is_subject()) {
         None => true,
         Some(pod) => {

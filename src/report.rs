@@ -333,6 +333,31 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         more,
     });
 
+    if !report.inferred_node_addresses.is_empty() {
+        let (shown, more) = take(report.inferred_node_addresses.iter(), top);
+        out.push(Section {
+            title: "Node addresses weir inferred",
+            tone: Tone::Plain,
+            note: "not in the nodes' status, made the node's by the rule shown: traffic from a pod's own node \
+                   (kubelet probes) is allowed"
+                .to_owned(),
+            empty: "none",
+            columns: &["ADDRESS", "NODE", "FLOWS", "WHY IT IS THE NODE'S"],
+            rows: shown
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.ip.to_string(),
+                        a.node.clone(),
+                        a.flows.to_string(),
+                        a.source.to_string(),
+                    ]
+                })
+                .collect(),
+            more,
+        });
+    }
+
     if report.edges_of(EdgeClass::Unjudged).next().is_some() {
         let (shown, more) = take(report.edges_of(EdgeClass::Unjudged), top);
         out.push(Section {

@@ -127,6 +127,9 @@ enum EndpointView<'a> {
     Node {
         name: &'a str,
         ip: IpAddr,
+        /// The rule that made the address the node's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
     },
     Workload {
         namespace: &'a str,
@@ -161,10 +164,14 @@ fn endpoint<'a>(cluster: &'a ClusterState, party: Party, ip: IpAddr) -> Endpoint
                 ip,
             }
         }
-        Party::Node(id) => EndpointView::Node {
-            name: &cluster.node(id).name,
-            ip,
-        },
+        Party::Node(id) => {
+            let node = cluster.node(id);
+            EndpointView::Node {
+                name: &node.name,
+                ip,
+                address: node.address_source(ip).map(ToString::to_string),
+            }
+        }
         Party::Backends(id) => {
             let service = cluster.service(id);
             match cluster.backend_workload(id) {
@@ -475,6 +482,9 @@ pub fn write_analysis_json<W: Write>(
         })).collect::<Vec<_>>(),
         "unattributed": report.unattributed.iter().map(|u| serde_json::json!({
             "ip": u.ip, "flows": u.flows, "peers": u.peers,
+        })).collect::<Vec<_>>(),
+        "inferred_node_addresses": report.inferred_node_addresses.iter().map(|a| serde_json::json!({
+            "ip": a.ip, "node": a.node, "rule": a.source.to_string(), "flows": a.flows,
         })).collect::<Vec<_>>(),
         "external": report.external.iter().map(|(ip, flows, initiated)| serde_json::json!({
             "ip": ip, "flows": flows, "initiated": initiated,

@@ -39,7 +39,8 @@ pub use json::{
     write_flow,
 };
 pub use report::{
-    Edge, EdgeClass, Group, Report, ReportBuilder, Scan, Totals, UnattributedAddress, UnusedRule,
+    Edge, EdgeClass, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals,
+    UnattributedAddress, UnusedRule,
     class_of, port_summary,
 };
 pub use stream::AnalysisStream;

@@ -7,7 +7,7 @@ use foldhash::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use weir_cluster::{ServiceId, Workload};
+use weir_cluster::{NodeId, ServiceId, Workload};
 use weir_model::{Protocol, TcpFlags, Timestamp};
 use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
@@ -164,6 +164,20 @@ pub struct UnattributedAddress {
     pub peers: Vec<String>,
 }
 
+/// A node address that the API does not list but a rule of weir's attributes to the node (its bridge, a CNI
+/// tunnel device), seen in the traffic: shown so a reader can check the rule against their cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InferredNodeAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// The node.
+    pub node: String,
+    /// The rule that made it the node's.
+    pub source: weir_cluster::NodeAddressSource,
+    /// Flows to or from it.
+    pub flows: u64,
+}
+
 /// A source reaching many destinations or ports, mostly without an answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scan {
@@ -242,6 +256,8 @@ pub struct Report {
     pub unused_rules: Vec<UnusedRule>,
     /// Unattributed addresses in the cluster's ranges.
     pub unattributed: Vec<UnattributedAddress>,
+    /// Node addresses seen that a rule (not the API's node status) made the node's.
+    pub inferred_node_addresses: Vec<InferredNodeAddress>,
     /// Outside addresses by flows (address, flows, initiated by them).
     pub external: Vec<(IpAddr, u64, u64)>,
     /// Suspected scans.
@@ -536,6 +552,8 @@ pub struct ReportBuilder<'a> {
     /// The grounds noted last (held in `grounds_seen`, so the address cannot be reused).
     last_grounds: *const Grounds,
     unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)>,
+    /// Flows at node addresses a rule (not the node's status) made the node's.
+    inferred_nodes: BTreeMap<IpAddr, (NodeId, u64)>,
     external: HashMap<IpAddr, (u64, u64)>,
     fanout: HashMap<(u32, IpAddr), ScanAcc>,
 }
@@ -553,6 +571,7 @@ impl<'a> ReportBuilder<'a> {
             grounds_seen: HashMap::default(),
             last_grounds: std::ptr::null(),
             unknown: BTreeMap::new(),
+            inferred_nodes: BTreeMap::new(),
             external: HashMap::default(),
             fanout: HashMap::default(),
         }
@@ -616,6 +635,9 @@ impl<'a> ReportBuilder<'a> {
             entry.0 += flows;
             entry.1.extend(peers.into_iter().map(id));
         }
+        for (ip, (node, flows)) in other.inferred_nodes {
+            self.inferred_nodes.entry(ip).or_insert((node, 0)).1 += flows;
+        }
         for (ip, (flows, initiated)) in other.external {
             let entry = self.external.entry(ip).or_default();
             entry.0 += flows;
@@ -636,6 +658,7 @@ impl<'a> ReportBuilder<'a> {
             grounds_seen,
             last_grounds,
             unknown,
+            inferred_nodes,
             external,
             fanout,
             ..
@@ -697,6 +720,15 @@ impl<'a> ReportBuilder<'a> {
                         entry.0 += 1;
                         entry.1 += u64::from(ip == r.src);
                     }
+                    Party::Node(node)
+                        if groups
+                            .cluster
+                            .node(node)
+                            .address_source(ip)
+                            .is_some_and(|s| !s.is_listed()) =>
+                    {
+                        inferred_nodes.entry(ip).or_insert((node, 0)).1 += 1;
+                    }
                     _ => {}
                 }
             }
@@ -754,6 +786,7 @@ impl<'a> ReportBuilder<'a> {
             pods_seen,
             grounds_seen,
             unknown,
+            inferred_nodes,
             external,
             fanout,
             last_grounds: _,
@@ -936,6 +969,19 @@ impl<'a> ReportBuilder<'a> {
                 .then(a.ip.cmp(&b.ip))
                 .then_with(|| a.source.cmp(&b.source))
         });
+        let cluster = set.cluster();
+        let inferred_node_addresses = inferred_nodes
+            .into_iter()
+            .filter_map(|(ip, (node, flows))| {
+                let node = cluster.node(node);
+                Some(InferredNodeAddress {
+                    ip,
+                    node: node.name.clone(),
+                    source: node.address_source(ip)?.clone(),
+                    flows,
+                })
+            })
+            .collect();
         Report {
             totals,
             edges,
@@ -944,6 +990,7 @@ impl<'a> ReportBuilder<'a> {
             policies_selecting_nothing,
             unused_rules,
             unattributed,
+            inferred_node_addresses,
             external,
             scans,
         }

@@ -208,15 +208,21 @@ fn live_line(r: &FlowRecord) -> String {
 }
 
 pub fn run(args: CaptureArgs) -> Result<ExitCode> {
+    let node = node_name(args.node.as_deref());
     let set = if args.cluster.is_empty() {
         None
     } else {
-        Some(snapshot::load(
-            &args.cluster,
-            &snapshot::KubeArgs::default(),
-        )?)
+        let set = snapshot::load(&args.cluster, &snapshot::KubeArgs::default())?;
+        // This host's interface addresses are this node's, as an agent would report them: probes from its
+        // bridge or tunnel device inside the pod range are the node's, not unknown pods'.
+        let reported =
+            std::collections::BTreeMap::from([(node.clone(), weir_capture::host_addresses())]);
+        let cluster = set.cluster().with_node_interfaces(&reported);
+        Some(
+            weir_policy::PolicySet::new(std::sync::Arc::new(cluster))
+                .context("the snapshot with this node's interface addresses")?,
+        )
     };
-    let node = node_name(args.node.as_deref());
     if !args.cluster.is_empty() && args.format == LiveFormat::Table {
         bail!("with --cluster, flows are written as judged JSON lines; drop --format table");
     }

@@ -200,3 +200,49 @@ fn an_aggregator_killed_mid_traffic_loses_no_flow() {
     // state is not stored).
     assert!(to_api["flows"].as_u64().unwrap() >= 60, "{to_api:#}");
 }
+
+/// A probe from the node's own address inside the pod range, as a kubelet on Calico, Cilium or Flannel sends
+/// it: no cluster object names the address, the agent reports it as one of its node's interfaces, and the
+/// aggregator judges the probe as the node's traffic, which the policies allow (the pod runs on that node).
+#[test]
+#[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
+fn a_probe_from_the_nodes_own_address_is_the_nodes_and_raises_nothing() {
+    require_root();
+    let (node, system, _scratch) = setup("p", 7);
+    // An address of the pod range on the node's bridge, not its first: only the agent's report makes it the
+    // node's (the snapshot's podCIDR rule would already cover 10.251.7.1).
+    common::netns::sh(&["ip", "addr", "add", "10.251.7.200/24", "dev", &node.bridge]);
+    let _aggregator = system.aggregator();
+    let (_watch, alerts) = watch(&system);
+    let _agent = agent(&system, &node);
+    let _api = serve(&node, 1, 8080);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The "kubelet": GETs from the host, whose route to the pods leaves from the bridge address.
+    let api = format!("http://{}:8080/", node.pods[1].ip);
+    let probe = Command::new("python3")
+        .args(["-c", GET, &api, "3"])
+        .status()
+        .unwrap();
+    assert!(probe.success());
+    let raised = collect(&alerts, Duration::from_secs(4));
+    assert!(raised.is_empty(), "the node's probes raised {raised:#?}");
+
+    let status = system.get("/api/v1/status");
+    let reported = status["node_addresses"]["node-e"].as_array().unwrap();
+    assert!(
+        reported
+            .iter()
+            .any(|a| a["interface"] == node.bridge.as_str() && a["ip"] == "10.251.7.200"),
+        "{status:#}"
+    );
+    let edges = system.get("/api/v1/edges");
+    let probes = edges["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"]["port"] == 8080 && e["key"]["dst"]["name"] == "Pod/api")
+        .cloned()
+        .unwrap_or_else(|| panic!("{edges:#}"));
+    assert_eq!(probes["key"]["src"]["kind"], "node", "{probes:#}");
+    assert_eq!(probes["verdict"], "allowed", "{probes:#}");
+}

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use weir_model::FlowRecord;
 use weir_model::ingest::{
-    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_OLDEST, HEADER_SEQ,
-    IngestReply,
+    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_NODE_ADDRESSES,
+    HEADER_OLDEST, HEADER_SEQ, IngestReply, InterfaceAddress,
 };
 
 /// How batches are written.
@@ -223,7 +223,12 @@ pub struct Exporter {
     acked: u64,
     /// Set when the next batch after `sent` is a resend.
     resending: bool,
+    /// The node's interface addresses in their header form, and when they were read.
+    node_addresses: Option<(Instant, String)>,
 }
+
+/// How often the node's interface addresses are read again (a new bridge or tunnel device shows up within it).
+const NODE_ADDRESSES_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the exporter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +286,7 @@ impl Exporter {
             sent: 0,
             acked: 0,
             resending: false,
+            node_addresses: None,
         })
     }
 
@@ -289,7 +295,19 @@ impl Exporter {
         &self.epoch
     }
 
-    fn request(&self, counters: &AgentCounters, oldest: u64) -> reqwest::RequestBuilder {
+    /// The node's interface addresses, read again every [`NODE_ADDRESSES_EVERY`].
+    fn node_addresses(&mut self) -> String {
+        match &self.node_addresses {
+            Some((read, header)) if read.elapsed() < NODE_ADDRESSES_EVERY => header.clone(),
+            _ => {
+                let header = InterfaceAddress::to_header(&weir_capture::host_addresses());
+                self.node_addresses = Some((Instant::now(), header.clone()));
+                header
+            }
+        }
+    }
+
+    fn request(&mut self, counters: &AgentCounters, oldest: u64) -> reqwest::RequestBuilder {
         let url = format!(
             "{}/api/v1/ingest",
             self.config.aggregator.trim_end_matches('/')
@@ -301,6 +319,10 @@ impl Exporter {
             .header(HEADER_EPOCH, &self.epoch)
             .header(HEADER_OLDEST, oldest.to_string())
             .header(HEADER_COUNTERS, counters.to_header());
+        let addresses = self.node_addresses();
+        if !addresses.is_empty() {
+            req = req.header(HEADER_NODE_ADDRESSES, addresses);
+        }
         if let Some(token) = &self.config.token {
             req = req.bearer_auth(token);
         }

@@ -166,6 +166,7 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         sink: webhook.as_ref().map(|(_, (tx, _))| tx.clone()),
         alerts_stdout: config.alerts_stdout,
         secure_cookie: config.tls.is_some(),
+        node_addresses: Default::default(),
     });
     if let Some((hook, (_, rx))) = webhook {
         tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));

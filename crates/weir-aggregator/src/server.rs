@@ -24,8 +24,8 @@ use weir_analysis::{
     Analyzer, SampleWeight, SuggestOptions, observed_diff, suggest, suggestion_yaml, write_flow,
 };
 use weir_model::ingest::{
-    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_OLDEST, HEADER_SEQ,
-    IngestReply,
+    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_NODE_ADDRESSES,
+    HEADER_OLDEST, HEADER_SEQ, IngestReply, InterfaceAddress,
 };
 use weir_model::{Alert, AlertKind, FlowRecord, Timestamp};
 use weir_policy::PolicySet;
@@ -120,6 +120,41 @@ pub struct Shared {
     pub alerts_stdout: bool,
     /// Served over TLS: the UI's session cookie is marked Secure.
     pub secure_cookie: bool,
+    /// The cluster source's policy set and the node addresses agents report, which make the set in force.
+    pub node_addresses: Mutex<NodeAddresses>,
+}
+
+/// The policy set as the cluster source built it, and what agents report of their nodes' interfaces: the set
+/// in force is the first with the second's addresses made the nodes' own
+/// ([`weir_cluster::ClusterState::with_node_interfaces`]).
+#[derive(Default)]
+pub struct NodeAddresses {
+    base: Option<Arc<PolicySet>>,
+    reported: BTreeMap<String, Vec<InterfaceAddress>>,
+}
+
+impl NodeAddresses {
+    /// The addresses each node's agent reported last.
+    pub fn reported(&self) -> &BTreeMap<String, Vec<InterfaceAddress>> {
+        &self.reported
+    }
+
+    fn compose(&self) -> Option<Arc<PolicySet>> {
+        let base = self.base.as_ref()?;
+        if self.reported.is_empty() {
+            return Some(Arc::clone(base));
+        }
+        let cluster = base.cluster().with_node_interfaces(&self.reported);
+        match PolicySet::new(Arc::new(cluster)) {
+            Ok(set) => Some(Arc::new(set)),
+            Err(e) => {
+                eprintln!(
+                    "weir aggregator: the node addresses agents reported could not be added: {e}"
+                );
+                Some(Arc::clone(base))
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -141,12 +176,31 @@ impl Shared {
         }
     }
 
-    /// Installs a new policy set (the cluster changed); the first one makes the aggregator ready.
+    /// Installs a new policy set (the cluster changed), with the node addresses agents reported; the first
+    /// one makes the aggregator ready.
     pub fn set_policy(&self, set: Arc<PolicySet>) {
-        if let Ok(mut core) = self.core.lock() {
-            core.engine.set_policy(set);
+        if let Ok(mut addresses) = self.node_addresses.lock() {
+            addresses.base = Some(set);
+            if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
+                core.engine.set_policy(set);
+            }
         }
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Takes a node's interface addresses from its agent; when they changed, the policy set in force is
+    /// rebuilt with them (later flows from those addresses are the node's).
+    pub fn report_node_addresses(&self, node: &str, reported: Vec<InterfaceAddress>) {
+        let Ok(mut addresses) = self.node_addresses.lock() else {
+            return;
+        };
+        if addresses.reported.get(node) == Some(&reported) {
+            return;
+        }
+        addresses.reported.insert(node.to_owned(), reported);
+        if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
+            core.engine.set_policy(set);
+        }
     }
 }
 
@@ -367,15 +421,22 @@ async fn ingest(
             ),
             None => None,
         };
+        let node_addresses = match header_str(&headers, HEADER_NODE_ADDRESSES) {
+            Some(text) => Some(
+                InterfaceAddress::parse_header(text)
+                    .map_err(|e| bad(format!("{HEADER_NODE_ADDRESSES}: {e}")))?,
+            ),
+            None => None,
+        };
         if seq == Some(0) {
             return Err(bad("batches are numbered from 1"));
         }
         if seq.is_none() && !body.is_empty() {
             return Err(bad(format!("a batch needs {HEADER_SEQ}")));
         }
-        Ok((node, epoch, seq, oldest, counters))
+        Ok((node, epoch, seq, oldest, counters, node_addresses))
     })();
-    let (node, epoch, seq, oldest, counters) = match request {
+    let (node, epoch, seq, oldest, counters, node_addresses) = match request {
         Ok(r) => r,
         Err(e) => {
             s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -393,6 +454,10 @@ async fn ingest(
     let shared = Arc::clone(&s);
     let format = BodyFormat::of(&headers);
     let reply = tokio::task::spawn_blocking(move || {
+        // Before the batch: its flows from those addresses are already the node's.
+        if let Some(addresses) = node_addresses {
+            shared.report_node_addresses(&node, addresses);
+        }
         apply_batch(&shared, node, epoch, seq, oldest, counters, format, &body)
     })
     .await
@@ -644,14 +709,24 @@ struct StatusView {
     alerts: usize,
     pending_joins: usize,
     agents: Vec<AgentState>,
+    /// The interface addresses each node's agent reported last (those the cluster's objects did not already
+    /// give to someone are the node's).
+    node_addresses: BTreeMap<String, Vec<InterfaceAddress>>,
 }
 
 async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, ApiError> {
     read_auth(&s, &headers)?;
     let cluster = s.cluster.lock().map(|c| c.clone()).unwrap_or_default();
+    // Taken before the engine lock, never while holding it (set_policy takes them in this order).
+    let node_addresses = s
+        .node_addresses
+        .lock()
+        .map(|a| a.reported().clone())
+        .unwrap_or_default();
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
     let now = now();
     let view = StatusView {
+        node_addresses,
         ready: s.ready.load(Ordering::Acquire),
         cluster,
         learning_started: core.engine.learning_started(),

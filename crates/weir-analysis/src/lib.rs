@@ -40,8 +40,7 @@ pub use json::{
 };
 pub use report::{
     Edge, EdgeClass, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals,
-    UnattributedAddress, UnusedRule,
-    class_of, port_summary,
+    UnattributedAddress, UnusedRule, class_of, port_summary,
 };
 pub use stream::AnalysisStream;
 pub use suggest::{

@@ -32,6 +32,6 @@ pub use error::{CaptureError, CaptureWarning};
 pub use file::{FileSource, ReaderStats};
 pub use format::{CaptureFormat, MAX_RECORD_LEN};
 #[cfg(target_os = "linux")]
-pub use pnet::PnetSource;
+pub use pnet::{PnetSource, host_addresses};
 #[cfg(target_os = "linux")]
 pub use ring::{KernelStats, LiveError, RingConfig, RingSource, interface_index, wait_any};

@@ -8,6 +8,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pnet_datalink::{Channel, Config, DataLinkReceiver};
+use weir_model::ingest::{InterfaceAddress, MAX_NODE_ADDRESSES};
 use weir_model::{LinkType, Timestamp};
 
 use crate::batch::{Batch, Packet};
@@ -113,4 +114,26 @@ impl PnetSource {
         }
         Ok(batch.packets.len())
     }
+}
+
+/// The addresses of this network namespace's interfaces that can tell its node apart from other nodes
+/// ([`InterfaceAddress::reportable`]), sorted, at most [`MAX_NODE_ADDRESSES`]. The agent runs in the host's
+/// network namespace and reports them, because the node reaches its pods from some of them (`cni0`,
+/// `cilium_host`, a tunnel device) and no cluster object says so.
+pub fn host_addresses() -> Vec<InterfaceAddress> {
+    let mut out: Vec<InterfaceAddress> = pnet_datalink::interfaces()
+        .into_iter()
+        .flat_map(|iface| {
+            let name = iface.name;
+            iface.ips.into_iter().map(move |net| InterfaceAddress {
+                interface: name.clone(),
+                ip: net.ip(),
+            })
+        })
+        .filter(InterfaceAddress::reportable)
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(MAX_NODE_ADDRESSES);
+    out
 }

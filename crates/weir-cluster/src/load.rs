@@ -29,8 +29,8 @@ use weir_model::{Cidr, Protocol, Timestamp};
 
 use crate::state::{
     Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeAddress,
-    NodeAddressSource, NodeId, Pod, PodId,
-    PolicyObject, Service, ServiceId, ServicePort, TargetPort, Workload, WorkloadKind,
+    NodeAddressSource, NodeId, Pod, PodId, PolicyObject, Service, ServiceId, ServicePort,
+    TargetPort, Workload, WorkloadKind,
 };
 
 /// The largest snapshot file weir reads (1 GiB): far beyond any real cluster dump, small enough to refuse

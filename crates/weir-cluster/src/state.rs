@@ -59,7 +59,10 @@ impl Node {
 
     /// The rule that made `ip` the node's, if it is.
     pub fn address_source(&self, ip: IpAddr) -> Option<&NodeAddressSource> {
-        self.addresses.iter().find(|a| a.ip == ip).map(|a| &a.source)
+        self.addresses
+            .iter()
+            .find(|a| a.ip == ip)
+            .map(|a| &a.source)
     }
 }
 
@@ -98,7 +101,9 @@ impl fmt::Display for NodeAddressSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeAddressSource::Status(kind) => write!(f, "status.addresses ({kind})"),
-            NodeAddressSource::HostNetworkPod => f.write_str("the address of a hostNetwork pod on it"),
+            NodeAddressSource::HostNetworkPod => {
+                f.write_str("the address of a hostNetwork pod on it")
+            }
             NodeAddressSource::PodCidrGateway(cidr) => write!(
                 f,
                 "the first address of its podCIDR {cidr}, held by no pod (the node's bridge, cbr0 or cni0)"
@@ -497,6 +502,46 @@ impl ClusterState {
             policies,
             ..self.clone()
         }
+    }
+
+    /// The same cluster with the interface addresses nodes' agents report (by node name) as those nodes'
+    /// own, where nothing else holds them: not a pod (now or before), a Service, or another node. An address
+    /// more than one node reports (`docker0`'s 172.17.0.1 on every node) tells no node apart and is left out;
+    /// so are reports for nodes the cluster does not have.
+    pub fn with_node_interfaces(
+        &self,
+        reported: &BTreeMap<String, Vec<weir_model::ingest::InterfaceAddress>>,
+    ) -> ClusterState {
+        let mut reporters: HashMap<IpAddr, usize> = HashMap::new();
+        for addresses in reported.values() {
+            let mut mine: Vec<IpAddr> = addresses.iter().map(|a| a.ip).collect();
+            mine.sort_unstable();
+            mine.dedup();
+            for ip in mine {
+                *reporters.entry(ip).or_default() += 1;
+            }
+        }
+        let mut state = self.clone();
+        for (name, addresses) in reported {
+            let Some(index) = state.nodes.iter().position(|n| &n.name == name) else {
+                continue;
+            };
+            for address in addresses {
+                let ip = address.ip;
+                if reporters.get(&ip) != Some(&1)
+                    || state.by_ip.contains_key(&ip)
+                    || state.former_tenants.contains_key(&ip)
+                {
+                    continue;
+                }
+                state.by_ip.insert(ip, IpOwner::Node(NodeId(index as u32)));
+                state.nodes[index].addresses.push(NodeAddress {
+                    ip,
+                    source: NodeAddressSource::Interface(address.interface.clone()),
+                });
+            }
+        }
+        state
     }
 
     /// The one workload every backend pod of a Service belongs to, if there is exactly one.

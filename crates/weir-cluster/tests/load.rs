@@ -375,3 +375,174 @@ fn a_bad_pod_range_names_the_node_and_field() {
         "{err}"
     );
 }
+
+/// A node's own addresses inside the pod range, by the rules of the common CNIs, and never one a pod holds.
+#[test]
+fn node_addresses_in_the_pod_range_are_the_nodes_with_the_rule_that_says_so() {
+    use weir_cluster::NodeAddressSource;
+    let cluster = load_text(
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Node
+  metadata: {name: kubenet}
+  spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+  status: {addresses: [{type: InternalIP, address: 192.168.0.1}, {type: Hostname, address: kubenet}]}
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: calico
+    annotations:
+      projectcalico.org/IPv4Address: 192.168.0.2/24
+      projectcalico.org/IPv4IPIPTunnelAddr: 10.50.7.192
+      projectcalico.org/IPv4WireguardInterfaceAddr: 10.50.7.193
+      projectcalico.org/IPv4VXLANTunnelAddr: not-an-address
+  status: {addresses: [{type: InternalIP, address: 192.168.0.2}]}
+- apiVersion: v1
+  kind: Node
+  metadata:
+    name: cilium
+    annotations: {network.cilium.io/ipv4-cilium-host: 10.60.0.77, io.cilium.network.ipv6-cilium-host: "fd00:60::77"}
+  spec: {podCIDR: 10.60.0.0/24}
+- apiVersion: v1
+  kind: Node
+  metadata: {name: taken}
+  spec: {podCIDR: 10.70.0.0/24}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: squatter, namespace: a}
+  spec: {nodeName: taken, containers: [{name: c}]}
+  status: {phase: Running, podIP: 10.70.0.1}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: tunnel-squatter, namespace: a}
+  spec: {nodeName: calico, containers: [{name: c}]}
+  status: {phase: Running, podIP: 10.50.7.193}
+"#,
+    )
+    .unwrap();
+    let node_of = |address: &str| match cluster.owner_of(ip(address)) {
+        Some(IpOwner::Node(id)) => {
+            let node = cluster.node(id);
+            let source = node.address_source(ip(address)).unwrap().clone();
+            Some((node.name.clone(), source))
+        }
+        _ => None,
+    };
+    let cidr = |t: &str| weir_model::Cidr::parse(t).unwrap();
+    assert_eq!(
+        node_of("10.244.1.1"),
+        Some((
+            "kubenet".into(),
+            NodeAddressSource::PodCidrGateway(cidr("10.244.1.0/24"))
+        ))
+    );
+    assert_eq!(
+        node_of("10.244.1.0"),
+        Some((
+            "kubenet".into(),
+            NodeAddressSource::PodCidrNetwork(cidr("10.244.1.0/24"))
+        ))
+    );
+    assert_eq!(
+        node_of("fd00:10:244:1::1"),
+        Some((
+            "kubenet".into(),
+            NodeAddressSource::PodCidrGateway(cidr("fd00:10:244:1::/64"))
+        ))
+    );
+    assert_eq!(
+        node_of("192.168.0.1"),
+        Some((
+            "kubenet".into(),
+            NodeAddressSource::Status("InternalIP".into())
+        ))
+    );
+    assert_eq!(
+        node_of("10.244.1.2"),
+        None,
+        "any other pod-range address stays unknown"
+    );
+    assert_eq!(
+        node_of("10.50.7.192"),
+        Some((
+            "calico".into(),
+            NodeAddressSource::Annotation("projectcalico.org/IPv4IPIPTunnelAddr".into())
+        ))
+    );
+    // The prefix of IPv4Address is dropped; the address is the status one, which says so first.
+    assert_eq!(
+        node_of("192.168.0.2"),
+        Some((
+            "calico".into(),
+            NodeAddressSource::Status("InternalIP".into())
+        ))
+    );
+    assert_eq!(
+        node_of("10.60.0.77"),
+        Some((
+            "cilium".into(),
+            NodeAddressSource::Annotation("network.cilium.io/ipv4-cilium-host".into())
+        ))
+    );
+    assert_eq!(
+        node_of("fd00:60::77"),
+        Some((
+            "cilium".into(),
+            NodeAddressSource::Annotation("io.cilium.network.ipv6-cilium-host".into())
+        ))
+    );
+    // Pods come first: an inferred address a pod holds is the pod's.
+    let squatter = cluster.find_pod("a", "squatter").unwrap();
+    assert_eq!(
+        cluster.owner_of(ip("10.70.0.1")),
+        Some(IpOwner::Pod(squatter))
+    );
+    let tunnel = cluster.find_pod("a", "tunnel-squatter").unwrap();
+    assert_eq!(
+        cluster.owner_of(ip("10.50.7.193")),
+        Some(IpOwner::Pod(tunnel))
+    );
+    assert_eq!(cluster.ip_conflicts(), 0);
+    let calico = cluster.nodes().iter().find(|n| n.name == "calico").unwrap();
+    assert!(!calico.has_address(ip("10.50.7.193")));
+
+    // Agents' reports: an address one node reports is that node's; one every node reports, a pod's or a
+    // Service's, or one of a node the cluster lacks is nobody's new address.
+    let iface = |interface: &str, address: &str| weir_model::ingest::InterfaceAddress {
+        interface: interface.into(),
+        ip: ip(address),
+    };
+    let reported = std::collections::BTreeMap::from([
+        (
+            "taken".to_owned(),
+            vec![
+                iface("vxlan.calico", "10.70.0.200"),
+                iface("docker0", "172.17.0.1"),
+                iface("x", "10.70.0.1"),
+            ],
+        ),
+        ("kubenet".to_owned(), vec![iface("docker0", "172.17.0.1")]),
+        ("ghost".to_owned(), vec![iface("eth0", "192.168.9.9")]),
+    ]);
+    let with = cluster.with_node_interfaces(&reported);
+    let taken = with.nodes().iter().position(|n| n.name == "taken").unwrap();
+    assert_eq!(
+        with.owner_of(ip("10.70.0.200")),
+        Some(IpOwner::Node(weir_cluster::NodeId(taken as u32)))
+    );
+    assert_eq!(
+        with.node(weir_cluster::NodeId(taken as u32))
+            .address_source(ip("10.70.0.200")),
+        Some(&NodeAddressSource::Interface("vxlan.calico".into()))
+    );
+    assert_eq!(
+        with.owner_of(ip("172.17.0.1")),
+        None,
+        "reported by two nodes"
+    );
+    assert_eq!(with.owner_of(ip("10.70.0.1")), Some(IpOwner::Pod(squatter)));
+    assert_eq!(with.owner_of(ip("192.168.9.9")), None);
+}

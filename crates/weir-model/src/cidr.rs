@@ -104,10 +104,18 @@ mod tests {
 
     #[test]
     fn the_first_host_follows_the_network_address() {
-        let first = |t: &str| Cidr::parse(t).unwrap().first_host().map(|ip| ip.to_string());
+        let first = |t: &str| {
+            Cidr::parse(t)
+                .unwrap()
+                .first_host()
+                .map(|ip| ip.to_string())
+        };
         assert_eq!(first("10.244.1.0/24").as_deref(), Some("10.244.1.1"));
         assert_eq!(first("10.244.1.7/24").as_deref(), Some("10.244.1.1"));
-        assert_eq!(first("fd00:10:244:1::/64").as_deref(), Some("fd00:10:244:1::1"));
+        assert_eq!(
+            first("fd00:10:244:1::/64").as_deref(),
+            Some("fd00:10:244:1::1")
+        );
         assert_eq!(first("10.0.0.9/32"), None);
     }
 

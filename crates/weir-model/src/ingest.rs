@@ -22,6 +22,85 @@ pub const HEADER_SEQ: &str = "x-weir-seq";
 pub const HEADER_OLDEST: &str = "x-weir-oldest";
 /// The agent's counters, [`AgentCounters`] in its header form.
 pub const HEADER_COUNTERS: &str = "x-weir-counters";
+/// The addresses of the node's own interfaces, [`InterfaceAddress::to_header`]: the node talks to its pods
+/// from some of them (a bridge, a tunnel device) inside the pod range, where the cluster's objects do not say
+/// whose they are.
+pub const HEADER_NODE_ADDRESSES: &str = "x-weir-node-addresses";
+
+/// The most interface addresses one agent reports (a node with more is not one weir can tell apart anyway).
+pub const MAX_NODE_ADDRESSES: usize = 64;
+
+/// An address of one of the node's interfaces, as its agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InterfaceAddress {
+    /// The interface (`cni0`, `cilium_host`, `eth0`).
+    pub interface: String,
+    /// The address.
+    pub ip: std::net::IpAddr,
+}
+
+impl InterfaceAddress {
+    /// Whether the address can tell this node apart from the others and is worth reporting: not loopback,
+    /// link-local, multicast or unspecified (those are alike on every node), and on an interface whose name
+    /// survives the header form. `kube-ipvs0` holds every Service ClusterIP in IPVS mode: never a source.
+    pub fn reportable(&self) -> bool {
+        let ip = self.ip;
+        let local = match ip {
+            std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.is_multicast(),
+            std::net::IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+        !local
+            && !ip.is_unspecified()
+            && interface_name_ok(&self.interface)
+            && self.interface != "kube-ipvs0"
+    }
+
+    /// The header form: `cni0=10.244.1.1,eth0=192.168.0.10`.
+    pub fn to_header(addresses: &[InterfaceAddress]) -> String {
+        addresses
+            .iter()
+            .map(|a| format!("{}={}", a.interface, a.ip))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Parses the header form; at most [`MAX_NODE_ADDRESSES`], each a valid interface name and address.
+    pub fn parse_header(text: &str) -> Result<Vec<InterfaceAddress>, String> {
+        let mut out = Vec::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if out.len() == MAX_NODE_ADDRESSES {
+                return Err(format!("more than {MAX_NODE_ADDRESSES} addresses"));
+            }
+            let (interface, ip) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not interface=address"))?;
+            if !interface_name_ok(interface) {
+                return Err(format!("{interface:?} is not an interface name"));
+            }
+            let ip = ip
+                .parse()
+                .map_err(|_| format!("{interface}: {ip:?} is not an IP address"))?;
+            out.push(InterfaceAddress {
+                interface: interface.to_owned(),
+                ip,
+            });
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes; here only the characters real names use, so the header form cannot
+/// be broken by one.
+fn interface_name_ok(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
+}
 
 /// What an agent counted since it started, reported with every request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,7 +193,39 @@ pub struct IngestReply {
 
 #[cfg(test)]
 mod tests {
-    use super::AgentCounters;
+    use super::{AgentCounters, InterfaceAddress, MAX_NODE_ADDRESSES};
+
+    #[test]
+    fn node_addresses_round_trip_and_bad_ones_are_refused() {
+        let a = |interface: &str, ip: &str| InterfaceAddress {
+            interface: interface.into(),
+            ip: ip.parse().unwrap_or_else(|e| panic!("{e}")),
+        };
+        let list = vec![a("cni0", "10.244.1.1"), a("eth0", "fd00::5")];
+        assert_eq!(
+            InterfaceAddress::parse_header(&InterfaceAddress::to_header(&list)),
+            Ok(list)
+        );
+        for bad in [
+            "cni0",
+            "=10.0.0.1",
+            "a b=10.0.0.1",
+            "cni0=10.0.0",
+            "sixteen-chars-xx=10.0.0.1",
+        ] {
+            assert!(InterfaceAddress::parse_header(bad).is_err(), "{bad}");
+        }
+        let many = (0..=MAX_NODE_ADDRESSES)
+            .map(|i| format!("e{i}=10.0.0.{}", i % 250))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(InterfaceAddress::parse_header(&many).is_err());
+        assert!(!a("lo", "127.0.0.1").reportable());
+        assert!(!a("eth0", "169.254.20.10").reportable());
+        assert!(!a("eth0", "fe80::1").reportable());
+        assert!(!a("kube-ipvs0", "10.96.0.1").reportable());
+        assert!(a("cilium_host", "10.0.1.77").reportable());
+    }
 
     #[test]
     fn counters_round_trip_through_the_header() {

@@ -163,3 +163,155 @@ fn kubelet_probes_from_a_nodes_own_bridge_or_tunnel_address_are_the_nodes_and_al
         "{text}"
     );
 }
+
+/// A web shop exposed three ways (a LoadBalancer, an external IP, a node port), and its traffic: both views
+/// of a load-balanced connection, a node-port connection the node masqueraded, an external-IP connection from
+/// a client the policy does not admit, and the load balancer's address on a port the Service lacks.
+fn exposed() -> (String, Vec<Value>) {
+    let fixtures = common::root().join("tests/fixtures");
+    let cluster = std::fs::read_to_string(fixtures.join("exposed.cluster.yaml")).unwrap();
+    let records = std::fs::read_to_string(fixtures.join("exposed.flows.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (cluster, records)
+}
+
+#[test]
+fn load_balancer_external_ip_and_node_port_connections_are_the_services() {
+    let dir = scratch("exposed");
+    let (cluster, records) = exposed();
+    let snapshot = dir.0.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster).unwrap();
+    let flows = write_records(&dir.0, &records);
+    let out: Value = serde_json::from_str(&analyze(&snapshot, &flows, "json")).unwrap();
+    assert_eq!(out["summary"]["dnat_joined"], 2, "{:#}", out["summary"]);
+    let list = out["flows"].as_array().unwrap();
+    assert_eq!(list.len(), 4, "{list:#?}");
+    let from = |ip: &str| list.iter().find(|f| f["src"] == ip).unwrap();
+
+    let lb = from("192.0.2.10");
+    assert_eq!(lb["destination"]["kind"], "pod", "{lb:#}");
+    assert_eq!(lb["destination"]["name"], "web-1");
+    assert_eq!(
+        lb["service"],
+        json!({"namespace": "shop", "name": "web", "port": 80, "target_port": 8080, "via": "load-balancer"})
+    );
+    assert_eq!(lb["verdict"], "allowed", "{lb:#}");
+
+    let node_port = from("192.0.2.11");
+    assert_eq!(node_port["destination"]["name"], "web-1", "{node_port:#}");
+    assert_eq!(node_port["service"]["via"], "node-port");
+    assert_eq!(node_port["service"]["node_port"], 30080);
+    assert_eq!(node_port["service"]["masqueraded_as"], "192.168.0.1");
+    // Judged on the real client, which the policy admits.
+    assert_eq!(node_port["verdict"], "allowed", "{node_port:#}");
+
+    let external = from("198.18.0.5");
+    assert_eq!(external["service"]["via"], "external-ip");
+    assert_eq!(external["destination"]["name"], "web-1");
+    assert_eq!(external["verdict"], "denied", "{external:#}");
+
+    let other = from("198.18.0.6");
+    assert!(other.get("service").is_none(), "{other:#}");
+    assert_eq!(other["destination"]["kind"], "external");
+}
+
+#[test]
+fn suggest_and_diff_take_the_real_client_and_the_target_port() {
+    let dir = scratch("exposed-suggest");
+    let snapshot = dir.0.join("cluster.yaml");
+    // The same cluster without the web policy: what would weir suggest from the traffic?
+    let (cluster, records) = exposed();
+    let open = &cluster[..cluster.find("- apiVersion: networking.k8s.io/v1").unwrap()];
+    std::fs::write(&snapshot, open).unwrap();
+    let flows = write_records(&dir.0, &records);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["suggest", "--cluster", snapshot.to_str().unwrap()])
+        .args(["--flows", flows.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let web = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "weir-web-1")
+        .unwrap_or_else(|| panic!("{yaml}"));
+    let ingress = web["spec"]["ingress"].as_array().unwrap();
+    let peers: Vec<&str> = ingress
+        .iter()
+        .flat_map(|r| r["from"].as_array().unwrap())
+        .filter_map(|p| p["ipBlock"]["cidr"].as_str())
+        .collect();
+    // The real clients (not the node that masqueraded one of them), on the port the pod listens on.
+    for client in ["192.0.2.10/32", "192.0.2.11/32", "198.18.0.5/32"] {
+        assert!(peers.contains(&client), "{client} missing: {yaml}");
+    }
+    assert!(!peers.contains(&"192.168.0.1/32"), "{yaml}");
+    for rule in ingress {
+        for port in rule["ports"].as_array().unwrap() {
+            assert!(port["port"] == 8080 || port["port"] == "http", "{yaml}");
+        }
+    }
+    assert!(
+        stderr
+            .contains("proof: the suggested policies alone allow all 3 observed flows they cover"),
+        "{stderr}"
+    );
+
+    // With the suggestion in force, no observed flow breaks.
+    let suggested = dir.0.join("suggested.yaml");
+    std::fs::write(&suggested, &yaml).unwrap();
+    let diff = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["diff", "--cluster", snapshot.to_str().unwrap()])
+        .args(["--flows", flows.to_str().unwrap()])
+        .args([
+            "--policies-after",
+            suggested.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&diff.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&diff.stderr)));
+    assert_eq!(diff.status.code(), Some(0), "{report:#}");
+    assert_eq!(report["would_break_flows"], 0, "{report:#}");
+}
+
+/// The aggregator judges the same records the same way: one connection per pair of views.
+#[test]
+fn the_aggregator_ties_exposed_connections_to_the_service() {
+    let dir = scratch("exposed-live");
+    let (cluster, records) = exposed();
+    let snapshot = dir.0.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster).unwrap();
+    let (_aggregator, port) =
+        common::system::reading_aggregator(&dir.0, &snapshot, "r3ad-t0ken-of-32-bytes-or-more-x");
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    common::system::ingest(port, 1, (lines.join("\n") + "\n").as_bytes());
+    let (code, body) = common::system::http(
+        port,
+        "GET",
+        "/api/v1/flows?limit=100",
+        &[("authorization", "Bearer r3ad-t0ken-of-32-bytes-or-more-x")],
+        b"",
+    );
+    assert_eq!(code, 200, "{body}");
+    let flows: Value = serde_json::from_str(&body).unwrap();
+    let list = flows["flows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{flows:#}"));
+    assert_eq!(list.len(), 4, "{flows:#}");
+    let node_port = list
+        .iter()
+        .find(|f| f["src"] == "192.0.2.11")
+        .unwrap_or_else(|| panic!("{flows:#}"));
+    assert_eq!(node_port["service"], "shop/web", "{node_port:#}");
+    assert_eq!(node_port["dst_pod"], "shop/web-1", "{node_port:#}");
+    assert_eq!(node_port["port"], 8080, "{node_port:#}");
+    assert_eq!(node_port["verdict"], "allowed", "{node_port:#}");
+}

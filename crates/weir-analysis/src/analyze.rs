@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use weir_cluster::{ClusterState, PodId, ResolvedBackend, ServiceId};
+use foldhash::{HashMap, HashMapExt, HashSet};
+use weir_cluster::{ClusterState, PodId, ResolvedBackend, ServiceFrontend, ServiceId};
 use weir_model::{Cidr, FlowRecord, Protocol};
 use weir_policy::{Grounds, PolicySet, Verdict, VerdictCache};
 
@@ -23,6 +23,12 @@ pub struct ServiceHit {
     pub target_port: Option<u16>,
     /// The backend's address after DNAT, when the capture showed it or only one backend exists.
     pub backend: Option<IpAddr>,
+    /// How the client reached the Service: its ClusterIP, a load balancer or external address, a node port.
+    pub via: ServiceFrontend,
+    /// The source address the backend saw, when the node masqueraded the client (a NodePort or load balancer
+    /// connection under `externalTrafficPolicy: Cluster`): the verdict is judged on the real client, but a
+    /// CNI may apply the policy to this address instead (the API leaves it undefined).
+    pub masqueraded_as: Option<IpAddr>,
 }
 
 /// One backend's verdict, when a Service's backends disagree.
@@ -181,20 +187,24 @@ impl<'a> Analyzer<'a> {
     /// verdict may depend on the post-DNAT record of the same connection, which [`Analyzer::analyze`] joins),
     /// and a flow to an address and port some Service sends traffic to is judged but marked as possibly that
     /// post-DNAT record. `endpoints` comes from [`service_endpoints`].
-    pub fn single(
-        &mut self,
-        record: FlowRecord,
-        endpoints: &HashSet<(Protocol, IpAddr, u16)>,
-    ) -> Single {
+    pub fn single(&mut self, record: FlowRecord, endpoints: &ServiceEndpoints) -> Single {
         let source = self.attributor.party(record.src, record.start);
         let destination = self.attributor.party(record.dst, record.start);
+        if self.frontend(&record, destination).is_some() {
+            return Single::Held(record);
+        }
         let post_dnat = match destination {
             Party::Service(_) => return Single::Held(record),
             Party::Pod(_) | Party::Unknown => {
-                record.src_port.is_some()
-                    && record
-                        .dst_port
-                        .is_some_and(|p| endpoints.contains(&(record.proto, record.dst, p)))
+                let endpoint = record.dst_port.map(|p| (record.proto, record.dst, p));
+                // From a node to a backend of a Service reached by node port or load balancer: possibly the
+                // masqueraded view of such a connection, which only the join can tell.
+                if matches!(source, Party::Node(_))
+                    && endpoint.is_some_and(|e| endpoints.exposed.contains(&e))
+                {
+                    return Single::Held(record);
+                }
+                record.src_port.is_some() && endpoint.is_some_and(|e| endpoints.all.contains(&e))
             }
             _ => false,
         };
@@ -229,9 +239,15 @@ impl<'a> Analyzer<'a> {
             let (destination, hit, backends) = match destination {
                 Party::Service(service) => {
                     any_service = true;
-                    self.resolve(service, record)
+                    self.resolve(service, record, record.dst_port, ServiceFrontend::ClusterIp)
                 }
-                other => (other, None, Vec::new()),
+                other => match self.frontend(record, other) {
+                    Some((service, port, via)) => {
+                        any_service = true;
+                        self.resolve(service, record, Some(port), via)
+                    }
+                    None => (other, None, Vec::new()),
+                },
             };
             ends.push((source, destination, hit, backends));
         }
@@ -263,26 +279,49 @@ impl<'a> Analyzer<'a> {
         dnat_joined
     }
 
-    /// A flow to a ClusterIP: the Service port, and its backends (ready ones; all of them when none is ready,
-    /// as kube-proxy then falls back to terminating endpoints).
+    /// The Service a flow reaches without a ClusterIP (a load balancer or external address, a node port),
+    /// the Service port, and how; none for a destination that is a pod or a ClusterIP.
+    fn frontend(
+        &self,
+        record: &FlowRecord,
+        destination: Party,
+    ) -> Option<(ServiceId, u16, ServiceFrontend)> {
+        if !matches!(
+            destination,
+            Party::Node(_) | Party::External | Party::Unknown
+        ) {
+            return None;
+        }
+        let cluster = self.attributor.cluster();
+        if !cluster.has_service_frontends() || record.proto.is_icmp() {
+            return None;
+        }
+        cluster.service_frontend(record.proto, record.dst, record.dst_port?)
+    }
+
+    /// A flow to a Service (`port` is the Service port the address and port it was sent to stand for): the
+    /// Service port, and its backends (ready ones; all of them when none is ready, as kube-proxy then falls
+    /// back to terminating endpoints).
     fn resolve(
         &mut self,
         service: ServiceId,
         record: &FlowRecord,
+        port: Option<u16>,
+        via: ServiceFrontend,
     ) -> (Party, Option<ServiceHit>, Vec<ResolvedBackend>) {
         let cluster = self.attributor.cluster();
-        let resolved = record
-            .dst_port
-            .and_then(|port| cluster.resolve_service(service, port, record.proto));
+        let resolved = port.and_then(|port| cluster.resolve_service(service, port, record.proto));
         let Some((service_port, mut backends)) = resolved else {
             return (
                 Party::Service(service),
                 Some(ServiceHit {
                     service,
-                    port: record.dst_port.unwrap_or(0),
+                    port: port.unwrap_or(0),
                     served: false,
                     target_port: None,
                     backend: None,
+                    via,
+                    masqueraded_as: None,
                 }),
                 Vec::new(),
             );
@@ -299,6 +338,8 @@ impl<'a> Analyzer<'a> {
                 .map(|b| b.port)
                 .filter(|&p| backends.iter().all(|b| b.port == p)),
             backend: None,
+            via,
+            masqueraded_as: None,
         };
         let party = match backends.as_slice() {
             [] => Party::Service(service),
@@ -319,8 +360,12 @@ impl<'a> Analyzer<'a> {
         }
     }
 
-    /// Finds, for each Service flow with several candidate backends, the post-DNAT record of the same
-    /// connection; returns which records were folded into another.
+    /// Finds, for each Service flow, the post-DNAT record of the same connection; returns which records were
+    /// folded into another. The post-DNAT record has the client's address and port, goes to a backend of the
+    /// Service on its target port, and overlaps in time. A connection through a node port or a load balancer
+    /// may also have been masqueraded by the node (`externalTrafficPolicy: Cluster`): then the post-DNAT record
+    /// comes from a node address, and it is the one that kept the client's port, as Linux's NAT keeps it
+    /// unless another connection holds it.
     #[allow(clippy::type_complexity)]
     fn join_dnat(
         &mut self,
@@ -328,35 +373,52 @@ impl<'a> Analyzer<'a> {
         ends: &mut [(Party, Party, Option<ServiceHit>, Vec<ResolvedBackend>)],
     ) -> Vec<bool> {
         let mut by_client: HashMap<(Protocol, IpAddr, u16), Vec<usize>> = HashMap::new();
+        let mut masqueraded: HashMap<(Protocol, u16), Vec<usize>> = HashMap::new();
         for (i, record) in records.iter().enumerate() {
-            if let (Some(port), (_, Party::Pod(_) | Party::Unknown, None, _)) =
-                (record.src_port, &ends[i])
-            {
-                by_client
-                    .entry((record.proto, record.src, port))
-                    .or_default()
-                    .push(i);
+            let Some(port) = record.src_port else {
+                continue;
+            };
+            match &ends[i] {
+                (Party::Node(_), Party::Pod(_) | Party::Unknown, None, _) => {
+                    masqueraded.entry((record.proto, port)).or_default().push(i);
+                    by_client
+                        .entry((record.proto, record.src, port))
+                        .or_default()
+                        .push(i);
+                }
+                (_, Party::Pod(_) | Party::Unknown, None, _) => {
+                    by_client
+                        .entry((record.proto, record.src, port))
+                        .or_default()
+                        .push(i);
+                }
+                _ => {}
             }
         }
         let mut joined = vec![false; records.len()];
         for i in 0..records.len() {
             let record = &records[i];
-            let (Some(port), Some(_)) = (record.src_port, ends[i].2) else {
+            let (Some(port), Some(hit)) = (record.src_port, ends[i].2) else {
                 continue;
             };
-            let Some(candidates) = by_client.get(&(record.proto, record.src, port)) else {
-                continue;
+            let find = |candidates: Option<&Vec<usize>>, joined: &[bool]| {
+                candidates?.iter().copied().find_map(|j| {
+                    let other = &records[j];
+                    let overlaps = other.start.0 <= record.end.0 + DNAT_JOIN_SLACK_NS
+                        && record.start.0 <= other.end.0 + DNAT_JOIN_SLACK_NS;
+                    let backend = ends[i]
+                        .3
+                        .iter()
+                        .find(|b| b.ip == other.dst && Some(b.port) == other.dst_port)?;
+                    (!joined[j] && j != i && overlaps).then_some((j, backend.clone()))
+                })
             };
-            let found = candidates.iter().copied().find_map(|j| {
-                let other = &records[j];
-                let overlaps = other.start.0 <= record.end.0 + DNAT_JOIN_SLACK_NS
-                    && record.start.0 <= other.end.0 + DNAT_JOIN_SLACK_NS;
-                let backend = ends[i]
-                    .3
-                    .iter()
-                    .find(|b| b.ip == other.dst && Some(b.port) == other.dst_port)?;
-                (!joined[j] && overlaps).then_some((j, backend.clone()))
-            });
+            let mut found = find(by_client.get(&(record.proto, record.src, port)), &joined);
+            let mut seen_from = None;
+            if found.is_none() && hit.via != ServiceFrontend::ClusterIp {
+                found = find(masqueraded.get(&(record.proto, port)), &joined);
+                seen_from = found.as_ref().map(|(j, _)| records[*j].src);
+            }
             if let Some((j, backend)) = found {
                 joined[j] = true;
                 let destination = match backend.pod {
@@ -368,6 +430,7 @@ impl<'a> Analyzer<'a> {
                 if let Some(hit) = entry.2.as_mut() {
                     hit.backend = Some(backend.ip);
                     hit.target_port = Some(backend.port);
+                    hit.masqueraded_as = seen_from;
                 }
                 entry.3 = vec![backend];
             }
@@ -433,18 +496,31 @@ impl<'a> Analyzer<'a> {
     }
 }
 
-/// Every (protocol, address, port) a Service with a ClusterIP may send a connection to: the only places a
-/// post-DNAT record can go.
-pub fn service_endpoints(cluster: &ClusterState) -> HashSet<(Protocol, IpAddr, u16)> {
-    let mut endpoints = HashSet::new();
+/// Where post-DNAT records can go: every (protocol, address, port) a Service may send a connection to, and
+/// among them those of Services reached through a node port, a load balancer or an external address (whose
+/// connections the node may masquerade).
+#[derive(Clone, Debug, Default)]
+pub struct ServiceEndpoints {
+    all: HashSet<(Protocol, IpAddr, u16)>,
+    exposed: HashSet<(Protocol, IpAddr, u16)>,
+}
+
+/// The [`ServiceEndpoints`] of a cluster, for [`Analyzer::single`].
+pub fn service_endpoints(cluster: &ClusterState) -> ServiceEndpoints {
+    let mut endpoints = ServiceEndpoints::default();
     for (index, service) in cluster.services().iter().enumerate() {
-        if service.cluster_ips.is_empty() {
+        let exposed = !service.load_balancer_ips.is_empty() || !service.external_ips.is_empty();
+        if service.cluster_ips.is_empty() && !exposed {
             continue;
         }
         for port in &service.ports {
             let id = ServiceId(index as u32);
             if let Some((_, backends)) = cluster.resolve_service(id, port.port, port.protocol) {
-                endpoints.extend(backends.iter().map(|b| (port.protocol, b.ip, b.port)));
+                let ends = backends.iter().map(|b| (port.protocol, b.ip, b.port));
+                if exposed || port.node_port.is_some() {
+                    endpoints.exposed.extend(ends.clone());
+                }
+                endpoints.all.extend(ends);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 
 use serde::Serialize;
-use weir_cluster::ClusterState;
+use weir_cluster::{ClusterState, ServiceFrontend};
 use weir_model::{FlowRecord, Timestamp};
 use weir_policy::{Decision, Grounds, PolicySet, Verdict};
 
@@ -210,6 +210,16 @@ struct ServiceView<'a> {
     port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     target_port: Option<u16>,
+    /// How the client reached it, when not through the ClusterIP: `load-balancer`, `external-ip`,
+    /// `node-port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via: Option<&'static str>,
+    /// The node port the client used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_port: Option<u16>,
+    /// The source address the backend saw, when the node masqueraded the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masqueraded_as: Option<IpAddr>,
 }
 
 #[derive(Serialize)]
@@ -343,6 +353,12 @@ pub fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
                 name: &service.name,
                 port: s.port,
                 target_port: s.target_port,
+                via: (s.via != ServiceFrontend::ClusterIp).then(|| s.via.name()),
+                node_port: flow
+                    .record
+                    .dst_port
+                    .filter(|_| s.via == ServiceFrontend::NodePort),
+                masqueraded_as: s.masqueraded_as,
             }
         }),
         verdict: verdict_name(&flow.judgement),

@@ -27,8 +27,8 @@ mod suggest;
 mod suggest_yaml;
 
 pub use analyze::{
-    Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceHit, Single, Unjudged,
-    service_endpoints,
+    Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceEndpoints, ServiceHit,
+    Single, Unjudged, service_endpoints,
 };
 pub use attribute::{Attributor, Party};
 pub use diff::{

@@ -7,7 +7,7 @@ use foldhash::{HashSet, HashSetExt};
 use weir_model::{Cidr, FlowRecord, Protocol};
 use weir_policy::PolicySet;
 
-use crate::analyze::{Analysis, Analyzer, JudgedFlow, Single, service_endpoints};
+use crate::analyze::{Analysis, Analyzer, JudgedFlow, ServiceEndpoints, Single, service_endpoints};
 use crate::report::{Report, ReportBuilder};
 
 /// A connection's client end: what its pre- and post-DNAT records share.
@@ -33,7 +33,7 @@ fn client_key(record: &FlowRecord) -> Option<ClientKey> {
 pub struct AnalysisStream<'a> {
     analyzer: Analyzer<'a>,
     report: ReportBuilder<'a>,
-    endpoints: HashSet<ClientKey>,
+    endpoints: ServiceEndpoints,
     /// Flows to a ClusterIP, and flows that may be their post-DNAT view, with their arrival numbers.
     held: Vec<(u64, FlowRecord)>,
     /// Client ends of the waiting ClusterIP flows.

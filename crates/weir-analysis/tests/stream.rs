@@ -101,6 +101,47 @@ fn a_stream_starts_over_after_finish() {
     assert_eq!(stream.held(), 0);
 }
 
+/// Connections through a load balancer, an external IP and a masqueraded node port: every arrival order of
+/// their six records, one by one and in batches, gives the batch result (the views are joined either way).
+#[test]
+fn exposed_services_stream_like_a_batch_in_every_order() {
+    let (set, records) = case(
+        "tests/fixtures/exposed.flows.jsonl",
+        "tests/fixtures/exposed.cluster.yaml",
+    );
+    let expected = all_at_once(&set, &records);
+    assert!(expected.contains("dnat_joined: 2"), "{expected}");
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    let mut orders = 0;
+    // Heap's algorithm: every permutation.
+    let mut c = vec![0usize; order.len()];
+    let mut i = 0;
+    let mut check = |order: &[usize]| {
+        for batch in [1, 2, 4] {
+            assert_eq!(
+                streamed(&set, &records, order, true, batch),
+                expected,
+                "{order:?} in batches of {batch}"
+            );
+        }
+    };
+    check(&order);
+    orders += 1;
+    while i < order.len() {
+        if c[i] < i {
+            order.swap(if i % 2 == 0 { 0 } else { c[i] }, i);
+            check(&order);
+            orders += 1;
+            c[i] += 1;
+            i = 0;
+        } else {
+            c[i] = 0;
+            i += 1;
+        }
+    }
+    assert_eq!(orders, 720);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 

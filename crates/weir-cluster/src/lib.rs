@@ -15,6 +15,6 @@ pub mod yaml;
 pub use load::{LoadError, LoadReport, NAMESPACE_NAME_LABEL, SnapshotLoader};
 pub use state::{
     Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeAddress,
-    NodeAddressSource, NodeId, Pod, PodId, PolicyObject, ResolvedBackend, Service, ServiceId,
-    ServicePort, TargetPort, Workload, WorkloadKind,
+    NodeAddressSource, NodeId, Pod, PodId, PolicyObject, ResolvedBackend, Service, ServiceFrontend,
+    ServiceId, ServicePort, TargetPort, Workload, WorkloadKind,
 };

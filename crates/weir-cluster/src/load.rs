@@ -29,8 +29,8 @@ use weir_model::{Cidr, Protocol, Timestamp};
 
 use crate::state::{
     Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeAddress,
-    NodeAddressSource, NodeId, Pod, PodId, PolicyObject, Service, ServiceId, ServicePort,
-    TargetPort, Workload, WorkloadKind,
+    NodeAddressSource, NodeId, Pod, PodId, PolicyObject, Service, ServiceFrontend, ServiceId,
+    ServicePort, TargetPort, Workload, WorkloadKind,
 };
 
 /// The largest snapshot file weir reads (1 GiB): far beyond any real cluster dump, small enough to refuse
@@ -510,6 +510,29 @@ impl SnapshotLoader {
             for ip in &service.cluster_ips {
                 state.by_ip.entry(*ip).or_insert(IpOwner::Service(id));
             }
+            // Other ways in: the first Service (in namespace and name order) to claim one keeps it.
+            for port in &service.ports {
+                let frontends = (service.load_balancer_ips.iter())
+                    .map(|ip| (ip, ServiceFrontend::LoadBalancer))
+                    .chain(
+                        service
+                            .external_ips
+                            .iter()
+                            .map(|ip| (ip, ServiceFrontend::ExternalIp)),
+                    );
+                for (ip, frontend) in frontends {
+                    state
+                        .frontends
+                        .entry((port.protocol, *ip, port.port))
+                        .or_insert((id, frontend));
+                }
+                if let Some(node_port) = port.node_port {
+                    state
+                        .node_ports
+                        .entry((port.protocol, node_port))
+                        .or_insert((id, port.port));
+                }
+            }
         }
         for (_, _, slice) in slices.values() {
             attach_slice(&mut state, slice);
@@ -938,17 +961,40 @@ impl Context<'_> {
                     Err(_) => TargetPort::Name(s.clone()),
                 },
             };
+            let node_port = match port.node_port {
+                None | Some(0) => None,
+                Some(n) => Some(self.port(format!("{at}.nodePort"), n)?),
+            };
             ports.push(ServicePort {
                 name: port.name.clone().unwrap_or_default(),
                 port: number,
                 protocol: self.protocol(format!("{at}.protocol"), port.protocol.as_deref())?,
                 target,
+                node_port,
             });
+        }
+        let mut external_ips = Vec::new();
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            external_ips.push(self.ip(format!("spec.externalIPs[{i}]"), ip)?);
+        }
+        let mut load_balancer_ips = Vec::new();
+        let ingress = service
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default();
+        for (i, entry) in ingress.iter().enumerate() {
+            if let Some(ip) = entry.ip.as_deref().filter(|ip| !ip.is_empty()) {
+                load_balancer_ips
+                    .push(self.ip(format!("status.loadBalancer.ingress[{i}].ip"), ip)?);
+            }
         }
         Ok(Service {
             namespace,
             name,
             cluster_ips,
+            external_ips,
+            load_balancer_ips,
             ports,
             selector: spec.selector.filter(|s| !s.is_empty()),
             backends: Vec::new(),

@@ -275,6 +275,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     /// `targetPort` (defaults to `port`).
     pub target: TargetPort,
+    /// `nodePort`: the port every node forwards to this Service port (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
 }
 
 /// One address of an EndpointSlice, with the port numbers the slice gives each named Service port.
@@ -299,6 +301,11 @@ pub struct Service {
     pub name: String,
     /// `spec.clusterIPs` (empty for headless and ExternalName Services).
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.externalIPs`: addresses the nodes accept the Service's ports on.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`: the load balancer's addresses (an ingress given only as a hostname
+    /// has none).
+    pub load_balancer_ips: Vec<IpAddr>,
     /// Ports.
     pub ports: Vec<ServicePort>,
     /// `spec.selector`, if any.
@@ -349,6 +356,31 @@ impl PolicyObject {
     }
 }
 
+/// How a connection reached a Service: the address and port it was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceFrontend {
+    /// A ClusterIP, on the Service port.
+    ClusterIp,
+    /// A load balancer address (`status.loadBalancer.ingress`), on the Service port.
+    LoadBalancer,
+    /// One of `spec.externalIPs`, on the Service port.
+    ExternalIp,
+    /// A node's address, on the port's `nodePort`.
+    NodePort,
+}
+
+impl ServiceFrontend {
+    /// The kebab-case name used in JSON: `cluster-ip`, `load-balancer`, `external-ip`, `node-port`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceFrontend::ClusterIp => "cluster-ip",
+            ServiceFrontend::LoadBalancer => "load-balancer",
+            ServiceFrontend::ExternalIp => "external-ip",
+            ServiceFrontend::NodePort => "node-port",
+        }
+    }
+}
+
 /// Who an address belongs to in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IpOwner {
@@ -373,6 +405,10 @@ pub struct ClusterState {
     pub(crate) pod_index: HashMap<(String, String), PodId>,
     pub(crate) service_index: HashMap<(String, String), ServiceId>,
     pub(crate) host_network_pods: HashMap<NodeId, Vec<PodId>>,
+    /// Load balancer and external addresses by (protocol, address, Service port).
+    pub(crate) frontends: HashMap<(Protocol, IpAddr, u16), (ServiceId, ServiceFrontend)>,
+    /// Services by (protocol, nodePort), reached on every node's addresses.
+    pub(crate) node_ports: HashMap<(Protocol, u16), (ServiceId, u16)>,
     /// Finished pods by the addresses they held, for flows from before they finished.
     pub(crate) former_tenants: HashMap<IpAddr, Vec<PodId>>,
     pub(crate) ip_conflicts: u64,
@@ -471,6 +507,33 @@ impl ClusterState {
             .filter(|&p| self.pod(p).alive_at(at))
             .max_by_key(|&p| self.pod(p).created)
             .map(IpOwner::Pod)
+    }
+
+    /// The Service a connection to `ip`:`port` reaches without a ClusterIP, and the Service port it stands
+    /// for: a load balancer or external address on a Service port, or a node's address on a `nodePort`.
+    /// A ClusterIP is found through [`ClusterState::owner_of`] instead.
+    pub fn service_frontend(
+        &self,
+        protocol: Protocol,
+        ip: IpAddr,
+        port: u16,
+    ) -> Option<(ServiceId, u16, ServiceFrontend)> {
+        if let Some(&(service, frontend)) = self.frontends.get(&(protocol, ip, port)) {
+            return Some((service, port, frontend));
+        }
+        match self.by_ip.get(&ip) {
+            Some(IpOwner::Node(_)) => self
+                .node_ports
+                .get(&(protocol, port))
+                .map(|&(service, service_port)| (service, service_port, ServiceFrontend::NodePort)),
+            _ => None,
+        }
+    }
+
+    /// Whether any Service is reached other than through its ClusterIP (load balancer, external IPs, node
+    /// ports).
+    pub fn has_service_frontends(&self) -> bool {
+        !self.frontends.is_empty() || !self.node_ports.is_empty()
     }
 
     /// Whether an address is in a node's pod range: an address there that no pod owns is an unknown pod, not

@@ -224,6 +224,17 @@ fn ring_capture_matches_known_traffic_and_the_kernel_counters() {
     );
 }
 
+/// `weir capture ARGS...` with its output piped, stopped when the test ends.
+fn weir_capture(args: &[&str]) -> Proc {
+    Proc::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("capture")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    )
+}
+
 /// `weir capture` output lines with a given observation point interface.
 fn live_records(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -242,20 +253,7 @@ fn weir_capture_follows_pods_as_they_come_and_go() {
         "{}*",
         &node.pods[0].host_veth[..node.pods[0].host_veth.len() - 1]
     );
-    let capture = Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "capture",
-                "-i",
-                &pattern,
-                "--duration",
-                "6s",
-                "--node",
-                "node-t",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
-    );
+    let capture = weir_capture(&["-i", &pattern, "--duration", "6s", "--node", "node-t"]);
     std::thread::sleep(Duration::from_millis(1500));
     let first = node.pods[1].ip.to_string();
     node.ping(0, &first, 4);
@@ -437,20 +435,14 @@ fn worker_threads_share_an_interface_without_splitting_flows() {
     while !ready.exists() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let capture = Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "capture",
-                "-i",
-                &node.pods[0].host_veth,
-                "--duration",
-                "3s",
-                "--threads",
-                "2",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
-    );
+    let capture = weir_capture(&[
+        "-i",
+        &node.pods[0].host_veth,
+        "--duration",
+        "3s",
+        "--threads",
+        "2",
+    ]);
     std::thread::sleep(Duration::from_millis(1500));
     node.exec(0, &["python3", "-c", MANY, &node.pods[1].ip.to_string()]);
     let out = capture.output();
@@ -484,20 +476,14 @@ fn the_pnet_fallback_sees_the_same_flows() {
     require_root();
     let node = Node::new("p", 5, 3);
     node.static_neighbours();
-    let capture = Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "capture",
-                "--backend",
-                "pnet",
-                "-i",
-                &node.pods[0].host_veth,
-                "--duration",
-                "3s",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
-    );
+    let capture = weir_capture(&[
+        "--backend",
+        "pnet",
+        "-i",
+        &node.pods[0].host_veth,
+        "--duration",
+        "3s",
+    ]);
     std::thread::sleep(Duration::from_millis(1500));
     for peer in [1, 2] {
         node.ping(0, &node.pods[peer].ip.to_string(), 4);
@@ -529,18 +515,7 @@ fn ctrl_c_flushes_open_flows_and_prints_the_summary() {
     require_root();
     let node = Node::new("i", 6, 2);
     node.static_neighbours();
-    let capture = Proc::spawn(
-        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "capture",
-                "-i",
-                &node.pods[0].host_veth,
-                "--format",
-                "table",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped()),
-    );
+    let capture = weir_capture(&["-i", &node.pods[0].host_veth, "--format", "table"]);
     std::thread::sleep(Duration::from_millis(1500));
     node.ping(0, &node.pods[1].ip.to_string(), 2);
     capture.signal("INT");

@@ -511,26 +511,28 @@ fn the_pnet_fallback_sees_the_same_flows() {
 
 #[test]
 #[ignore = "needs root: network namespaces and AF_PACKET (the README's test command runs it)"]
-fn ctrl_c_flushes_open_flows_and_prints_the_summary() {
+fn ctrl_c_and_sigterm_flush_open_flows_and_print_the_summary() {
     require_root();
     let node = Node::new("i", 6, 2);
     node.static_neighbours();
-    let capture = weir_capture(&["-i", &node.pods[0].host_veth, "--format", "table"]);
-    std::thread::sleep(Duration::from_millis(1500));
-    node.ping(0, &node.pods[1].ip.to_string(), 2);
-    capture.signal("INT");
-    let out = capture.output();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let table = String::from_utf8(out.stdout).unwrap();
-    // The ping's flow was still open (ICMP idles out after a while): Ctrl-C closed and printed it.
-    let line = table
-        .lines()
-        .find(|l| l.contains(" ICMP "))
-        .unwrap_or_else(|| panic!("{table}"));
-    assert!(line.contains("from-pod") && line.contains("2/2"), "{line}");
-    assert!(
-        stderr.contains("weir capture: 1 interface on") && stderr.contains("kernel drops"),
-        "{stderr}"
-    );
+    for signal in ["INT", "TERM"] {
+        let capture = weir_capture(&["-i", &node.pods[0].host_veth, "--format", "table"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        node.ping(0, &node.pods[1].ip.to_string(), 2);
+        capture.signal(signal);
+        let out = capture.output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "SIG{signal}: {stderr}");
+        let table = String::from_utf8(out.stdout).unwrap();
+        // The ping's flow was still open (ICMP idles out after a while): the signal closed and printed it.
+        let line = table
+            .lines()
+            .find(|l| l.contains(" ICMP "))
+            .unwrap_or_else(|| panic!("SIG{signal}: {table}"));
+        assert!(line.contains("from-pod") && line.contains("2/2"), "{line}");
+        assert!(
+            stderr.contains("weir capture: 1 interface on") && stderr.contains("kernel drops"),
+            "SIG{signal}: {stderr}"
+        );
+    }
 }

@@ -8,15 +8,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::system::Scratch;
 use serde_json::{Value, json};
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn scratch(tag: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("weir-shapes-{tag}-{}", std::process::id()));

@@ -564,13 +564,12 @@ const NODE_ADDRESS_ANNOTATIONS: [&str; 12] = [
 /// never hides one.
 fn claim_inferred_node_addresses(state: &mut ClusterState) {
     for index in 0..state.nodes.len() {
-        let node = &state.nodes[index];
-        let mut candidates: Vec<NodeAddress> = node
-            .addresses
-            .iter()
-            .filter(|a| !a.source.is_listed())
-            .cloned()
-            .collect();
+        let node = &mut state.nodes[index];
+        let (listed, mut candidates): (Vec<NodeAddress>, Vec<NodeAddress>) =
+            std::mem::take(&mut node.addresses)
+                .into_iter()
+                .partition(|a| a.source.is_listed());
+        node.addresses = listed;
         for cidr in &node.pod_cidrs {
             if let Some(ip) = cidr.first_host() {
                 candidates.push(NodeAddress {
@@ -583,25 +582,9 @@ fn claim_inferred_node_addresses(state: &mut ClusterState) {
                 source: NodeAddressSource::PodCidrNetwork(*cidr),
             });
         }
-        let mut kept: Vec<NodeAddress> = node
-            .addresses
-            .iter()
-            .filter(|a| a.source.is_listed())
-            .cloned()
-            .collect();
         for candidate in candidates {
-            if kept.iter().any(|a| a.ip == candidate.ip)
-                || state.by_ip.contains_key(&candidate.ip)
-                || state.former_tenants.contains_key(&candidate.ip)
-            {
-                continue;
-            }
-            state
-                .by_ip
-                .insert(candidate.ip, IpOwner::Node(NodeId(index as u32)));
-            kept.push(candidate);
+            state.claim_for_node(NodeId(index as u32), candidate);
         }
-        state.nodes[index].addresses = kept;
     }
 }
 

@@ -590,21 +590,29 @@ impl ClusterState {
                 continue;
             };
             for address in addresses {
-                let ip = address.ip;
-                if reporters.get(&ip) != Some(&1)
-                    || state.by_ip.contains_key(&ip)
-                    || state.former_tenants.contains_key(&ip)
-                {
-                    continue;
+                if reporters.get(&address.ip) == Some(&1) {
+                    state.claim_for_node(
+                        NodeId(index as u32),
+                        NodeAddress {
+                            ip: address.ip,
+                            source: NodeAddressSource::Interface(address.interface.clone()),
+                        },
+                    );
                 }
-                state.by_ip.insert(ip, IpOwner::Node(NodeId(index as u32)));
-                state.nodes[index].addresses.push(NodeAddress {
-                    ip,
-                    source: NodeAddressSource::Interface(address.interface.clone()),
-                });
             }
         }
         state
+    }
+
+    /// Makes an address a node's when nobody holds it: no pod (now, or finished), Service or other node.
+    /// Returns whether it did. The one rule for every address weir infers for a node.
+    pub(crate) fn claim_for_node(&mut self, node: NodeId, address: NodeAddress) -> bool {
+        if self.by_ip.contains_key(&address.ip) || self.former_tenants.contains_key(&address.ip) {
+            return false;
+        }
+        self.by_ip.insert(address.ip, IpOwner::Node(node));
+        self.nodes[node.0 as usize].addresses.push(address);
+        true
     }
 
     /// The one workload every backend pod of a Service belongs to, if there is exactly one.

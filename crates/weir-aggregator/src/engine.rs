@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use weir_analysis::{Analysis, Analyzer, JudgedFlow, Party, direction_views, verdict_name};
 use weir_model::{
     Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, EndReason, FlowRecord,
-    Protocol, TcpFlags, Timestamp,
+    Protocol, Timestamp,
 };
 use weir_policy::{PolicySet, VerdictCache};
 
@@ -522,17 +522,9 @@ fn ns_of(t: Duration) -> i64 {
     i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Whether the destination took the connection: it answered (for TCP: a SYN-ACK).
+/// Whether the destination took the connection ([`weir_model::ConnectionOutcome`]).
 fn answered(r: &FlowRecord) -> bool {
-    if r.reply_packets == 0 {
-        return false;
-    }
-    if r.proto == Protocol::TCP {
-        // A RST alone is what a REJECT rule (or a closed port) sends back.
-        return r.reply_tcp_flags.contains(TcpFlags::SYN | TcpFlags::ACK)
-            || r.reply_tcp_flags.contains(TcpFlags::PSH);
-    }
-    true
+    r.outcome().answered()
 }
 
 impl Engine {

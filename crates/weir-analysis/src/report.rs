@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use weir_cluster::{NodeId, ServiceId, Workload};
-use weir_model::{Protocol, TcpFlags, Timestamp};
+use weir_model::{Protocol, Timestamp};
 use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
@@ -266,7 +266,7 @@ pub struct Report {
 
 /// Whether a flow got an answer that was not a reset.
 fn answered(flow: &JudgedFlow) -> bool {
-    flow.record.reply_packets > 0 && !flow.record.reply_tcp_flags.contains(TcpFlags::RST)
+    flow.record.outcome().answered()
 }
 
 /// How a judged flow counts in the report: denied, mixed, allowed only because an end is not isolated (no rule

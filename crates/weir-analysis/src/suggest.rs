@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use weir_cluster::{ClusterState, Labels, PodId, PolicyObject, ServiceId, Workload};
-use weir_model::{Cidr, FlowRecord, Protocol, TcpFlags, Timestamp};
+use weir_model::{Cidr, FlowRecord, Protocol, Timestamp};
 use weir_policy::{PolicyError, PolicySet};
 
 use crate::analyze::{Analyzer, JudgedFlow};
@@ -401,9 +401,10 @@ enum Coverage {
     OutOfScope,
 }
 
+/// A TCP attempt the responder did not take (refused or unanswered): not evidence of a need. Other protocols
+/// have no handshake to fail, so they always count.
 fn failed(record: &FlowRecord) -> bool {
-    record.proto == Protocol::TCP
-        && (record.reply_packets == 0 || record.reply_tcp_flags.contains(TcpFlags::RST))
+    record.proto == Protocol::TCP && !record.outcome().answered()
 }
 
 fn in_scope_pod(cluster: &ClusterState, party: Party, options: &SuggestOptions) -> bool {

@@ -65,6 +65,28 @@ impl<'de> Deserialize<'de> for TcpFlags {
     }
 }
 
+/// What became of a connection attempt, from its responder's side: the one definition weir uses everywhere
+/// (the report's answered counts and scans, the aggregator's delivery and scan detector, synthesis leaving out
+/// failed attempts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectionOutcome {
+    /// The responder took it. TCP: it sent a SYN-ACK or data, or (a capture that began mid-connection)
+    /// anything but a reset; other protocols: it sent anything back.
+    Answered,
+    /// TCP only: the responder's only word was a reset, as a closed port or a REJECT rule sends.
+    Refused,
+    /// Nothing came back.
+    Unanswered,
+}
+
+impl ConnectionOutcome {
+    /// Whether the responder took the connection.
+    pub fn answered(self) -> bool {
+        self == ConnectionOutcome::Answered
+    }
+}
+
 /// How the initiator of a flow was determined.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -323,6 +345,22 @@ impl FlowRecord {
         community_id_v1(self.src, self.dst, self.proto, a, b)
     }
 
+    /// What became of the connection ([`ConnectionOutcome`]).
+    pub fn outcome(&self) -> ConnectionOutcome {
+        if self.reply_packets == 0 {
+            return ConnectionOutcome::Unanswered;
+        }
+        if self.proto == Protocol::TCP {
+            let flags = self.reply_tcp_flags;
+            let took_it =
+                flags.contains(TcpFlags::SYN | TcpFlags::ACK) || flags.contains(TcpFlags::PSH);
+            if !took_it && flags.contains(TcpFlags::RST) {
+                return ConnectionOutcome::Refused;
+            }
+        }
+        ConnectionOutcome::Answered
+    }
+
     /// Total packets, both directions.
     pub fn total_packets(&self) -> u64 {
         self.packets + self.reply_packets
@@ -390,6 +428,35 @@ mod tests {
         assert!(json.starts_with(r#"{"src":"10.244.1.5","src_port":43512,"dst":"10.96.0.10","dst_port":53,"proto":"UDP","packets":1,"bytes":74,"reply_packets":1,"reply_bytes":120,"start":"2026-11-22T10:20:00.123456Z""#), "{json}");
         let back: FlowRecord = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn one_definition_of_an_answered_connection() {
+        let outcome = |proto: Protocol, replies: u64, flags: &str| {
+            let mut r: FlowRecord = serde_json::from_str(r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":"TCP","packets":1,"bytes":60,"reply_packets":0,"reply_bytes":0,"start":"2026-11-22T10:00:00Z","end":"2026-11-22T10:00:00Z","tcp_flags":"S","orientation":"observed","community_id":"1:x"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+            r.proto = proto;
+            r.reply_packets = replies;
+            r.reply_tcp_flags =
+                serde_json::from_value(serde_json::json!(flags)).unwrap_or_default();
+            r.outcome()
+        };
+        use ConnectionOutcome::*;
+        // TCP: the handshake, or data, is an answer, whatever ended the connection after it.
+        assert_eq!(outcome(Protocol::TCP, 3, "SA"), Answered);
+        assert_eq!(outcome(Protocol::TCP, 5, "FSRPA"), Answered);
+        assert_eq!(outcome(Protocol::TCP, 2, "PA"), Answered);
+        // Picked up mid-connection: ACKs and FINs from the responder still answer.
+        assert_eq!(outcome(Protocol::TCP, 2, "FA"), Answered);
+        // A reset alone is a refusal (a closed port, a REJECT rule), silence is unanswered.
+        assert_eq!(outcome(Protocol::TCP, 1, "RA"), Refused);
+        assert_eq!(outcome(Protocol::TCP, 1, "R"), Refused);
+        assert_eq!(outcome(Protocol::TCP, 0, ""), Unanswered);
+        // Other protocols: any reply.
+        assert_eq!(outcome(Protocol::UDP, 1, ""), Answered);
+        assert_eq!(outcome(Protocol::UDP, 0, ""), Unanswered);
+        assert_eq!(outcome(Protocol::ICMP, 1, ""), Answered);
+        assert!(Answered.answered() && !Refused.answered() && !Unanswered.answered());
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub mod wire;
 pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, Severity};
 pub use cidr::Cidr;
 pub use community_id::{community_id_v1, icmp_counterpart};
-pub use flow::{Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags};
+pub use flow::{
+    ConnectionOutcome, Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags,
+};
 pub use link::LinkType;
 pub use protocol::Protocol;
 pub use time::{Timestamp, TimestampParseError};

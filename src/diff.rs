@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 use weir_analysis::{
-    Analysis, Analyzer, Change, ConnectivityDiff, EdgeClass, ObservedDiff, Report,
+    Analysis, Analyzer, Change, ConnectivityDiff, EdgeVerdict, ObservedDiff, Report,
     connectivity_diff, edge_json, observed_diff, write_analysis_json,
 };
 use weir_model::{Cidr, FlowRecord};
@@ -270,7 +270,7 @@ fn change_sections(
 ) -> Vec<Section> {
     let mut out = Vec::new();
     if let Some(o) = observed {
-        let (shown, more) = take(o.broken.edges_of(EdgeClass::Denied), top);
+        let (shown, more) = take(o.broken.edges_of(EdgeVerdict::Denied), top);
         out.push(Section {
             title: "Observed flows the change would break",
             tone: Tone::Bad,

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use weir_analysis::{Edge, EdgeClass, Group, Report};
+use weir_analysis::{Edge, EdgeVerdict, Group, Report};
 use weir_flow::ExtractStats;
 use weir_model::Timestamp;
 
@@ -135,7 +135,7 @@ pub fn take<T>(items: impl Iterator<Item = T>, top: usize) -> (Vec<T>, usize) {
     (all, more)
 }
 
-fn edge_count(report: &Report, class: EdgeClass) -> (u64, usize) {
+fn edge_count(report: &Report, class: EdgeVerdict) -> (u64, usize) {
     report
         .edges_of(class)
         .fold((0, 0), |(flows, edges), e| (flows + e.flows, edges + 1))
@@ -144,8 +144,8 @@ fn edge_count(report: &Report, class: EdgeClass) -> (u64, usize) {
 pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let mut out = Vec::new();
 
-    let (flows, edges) = edge_count(report, EdgeClass::Denied);
-    let (shown, more) = take(report.edges_of(EdgeClass::Denied), top);
+    let (flows, edges) = edge_count(report, EdgeVerdict::Denied);
+    let (shown, more) = take(report.edges_of(EdgeVerdict::Denied), top);
     out.push(Section {
         title: "Denied by the policies in force",
         tone: Tone::Bad,
@@ -204,8 +204,8 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         more,
     });
 
-    if report.edges_of(EdgeClass::Mixed).next().is_some() {
-        let (shown, more) = take(report.edges_of(EdgeClass::Mixed), top);
+    if report.edges_of(EdgeVerdict::Mixed).next().is_some() {
+        let (shown, more) = take(report.edges_of(EdgeVerdict::Mixed), top);
         out.push(Section {
             title: "Service backends that disagree",
             tone: Tone::Bad,
@@ -229,8 +229,8 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         });
     }
 
-    let (flows, edges) = edge_count(report, EdgeClass::NotIsolated);
-    let (shown, more) = take(report.edges_of(EdgeClass::NotIsolated), top);
+    let (flows, edges) = edge_count(report, EdgeVerdict::NotIsolated);
+    let (shown, more) = take(report.edges_of(EdgeVerdict::NotIsolated), top);
     out.push(Section {
         title: "Allowed only because a pod is not isolated",
         tone: Tone::Warn,
@@ -358,8 +358,8 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         });
     }
 
-    if report.edges_of(EdgeClass::Unjudged).next().is_some() {
-        let (shown, more) = take(report.edges_of(EdgeClass::Unjudged), top);
+    if report.edges_of(EdgeVerdict::Unknown).next().is_some() {
+        let (shown, more) = take(report.edges_of(EdgeVerdict::Unknown), top);
         out.push(Section {
             title: "Not judged",
             tone: Tone::Warn,
@@ -382,8 +382,8 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         });
     }
 
-    let (flows, edges) = edge_count(report, EdgeClass::Allowed);
-    let (shown, more) = take(report.edges_of(EdgeClass::Allowed), top);
+    let (flows, edges) = edge_count(report, EdgeVerdict::Allowed);
+    let (shown, more) = take(report.edges_of(EdgeVerdict::Allowed), top);
     out.push(Section {
         title: "Allowed by policy",
         tone: Tone::Plain,

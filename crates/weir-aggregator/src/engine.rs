@@ -903,7 +903,7 @@ impl Engine {
         let (egress, ingress) = direction_views(set, &flow.judgement);
         // As the reports count it: allowed with no rule allowing it in either direction.
         let not_isolated =
-            weir_analysis::class_of(&flow.judgement) == weir_analysis::EdgeClass::NotIsolated;
+            weir_analysis::class_of(&flow.judgement) == weir_analysis::EdgeVerdict::NotIsolated;
         let mut policies: Vec<String> = Vec::new();
         for (dir, view) in [("egress", &egress), ("ingress", &ingress)] {
             for p in &view.policies {

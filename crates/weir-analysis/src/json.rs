@@ -463,7 +463,7 @@ pub fn write_analysis_json<W: Write>(
 ) -> io::Result<()> {
     let t = &report.totals;
     let edges = |class| -> Vec<EdgeView<'_>> { report.edges_of(class).map(edge_view).collect() };
-    use crate::report::EdgeClass;
+    use weir_model::EdgeVerdict;
     let summary = serde_json::json!({
         "inputs": inputs,
         "flows": t.flows,
@@ -481,11 +481,11 @@ pub fn write_analysis_json<W: Write>(
         "via_service": t.via_service,
         "dnat_joined": t.dnat_joined,
         "pods_seen": t.pods_seen,
-        "unexpected": edges(EdgeClass::Denied),
-        "mixed": edges(EdgeClass::Mixed),
-        "allowed_not_isolated": edges(EdgeClass::NotIsolated),
-        "allowed": edges(EdgeClass::Allowed),
-        "unjudged": edges(EdgeClass::Unjudged),
+        "unexpected": edges(EdgeVerdict::Denied),
+        "mixed": edges(EdgeVerdict::Mixed),
+        "allowed_not_isolated": edges(EdgeVerdict::NotIsolated),
+        "allowed": edges(EdgeVerdict::Allowed),
+        "unjudged": edges(EdgeVerdict::Unknown),
         "namespaces_without_policy": report.namespaces_without_policy.iter()
             .map(|(ns, pods)| serde_json::json!({"namespace": ns, "pods": pods})).collect::<Vec<_>>(),
         "workloads_without_policy": report.workloads_without_policy.iter()

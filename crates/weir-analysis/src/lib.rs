@@ -39,8 +39,8 @@ pub use json::{
     write_flow,
 };
 pub use report::{
-    Edge, EdgeClass, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals,
-    UnattributedAddress, UnusedRule, class_of, port_summary,
+    Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,
+    UnusedRule, class_of, port_summary,
 };
 pub use stream::AnalysisStream;
 pub use suggest::{
@@ -48,3 +48,4 @@ pub use suggest::{
     SuggestedRule, Suggestion, Uncovered, Unsuggested, policy_objects, prove, suggest,
 };
 pub use suggest_yaml::{policy_yaml, suggestion_yaml};
+pub use weir_model::EdgeVerdict;

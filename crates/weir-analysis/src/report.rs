@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use weir_cluster::{NodeId, ServiceId, Workload};
-use weir_model::{Protocol, Timestamp};
+use weir_model::{EdgeVerdict, Protocol, Timestamp};
 use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
@@ -41,39 +41,11 @@ impl fmt::Display for Group {
     }
 }
 
-/// How the flows of an edge were judged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EdgeClass {
-    /// Observed, but the policies in force deny it.
-    Denied,
-    /// A Service whose backends get different verdicts.
-    Mixed,
-    /// Allowed only because an end is not isolated: no policy rule allowed it.
-    NotIsolated,
-    /// Allowed by policy rules (or always allowed: a pod and its node, nodes and the outside).
-    Allowed,
-    /// Could not be judged (a Service without backends, say).
-    Unjudged,
-}
-
-impl EdgeClass {
-    /// The name used in JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            EdgeClass::Denied => "denied",
-            EdgeClass::Mixed => "mixed",
-            EdgeClass::NotIsolated => "not-isolated",
-            EdgeClass::Allowed => "allowed",
-            EdgeClass::Unjudged => "unknown",
-        }
-    }
-}
-
 /// Flows between two groups on one port, with one classification.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Edge {
     /// The classification.
-    pub class: EdgeClass,
+    pub class: EdgeVerdict,
     /// Initiators.
     pub from: Group,
     /// Responders.
@@ -271,9 +243,9 @@ fn answered(flow: &JudgedFlow) -> bool {
 
 /// How a judged flow counts in the report: denied, mixed, allowed only because an end is not isolated (no rule
 /// allowed it in either direction), allowed, or not judged.
-pub fn class_of(judgement: &Judgement) -> EdgeClass {
+pub fn class_of(judgement: &Judgement) -> EdgeVerdict {
     match judgement {
-        Judgement::Judged { verdict, .. } if !verdict.allowed() => EdgeClass::Denied,
+        Judgement::Judged { verdict, .. } if !verdict.allowed() => EdgeVerdict::Denied,
         Judgement::Judged { verdict, .. } => {
             let by_rule = |d: Decision| matches!(d, Decision::AllowedBy(_));
             let open = |d: Decision| d == Decision::NotIsolated;
@@ -281,13 +253,13 @@ pub fn class_of(judgement: &Judgement) -> EdgeClass {
                 && !by_rule(verdict.ingress)
                 && (open(verdict.egress) || open(verdict.ingress))
             {
-                EdgeClass::NotIsolated
+                EdgeVerdict::NotIsolated
             } else {
-                EdgeClass::Allowed
+                EdgeVerdict::Allowed
             }
         }
-        Judgement::Mixed(_) => EdgeClass::Mixed,
-        Judgement::Unjudged(_) => EdgeClass::Unjudged,
+        Judgement::Mixed(_) => EdgeVerdict::Mixed,
+        Judgement::Unjudged(_) => EdgeVerdict::Unknown,
     }
 }
 
@@ -399,7 +371,7 @@ struct EdgeAcc {
 }
 
 impl EdgeAcc {
-    fn add(&mut self, flow: &JudgedFlow, class: EdgeClass, port: Option<u16>, ok: bool) {
+    fn add(&mut self, flow: &JudgedFlow, class: EdgeVerdict, port: Option<u16>, ok: bool) {
         let r = &flow.record;
         if self.ports.last() != Some(&(r.proto, port))
             && let Err(at) = self.ports.binary_search(&(r.proto, port))
@@ -437,8 +409,8 @@ impl EdgeAcc {
         };
         match &flow.judgement {
             Judgement::Judged { verdict, grounds } => match class {
-                EdgeClass::Denied => denied(verdict, grounds),
-                EdgeClass::NotIsolated => {
+                EdgeVerdict::Denied => denied(verdict, grounds),
+                EdgeVerdict::NotIsolated => {
                     self.not_isolated.0 |= verdict.egress == Decision::NotIsolated;
                     self.not_isolated.1 |= verdict.ingress == Decision::NotIsolated;
                 }
@@ -520,7 +492,7 @@ impl ScanAcc {
     }
 }
 
-type EdgeKey = (EdgeClass, u32, u32, Option<ServiceId>);
+type EdgeKey = (EdgeVerdict, u32, u32, Option<ServiceId>);
 
 impl Report {
     /// Builds the report of an analysis.
@@ -534,7 +506,7 @@ impl Report {
     }
 
     /// The edges of one class.
-    pub fn edges_of(&self, class: EdgeClass) -> impl Iterator<Item = &Edge> {
+    pub fn edges_of(&self, class: EdgeVerdict) -> impl Iterator<Item = &Edge> {
         self.edges.iter().filter(move |e| e.class == class)
     }
 }
@@ -673,14 +645,14 @@ impl<'a> ReportBuilder<'a> {
             totals.via_service += u64::from(flow.service.is_some());
             let class = class_of(&flow.judgement);
             match class {
-                EdgeClass::Denied => totals.denied += 1,
-                EdgeClass::Mixed => totals.mixed += 1,
-                EdgeClass::NotIsolated => {
+                EdgeVerdict::Denied => totals.denied += 1,
+                EdgeVerdict::Mixed => totals.mixed += 1,
+                EdgeVerdict::NotIsolated => {
                     totals.allowed += 1;
                     totals.allowed_not_isolated += 1;
                 }
-                EdgeClass::Allowed => totals.allowed += 1,
-                EdgeClass::Unjudged => totals.unjudged += 1,
+                EdgeVerdict::Allowed => totals.allowed += 1,
+                EdgeVerdict::Unknown => totals.unjudged += 1,
             }
             for party in [flow.source, flow.destination] {
                 if let Party::Pod(pod) = party {
@@ -737,7 +709,7 @@ impl<'a> ReportBuilder<'a> {
             let acc = fanout.entry((from, r.src)).or_default();
             acc.targets.insert((destination_ip, port));
             acc.flows += 1;
-            acc.denied += u64::from(class == EdgeClass::Denied);
+            acc.denied += u64::from(class == EdgeVerdict::Denied);
             if !ok {
                 // The span of the failures, which is the scan, not the source's ordinary traffic.
                 acc.first = if acc.failed == 0 {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_analysis::{
-    Analysis, Analyzer, Edge, EdgeClass, Group, JudgedFlow, Judgement, Party, Report,
-    SuggestOptions, policy_objects, policy_yaml, suggest,
+    Analysis, Analyzer, Edge, Group, JudgedFlow, Judgement, Party, Report, SuggestOptions,
+    policy_objects, policy_yaml, suggest,
 };
 use weir_cluster::{ClusterState, PodId};
 use weir_model::Cidr;
@@ -53,16 +53,6 @@ fn node_of(group: &Group) -> MapNode {
         ),
     };
     MapNode::new(node_id(group), kind, box_name, name)
-}
-
-fn verdict(class: EdgeClass) -> EdgeVerdict {
-    match class {
-        EdgeClass::Denied => EdgeVerdict::Denied,
-        EdgeClass::Mixed => EdgeVerdict::Mixed,
-        EdgeClass::NotIsolated => EdgeVerdict::NotIsolated,
-        EdgeClass::Allowed => EdgeVerdict::Allowed,
-        EdgeClass::Unjudged => EdgeVerdict::Unknown,
-    }
 }
 
 /// Why an edge got its verdict, in the engine's terms.
@@ -337,7 +327,7 @@ pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str)
         .map(|(i, edge)| {
             let from = node_id(&edge.from);
             let mut alerts = Vec::new();
-            if edge.class == EdgeClass::Denied {
+            if edge.class == EdgeVerdict::Denied {
                 alerts.push(format!(
                     "policy-violation: {} denied connection{} observed",
                     edge.flows,
@@ -349,7 +339,7 @@ pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str)
                 id: format!("e{i}"),
                 to: node_id(&edge.to),
                 from,
-                verdict: verdict(edge.class),
+                verdict: edge.class,
                 new: false,
                 ports: edge.port_summary(),
                 flows: edge.flows,

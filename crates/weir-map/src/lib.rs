@@ -43,62 +43,7 @@ pub enum NodeKind {
     Pod,
 }
 
-/// How an edge's flows were judged: its colour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EdgeVerdict {
-    /// The policies in force deny it.
-    Denied,
-    /// Allowed only because an end is not isolated (no policy selects it).
-    NotIsolated,
-    /// A Service whose backends get different verdicts.
-    Mixed,
-    /// Allowed by a policy rule (or always allowed).
-    Allowed,
-    /// Not judged.
-    Unknown,
-}
-
-impl EdgeVerdict {
-    /// The one to draw when edges are drawn as one: denied before mixed before allowed-because-not-isolated
-    /// before not judged before allowed.
-    pub fn worst(self, other: EdgeVerdict) -> EdgeVerdict {
-        let rank = |v: EdgeVerdict| match v {
-            EdgeVerdict::Denied => 0,
-            EdgeVerdict::Mixed => 1,
-            EdgeVerdict::NotIsolated => 2,
-            EdgeVerdict::Unknown => 3,
-            EdgeVerdict::Allowed => 4,
-        };
-        if rank(other) < rank(self) {
-            other
-        } else {
-            self
-        }
-    }
-
-    /// The CSS class and filter value.
-    pub fn name(self) -> &'static str {
-        match self {
-            EdgeVerdict::Denied => "denied",
-            EdgeVerdict::NotIsolated => "not-isolated",
-            EdgeVerdict::Mixed => "mixed",
-            EdgeVerdict::Allowed => "allowed",
-            EdgeVerdict::Unknown => "unknown",
-        }
-    }
-
-    /// For people.
-    pub fn label(self) -> &'static str {
-        match self {
-            EdgeVerdict::Denied => "denied by policy",
-            EdgeVerdict::NotIsolated => "allowed only because not isolated",
-            EdgeVerdict::Mixed => "mixed (backends judged differently)",
-            EdgeVerdict::Allowed => "allowed by policy",
-            EdgeVerdict::Unknown => "not judged",
-        }
-    }
-}
+pub use weir_model::EdgeVerdict;
 
 /// A node of the map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

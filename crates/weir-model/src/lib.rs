@@ -15,6 +15,7 @@ pub mod ingest;
 mod link;
 mod protocol;
 mod time;
+mod verdict;
 pub mod wire;
 
 pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, Severity};
@@ -26,3 +27,4 @@ pub use flow::{
 pub use link::LinkType;
 pub use protocol::Protocol;
 pub use time::{Timestamp, TimestampParseError};
+pub use verdict::EdgeVerdict;

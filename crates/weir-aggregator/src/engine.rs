@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use weir_analysis::{Analysis, Analyzer, JudgedFlow, Party, direction_views, verdict_name};
+use weir_analysis::{Analysis, Analyzer, JudgedFlow, Party, direction_views, flow_verdict};
 use weir_model::{
     Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, EndReason, FlowRecord,
-    Protocol, Timestamp,
+    FlowVerdict, Protocol, Timestamp,
 };
 use weir_policy::{PolicySet, VerdictCache};
 
@@ -128,8 +128,8 @@ pub struct EdgeStats {
     pub denied: u64,
     /// Connections whose verdict was mixed or unknown.
     pub other: u64,
-    /// The last verdict: `allowed`, `denied`, `mixed`, `unknown`.
-    pub verdict: String,
+    /// The last verdict.
+    pub verdict: FlowVerdict,
     /// Allowed only because an end is not isolated.
     pub not_isolated: bool,
     /// The deciding policies of the last verdict (`egress ns/name`, `ingress ns/name`).
@@ -175,8 +175,8 @@ pub struct FlowView {
     /// Port as judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// `allowed`, `denied`, `mixed`, `unknown`.
-    pub verdict: Arc<str>,
+    /// The verdict.
+    pub verdict: FlowVerdict,
     /// The deciding policies.
     pub policies: Arc<[String]>,
 }
@@ -200,21 +200,12 @@ struct Resolved {
     edge: usize,
     /// Ends, port, verdict and policies, as every flow of this resolution is kept.
     view: Arc<FlowView>,
-    class: VerdictClass,
     not_isolated: bool,
     reason: Arc<str>,
     /// Its policy-violation (per pair), enforcement-gap and new-edge (per port) alert ids.
     alert_ids: [Arc<str>; 3],
     /// The node of the destination pod (interned).
     destination_pod_node: Option<u16>,
-}
-
-/// A verdict as the counters see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum VerdictClass {
-    Allowed,
-    Denied,
-    Other,
 }
 
 /// What a resolution depends on, packed into integers (it is looked up once per record): each end as its
@@ -274,8 +265,8 @@ pub struct Totals {
     pub records: u64,
     /// Connections counted.
     pub connections: u64,
-    /// By verdict (`allowed`, `denied`, `mixed`, `unknown`).
-    pub verdicts: BTreeMap<String, u64>,
+    /// By verdict.
+    pub verdicts: BTreeMap<FlowVerdict, u64>,
     /// Records joined with the other end's view.
     pub joined_views: u64,
     /// Post-DNAT records folded into their Service flow.
@@ -495,7 +486,7 @@ pub struct Engine {
     dirty_edges: Vec<usize>,
     edge_dirty: Vec<bool>,
     /// Connections by verdict since the engine started, added to `totals.verdicts` when read.
-    verdict_counts: SmallVec<[(Arc<str>, u64); 4]>,
+    verdict_counts: BTreeMap<FlowVerdict, u64>,
     learning_started: Timestamp,
     joins: HashMap<JoinKey, SmallVec<[Conn; 1]>>,
     join_count: usize,
@@ -550,7 +541,7 @@ impl Engine {
             last_node: None,
             dirty_edges: Vec::new(),
             edge_dirty: Vec::new(),
-            verdict_counts: SmallVec::new(),
+            verdict_counts: BTreeMap::new(),
             learning_started,
             joins: HashMap::new(),
             join_count: 0,
@@ -646,7 +637,7 @@ impl Engine {
         let mut t = self.totals.clone();
         t.alert_deliveries += self.outbox.delivered;
         for (verdict, n) in &self.verdict_counts {
-            *t.verdicts.entry(verdict.to_string()).or_default() += n;
+            *t.verdicts.entry(*verdict).or_default() += n;
         }
         t
     }
@@ -899,7 +890,7 @@ impl Engine {
         }
         let src = self.endpoint(flow.source, r.src);
         let dst = self.endpoint(flow.destination, dst_ip);
-        let verdict = verdict_name(&flow.judgement);
+        let verdict = flow_verdict(&flow.judgement);
         let (egress, ingress) = direction_views(set, &flow.judgement);
         // As the reports count it: allowed with no rule allowing it in either direction.
         let not_isolated =
@@ -937,7 +928,7 @@ impl Engine {
                     allowed: 0,
                     denied: 0,
                     other: 0,
-                    verdict: verdict.to_owned(),
+                    verdict,
                     not_isolated,
                     policies: policies.clone(),
                     services: Vec::new(),
@@ -997,14 +988,9 @@ impl Engine {
                 source: src,
                 destination: dst,
                 port,
-                verdict: self.intern_name(verdict),
+                verdict,
                 policies: self.intern_policies(policies),
             }),
-            class: match verdict {
-                "allowed" => VerdictClass::Allowed,
-                "denied" => VerdictClass::Denied,
-                _ => VerdictClass::Other,
-            },
             not_isolated,
             reason: Arc::from(reason),
             destination_pod_node,
@@ -1023,7 +1009,7 @@ impl Engine {
         let r = flow.record;
         let dst_ip = flow.service.and_then(|s| s.backend).unwrap_or(r.dst);
         let edge = res.edge;
-        let denied = res.class == VerdictClass::Denied;
+        let denied = res.view.verdict == FlowVerdict::Denied;
         self.mark_edge(edge);
         let side = match r.observed_at.as_ref().map(|o| o.direction) {
             Some(Direction::ToPod) => Side::Destination,
@@ -1142,17 +1128,17 @@ impl Engine {
         let view = &res.view;
         if is_new {
             e.flows += 1;
-            match res.class {
-                VerdictClass::Allowed => e.allowed += 1,
-                VerdictClass::Denied => e.denied += 1,
-                VerdictClass::Other => e.other += 1,
+            match res.view.verdict {
+                FlowVerdict::Allowed => e.allowed += 1,
+                FlowVerdict::Denied => e.denied += 1,
+                FlowVerdict::Mixed | FlowVerdict::Unknown => e.other += 1,
             }
             e.not_isolated = res.not_isolated;
             // Verdicts, policy lists and Service names are interned: the same pointers as last time mean
             // nothing to copy.
             let same = self.edge_resolved[edge].as_ref().is_some_and(|last| {
                 let v = &last.view;
-                Arc::ptr_eq(&v.verdict, &view.verdict)
+                v.verdict == view.verdict
                     && Arc::ptr_eq(&v.policies, &view.policies)
                     && match (&v.service, &view.service) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -1161,9 +1147,7 @@ impl Engine {
                     }
             });
             if !same {
-                if e.verdict != *view.verdict {
-                    e.verdict = view.verdict.to_string();
-                }
+                e.verdict = view.verdict;
                 if e.policies.as_slice() != &*view.policies {
                     e.policies = view.policies.to_vec();
                 }
@@ -1175,15 +1159,7 @@ impl Engine {
                 self.edge_resolved[edge] = Some(Arc::clone(&res));
             }
             self.totals.connections += 1;
-            // Verdict names are interned: a pointer compare among a handful.
-            match self
-                .verdict_counts
-                .iter_mut()
-                .find(|(v, _)| Arc::ptr_eq(v, &view.verdict))
-            {
-                Some((_, n)) => *n += 1,
-                None => self.verdict_counts.push((Arc::clone(&view.verdict), 1)),
-            }
+            *self.verdict_counts.entry(view.verdict).or_default() += 1;
         } else {
             self.totals.joined_views += 1;
         }
@@ -1211,7 +1187,7 @@ impl Engine {
             self.raise_edge_alert(AlertKind::EnforcementGap, &ctx);
         }
         if is_new
-            && res.class == VerdictClass::Allowed
+            && res.view.verdict == FlowVerdict::Allowed
             && !baseline
             && view.source.in_cluster()
             && view.destination.in_cluster()

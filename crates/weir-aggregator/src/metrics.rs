@@ -147,7 +147,9 @@ pub fn render(s: &Shared) -> String {
             &mut r,
             "flows",
             "Connections judged, by verdict (a connection reported by both ends counts once)",
-            t.verdicts.iter().map(|(v, n)| (label("verdict", v), *n)),
+            t.verdicts
+                .iter()
+                .map(|(v, n)| (label("verdict", v.name()), *n)),
         );
         let plain: [(&str, &str, u64); 7] = [
             (

@@ -833,7 +833,7 @@ impl FlowFilter {
         let v = &f.view;
         self.verdict
             .as_deref()
-            .is_none_or(|want| &*v.verdict == want)
+            .is_none_or(|want| v.verdict.name() == want)
             && since.is_none_or(|t| f.record.end >= t)
             && until.is_none_or(|t| f.record.start <= t)
             && self.sides_match(
@@ -848,7 +848,9 @@ impl FlowFilter {
         since: Option<Timestamp>,
         until: Option<Timestamp>,
     ) -> bool {
-        self.verdict.as_deref().is_none_or(|v| e.verdict == v)
+        self.verdict
+            .as_deref()
+            .is_none_or(|v| e.verdict.name() == v)
             && self.new.is_none_or(|n| n != e.baseline)
             && since.is_none_or(|t| e.last_seen >= t)
             && until.is_none_or(|t| e.first_seen <= t)

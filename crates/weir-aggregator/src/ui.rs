@@ -23,7 +23,7 @@ use weir_map::{
     CONTENT_SECURITY_POLICY, EdgeVerdict, Map, MapEdge, MapNode, NodeKind, collapse, describe_pods,
     layout, render_svg,
 };
-use weir_model::{Alert, Cidr, Protocol, Timestamp};
+use weir_model::{Alert, Cidr, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
@@ -226,20 +226,20 @@ fn endpoint_node(e: &EndpointKey) -> MapNode {
     MapNode::new(endpoint_id(e), kind, group, name)
 }
 
-/// The map's verdict for the engine's verdict name; `not_isolated` tells an allowed one only because an end is
+/// The map's verdict for the engine's flow verdict; `not_isolated` tells an allowed one only because an end is
 /// open.
-fn map_verdict(verdict: &str, not_isolated: bool) -> EdgeVerdict {
+fn map_verdict(verdict: FlowVerdict, not_isolated: bool) -> EdgeVerdict {
     match verdict {
-        "denied" => EdgeVerdict::Denied,
-        "allowed" if not_isolated => EdgeVerdict::NotIsolated,
-        "allowed" => EdgeVerdict::Allowed,
-        "mixed" => EdgeVerdict::Mixed,
-        _ => EdgeVerdict::Unknown,
+        FlowVerdict::Denied => EdgeVerdict::Denied,
+        FlowVerdict::Allowed if not_isolated => EdgeVerdict::NotIsolated,
+        FlowVerdict::Allowed => EdgeVerdict::Allowed,
+        FlowVerdict::Mixed => EdgeVerdict::Mixed,
+        FlowVerdict::Unknown => EdgeVerdict::Unknown,
     }
 }
 
 fn edge_verdict(e: &EdgeStats) -> EdgeVerdict {
-    map_verdict(&e.verdict, e.not_isolated)
+    map_verdict(e.verdict, e.not_isolated)
 }
 
 fn alert_line(a: &Alert) -> String {
@@ -469,7 +469,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
             .unwrap_or(EdgeVerdict::Unknown);
         let e = split.entry((from, to)).or_default();
         e.parents.insert((src, dst));
-        let verdict = map_verdict(&v.verdict, parent == EdgeVerdict::NotIsolated);
+        let verdict = map_verdict(v.verdict, parent == EdgeVerdict::NotIsolated);
         e.verdict = Some(e.verdict.map_or(verdict, |w| w.worst(verdict)));
         let r = &f.record;
         e.ports.insert((r.proto, v.port));

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use weir_cluster::{ClusterState, ServiceFrontend};
-use weir_model::{FlowRecord, Timestamp};
+use weir_model::{FlowRecord, FlowVerdict, Timestamp};
 use weir_policy::{Decision, Grounds, PolicySet, Verdict};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, Unjudged, union};
@@ -97,13 +97,13 @@ fn unknown_sides() -> (DirectionView, DirectionView) {
     (unknown(), unknown())
 }
 
-/// `allowed`, `denied`, `mixed` (a Service's backends disagree) or `unknown` (not judged).
-pub fn verdict_name(judgement: &Judgement) -> &'static str {
+/// The verdict on a flow: allowed, denied, mixed (a Service's backends disagree) or unknown (not judged).
+pub fn flow_verdict(judgement: &Judgement) -> FlowVerdict {
     match judgement {
-        Judgement::Judged { verdict, .. } if verdict.allowed() => "allowed",
-        Judgement::Judged { .. } => "denied",
-        Judgement::Mixed(_) => "mixed",
-        Judgement::Unjudged(_) => "unknown",
+        Judgement::Judged { verdict, .. } if verdict.allowed() => FlowVerdict::Allowed,
+        Judgement::Judged { .. } => FlowVerdict::Denied,
+        Judgement::Mixed(_) => FlowVerdict::Mixed,
+        Judgement::Unjudged(_) => FlowVerdict::Unknown,
     }
 }
 
@@ -227,7 +227,7 @@ struct BackendView {
     pod: Option<String>,
     ip: IpAddr,
     port: u16,
-    verdict: &'static str,
+    verdict: FlowVerdict,
 }
 
 #[derive(Serialize)]
@@ -236,7 +236,7 @@ struct FlowExtras<'a> {
     destination: EndpointView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<ServiceView<'a>>,
-    verdict: &'static str,
+    verdict: FlowVerdict,
     egress: DirectionView,
     ingress: DirectionView,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -334,9 +334,9 @@ pub fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
                     ip: b.ip,
                     port: b.port,
                     verdict: if b.verdict.allowed() {
-                        "allowed"
+                        FlowVerdict::Allowed
                     } else {
-                        "denied"
+                        FlowVerdict::Denied
                     },
                 })
                 .collect(),
@@ -361,7 +361,7 @@ pub fn write_flow(set: &PolicySet, flow: &JudgedFlow, out: &mut Vec<u8>) {
                 masqueraded_as: s.masqueraded_as,
             }
         }),
-        verdict: verdict_name(&flow.judgement),
+        verdict: flow_verdict(&flow.judgement),
         egress,
         ingress,
         backends,

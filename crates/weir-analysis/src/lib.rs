@@ -35,7 +35,7 @@ pub use diff::{
     Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
 };
 pub use json::{
-    DirectionView, direction_views, edge_json, reason, verdict_name, write_analysis_json,
+    DirectionView, direction_views, edge_json, flow_verdict, reason, write_analysis_json,
     write_flow,
 };
 pub use report::{

@@ -27,4 +27,4 @@ pub use flow::{
 pub use link::LinkType;
 pub use protocol::Protocol;
 pub use time::{Timestamp, TimestampParseError};
-pub use verdict::EdgeVerdict;
+pub use verdict::{EdgeVerdict, FlowVerdict};

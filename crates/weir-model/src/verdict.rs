@@ -61,9 +61,59 @@ impl EdgeVerdict {
     }
 }
 
+/// The verdict on one flow: what the flows of reports, the aggregator's API and its stored flows say.
+/// Serialized in kebab-case: `allowed`, `denied`, `mixed` (a Service's backends disagree), `unknown` (not
+/// judged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowVerdict {
+    /// The policies in force allow it (in both directions).
+    Allowed,
+    /// The policies in force deny it (in at least one direction).
+    Denied,
+    /// A Service's backends would get different verdicts.
+    Mixed,
+    /// Not judged.
+    Unknown,
+}
+
+impl FlowVerdict {
+    /// The name in JSON and in API filters.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowVerdict::Allowed => "allowed",
+            FlowVerdict::Denied => "denied",
+            FlowVerdict::Mixed => "mixed",
+            FlowVerdict::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FlowVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::EdgeVerdict;
+    use super::{EdgeVerdict, FlowVerdict};
+
+    #[test]
+    fn flow_verdict_names_are_the_json_spelling() {
+        for v in [
+            FlowVerdict::Allowed,
+            FlowVerdict::Denied,
+            FlowVerdict::Mixed,
+            FlowVerdict::Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_value(v).ok(),
+                Some(serde_json::Value::from(v.name()))
+            );
+            assert_eq!(v.to_string(), v.name());
+        }
+    }
 
     #[test]
     fn names_are_the_json_spelling_and_the_worst_wins() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use weir_analysis::{Analysis, Analyzer, JudgedFlow, Party, direction_views, flow_verdict};
 use weir_model::{
-    Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, EndReason, FlowRecord,
-    FlowVerdict, Protocol, Timestamp,
+    Alert, AlertEndpoint, AlertEvidence, AlertKind, Cidr, Direction, EndReason, EndpointKind,
+    FlowRecord, FlowVerdict, Protocol, Timestamp,
 };
 use weir_policy::{PolicySet, VerdictCache};
 
@@ -63,8 +63,8 @@ impl Default for EngineConfig {
 /// One end of an edge: a workload, a node, a Service, or an address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct EndpointKey {
-    /// `pod` (a workload's pods), `node`, `service`, `external` or `unknown`.
-    pub kind: Arc<str>,
+    /// What it is.
+    pub kind: EndpointKind,
     /// Namespace, for workloads and Services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<Arc<str>>,
@@ -83,12 +83,12 @@ impl EndpointKey {
 
     /// Whether the endpoint is inside the cluster (lateral traffic is between such endpoints).
     pub fn in_cluster(&self) -> bool {
-        &*self.kind != "external"
+        self.kind != EndpointKind::External
     }
 
     fn alert_endpoint(&self, pod: Option<&str>, ip: Option<IpAddr>) -> AlertEndpoint {
         AlertEndpoint {
-            kind: self.kind.to_string(),
+            kind: self.kind,
             namespace: self.namespace.as_deref().map(str::to_owned),
             name: self.name.to_string(),
             pod: pod.map(str::to_owned),
@@ -757,30 +757,38 @@ impl Engine {
 
     fn endpoint(&self, party: Party, ip: IpAddr) -> EndpointKey {
         let cluster = self.set.cluster();
-        let make = |kind: &str, namespace: Option<&str>, name: String| EndpointKey {
-            kind: Arc::from(kind),
+        let make = |kind: EndpointKind, namespace: Option<&str>, name: String| EndpointKey {
+            kind,
             namespace: namespace.map(Arc::from),
             name: Arc::from(name),
         };
         match party {
             Party::Pod(id) => {
                 let w = &cluster.pod(id).workload;
-                make("pod", Some(&w.namespace), format!("{}/{}", w.kind, w.name))
+                make(
+                    EndpointKind::Pod,
+                    Some(&w.namespace),
+                    format!("{}/{}", w.kind, w.name),
+                )
             }
-            Party::Node(id) => make("node", None, cluster.node(id).name.clone()),
+            Party::Node(id) => make(EndpointKind::Node, None, cluster.node(id).name.clone()),
             Party::Backends(id) => match cluster.backend_workload(id) {
-                Some(w) => make("pod", Some(&w.namespace), format!("{}/{}", w.kind, w.name)),
+                Some(w) => make(
+                    EndpointKind::Pod,
+                    Some(&w.namespace),
+                    format!("{}/{}", w.kind, w.name),
+                ),
                 None => {
                     let s = cluster.service(id);
-                    make("service", Some(&s.namespace), s.name.clone())
+                    make(EndpointKind::Service, Some(&s.namespace), s.name.clone())
                 }
             },
             Party::Service(id) => {
                 let s = cluster.service(id);
-                make("service", Some(&s.namespace), s.name.clone())
+                make(EndpointKind::Service, Some(&s.namespace), s.name.clone())
             }
-            Party::External => make("external", None, ip.to_string()),
-            Party::Unknown => make("unknown", None, ip.to_string()),
+            Party::External => make(EndpointKind::External, None, ip.to_string()),
+            Party::Unknown => make(EndpointKind::Unknown, None, ip.to_string()),
         }
     }
 

@@ -23,7 +23,7 @@ use weir_map::{
     CONTENT_SECURITY_POLICY, EdgeVerdict, Map, MapEdge, MapNode, NodeKind, collapse, describe_pods,
     layout, render_svg,
 };
-use weir_model::{Alert, Cidr, FlowVerdict, Protocol, Timestamp};
+use weir_model::{Alert, Cidr, EndpointKind, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
@@ -199,7 +199,7 @@ fn endpoint_id(e: &EndpointKey) -> String {
     format!("{}:{}", e.kind, e.label())
 }
 
-fn alert_end_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
+fn alert_end_id(kind: EndpointKind, namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) => format!("{kind}:{ns}/{name}"),
         None => format!("{kind}:{name}"),
@@ -208,16 +208,16 @@ fn alert_end_id(kind: &str, namespace: Option<&str>, name: &str) -> String {
 
 fn endpoint_node(e: &EndpointKey) -> MapNode {
     let ns = e.namespace.as_deref().unwrap_or_default().to_owned();
-    let (kind, group, name) = match &*e.kind {
-        "pod" => (NodeKind::Workload, ns, e.name.to_string()),
-        "service" => (NodeKind::Service, ns, format!("svc {}", e.label())),
-        "node" => (NodeKind::Node, "nodes".to_owned(), e.name.to_string()),
-        "external" => (
+    let (kind, group, name) = match e.kind {
+        EndpointKind::Pod => (NodeKind::Workload, ns, e.name.to_string()),
+        EndpointKind::Service => (NodeKind::Service, ns, format!("svc {}", e.label())),
+        EndpointKind::Node => (NodeKind::Node, "nodes".to_owned(), e.name.to_string()),
+        EndpointKind::External => (
             NodeKind::External,
             "outside the cluster".to_owned(),
             e.name.to_string(),
         ),
-        _ => (
+        EndpointKind::Unknown => (
             NodeKind::Unknown,
             "unknown addresses".to_owned(),
             e.name.to_string(),
@@ -302,15 +302,11 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
     }
     let mut alerts: HashMap<(String, Option<String>), Vec<&Alert>> = HashMap::new();
     for a in &snap.alerts {
-        let from = alert_end_id(
-            &a.source.kind,
-            a.source.namespace.as_deref(),
-            &a.source.name,
-        );
+        let from = alert_end_id(a.source.kind, a.source.namespace.as_deref(), &a.source.name);
         let to = a
             .destination
             .as_ref()
-            .map(|d| alert_end_id(&d.kind, d.namespace.as_deref(), &d.name));
+            .map(|d| alert_end_id(d.kind, d.namespace.as_deref(), &d.name));
         alerts.entry((from, to)).or_default().push(a);
     }
     let mut edges = Vec::with_capacity(grouped.len());

@@ -77,8 +77,8 @@ pub enum Severity {
 /// One end of an alert's edge.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AlertEndpoint {
-    /// `pod`, `node`, `service`, `external` or `unknown`.
-    pub kind: String,
+    /// What it is.
+    pub kind: EndpointKind,
     /// Namespace (pods and Services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -90,6 +90,43 @@ pub struct AlertEndpoint {
     /// The address seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
+}
+
+/// What one end of an edge or alert is. Serialized in kebab-case: `pod` (a workload's pods), `node`,
+/// `service` (the backends of a Service that span several workloads, or none), `external` (outside the
+/// cluster), `unknown` (in the cluster's ranges, held by nobody known). Ordered by those names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointKind {
+    /// Outside the cluster.
+    External,
+    /// A node (and its hostNetwork pods).
+    Node,
+    /// A workload's pods.
+    Pod,
+    /// A Service's backends, when they are not one workload.
+    Service,
+    /// In the cluster's ranges, but nobody known held the address.
+    Unknown,
+}
+
+impl EndpointKind {
+    /// The name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointKind::External => "external",
+            EndpointKind::Node => "node",
+            EndpointKind::Pod => "pod",
+            EndpointKind::Service => "service",
+            EndpointKind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl fmt::Display for AlertEndpoint {

@@ -18,7 +18,7 @@ mod time;
 mod verdict;
 pub mod wire;
 
-pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, Severity};
+pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, EndpointKind, Severity};
 pub use cidr::Cidr;
 pub use community_id::{community_id_v1, icmp_counterpart};
 pub use flow::{

@@ -18,7 +18,7 @@ use weir_policy::PolicySet;
 use crate::analyze::{
     AnalyzeFormat, ColorChoice, open_output, parse_cidr, read_records, use_color,
 };
-use crate::report::{self, Section, Style, Tone, edge_row, sides, span, take};
+use crate::report::{self, Section, SectionKind, Style, Tone, edge_row, sides, span, take};
 use crate::snapshot::{self, KubeArgs};
 
 /// The exit code when observed flows would break.
@@ -197,16 +197,9 @@ fn in_force(args: &DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 stats: &inputs.stats,
                 top: args.top.max(1),
             };
-            const ABOUT_POLICIES: [&str; 5] = [
-                "Denied by the policies in force",
-                "Service backends that disagree",
-                "Allowed only because a pod is not isolated",
-                "Without any NetworkPolicy",
-                "Rules that allowed nothing observed",
-            ];
             let sections: Vec<Section> = report::sections(&report, args.top.max(1))
                 .into_iter()
-                .filter(|s| ABOUT_POLICIES.contains(&s.title))
+                .filter(|s| s.kind.is_about_policies())
                 .collect();
             let text = report::render(
                 "weir diff: the policies in force against observed traffic",
@@ -272,7 +265,7 @@ fn change_sections(
     if let Some(o) = observed {
         let (shown, more) = take(o.broken.edges_of(EdgeVerdict::Denied), top);
         out.push(Section {
-            title: "Observed flows the change would break",
+            kind: SectionKind::WouldBreak,
             tone: Tone::Bad,
             note: format!(
                 "{} flows that the policies before allow and the policies after deny",
@@ -304,7 +297,7 @@ fn change_sections(
         });
         let (shown, more) = take(o.newly_allowed.edges.iter(), top);
         out.push(Section {
-            title: "Observed flows the change would allow",
+            kind: SectionKind::WouldAllow,
             tone: Tone::Warn,
             note: format!(
                 "{} flows that the policies before deny and the policies after allow",
@@ -327,17 +320,17 @@ fn change_sections(
             more,
         });
     }
-    for (change, title, tone, empty, note) in [
+    for (change, kind, tone, empty, note) in [
         (
             Change::NowDenied,
-            "Connectivity that becomes denied",
+            SectionKind::NowDenied,
             Tone::Warn,
             "no pod loses access to another",
             "workload pairs and ports allowed before and denied after",
         ),
         (
             Change::NowAllowed,
-            "Connectivity that becomes allowed",
+            SectionKind::NowAllowed,
             Tone::Warn,
             "no pod gains access to another",
             "workload pairs and ports denied before and allowed after",
@@ -348,7 +341,7 @@ fn change_sections(
             top,
         );
         out.push(Section {
-            title,
+            kind,
             tone,
             note: note.to_owned(),
             empty,

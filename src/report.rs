@@ -33,8 +33,67 @@ pub enum Tone {
     Plain,
 }
 
+/// The sections of weir's reports. A section is picked by its kind, never by its title.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SectionKind {
+    Denied,
+    Scans,
+    DisagreeingBackends,
+    NotIsolated,
+    WithoutPolicy,
+    UnusedRules,
+    Unattributed,
+    InferredNodeAddresses,
+    NotJudged,
+    Allowed,
+    ExternalPeers,
+    /// `weir diff`: observed flows a policy change would break.
+    WouldBreak,
+    /// `weir diff`: observed flows a policy change would allow.
+    WouldAllow,
+    /// `weir diff`: workload pairs and ports that become denied.
+    NowDenied,
+    /// `weir diff`: workload pairs and ports that become allowed.
+    NowAllowed,
+}
+
+impl SectionKind {
+    /// The title, as the text and Markdown reports print it.
+    pub fn title(self) -> &'static str {
+        match self {
+            SectionKind::Denied => "Denied by the policies in force",
+            SectionKind::Scans => "Suspected scans",
+            SectionKind::DisagreeingBackends => "Service backends that disagree",
+            SectionKind::NotIsolated => "Allowed only because a pod is not isolated",
+            SectionKind::WithoutPolicy => "Without any NetworkPolicy",
+            SectionKind::UnusedRules => "Rules that allowed nothing observed",
+            SectionKind::Unattributed => "Unattributed addresses",
+            SectionKind::InferredNodeAddresses => "Node addresses weir inferred",
+            SectionKind::NotJudged => "Not judged",
+            SectionKind::Allowed => "Allowed by policy",
+            SectionKind::ExternalPeers => "External peers",
+            SectionKind::WouldBreak => "Observed flows the change would break",
+            SectionKind::WouldAllow => "Observed flows the change would allow",
+            SectionKind::NowDenied => "Connectivity that becomes denied",
+            SectionKind::NowAllowed => "Connectivity that becomes allowed",
+        }
+    }
+
+    /// Whether the section is about the policies in force (what `weir diff` shows against traffic).
+    pub fn is_about_policies(self) -> bool {
+        matches!(
+            self,
+            SectionKind::Denied
+                | SectionKind::DisagreeingBackends
+                | SectionKind::NotIsolated
+                | SectionKind::WithoutPolicy
+                | SectionKind::UnusedRules
+        )
+    }
+}
+
 pub struct Section {
-    pub title: &'static str,
+    pub kind: SectionKind,
     pub tone: Tone,
     /// Shown under the title.
     pub note: String,
@@ -147,7 +206,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let (flows, edges) = edge_count(report, EdgeVerdict::Denied);
     let (shown, more) = take(report.edges_of(EdgeVerdict::Denied), top);
     out.push(Section {
-        title: "Denied by the policies in force",
+        kind: SectionKind::Denied,
         tone: Tone::Bad,
         note: format!(
             "{flows} observed flows on {edges} edges that the NetworkPolicies deny: either an attack, or traffic the policies would break"
@@ -172,7 +231,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
 
     let (shown, more) = take(report.scans.iter(), top);
     out.push(Section {
-        title: "Suspected scans",
+        kind: SectionKind::Scans,
         tone: Tone::Bad,
         note: "sources reaching many addresses or ports, mostly unanswered".to_owned(),
         empty: "none",
@@ -207,7 +266,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     if report.edges_of(EdgeVerdict::Mixed).next().is_some() {
         let (shown, more) = take(report.edges_of(EdgeVerdict::Mixed), top);
         out.push(Section {
-            title: "Service backends that disagree",
+            kind: SectionKind::DisagreeingBackends,
             tone: Tone::Bad,
             note: "flows to a Service some of whose backends allow them and some deny them"
                 .to_owned(),
@@ -232,7 +291,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let (flows, edges) = edge_count(report, EdgeVerdict::NotIsolated);
     let (shown, more) = take(report.edges_of(EdgeVerdict::NotIsolated), top);
     out.push(Section {
-        title: "Allowed only because a pod is not isolated",
+        kind: SectionKind::NotIsolated,
         tone: Tone::Warn,
         note: format!(
             "{flows} flows on {edges} edges that no policy rule allows; they pass because no policy selects that end"
@@ -282,7 +341,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     }));
     let (rows, more) = take(rows.into_iter(), top);
     out.push(Section {
-        title: "Without any NetworkPolicy",
+        kind: SectionKind::WithoutPolicy,
         tone: Tone::Warn,
         note: "everything may reach these pods, and they may reach everything".to_owned(),
         empty: "every pod is selected by a policy",
@@ -309,7 +368,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let count = rows.len();
     let (rows, more) = take(rows.into_iter(), top);
     out.push(Section {
-        title: "Rules that allowed nothing observed",
+        kind: SectionKind::UnusedRules,
         tone: Tone::Plain,
         note: format!("{count} candidates for tightening (or traffic the capture missed)"),
         empty: "every rule allowed some observed flow",
@@ -320,7 +379,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
 
     let (shown, more) = take(report.unattributed.iter(), top);
     out.push(Section {
-        title: "Unattributed addresses",
+        kind: SectionKind::Unattributed,
         tone: Tone::Warn,
         note: "in the cluster's address ranges, but held by no pod in the snapshot at the time"
             .to_owned(),
@@ -336,7 +395,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     if !report.inferred_node_addresses.is_empty() {
         let (shown, more) = take(report.inferred_node_addresses.iter(), top);
         out.push(Section {
-            title: "Node addresses weir inferred",
+            kind: SectionKind::InferredNodeAddresses,
             tone: Tone::Plain,
             note: "not in the nodes' status, made the node's by the rule shown: traffic from a pod's own node \
                    (kubelet probes) is allowed"
@@ -361,7 +420,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     if report.edges_of(EdgeVerdict::Unknown).next().is_some() {
         let (shown, more) = take(report.edges_of(EdgeVerdict::Unknown), top);
         out.push(Section {
-            title: "Not judged",
+            kind: SectionKind::NotJudged,
             tone: Tone::Warn,
             note: "flows to Service addresses that no backend serves".to_owned(),
             empty: "none",
@@ -385,7 +444,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let (flows, edges) = edge_count(report, EdgeVerdict::Allowed);
     let (shown, more) = take(report.edges_of(EdgeVerdict::Allowed), top);
     out.push(Section {
-        title: "Allowed by policy",
+        kind: SectionKind::Allowed,
         tone: Tone::Plain,
         note: format!(
             "{flows} flows on {edges} edges: who talks to whom, and the policies that allow it"
@@ -409,7 +468,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
 
     let (shown, more) = take(report.external.iter(), top);
     out.push(Section {
-        title: "External peers",
+        kind: SectionKind::ExternalPeers,
         tone: Tone::Plain,
         note: "addresses outside the cluster, by flows".to_owned(),
         empty: "none",
@@ -538,7 +597,7 @@ pub fn render(title: &str, header: &[String], sections: &[Section], style: Style
                     (Tone::Warn, false) => YELLOW,
                     (Tone::Plain, false) => "",
                 };
-                let title = section.title.to_uppercase();
+                let title = section.kind.title().to_uppercase();
                 if section.rows.is_empty() {
                     let _ = writeln!(
                         out,
@@ -566,7 +625,7 @@ pub fn render(title: &str, header: &[String], sections: &[Section], style: Style
                 let _ = writeln!(out, "- {}", markdown_safe(line));
             }
             for section in sections {
-                let _ = writeln!(out, "\n### {}\n", section.title);
+                let _ = writeln!(out, "\n### {}\n", section.kind.title());
                 if section.rows.is_empty() {
                     let _ = writeln!(out, "{}.", capitalize(section.empty));
                     continue;

@@ -111,12 +111,9 @@ fn list_live(kube: &KubeArgs, namespace: Option<&str>) -> Result<(Vec<Value>, St
         .build()
         .context("starting the Kubernetes client's runtime")?;
     runtime.block_on(async {
-        let (client, server) = weir_aggregator::cluster::kube_client(
-            kube.kubeconfig.as_deref(),
-            kube.context.as_deref(),
-        )
-        .await?;
-        let objects = weir_aggregator::cluster::list_objects(&client, namespace)
+        let (client, server) =
+            weir_kube::kube_client(kube.kubeconfig.as_deref(), kube.context.as_deref()).await?;
+        let objects = weir_kube::list_objects(&client, namespace)
             .await
             .with_context(|| format!("reading the cluster at {server}"))?;
         Ok((objects, server))
@@ -194,7 +191,7 @@ pub fn run_snapshot(args: SnapshotArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let text = match args.format {
         SnapshotFormat::Yaml => format!(
             "# weir snapshot of {server} ({scope}), taken {}\n{}",
-            weir_aggregator::server::now(),
+            weir_model::Timestamp::now(),
             weir_cluster::yaml::to_yaml(&list)
         ),
         SnapshotFormat::Json => {

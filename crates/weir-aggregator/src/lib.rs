@@ -11,7 +11,6 @@
 
 #![deny(missing_docs)]
 
-pub mod cluster;
 pub mod engine;
 pub mod metrics;
 pub mod server;
@@ -111,7 +110,7 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         config.engine.recent_flows,
         config.engine.retention,
     )?;
-    let now = server::now();
+    let now = weir_model::Timestamp::now();
     let restored = store.restore(now)?;
     let learning_started = restored.learning_started.unwrap_or(now);
     let mut engine = Engine::new(config.engine.clone(), empty_set()?, learning_started);
@@ -153,7 +152,7 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
         .webhook
         .clone()
         .map(|hook| (hook, tokio::sync::mpsc::channel(10_000)));
-    let status = Arc::new(Mutex::new(cluster::ClusterStatus::default()));
+    let status = Arc::new(Mutex::new(weir_kube::ClusterStatus::default()));
     let shared = Arc::new(Shared {
         core: Mutex::new(Core { engine, agents }),
         alerts: alerts_tx,
@@ -187,7 +186,7 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
             context,
         } => {
             let (client, _) =
-                cluster::kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
+                weir_kube::kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
             spawn_watch(client, &shared, &status);
         }
         ClusterConfig::Client(client) => spawn_watch(client, &shared, &status),
@@ -281,7 +280,7 @@ fn install_crypto_provider() {
 fn spawn_watch(
     client: kube::Client,
     shared: &Arc<Shared>,
-    status: &Arc<Mutex<cluster::ClusterStatus>>,
+    status: &Arc<Mutex<weir_kube::ClusterStatus>>,
 ) {
     if let Ok(mut s) = status.lock() {
         s.source = "kubernetes".into();
@@ -290,7 +289,7 @@ fn spawn_watch(
         let shared = Arc::clone(shared);
         move |set: Arc<PolicySet>| shared.set_policy(set)
     };
-    tokio::spawn(cluster::watch(
+    tokio::spawn(weir_kube::watch(
         client,
         Duration::from_millis(200),
         Arc::clone(status),

@@ -30,9 +30,9 @@ use weir_model::ingest::{
 use weir_model::{Alert, AlertKind, FlowRecord, Timestamp};
 use weir_policy::PolicySet;
 
-use crate::cluster::ClusterStatus;
 use crate::engine::{EdgeStats, Engine, StoredFlow};
 use crate::store::Cursor;
+use weir_kube::ClusterStatus;
 
 /// One agent run as the aggregator knows it.
 #[derive(Clone, Debug, Serialize)]
@@ -258,14 +258,6 @@ pub(crate) fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError>
     check_token(headers, &s.read_token)
 }
 
-/// The wall clock.
-pub fn now() -> Timestamp {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Which routes a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routes {
@@ -484,7 +476,7 @@ fn apply_batch(
     format: BodyFormat,
     body: &[u8],
 ) -> Result<IngestReply, weir_model::wire::WireError> {
-    let now = now();
+    let now = Timestamp::now();
     let key = (node.clone(), epoch.clone());
     let cursor = |core: &mut Core| {
         let agent = core
@@ -617,7 +609,7 @@ pub async fn checkpoint_once(
     s: &Arc<Shared>,
     store: &Arc<Mutex<crate::store::Store>>,
 ) -> Result<(), String> {
-    let now = now();
+    let now = Timestamp::now();
     let (checkpoint, covered) = {
         let Ok(mut core) = s.core.lock() else {
             return Err("the engine lock is poisoned".to_owned());
@@ -724,7 +716,7 @@ async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Resp
         .map(|a| a.reported().clone())
         .unwrap_or_default();
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
-    let now = now();
+    let now = Timestamp::now();
     let view = StatusView {
         node_addresses,
         ready: s.ready.load(Ordering::Acquire),
@@ -797,7 +789,7 @@ fn end_matches(
 
 impl FlowFilter {
     fn bounds(&self) -> Result<(Option<Timestamp>, Option<Timestamp>, usize), ApiError> {
-        let now = now();
+        let now = Timestamp::now();
         let since = self
             .since
             .as_deref()
@@ -953,7 +945,7 @@ async fn alerts(
     let since = f
         .since
         .as_deref()
-        .map(|t| parse_time(t, now()))
+        .map(|t| parse_time(t, Timestamp::now()))
         .transpose()?;
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
     let mut out: Vec<Alert> = core

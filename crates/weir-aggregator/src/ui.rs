@@ -27,7 +27,7 @@ use weir_model::{Alert, Cidr, EndpointKind, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
-use crate::server::{ApiError, Shared, internal, now, parse_time, read_auth, same};
+use crate::server::{ApiError, Shared, internal, parse_time, read_auth, same};
 
 /// The cookie the page's sign-in sets, so the browser's own requests (the map, the alert stream) carry the
 /// read token without the script ever holding it.
@@ -579,7 +579,7 @@ async fn live(s: &Arc<Shared>, headers: &HeaderMap, q: MapQuery) -> Result<LiveM
         .window
         .as_deref()
         .filter(|w| !w.is_empty())
-        .map(|w| parse_time(w, now()))
+        .map(|w| parse_time(w, Timestamp::now()))
         .transpose()?;
     let expand = list(&q.expand);
     let title = title(s);

@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use weir_aggregator::cluster::{ClusterStatus, watch};
+use weir_kube::{ClusterStatus, watch};
 use weir_model::Timestamp;
 use weir_policy::PolicySet;
 

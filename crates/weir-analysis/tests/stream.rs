@@ -116,7 +116,7 @@ fn exposed_services_stream_like_a_batch_in_every_order() {
     // Heap's algorithm: every permutation.
     let mut c = vec![0usize; order.len()];
     let mut i = 0;
-    let mut check = |order: &[usize]| {
+    let check = |order: &[usize]| {
         for batch in [1, 2, 4] {
             assert_eq!(
                 streamed(&set, &records, order, true, batch),

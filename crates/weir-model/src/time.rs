@@ -30,6 +30,14 @@ impl std::error::Error for TimestampParseError {}
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
 impl Timestamp {
+    /// The wall clock now (the epoch if the clock is set before it).
+    pub fn now() -> Timestamp {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+    }
+
     /// From seconds and nanoseconds since the epoch, saturating on overflow.
     pub fn from_secs_nanos(secs: i64, nanos: u32) -> Timestamp {
         Timestamp(

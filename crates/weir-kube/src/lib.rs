@@ -1,7 +1,11 @@
-//! The cluster as the aggregator sees it: static snapshot files, or a live cluster watched with kube-rs
-//! (list, then watch; re-list after a dropped watch or `410 Gone`). Every change rebuilds the cluster state and
-//! its policy set, which the engine judges later flows against. Deleted pods are kept for a grace period, so
-//! flows that arrive late are still attributed to the pod that held the address then.
+//! weir's Kubernetes access, for the CLI and the aggregator alike: the kube-rs client as kubectl would find the
+//! cluster ([`kube_client`]), every object weir reads listed page by page for a snapshot ([`list_objects`]),
+//! and a live cluster watched with kube-rs ([`watch`]: list, then watch; re-list after a dropped watch or
+//! `410 Gone`). Every change rebuilds the cluster state and its policy set, which the aggregator judges later
+//! flows against. Deleted pods are kept for a grace period, so flows that arrive late are still attributed to
+//! the pod that held the address then.
+
+#![deny(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
@@ -9,7 +13,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -28,8 +31,6 @@ use tokio::sync::mpsc;
 use weir_cluster::{ClusterState, SnapshotLoader};
 use weir_model::Timestamp;
 use weir_policy::PolicySet;
-
-use crate::server::now;
 
 /// The kinds weir reads, in the order they are loaded.
 pub const KINDS: [&str; 8] = [
@@ -110,7 +111,7 @@ impl Objects {
                 if kind == "Pod"
                     && let Some(value) = removed
                 {
-                    self.deleted_pods.insert(key, (value, now()));
+                    self.deleted_pods.insert(key, (value, Timestamp::now()));
                 }
                 true
             }
@@ -119,7 +120,7 @@ impl Objects {
                 let old = self.live.insert(kind, fresh).unwrap_or_default();
                 if kind == "Pod" {
                     // Pods missing from the new list were deleted while the watch was down.
-                    let at = now();
+                    let at = Timestamp::now();
                     let live = &self.live;
                     for (key, value) in old {
                         if !live.get(kind).is_some_and(|m| m.contains_key(&key)) {
@@ -144,7 +145,7 @@ impl Objects {
 
     /// The cluster state of the objects held, deleted pods included as finished.
     fn build(&mut self) -> Result<ClusterState, String> {
-        let horizon = now().0 - DELETED_POD_GRACE.as_nanos() as i64;
+        let horizon = Timestamp::now().0 - DELETED_POD_GRACE.as_nanos() as i64;
         self.deleted_pods.retain(|_, (_, at)| at.0 >= horizon);
         let mut loader = SnapshotLoader::default();
         for kind in KINDS {
@@ -165,6 +166,48 @@ impl Objects {
         }
         Ok(loader.finish().0)
     }
+}
+
+/// Why the cluster could not be reached or read. None of these is retried here: a kubeconfig or permission
+/// problem needs a person; [`watch`] retries its own failures (with backoff) and counts them instead.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig file could not be read or used.
+    #[error("using the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file, or `$KUBECONFIG`/`~/.kube/config` when none was named.
+        path: String,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No cluster was found: no in-cluster service account, `$KUBECONFIG` or `~/.kube/config`.
+    #[error("finding the cluster (in-cluster service account, $KUBECONFIG or ~/.kube/config): {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The API server refused to list a kind.
+    #[error(
+        "listing {kind} objects: forbidden ({message}); a snapshot needs get and list on {needs}"
+    )]
+    Forbidden {
+        /// The kind.
+        kind: &'static str,
+        /// The API server's message.
+        message: String,
+        /// Every kind weir reads.
+        needs: String,
+    },
+    /// Listing a kind failed otherwise.
+    #[error("listing {kind} objects: {source}")]
+    List {
+        /// The kind.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Where the cluster comes from.
@@ -241,48 +284,56 @@ where
 pub async fn kube_client(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
-) -> anyhow::Result<(Client, String)> {
+) -> Result<(Client, String), KubeError> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_owned),
         ..Default::default()
     };
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            let named = |source| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(named)?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+                .map_err(named)?
         }
         None if options.context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
-            .context("using the kubeconfig")?,
-        None => kube::Config::infer().await.context(
-            "finding the cluster (in-cluster service account, $KUBECONFIG or ~/.kube/config)",
-        )?,
+            .map_err(|source| KubeError::Kubeconfig {
+                path: "$KUBECONFIG or ~/.kube/config".to_owned(),
+                source,
+            })?,
+        None => kube::Config::infer().await.map_err(KubeError::Infer)?,
     };
     let server = config.cluster_url.to_string();
-    let client = Client::try_from(config).context("building the Kubernetes client")?;
+    let client = Client::try_from(config).map_err(KubeError::Client)?;
     Ok((client, server))
 }
 
 /// Objects per list request when taking a snapshot; larger lists come in pages.
 const PAGE_SIZE: u32 = 500;
 
-async fn list_pages<K>(api: Api<K>, kind: &'static str, out: &mut Vec<Value>) -> anyhow::Result<()>
+async fn list_pages<K>(
+    api: Api<K>,
+    kind: &'static str,
+    out: &mut Vec<Value>,
+) -> Result<(), KubeError>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
     K::DynamicType: Default,
 {
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {
-        let page = api.list(&params).await.map_err(|e| match &e {
-            kube::Error::Api(status) if status.code == 403 => anyhow::anyhow!(
-                "listing {kind} objects: forbidden ({}); a snapshot needs get and list on {}",
-                status.message,
-                KINDS.join(", ")
-            ),
-            _ => anyhow::Error::new(e).context(format!("listing {kind} objects")),
+        let page = api.list(&params).await.map_err(|source| match &source {
+            kube::Error::Api(status) if status.code == 403 => KubeError::Forbidden {
+                kind,
+                message: status.message.clone(),
+                needs: KINDS.join(", "),
+            },
+            _ => KubeError::List { kind, source },
         })?;
         out.extend(page.items.iter().map(|obj| object_value(kind, obj)));
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -306,7 +357,10 @@ where
 /// Lists every object weir reads, in [`KINDS`] order, as `kubectl get <those kinds> -A -o json` would (see
 /// [`object_value`]), following continue tokens. With `namespace`, the namespaced kinds come from that
 /// namespace only; Namespaces and Nodes are always listed whole, because selectors and node addresses need them.
-pub async fn list_objects(client: &Client, namespace: Option<&str>) -> anyhow::Result<Vec<Value>> {
+pub async fn list_objects(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<Vec<Value>, KubeError> {
     let mut out = Vec::new();
     list_pages(Api::<Namespace>::all(client.clone()), "Namespace", &mut out).await?;
     list_pages(Api::<Node>::all(client.clone()), "Node", &mut out).await?;
@@ -393,7 +447,7 @@ pub async fn watch(
             match &built {
                 Ok(_) => {
                     s.generation += 1;
-                    s.updated_at = Some(now());
+                    s.updated_at = Some(Timestamp::now());
                 }
                 Err(e) => {
                     s.rebuild_errors += 1;

@@ -84,8 +84,34 @@ fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// What weir's libraries report (the agent's and the aggregator's progress and trouble, the cluster watch,
+/// kube-rs and hyper) goes to standard error through `tracing`: `RUST_LOG` filters it (default: weir's own at
+/// info, everything else at warn), and `WEIR_LOG_FORMAT=json` writes one JSON object a line for a log
+/// collector. Commands' own output and summaries are not logs and are printed as before.
+fn init_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "warn,weir=info,weir_agent=info,weir_aggregator=info,weir_kube=info,weir_analysis=info",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var("WEIR_LOG_FORMAT").is_ok_and(|v| v == "json") {
+        let _ = builder.json().try_init();
+    } else {
+        let color = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let _ = builder.with_ansi(color).try_init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = parse();
+    init_logging();
     let kube = &cli.kube;
     let result = match cli.command {
         Command::Flows(args) => flows::run(args),

@@ -451,7 +451,7 @@ impl Exporter {
                 Err(e) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     if stats.connected.swap(false, Ordering::Relaxed) {
-                        eprintln!("weir agent: the aggregator is unreachable ({e}); buffering");
+                        tracing::warn!("the aggregator is unreachable ({e}); buffering");
                     }
                     // Everything not acked is sent again: the aggregator ignores what it already applied.
                     self.sent = self.acked;

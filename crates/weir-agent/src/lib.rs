@@ -69,8 +69,8 @@ pub fn agent_counters(capture: &CaptureCounters, export: &ExportCounters) -> Age
 /// sends what is left for up to `drain`.
 pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> Result<AgentSummary> {
     let exporter = Exporter::new(config.export.clone()).context("setting up the exporter")?;
-    eprintln!(
-        "weir agent: node {}, sending to {} (run {})",
+    tracing::info!(
+        "node {}, sending to {} (run {})",
         config.export.node,
         config.export.aggregator,
         exporter.epoch()
@@ -105,7 +105,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> Result<AgentSummary> {
                         }
                     }
                     CaptureEvent::Closed(_) => {}
-                    CaptureEvent::Warning(w) => eprintln!("weir agent: warning: {w}"),
+                    CaptureEvent::Warning(w) => tracing::warn!("{w}"),
                     CaptureEvent::Fatal(e) => {
                         if let Ok(mut f) = fatal.lock() {
                             *f = Some(e);

@@ -30,7 +30,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, health: Health) {
         .route("/readyz", get(readyz))
         .with_state(health);
     if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("weir agent: the metrics server stopped: {e}");
+        tracing::error!(error = %e, "the metrics server stopped");
     }
 }
 

@@ -141,8 +141,8 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
             )
         })
         .collect();
-    eprintln!(
-        "weir aggregator: {} holds {restored_edges} edges and {restored_alerts} alerts; learning the baseline until {}",
+    tracing::info!(
+        "{} holds {restored_edges} edges and {restored_alerts} alerts; learning the baseline until {}",
         store.path().display(),
         engine.learning_ends()
     );
@@ -241,8 +241,8 @@ async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
     server::checkpoint_once(&shared, &store)
         .await
         .map_err(|e| anyhow::anyhow!("stopping: the last checkpoint failed: {e}"))?;
-    eprintln!(
-        "weir aggregator: stopped; the last checkpoint is written to {}",
+    tracing::info!(
+        "stopped; the last checkpoint is written to {}",
         config.data.display()
     );
     Ok(())
@@ -260,12 +260,12 @@ async fn serve_on(
     let served = match tls {
         Some(tls) => {
             let server = axum_server::bind_rustls(addr, tls).handle(handle);
-            eprintln!("weir aggregator: listening on {addr}{role} (TLS)");
+            tracing::info!("listening on {addr}{role} (TLS)");
             server.serve(service).await
         }
         None => {
             let server = axum_server::bind(addr).handle(handle);
-            eprintln!("weir aggregator: listening on {addr}{role}");
+            tracing::info!("listening on {addr}{role}");
             server.serve(service).await
         }
     };

@@ -148,8 +148,9 @@ impl NodeAddresses {
         match PolicySet::new(Arc::new(cluster)) {
             Ok(set) => Some(Arc::new(set)),
             Err(e) => {
-                eprintln!(
-                    "weir aggregator: the node addresses agents reported could not be added: {e}"
+                tracing::error!(
+                    error = %e,
+                    "the node addresses agents reported could not be added"
                 );
                 Some(Arc::clone(base))
             }
@@ -678,9 +679,7 @@ pub async fn checkpoint_once(
             s.counters
                 .checkpoint_failures
                 .fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "weir aggregator: a checkpoint failed: {message}; batches stay unacknowledged"
-            );
+            tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
             if let Ok(mut core) = s.core.lock() {
                 core.engine.mark_all_dirty();
             }

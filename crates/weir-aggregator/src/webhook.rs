@@ -76,7 +76,7 @@ pub async fn run(hook: Webhook, mut queue: mpsc::Receiver<Arc<Alert>>, shared: A
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("weir aggregator: the webhook client: {e}");
+            tracing::error!(error = %e, "the webhook client could not be built");
             return;
         }
     };
@@ -91,15 +91,12 @@ pub async fn run(hook: Webhook, mut queue: mpsc::Receiver<Arc<Alert>>, shared: A
                     sent = true;
                     break;
                 }
-                Ok(r) => eprintln!(
-                    "weir aggregator: webhook {} answered {} (attempt {attempt})",
+                Ok(r) => tracing::warn!(
+                    "webhook {} answered {} (attempt {attempt})",
                     hook.url,
                     r.status()
                 ),
-                Err(e) => eprintln!(
-                    "weir aggregator: webhook {}: {e} (attempt {attempt})",
-                    hook.url
-                ),
+                Err(e) => tracing::warn!("webhook {}: {e} (attempt {attempt})", hook.url),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));

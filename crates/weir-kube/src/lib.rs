@@ -133,7 +133,7 @@ impl Objects {
             }
             Change::Error(kind, message) => {
                 *status.watch_errors.entry(kind.to_owned()).or_default() += 1;
-                eprintln!("weir aggregator: watching {kind}s: {message} (retrying)");
+                tracing::warn!(kind, "watching {kind}s: {message} (retrying)");
                 false
             }
         }
@@ -452,7 +452,7 @@ pub async fn watch(
                 Err(e) => {
                     s.rebuild_errors += 1;
                     s.last_error = Some(e.clone());
-                    eprintln!("weir aggregator: the cluster state could not be rebuilt: {e}");
+                    tracing::error!("the cluster state could not be rebuilt: {e}");
                 }
             }
         }

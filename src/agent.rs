@@ -154,7 +154,12 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         drain: args.drain,
     };
     let stop = stop_on_signals()?;
-    let summary = weir_agent::run(config, stop)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = weir_agent::run(config, stop, runtime.handle())?;
     let c = summary.counters;
     eprintln!(
         "weir agent: {} packets, {} flow records, {} acknowledged by the aggregator, {} unacknowledged at exit; \

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use weir_aggregator::webhook::{Webhook, WebhookFormat};
 use weir_aggregator::{AggregatorConfig, ClusterConfig, EngineConfig, TlsConfig};
@@ -160,6 +160,10 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
         );
     }
     let stop = stop_on_signals()?;
-    weir_aggregator::run(config, stop)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(weir_aggregator::serve(config, stop))?;
     Ok(ExitCode::SUCCESS)
 }

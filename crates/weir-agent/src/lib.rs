@@ -66,8 +66,13 @@ pub fn agent_counters(capture: &CaptureCounters, export: &ExportCounters) -> Age
 }
 
 /// Runs the agent until `stop` is set (or the capture's deadline passes), then flushes the flow tables and
-/// sends what is left for up to `drain`.
-pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> Result<AgentSummary> {
+/// sends what is left for up to `drain`. Capture runs on threads of its own; sending and the metrics server on
+/// `runtime`, which the caller provides (one worker thread is plenty) and which must not be the caller's own.
+pub fn run(
+    config: AgentConfig,
+    stop: Arc<AtomicBool>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<AgentSummary> {
     let exporter = Exporter::new(config.export.clone()).context("setting up the exporter")?;
     tracing::info!(
         "node {}, sending to {} (run {})",
@@ -118,11 +123,6 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> Result<AgentSummary> {
         })
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let result: Result<()> = runtime.block_on(async {
         let health = serve::Health {
             capture: Arc::clone(&capture_counters),

@@ -92,16 +92,9 @@ fn empty_set() -> Result<Arc<PolicySet>> {
     ))
 }
 
-/// Runs the aggregator until `stop` is set; writes a last checkpoint before returning.
-pub fn run(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(serve(config, stop))
-}
-
-async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
+/// Runs the aggregator until `stop` is set; writes a last checkpoint before returning. The caller provides the
+/// runtime (a multi-threaded tokio runtime with I/O and time).
+pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
     install_crypto_provider();
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating the data directory {}", config.data.display()))?;

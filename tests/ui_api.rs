@@ -314,3 +314,61 @@ fn two_hundred_workloads_fold_into_twenty_namespaces() {
     assert_eq!(kinds.iter().filter(|(_, k)| *k == "namespace").count(), 19);
     assert_eq!(total(&one, "flows"), total(&open, "flows"));
 }
+
+/// Authentication is a layer in front of every read route: a reader without the token is refused before its
+/// query is parsed or its body read (a 5 MiB diff body is refused as unauthorized, not as too large), and the
+/// sign-in page and assets stay open.
+#[test]
+fn reads_are_refused_before_their_query_or_body_is_looked_at() {
+    let scratch =
+        Scratch(std::env::temp_dir().join(format!("weir-ui-auth-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).unwrap();
+    let snapshot = root().join("pcaps/demo.cluster.yaml");
+    let (_aggregator, port) =
+        reading_aggregator(&scratch.0, &snapshot, "r3ad-t0ken-r3ad-t0ken-r3ad-t0ken");
+    for path in [
+        "/api/v1/status",
+        "/api/v1/flows?since=not-a-time",
+        "/api/v1/edges?limit=x",
+        "/api/v1/alerts/some-id",
+        "/ui/map.json?window=bogus",
+        "/ui/workload",
+    ] {
+        let (code, body) = http(port, "GET", path, &[], b"");
+        assert_eq!(code, 401, "{path}: {body}");
+    }
+    // The answer comes before the body is read: the server may close the connection while it is still being
+    // sent, so the write's outcome is not the point, the status line is.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let big = vec![b'x'; 5 << 20];
+    let head = format!(
+        "POST /api/v1/diff HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    // Read on a thread of its own, so the answer is taken as it arrives, whatever becomes of the write.
+    let mut reader = stream.try_clone().unwrap();
+    let answer = std::thread::spawn(move || {
+        let mut answer = [0u8; 64];
+        let n = std::io::Read::read(&mut reader, &mut answer).unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    });
+    let _ = std::io::Write::write_all(&mut stream, &big);
+    let status = answer.join().unwrap();
+    assert!(status.starts_with("HTTP/1.1 401"), "{status:?}");
+    for path in ["/", "/ui/app.js", "/ui/app.css", "/healthz"] {
+        let (code, _) = http(port, "GET", path, &[], b"");
+        assert_eq!(code, 200, "{path}");
+    }
+    let (code, _) = http(
+        port,
+        "GET",
+        "/api/v1/status",
+        &[("authorization", "Bearer r3ad-t0ken-r3ad-t0ken-r3ad-t0ken")],
+        b"",
+    );
+    assert_eq!(code, 200);
+}

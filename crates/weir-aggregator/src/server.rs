@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -250,13 +251,33 @@ fn check_token(headers: &HeaderMap, token: &Option<String>) -> Result<(), ApiErr
 }
 
 /// Readers present the read token as a bearer token, or, in a browser, in the cookie the UI's sign-in set.
-pub(crate) fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     if let (Some(token), Some(given)) = (&s.read_token, crate::ui::session_token(headers))
         && same(given.as_bytes(), token.as_bytes())
     {
         return Ok(());
     }
     check_token(headers, &s.read_token)
+}
+
+/// The layer in front of every read route: the read token (or the UI's session cookie) before anything of the
+/// request is looked at.
+async fn require_read(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    match read_auth(&s, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The layer in front of ingest: the agents' token before the body is read (and counted when it is wrong).
+async fn require_ingest(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    match check_token(request.headers(), &s.ingest_token) {
+        Ok(()) => next.run(request).await,
+        Err(e) => {
+            s.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+            e.into_response()
+        }
+    }
 }
 
 /// Which routes a listener serves.
@@ -275,10 +296,20 @@ pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
     let health = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
-    let ingest_route = post(ingest).layer(DefaultBodyLimit::max(max_body));
+    // Authentication is a layer on each group of routes, so no handler can forget it and no body or query is
+    // read before it.
+    let ingest_route = Router::new()
+        .route(
+            "/api/v1/ingest",
+            post(ingest).layer(DefaultBodyLimit::max(max_body)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_ingest,
+        ));
     let router = match routes {
-        Routes::Ingest => return health.route("/api/v1/ingest", ingest_route).with_state(shared),
-        Routes::All => health.route("/api/v1/ingest", ingest_route),
+        Routes::Ingest => return health.merge(ingest_route).with_state(shared),
+        Routes::All => health.merge(ingest_route),
         Routes::Api => health.route(
             "/api/v1/ingest",
             post(|| async {
@@ -289,7 +320,7 @@ pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
             }),
         ),
     };
-    crate::ui::routes(router)
+    let reads = crate::ui::reads(Router::new())
         .route("/api/v1/status", get(status))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/flows/stream", get(flow_stream))
@@ -302,6 +333,12 @@ pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
             "/api/v1/diff",
             post(diff).layer(DefaultBodyLimit::max(4 << 20)),
         )
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            require_read,
+        ));
+    crate::ui::pages(router)
+        .merge(reads)
         .route("/metrics", get(crate::metrics::metrics))
         .with_state(shared)
 }
@@ -390,10 +427,6 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<IngestReply>, Response> {
-    if let Err(e) = check_token(&headers, &s.ingest_token) {
-        s.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-        return Err(e.into_response());
-    }
     let request = (|| {
         let node = header_str(&headers, HEADER_NODE)
             .filter(|n| !n.is_empty() && n.len() <= 253)
@@ -705,8 +738,7 @@ struct StatusView {
     node_addresses: BTreeMap<String, Vec<InterfaceAddress>>,
 }
 
-async fn status(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
+async fn status(State(s): State<Arc<Shared>>) -> Result<Response, ApiError> {
     let cluster = s.cluster.lock().map(|c| c.clone()).unwrap_or_default();
     // Taken before the engine lock, never while holding it (set_policy takes them in this order).
     let node_addresses = s
@@ -851,10 +883,8 @@ impl FlowFilter {
 
 async fn flows(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(f): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let (since, until, limit) = f.bounds()?;
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
     let out: Vec<StoredFlow> = core
@@ -872,10 +902,8 @@ async fn flows(
 
 async fn edges(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(f): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let (since, until, _) = f.bounds()?;
     let limit = f.limit.unwrap_or(10_000).clamp(1, 100_000);
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
@@ -936,10 +964,8 @@ impl AlertFilter {
 
 async fn alerts(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(f): Query<AlertFilter>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let kinds = f.kinds()?;
     let since = f
         .since
@@ -962,12 +988,7 @@ async fn alerts(
     Ok(axum::Json(serde_json::json!({ "alerts": out })).into_response())
 }
 
-async fn alert(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
+async fn alert(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
     match core.engine.alert(&id) {
         Some(a) => Ok(axum::Json(a.clone()).into_response()),
@@ -1000,10 +1021,8 @@ fn sse<T: Clone + Send + 'static>(
 
 async fn alert_stream(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(f): Query<AlertFilter>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let kinds = f.kinds()?;
     Ok(sse(&s, s.alerts.subscribe(), move |alert: Arc<Alert>| {
         if !f.matches(&kinds, &alert) {
@@ -1019,10 +1038,8 @@ async fn alert_stream(
 
 async fn flow_stream(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(f): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     Ok(sse(
         &s,
         s.flows.subscribe(),
@@ -1109,10 +1126,8 @@ struct SuggestQuery {
 
 async fn suggest_policies(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(q): Query<SuggestQuery>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let samples = samples(&s, |_| true)?;
     let namespace = q.namespace.clone();
     let format = q.format.clone().unwrap_or_else(|| "yaml".into());
@@ -1166,12 +1181,7 @@ async fn suggest_policies(
     .into_response())
 }
 
-async fn diff(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
+async fn diff(State(s): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
     let Samples {
         set,
         records,

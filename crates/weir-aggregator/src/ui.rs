@@ -27,7 +27,7 @@ use weir_model::{Alert, Cidr, EndpointKind, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
-use crate::server::{ApiError, Shared, internal, parse_time, read_auth, same};
+use crate::server::{ApiError, Shared, internal, parse_time, same};
 
 /// The cookie the page's sign-in sets, so the browser's own requests (the map, the alert stream) carry the
 /// read token without the script ever holding it.
@@ -37,15 +37,20 @@ pub const SESSION_COOKIE: &str = "weir_read";
 pub const AUTO_FOLD: usize = 60;
 
 /// The UI's routes.
-pub fn routes(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
+pub fn pages(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
     router
         .route("/", get(page))
         .route("/ui/app.js", get(script))
         .route("/ui/app.css", get(style))
+        .route("/ui/session", post(session))
+}
+
+/// The map's data, for readers only (the server puts its read authentication in front of these).
+pub fn reads(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
+    router
         .route("/ui/map.json", get(map_json))
         .route("/ui/map.svg", get(map_svg))
         .route("/ui/workload", get(workload))
-        .route("/ui/session", post(session))
 }
 
 fn hardened(mut response: Response, content_type: &'static str) -> Response {
@@ -573,8 +578,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
     workloads.into_keys().collect()
 }
 
-async fn live(s: &Arc<Shared>, headers: &HeaderMap, q: MapQuery) -> Result<LiveMap, ApiError> {
-    read_auth(s, headers)?;
+async fn live(s: &Arc<Shared>, q: MapQuery) -> Result<LiveMap, ApiError> {
     let since = q
         .window
         .as_deref()
@@ -650,10 +654,8 @@ pub struct WorkloadSuggestion {
 /// (for every workload at once it costs seconds on a big cluster, and the map is drawn every few seconds).
 async fn workload(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(q): Query<WorkloadQuery>,
 ) -> Result<Response, ApiError> {
-    read_auth(&s, &headers)?;
     let samples = crate::server::samples(&s, |e| {
         endpoint_id(&e.key.src) == q.id || endpoint_id(&e.key.dst) == q.id
     })?;
@@ -689,10 +691,9 @@ async fn workload(
 
 async fn map_json(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(q): Query<MapQuery>,
 ) -> Result<Response, ApiError> {
-    let map = live(&s, &headers, q).await?;
+    let map = live(&s, q).await?;
     let mut response = axum::Json(map).into_response();
     response
         .headers_mut()
@@ -702,10 +703,9 @@ async fn map_json(
 
 async fn map_svg(
     State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
     Query(q): Query<MapQuery>,
 ) -> Result<Response, ApiError> {
-    let map = live(&s, &headers, q).await?;
+    let map = live(&s, q).await?;
     // Opened on its own, the drawing brings its stylesheet along.
     let svg = match map.svg.find('>') {
         Some(end) => format!(

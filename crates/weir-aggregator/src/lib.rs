@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+mod admission;
 pub mod engine;
 pub mod metrics;
 pub mod server;

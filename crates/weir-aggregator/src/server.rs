@@ -31,6 +31,7 @@ use weir_model::ingest::{
 use weir_model::{Alert, AlertKind, FlowRecord, Timestamp};
 use weir_policy::PolicySet;
 
+use crate::admission::{Admission, admit};
 use crate::engine::{EdgeStats, Engine, StoredFlow};
 use crate::store::Cursor;
 use weir_kube::ClusterStatus;
@@ -490,11 +491,23 @@ async fn ingest(
     .map_err(|e| internal(format!("the batch could not be applied: {e}")).into_response())?;
     match reply {
         Ok(reply) => Ok(axum::Json(reply)),
-        Err(e) => {
+        Err(e @ BatchError::Body(_)) => {
             s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-            Err(bad(format!("the batch body is unreadable: {e}")).into_response())
+            Err(bad(e.to_string()).into_response())
         }
+        Err(e @ BatchError::Poisoned) => Err(internal(e.to_string()).into_response()),
     }
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// The body could not be framed: the agent's fault, not retryable as it is.
+    #[error("the batch body is unreadable: {0}")]
+    Body(#[source] weir_model::wire::WireError),
+    /// A thread panicked while holding the engine: nothing more can be applied safely until a restart.
+    #[error("the engine is unusable after an internal failure; restart the aggregator")]
+    Poisoned,
 }
 
 /// Applies one request under the core lock: a batch in order, a duplicate ignored, a gap answered with where
@@ -509,7 +522,7 @@ fn apply_batch(
     counters: Option<AgentCounters>,
     format: BodyFormat,
     body: &[u8],
-) -> Result<IngestReply, weir_model::wire::WireError> {
+) -> Result<IngestReply, BatchError> {
     let now = Timestamp::now();
     let key = (node.clone(), epoch.clone());
     let cursor = |core: &mut Core| {
@@ -531,67 +544,61 @@ fn apply_batch(
         }
         (agent.applied, agent.acked)
     };
-    let Ok(mut core) = s.core.lock() else {
-        return Ok(IngestReply::default());
-    };
+    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
     core.engine.watch_node(&node);
     let (applied, acked) = cursor(&mut core);
-    let Some(seq) = seq else {
-        s.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-        return Ok(IngestReply {
-            applied,
-            acked,
-            expected: None,
-        });
+    let reply = |applied, expected| IngestReply {
+        applied,
+        acked,
+        expected,
     };
-    if seq <= applied {
-        s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        return Ok(IngestReply {
-            applied,
-            acked,
-            expected: None,
-        });
-    }
-    // A gap is fine only when the agent no longer holds the missing batches.
-    if seq > applied + 1 && oldest.is_none_or(|o| o <= applied + 1) {
-        s.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
-        return Ok(IngestReply {
-            applied,
-            acked,
-            expected: Some(applied + 1),
-        });
+    match admit(applied, seq, oldest) {
+        Admission::Heartbeat => {
+            s.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, None));
+        }
+        Admission::Duplicate => {
+            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, None));
+        }
+        Admission::Resend { expected } => {
+            s.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, Some(expected)));
+        }
+        Admission::Apply { .. } => {}
     }
     // Parsing, attribution and verdicts do not need the lock: only counting does.
     let kit = core.engine.judge_kit();
     drop(core);
-    let (records, malformed) = parse_records(format, body)?;
+    let (records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
     s.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
     let judged = kit.judge(records);
-    let Ok(mut core) = s.core.lock() else {
-        return Ok(IngestReply::default());
-    };
+    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
     // Another request of the same agent run may have got there first.
     let (applied, acked) = cursor(&mut core);
-    if seq <= applied {
-        s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        return Ok(IngestReply {
-            applied,
-            acked,
-            expected: None,
-        });
-    }
+    let (seq, missed) = match admit(applied, seq, oldest) {
+        Admission::Apply { missed } => (seq.unwrap_or(applied + 1), missed),
+        _ => {
+            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(IngestReply {
+                applied,
+                acked,
+                expected: None,
+            });
+        }
+    };
     let render = s.flows.receiver_count() > 0;
     let result = match core.engine.apply_judged(judged, now) {
         Some(result) => result,
         // The policy set changed while the batch was judged: judge it again against the new one.
         None => {
-            let (records, _) = parse_records(format, body)?;
+            let (records, _) = parse_records(format, body).map_err(BatchError::Body)?;
             core.engine.apply(records, now)
         }
     };
     let n = result.records;
     if let Some(agent) = core.agents.get_mut(&key) {
-        agent.missed_batches += seq - applied - 1;
+        agent.missed_batches = agent.missed_batches.saturating_add(missed);
         agent.applied = seq;
     }
     let deliveries = core.engine.take_deliveries();

@@ -44,7 +44,7 @@ pub use report::{
 };
 pub use stream::AnalysisStream;
 pub use suggest::{
-    Evidence, Proof, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
+    Evidence, Proof, ProofError, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
     SuggestedRule, Suggestion, Uncovered, Unsuggested, policy_objects, prove, suggest,
 };
 pub use suggest_yaml::{policy_yaml, suggestion_yaml};

@@ -819,15 +819,37 @@ fn dns_rule(
     })
 }
 
-/// The suggested policies as objects the engine (and `kubectl`) take.
-pub fn policy_objects(suggestion: &Suggestion) -> Vec<PolicyObject> {
+/// Why the suggestion could not be checked: a suggested policy that is not a valid NetworkPolicy (a bug in
+/// the writer, never the input's fault), or a set the engine cannot compile. Neither is retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    /// A suggested policy does not read back as a NetworkPolicy.
+    #[error("the suggested policy {policy} is not a valid NetworkPolicy: {source}")]
+    Invalid {
+        /// `namespace/name`.
+        policy: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The engine could not compile the suggested policies.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// The suggested policies as objects the engine (and `kubectl`) take. A policy that does not convert is an
+/// error that names it, never left out of the proof without a word.
+pub fn policy_objects(suggestion: &Suggestion) -> Result<Vec<PolicyObject>, ProofError> {
     suggestion
         .policies
         .iter()
-        .filter_map(|p| {
+        .map(|p| {
             let value = crate::suggest_yaml::policy_json(p);
-            let policy = serde_json::from_value(value).ok()?;
-            Some(PolicyObject {
+            let policy = serde_json::from_value(value).map_err(|source| ProofError::Invalid {
+                policy: format!("{}/{}", p.workload.namespace, p.name),
+                source,
+            })?;
+            Ok(PolicyObject {
                 policy,
                 source: Arc::from("weir suggest"),
             })
@@ -864,9 +886,9 @@ pub fn prove(
     suggestion: &Suggestion,
     records: &[FlowRecord],
     options: &SuggestOptions,
-) -> Result<Proof, PolicyError> {
+) -> Result<Proof, ProofError> {
     let cluster = set.cluster();
-    let state = cluster.with_policies(policy_objects(suggestion));
+    let state = cluster.with_policies(policy_objects(suggestion)?);
     let proven = PolicySet::new(Arc::new(state))?;
     let analysis = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records.to_vec());
     let mut proof = Proof::default();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_analysis::{
-    Analysis, Analyzer, Edge, Group, JudgedFlow, Judgement, Party, Report, SuggestOptions,
-    policy_objects, policy_yaml, suggest,
+    Analysis, Analyzer, Edge, Group, JudgedFlow, Judgement, Party, ProofError, Report,
+    SuggestOptions, policy_objects, policy_yaml, suggest,
 };
 use weir_cluster::{ClusterState, PodId};
 use weir_model::Cidr;
@@ -208,7 +208,23 @@ pub fn add_suggestions(
             node.suggestion = Some(policy_yaml(policy));
         }
     }
-    if let Ok(proven) = PolicySet::new(Arc::new(cluster.with_policies(policy_objects(&suggestion))))
+    let proven = policy_objects(&suggestion).and_then(|objects| {
+        PolicySet::new(Arc::new(cluster.with_policies(objects))).map_err(ProofError::from)
+    });
+    let proven = match proven {
+        Ok(proven) => proven,
+        Err(e) => {
+            // Said where the suggestion is shown, instead of a "would deny" list that was never worked out.
+            tracing::error!("the suggested policies could not be checked: {e}");
+            for policy in &suggestion.policies {
+                let id = node_id(&Group::Workload(policy.workload.clone()));
+                if let Some(node) = nodes.get_mut(&id) {
+                    node.suggestion_denies = vec![format!("not checked: {e}")];
+                }
+            }
+            return;
+        }
+    };
     {
         let records = flows.iter().map(|f| f.record.clone()).collect();
         let judged = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records);

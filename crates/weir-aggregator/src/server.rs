@@ -645,15 +645,29 @@ pub async fn checkpoint_loop(
     }
 }
 
+/// Why a checkpoint was not written. Retryable: every change stays marked and the next checkpoint writes it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A thread panicked while holding the engine or the store.
+    #[error("the {0} lock is poisoned (a thread panicked while holding it)")]
+    Poisoned(&'static str),
+    /// The writing task did not finish.
+    #[error("the checkpoint task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Writes one checkpoint now; on failure every change is kept for the next one and the reason is returned.
 pub async fn checkpoint_once(
     s: &Arc<Shared>,
     store: &Arc<Mutex<crate::store::Store>>,
-) -> Result<(), String> {
+) -> Result<(), CheckpointError> {
     let now = Timestamp::now();
     let (checkpoint, covered) = {
         let Ok(mut core) = s.core.lock() else {
-            return Err("the engine lock is poisoned".to_owned());
+            return Err(CheckpointError::Poisoned("engine"));
         };
         core.engine.tick(now);
         let deliveries = core.engine.take_deliveries();
@@ -691,8 +705,8 @@ pub async fn checkpoint_once(
     let written = tokio::task::spawn_blocking(move || {
         store
             .lock()
-            .map_err(|_| "the store lock is poisoned".to_owned())
-            .and_then(|mut st| st.write(&checkpoint, now).map_err(|e| e.to_string()))
+            .map_err(|_| CheckpointError::Poisoned("store"))
+            .and_then(|mut st| Ok(st.write(&checkpoint, now)?))
     })
     .await;
     s.counters
@@ -701,7 +715,7 @@ pub async fn checkpoint_once(
     let failure = match written {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
-        Err(e) => Some(e.to_string()),
+        Err(e) => Some(CheckpointError::Task(e)),
     };
     match failure {
         None => {

@@ -67,21 +67,22 @@ impl InterfaceAddress {
     }
 
     /// Parses the header form; at most [`MAX_NODE_ADDRESSES`], each a valid interface name and address.
-    pub fn parse_header(text: &str) -> Result<Vec<InterfaceAddress>, String> {
+    pub fn parse_header(text: &str) -> Result<Vec<InterfaceAddress>, HeaderError> {
         let mut out = Vec::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             if out.len() == MAX_NODE_ADDRESSES {
-                return Err(format!("more than {MAX_NODE_ADDRESSES} addresses"));
+                return Err(HeaderError::TooManyAddresses);
             }
             let (interface, ip) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("{pair:?} is not interface=address"))?;
+                .ok_or_else(|| HeaderError::NotAPair(pair.to_owned()))?;
             if !interface_name_ok(interface) {
-                return Err(format!("{interface:?} is not an interface name"));
+                return Err(HeaderError::NotAnInterface(interface.to_owned()));
             }
-            let ip = ip
-                .parse()
-                .map_err(|_| format!("{interface}: {ip:?} is not an IP address"))?;
+            let ip = ip.parse().map_err(|_| HeaderError::NotAnAddress {
+                interface: interface.to_owned(),
+                value: ip.to_owned(),
+            })?;
             out.push(InterfaceAddress {
                 interface: interface.to_owned(),
                 ip,
@@ -100,6 +101,36 @@ fn interface_name_ok(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
+}
+
+/// Why a header of an agent's request could not be read. Never retryable as sent: the request is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// An item is not `name=value`.
+    #[error("{0:?} is not name=value")]
+    NotAPair(String),
+    /// A counter's value is not a number.
+    #[error("{name}: {value:?} is not a count")]
+    NotACount {
+        /// The counter.
+        name: String,
+        /// What was sent.
+        value: String,
+    },
+    /// More addresses than [`MAX_NODE_ADDRESSES`].
+    #[error("more than {MAX_NODE_ADDRESSES} addresses")]
+    TooManyAddresses,
+    /// Not an interface name.
+    #[error("{0:?} is not an interface name")]
+    NotAnInterface(String),
+    /// Not an address.
+    #[error("{interface}: {value:?} is not an IP address")]
+    NotAnAddress {
+        /// The interface.
+        interface: String,
+        /// What was sent.
+        value: String,
+    },
 }
 
 /// What an agent counted since it started, reported with every request.
@@ -155,15 +186,16 @@ impl AgentCounters {
     }
 
     /// Parses the header form; unknown names are ignored (a newer agent), malformed pairs are an error.
-    pub fn parse_header(text: &str) -> Result<AgentCounters, String> {
+    pub fn parse_header(text: &str) -> Result<AgentCounters, HeaderError> {
         let mut c = AgentCounters::default();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("{pair:?} is not name=value"))?;
-            let value: u64 = value
-                .parse()
-                .map_err(|_| format!("{name}: {value:?} is not a count"))?;
+                .ok_or_else(|| HeaderError::NotAPair(pair.to_owned()))?;
+            let value: u64 = value.parse().map_err(|_| HeaderError::NotACount {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            })?;
             match name {
                 "packets" => c.packets = value,
                 "kernel_drops" => c.kernel_drops = value,

@@ -120,9 +120,11 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
             cluster_ranges: args.cluster_cidrs.clone(),
             learn: args.learn,
             alert_repeat: args.alert_repeat,
-            scan_window: args.scan_window,
-            scan_min_targets: args.scan_min_targets,
-            scan_min_denied: args.scan_min_denied,
+            scan: weir_analysis::ScanRule {
+                window: args.scan_window,
+                min_targets: args.scan_min_targets,
+                min_denied: args.scan_min_denied,
+            },
             recent_flows: args.recent_flows.max(1),
             retention: args.retention,
             ..EngineConfig::default()

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use weir_analysis::{Analyzer, SuggestOptions, policy_yaml, prove, suggest, suggestion_yaml};
+use weir_analysis::{
+    Analyzer, SuggestOptions, Synthesis, policy_yaml, suggestion_yaml, synthesize,
+};
 use weir_model::Cidr;
 
 use crate::analyze::{parse_cidr, read_records};
@@ -59,8 +61,9 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
         cluster_ranges: args.cluster_cidr.clone(),
         ..SuggestOptions::default()
     };
-    let suggestion = suggest(&set, &analysis.flows, &options);
-    let proof = prove(&set, &suggestion, &records, &options)
+    let Synthesis {
+        suggestion, proof, ..
+    } = synthesize(&set, &analysis.flows, &records, &options)
         .context("the suggested policies do not compile")?;
 
     // The summary goes to stderr, so standard output is the YAML alone.

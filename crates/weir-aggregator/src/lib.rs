@@ -30,8 +30,10 @@ use tokio::sync::broadcast;
 use weir_cluster::ClusterState;
 use weir_policy::PolicySet;
 
-pub use engine::{EdgeKey, EdgeStats, EndpointKey, Engine, EngineConfig, StoredFlow};
+pub use engine::{Engine, EngineConfig, StoredFlow};
 pub use server::{Core, Shared};
+pub use weir_analysis::{EdgeKey, EdgeStats};
+pub use weir_model::EndpointKey;
 
 /// Where the cluster comes from.
 pub enum ClusterConfig {

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use weir_analysis::{
-    Analyzer, SampleWeight, SuggestOptions, observed_diff, suggest, suggestion_yaml, write_flow,
+    Analyzer, SampleWeight, SuggestOptions, observed_diff, suggestion_yaml, write_flow,
 };
 use weir_model::ingest::{
     AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_NODE_ADDRESSES,
@@ -32,8 +32,9 @@ use weir_model::{Alert, AlertKind, FlowRecord, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::admission::{Admission, admit};
-use crate::engine::{EdgeStats, Engine, StoredFlow};
+use crate::engine::{Engine, StoredFlow};
 use crate::store::Cursor;
+use weir_analysis::EdgeStats;
 use weir_kube::ClusterStatus;
 
 /// One agent run as the aggregator knows it.
@@ -829,7 +830,7 @@ pub struct FlowFilter {
 }
 
 fn end_matches(
-    e: &crate::engine::EndpointKey,
+    e: &weir_model::EndpointKey,
     pod: Option<&str>,
     namespace: Option<&str>,
     needle: Option<&str>,
@@ -857,8 +858,8 @@ impl FlowFilter {
 
     fn sides_match(
         &self,
-        a: (&crate::engine::EndpointKey, Option<&str>),
-        b: (&crate::engine::EndpointKey, Option<&str>),
+        a: (&weir_model::EndpointKey, Option<&str>),
+        b: (&weir_model::EndpointKey, Option<&str>),
     ) -> bool {
         let ns = self.namespace.as_deref();
         let w = self.workload.as_deref();
@@ -1167,8 +1168,9 @@ async fn suggest_policies(
             ..
         } = samples;
         let analysis = Analyzer::new(&set, &ranges).analyze_sorted(records.clone());
-        let suggestion = suggest(&set, &analysis.flows, &options);
-        let proof = weir_analysis::prove(&set, &suggestion, &records, &options)
+        let weir_analysis::Synthesis {
+            suggestion, proof, ..
+        } = weir_analysis::synthesize(&set, &analysis.flows, &records, &options)
             .map_err(|e| e.to_string())?;
         let yaml = if suggestion.policies.is_empty() {
             String::new()

@@ -9,7 +9,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use weir_model::{Alert, Timestamp};
 
-use crate::engine::{EdgeStats, StoredFlow, Totals};
+use crate::engine::{StoredFlow, Totals};
+use weir_analysis::EdgeStats;
 
 /// One agent run's position.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

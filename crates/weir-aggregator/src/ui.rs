@@ -26,8 +26,10 @@ use weir_map::{
 use weir_model::{Alert, Cidr, EndpointKind, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
-use crate::engine::{EdgeStats, EndpointKey, StoredFlow};
+use crate::engine::StoredFlow;
 use crate::server::{ApiError, Shared, internal, parse_time, same};
+use weir_analysis::EdgeStats;
+use weir_model::EndpointKey;
 
 /// The cookie the page's sign-in sets, so the browser's own requests (the map, the alert stream) carry the
 /// read token without the script ever holding it.

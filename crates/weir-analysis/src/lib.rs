@@ -17,20 +17,29 @@
 
 #![deny(missing_docs)]
 
+mod alerts;
 mod analyze;
 mod attribute;
+mod book;
 mod diff;
 mod json;
 mod report;
+mod scan;
 mod stream;
 mod suggest;
 mod suggest_yaml;
+#[cfg(test)]
+mod testing;
 
+pub use alerts::{
+    AlertBook, EdgeAlertIds, Observation, alert_id, alert_kinds, scan_alert_id, tuple,
+};
 pub use analyze::{
     Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceEndpoints, ServiceHit,
     Single, Unjudged, service_endpoints,
 };
-pub use attribute::{Attributor, Party};
+pub use attribute::{Attributor, Party, endpoint_key};
+pub use book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats, retain_marked};
 pub use diff::{
     Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
 };
@@ -42,10 +51,12 @@ pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,
     UnusedRule, class_of, port_summary,
 };
+pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanRule, ScanWindow};
 pub use stream::AnalysisStream;
 pub use suggest::{
     Evidence, Proof, ProofError, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
-    SuggestedRule, Suggestion, Uncovered, Unsuggested, policy_objects, prove, suggest,
+    SuggestedRule, Suggestion, Synthesis, Uncovered, Unsuggested, WouldDeny, policy_objects, prove,
+    suggest, synthesize,
 };
 pub use suggest_yaml::{policy_yaml, suggestion_yaml};
 pub use weir_model::EdgeVerdict;

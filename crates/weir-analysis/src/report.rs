@@ -13,6 +13,7 @@ use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
+use crate::scan::{Attempt, ScanDetector, ScanRule};
 
 /// What a flow's end is grouped under in a report: its workload, not its pod, so replicas add up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -207,9 +208,6 @@ pub struct Totals {
     /// Flow ends at unknown addresses.
     pub unknown_ends: u64,
 }
-
-/// A source fans out to at least this many targets before it can count as a scan.
-const SCAN_MIN_TARGETS: u64 = 10;
 
 /// Everything the report shows.
 #[derive(Clone, Debug, Default)]
@@ -528,6 +526,8 @@ pub struct ReportBuilder<'a> {
     inferred_nodes: BTreeMap<IpAddr, (NodeId, u64)>,
     external: HashMap<IpAddr, (u64, u64)>,
     fanout: HashMap<(u32, IpAddr), ScanAcc>,
+    /// The one scan rule, over the capture's time.
+    scans: ScanDetector,
 }
 
 impl<'a> ReportBuilder<'a> {
@@ -546,6 +546,7 @@ impl<'a> ReportBuilder<'a> {
             inferred_nodes: BTreeMap::new(),
             external: HashMap::default(),
             fanout: HashMap::default(),
+            scans: ScanDetector::new(ScanRule::default()),
         }
     }
 
@@ -618,6 +619,7 @@ impl<'a> ReportBuilder<'a> {
         for ((source, ip), acc) in other.fanout {
             self.fanout.entry((id(source), ip)).or_default().merge(acc);
         }
+        self.scans.merge(other.scans);
     }
 
     /// Adds one judged flow.
@@ -633,6 +635,7 @@ impl<'a> ReportBuilder<'a> {
             inferred_nodes,
             external,
             fanout,
+            scans,
             ..
         } = self;
         {
@@ -706,6 +709,7 @@ impl<'a> ReportBuilder<'a> {
             }
             let port = flow.judged_port().filter(|_| !r.proto.is_icmp());
             let ok = answered(flow);
+            scans.add(&Attempt::of(flow), r.start);
             let acc = fanout.entry((from, r.src)).or_default();
             acc.targets.insert((destination_ip, port));
             acc.flows += 1;
@@ -761,6 +765,7 @@ impl<'a> ReportBuilder<'a> {
             inferred_nodes,
             external,
             fanout,
+            scans: detector,
             last_grounds: _,
         } = self;
         let cluster = set.cluster();
@@ -911,7 +916,9 @@ impl<'a> ReportBuilder<'a> {
             .filter_map(|((source, ip), acc)| {
                 let source = groups.list[source as usize].clone();
                 let targets = acc.targets.len() as u64;
-                (targets >= SCAN_MIN_TARGETS && acc.failed * 2 >= acc.flows).then(|| Scan {
+                // The decision is the one rule's, over the capture's time; the row sums up the source's
+                // whole capture.
+                detector.is_scanner(ip).then(|| Scan {
                     source,
                     ip,
                     targets,

@@ -879,6 +879,57 @@ impl Proof {
     }
 }
 
+/// An observed flow the suggested policies alone would deny.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WouldDeny {
+    /// Its source.
+    pub source: Party,
+    /// Its destination (the backend for Service traffic).
+    pub destination: Party,
+    /// The source address.
+    pub src: IpAddr,
+    /// The destination address (the backend's).
+    pub dst: IpAddr,
+    /// The port as policy judges it.
+    pub port: Option<u16>,
+    /// The protocol.
+    pub proto: Protocol,
+    /// Flows it stands for ([`SuggestOptions::weight_of`]).
+    pub flows: u64,
+    /// Whether the suggestion had to allow it (a covered flow denied is a wrong suggestion; an uncovered one,
+    /// such as a failed attempt or an outside address nobody held, is denied on purpose).
+    pub covered: bool,
+}
+
+/// What policy synthesis gives: the suggestion, its proof, and every observed flow it would deny.
+#[derive(Clone, Debug)]
+pub struct Synthesis {
+    /// The suggested policies.
+    pub suggestion: Suggestion,
+    /// The proof that they allow what was observed, and what else they allow.
+    pub proof: Proof,
+    /// Observed flows the suggested policies alone deny, in the order of the records.
+    pub would_deny: Vec<WouldDeny>,
+}
+
+/// Policy synthesis, the one place analyze → suggest → prove is spelled out: suggests policies for `flows`
+/// (judged against `set`), then re-judges `records` (the records the flows came from) with only the suggested
+/// policies in force. A suggested policy the engine cannot take is an error naming it, never dropped.
+pub fn synthesize(
+    set: &PolicySet,
+    flows: &[JudgedFlow],
+    records: &[FlowRecord],
+    options: &SuggestOptions,
+) -> Result<Synthesis, ProofError> {
+    let suggestion = suggest(set, flows, options);
+    let (proof, would_deny) = check(set, &suggestion, records, options)?;
+    Ok(Synthesis {
+        suggestion,
+        proof,
+        would_deny,
+    })
+}
+
 /// Re-judges `records` with only the suggested policies in force, and measures what else they allow: for every
 /// port a rule opens, every ordered pair of pods at least one of which a suggested policy selects.
 pub fn prove(
@@ -887,18 +938,42 @@ pub fn prove(
     records: &[FlowRecord],
     options: &SuggestOptions,
 ) -> Result<Proof, ProofError> {
+    check(set, suggestion, records, options).map(|(proof, _)| proof)
+}
+
+fn check(
+    set: &PolicySet,
+    suggestion: &Suggestion,
+    records: &[FlowRecord],
+    options: &SuggestOptions,
+) -> Result<(Proof, Vec<WouldDeny>), ProofError> {
     let cluster = set.cluster();
     let state = cluster.with_policies(policy_objects(suggestion)?);
     let proven = PolicySet::new(Arc::new(state))?;
     let analysis = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records.to_vec());
     let mut proof = Proof::default();
+    let mut would_deny = Vec::new();
     let mut observed: BTreeSet<(PodId, PodId, Protocol, u16)> = BTreeSet::new();
     let mut selectors = Selectors::new(cluster);
     for flow in &analysis.flows {
-        if !matches!(
+        let covered = matches!(
             coverage(cluster, flow, options, &mut selectors),
             Coverage::Covered
-        ) {
+        );
+        let denied = matches!(&flow.judgement, crate::Judgement::Judged { verdict, .. } if !verdict.allowed());
+        if denied {
+            would_deny.push(WouldDeny {
+                source: flow.source,
+                destination: flow.destination,
+                src: flow.record.src,
+                dst: flow.destination_ip(),
+                port: flow.judged_port(),
+                proto: flow.record.proto,
+                flows: options.weight_of(&flow.record).flows,
+                covered,
+            });
+        }
+        if !covered {
             continue;
         }
         proof.covered += 1;
@@ -948,5 +1023,5 @@ pub fn prove(
             }
         }
     }
-    Ok(proof)
+    Ok((proof, would_deny))
 }

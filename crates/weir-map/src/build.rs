@@ -4,12 +4,11 @@
 //! own counters over it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 use crate::{EdgeVerdict, Map, MapEdge, MapNode, NodeKind};
 use weir_analysis::{
-    Analysis, Analyzer, Edge, Group, JudgedFlow, Judgement, Party, ProofError, Report,
-    SuggestOptions, policy_objects, policy_yaml, suggest,
+    Analysis, Edge, Group, JudgedFlow, Party, Report, SuggestOptions, policy_yaml, suggest,
+    synthesize,
 };
 use weir_cluster::{ClusterState, PodId};
 use weir_model::Cidr;
@@ -202,76 +201,62 @@ pub fn add_suggestions(
         namespaces: Vec::new(),
         ..options.clone()
     };
-    let suggestion = suggest(set, flows, &options);
-    for policy in &suggestion.policies {
-        if let Some(node) = nodes.get_mut(&node_id(&Group::Workload(policy.workload.clone()))) {
-            node.suggestion = Some(policy_yaml(policy));
-        }
-    }
-    let proven = policy_objects(&suggestion).and_then(|objects| {
-        PolicySet::new(Arc::new(cluster.with_policies(objects))).map_err(ProofError::from)
-    });
-    let proven = match proven {
-        Ok(proven) => proven,
+    let records: Vec<_> = flows.iter().map(|f| f.record.clone()).collect();
+    let synthesis = match synthesize(set, flows, &records, &options) {
+        Ok(synthesis) => synthesis,
         Err(e) => {
             // Said where the suggestion is shown, instead of a "would deny" list that was never worked out.
             tracing::error!("the suggested policies could not be checked: {e}");
-            for policy in &suggestion.policies {
+            for policy in &suggest(set, flows, &options).policies {
                 let id = node_id(&Group::Workload(policy.workload.clone()));
                 if let Some(node) = nodes.get_mut(&id) {
+                    node.suggestion = Some(policy_yaml(policy));
                     node.suggestion_denies = vec![format!("not checked: {e}")];
                 }
             }
             return;
         }
     };
-    {
-        let records = flows.iter().map(|f| f.record.clone()).collect();
-        let judged = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records);
-        let mut denies: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
-        for flow in &judged.flows {
-            let denied =
-                matches!(&flow.judgement, Judgement::Judged { verdict, .. } if !verdict.allowed());
-            if !denied {
-                continue;
-            }
-            let name = |party: Party, ip| match party {
-                Party::Pod(pod) => {
-                    format!("{}/{}", cluster.pod(pod).namespace, cluster.pod(pod).name)
-                }
-                _ => format!("{ip}"),
-            };
-            let line = format!(
-                "{} → {} {}/{}",
-                name(flow.source, flow.record.src),
-                name(flow.destination, flow.destination_ip()),
-                flow.judged_port()
-                    .map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                flow.record.proto
-            );
-            for party in [flow.source, flow.destination] {
-                if let Party::Pod(pod) = party {
-                    *denies
-                        .entry(node_id(&pod_group(cluster, pod)))
-                        .or_default()
-                        .entry(line.clone())
-                        .or_default() += options.weight_of(&flow.record).flows;
-                }
+    for policy in &synthesis.suggestion.policies {
+        if let Some(node) = nodes.get_mut(&node_id(&Group::Workload(policy.workload.clone()))) {
+            node.suggestion = Some(policy_yaml(policy));
+        }
+    }
+    let mut denies: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+    for d in &synthesis.would_deny {
+        let name = |party: Party, ip| match party {
+            Party::Pod(pod) => format!("{}/{}", cluster.pod(pod).namespace, cluster.pod(pod).name),
+            _ => format!("{ip}"),
+        };
+        let line = format!(
+            "{} → {} {}/{}",
+            name(d.source, d.src),
+            name(d.destination, d.dst),
+            d.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            d.proto
+        );
+        for party in [d.source, d.destination] {
+            if let Party::Pod(pod) = party {
+                *denies
+                    .entry(node_id(&pod_group(cluster, pod)))
+                    .or_default()
+                    .entry(line.clone())
+                    .or_default() += d.flows;
             }
         }
-        for (id, lines) in denies {
-            if let Some(node) = nodes.get_mut(&id).filter(|n| n.suggestion.is_some()) {
-                node.suggestion_denies = lines
-                    .into_iter()
-                    .map(|(line, n)| {
-                        if n == 1 {
-                            line
-                        } else {
-                            format!("{line} ×{n}")
-                        }
-                    })
-                    .collect();
-            }
+    }
+    for (id, lines) in denies {
+        if let Some(node) = nodes.get_mut(&id).filter(|n| n.suggestion.is_some()) {
+            node.suggestion_denies = lines
+                .into_iter()
+                .map(|(line, n)| {
+                    if n == 1 {
+                        line
+                    } else {
+                        format!("{line} ×{n}")
+                    }
+                })
+                .collect();
         }
     }
 }

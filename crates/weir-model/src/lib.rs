@@ -10,6 +10,7 @@
 mod alert;
 mod cidr;
 mod community_id;
+mod endpoint;
 mod flow;
 pub mod ingest;
 mod link;
@@ -21,6 +22,7 @@ pub mod wire;
 pub use alert::{Alert, AlertEndpoint, AlertEvidence, AlertKind, EndpointKind, Severity};
 pub use cidr::Cidr;
 pub use community_id::{community_id_v1, icmp_counterpart};
+pub use endpoint::EndpointKey;
 pub use flow::{
     ConnectionOutcome, Direction, EndReason, FlowRecord, ObservationPoint, Orientation, TcpFlags,
 };

@@ -1,0 +1,528 @@
+//! The one scan detector: the offline report and the aggregator's alerts both decide "this source is scanning"
+//! with [`ScanRule`] over [`ScanDetector`].
+//!
+//! A source scans when, within one window, it reaches at least `min_targets` distinct destinations (address and
+//! port, or ICMP type) that did not answer or were denied while most of its attempts went unanswered (fan-out),
+//! or when at least `min_denied` of its attempts are denied (hammering). Windows hop by half their length, so a
+//! burst no longer than half a window always falls inside one of them whatever its start, and the state is a set
+//! of per-half counts: adding attempts in any order, or merging the detectors of two shards, gives the same
+//! windows. Only probes (failed or denied attempts) are remembered by address, so ordinary traffic costs a few
+//! counters per source and half-window.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use foldhash::{HashMap, HashSet};
+use weir_model::Timestamp;
+
+/// When a source counts as scanning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanRule {
+    /// The window attempts are counted in.
+    pub window: Duration,
+    /// Distinct destinations that did not answer or were denied, in a window where most attempts went
+    /// unanswered, that make a scan.
+    pub min_targets: u64,
+    /// Denied attempts in a window that make a scan.
+    pub min_denied: u64,
+}
+
+impl Default for ScanRule {
+    fn default() -> Self {
+        ScanRule {
+            window: Duration::from_secs(10),
+            min_targets: 20,
+            min_denied: 20,
+        }
+    }
+}
+
+impl ScanRule {
+    /// Whether a window's counts make a scan.
+    pub fn is_scan(&self, w: &ScanWindow) -> bool {
+        let fanout = w.targets >= self.min_targets && w.failed.saturating_mul(2) >= w.flows;
+        fanout || w.denied >= self.min_denied
+    }
+
+    fn half_ns(&self) -> i64 {
+        i64::try_from(self.window.as_nanos() / 2)
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+}
+
+/// One connection attempt, as the detector counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The source address.
+    pub source: IpAddr,
+    /// The destination address (the backend for Service traffic).
+    pub target: IpAddr,
+    /// The destination port, or the ICMP type.
+    pub port: u16,
+    /// When it started.
+    pub start: Timestamp,
+    /// Whether the destination took it ([`weir_model::ConnectionOutcome::answered`]).
+    pub answered: bool,
+    /// Whether the policies deny it.
+    pub denied: bool,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// Bytes, both directions.
+    pub bytes: u64,
+}
+
+impl Attempt {
+    /// The attempt a judged flow is: to the backend on the port policy judged (the ICMP type for ICMP),
+    /// answered as [`weir_model::ConnectionOutcome`] defines it, denied when the policies deny it.
+    pub fn of(flow: &crate::JudgedFlow) -> Attempt {
+        let r = &flow.record;
+        let port = if r.proto.is_icmp() {
+            r.icmp_type.map(u16::from)
+        } else {
+            flow.judged_port()
+        };
+        Attempt {
+            source: r.src,
+            target: flow.destination_ip(),
+            port: port.unwrap_or(0),
+            start: r.start,
+            answered: r.outcome().answered(),
+            denied: crate::flow_verdict(&flow.judgement) == weir_model::FlowVerdict::Denied,
+            packets: r.total_packets(),
+            bytes: r.total_bytes(),
+        }
+    }
+
+    fn probe(&self) -> bool {
+        !self.answered || self.denied
+    }
+}
+
+/// What one window of one source holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanWindow {
+    /// Its start.
+    pub start: Timestamp,
+    /// Its length.
+    pub length: Duration,
+    /// Distinct destinations that did not answer or were denied.
+    pub targets: u64,
+    /// Attempts.
+    pub flows: u64,
+    /// Attempts without an answer, or refused.
+    pub failed: u64,
+    /// Attempts the policies deny.
+    pub denied: u64,
+    /// Packets of its attempts.
+    pub packets: u64,
+    /// Bytes of its attempts.
+    pub bytes: u64,
+    /// The lowest ports (or ICMP types) it tried, at most [`SCAN_PORTS`].
+    pub ports: Vec<u16>,
+}
+
+/// Most ports listed per window.
+pub const SCAN_PORTS: usize = 20;
+/// Most probed destinations remembered per half-window (the rule needs far fewer; the count stops there).
+const TARGET_CAP: usize = 4096;
+
+#[derive(Clone, Debug, Default)]
+struct Half {
+    flows: u64,
+    failed: u64,
+    denied: u64,
+    packets: u64,
+    bytes: u64,
+    targets: HashSet<(IpAddr, u16)>,
+    ports: BTreeSet<u16>,
+}
+
+impl Half {
+    fn add_port(&mut self, port: u16) {
+        if self.ports.len() < SCAN_PORTS || self.ports.last().is_some_and(|&p| p > port) {
+            self.ports.insert(port);
+            while self.ports.len() > SCAN_PORTS {
+                self.ports.pop_last();
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Half) {
+        self.flows += other.flows;
+        self.failed += other.failed;
+        self.denied += other.denied;
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        for t in other.targets {
+            if self.targets.len() >= TARGET_CAP {
+                break;
+            }
+            self.targets.insert(t);
+        }
+        for p in other.ports {
+            self.add_port(p);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Source {
+    /// Half-windows by index (start / half length).
+    halves: BTreeMap<i64, Half>,
+    /// Distinct probed destinations of window `k` (halves `k` and `k + 1`).
+    unions: HashMap<i64, u64>,
+    /// The caller's clock when it last counted an attempt (for [`ScanDetector::forget_idle`]).
+    touched: Timestamp,
+}
+
+impl Source {
+    fn window(&self, k: i64, rule: &ScanRule) -> ScanWindow {
+        let mut w = ScanWindow {
+            start: Timestamp(k.saturating_mul(rule.half_ns())),
+            length: rule.window,
+            targets: self.unions.get(&k).copied().unwrap_or(0),
+            ..ScanWindow::default()
+        };
+        let mut ports = BTreeSet::new();
+        for h in [k, k.saturating_add(1)] {
+            if let Some(half) = self.halves.get(&h) {
+                w.flows += half.flows;
+                w.failed += half.failed;
+                w.denied += half.denied;
+                w.packets = w.packets.saturating_add(half.packets);
+                w.bytes = w.bytes.saturating_add(half.bytes);
+                ports.extend(half.ports.iter().copied());
+            }
+        }
+        w.ports = ports.into_iter().take(SCAN_PORTS).collect();
+        w
+    }
+
+    /// Works out the distinct targets of the windows around half `h` again.
+    fn recount(&mut self, h: i64) {
+        for k in [h.saturating_sub(1), h] {
+            let a = self.halves.get(&k).map(|x| &x.targets);
+            let b = self.halves.get(&k.saturating_add(1)).map(|x| &x.targets);
+            let n = match (a, b) {
+                (Some(a), Some(b)) => {
+                    (a.len() + b.iter().filter(|t| !a.contains(t)).count()) as u64
+                }
+                (Some(a), None) | (None, Some(a)) => a.len() as u64,
+                (None, None) => 0,
+            };
+            if n == 0 {
+                self.unions.remove(&k);
+            } else {
+                self.unions.insert(k, n);
+            }
+        }
+    }
+}
+
+/// Scan windows per source, mergeable across shards.
+#[derive(Clone, Debug, Default)]
+pub struct ScanDetector {
+    rule: ScanRule,
+    sources: HashMap<IpAddr, Source>,
+}
+
+impl ScanDetector {
+    /// A detector applying `rule`.
+    pub fn new(rule: ScanRule) -> ScanDetector {
+        ScanDetector {
+            rule,
+            sources: HashMap::default(),
+        }
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> &ScanRule {
+        &self.rule
+    }
+
+    /// Sources with state.
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Counts an attempt (at `now` on the caller's clock); answers the window it fell in that makes its source
+    /// a scanner now, if any (the later of the two when both do).
+    pub fn add(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanWindow> {
+        let h = a.start.0.div_euclid(self.rule.half_ns());
+        let source = self.sources.entry(a.source).or_default();
+        source.touched = source.touched.max(now);
+        let target = (a.target, a.port);
+        let probe = a.probe();
+        let new_target = probe && {
+            let half = source.halves.entry(h).or_default();
+            half.targets.len() < TARGET_CAP && half.targets.insert(target)
+        };
+        if new_target {
+            let elsewhere = |k: i64| {
+                source
+                    .halves
+                    .get(&k)
+                    .is_some_and(|x| x.targets.contains(&target))
+            };
+            let (in_before, in_after) = (
+                elsewhere(h.saturating_sub(1)),
+                elsewhere(h.saturating_add(1)),
+            );
+            if !in_before {
+                *source.unions.entry(h.saturating_sub(1)).or_default() += 1;
+            }
+            if !in_after {
+                *source.unions.entry(h).or_default() += 1;
+            }
+        }
+        let half = source.halves.entry(h).or_default();
+        half.flows += 1;
+        half.failed += u64::from(!a.answered);
+        half.denied += u64::from(a.denied);
+        half.packets = half.packets.saturating_add(a.packets);
+        half.bytes = half.bytes.saturating_add(a.bytes);
+        half.add_port(a.port);
+        // Only a probe can make a window a scan.
+        if !probe {
+            return None;
+        }
+        [h, h.saturating_sub(1)]
+            .into_iter()
+            .map(|k| source.window(k, &self.rule))
+            .find(|w| self.rule.is_scan(w))
+    }
+
+    /// Adds what another detector with the same rule counted, as if its attempts had been added here.
+    pub fn merge(&mut self, other: ScanDetector) {
+        for (ip, theirs) in other.sources {
+            let mine = self.sources.entry(ip).or_default();
+            mine.touched = mine.touched.max(theirs.touched);
+            let touched: Vec<i64> = theirs.halves.keys().copied().collect();
+            for (h, half) in theirs.halves {
+                mine.halves.entry(h).or_default().merge(half);
+            }
+            for h in touched {
+                mine.recount(h);
+            }
+        }
+    }
+
+    /// The windows of a source that make a scan, with its counts as they stand (offline: over the whole capture).
+    pub fn scans_of(&self, source: IpAddr) -> Vec<ScanWindow> {
+        let Some(s) = self.sources.get(&source) else {
+            return Vec::new();
+        };
+        let mut starts: BTreeSet<i64> = BTreeSet::new();
+        for &h in s.halves.keys() {
+            starts.insert(h.saturating_sub(1));
+            starts.insert(h);
+        }
+        starts
+            .into_iter()
+            .map(|k| s.window(k, &self.rule))
+            .filter(|w| self.rule.is_scan(w))
+            .collect()
+    }
+
+    /// Whether any window of the source makes a scan.
+    pub fn is_scanner(&self, source: IpAddr) -> bool {
+        !self.scans_of(source).is_empty()
+    }
+
+    /// Forgets sources idle since before `now - window - margin` on the caller's clock, and the half-windows of
+    /// the others that end more than the window and the margin before their newest one: a live detector keeps
+    /// what a late batch can still count into. Returns the sources forgotten.
+    pub fn forget_idle(&mut self, now: Timestamp, margin: Duration) -> usize {
+        let keep_ns = i64::try_from((self.rule.window + margin).as_nanos()).unwrap_or(i64::MAX);
+        let idle = Timestamp(now.0.saturating_sub(keep_ns));
+        let before = self.sources.len();
+        self.sources.retain(|_, s| s.touched >= idle);
+        let half = self.rule.half_ns();
+        let keep_halves = keep_ns / half + 2;
+        for s in self.sources.values_mut() {
+            let Some(&newest) = s.halves.keys().next_back() else {
+                continue;
+            };
+            let oldest = newest.saturating_sub(keep_halves);
+            s.halves = s.halves.split_off(&oldest);
+            s.unions.retain(|&k, _| k >= oldest.saturating_sub(1));
+        }
+        before - self.sources.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn attempt(ms: i64, target: u8, port: u16, answered: bool, denied: bool) -> Attempt {
+        Attempt {
+            source: ip(1),
+            target: ip(target),
+            port,
+            start: Timestamp(ms * 1_000_000),
+            answered,
+            denied,
+            packets: 1,
+            bytes: 40,
+        }
+    }
+
+    fn rule() -> ScanRule {
+        ScanRule::default()
+    }
+
+    #[test]
+    fn a_fanout_of_unanswered_probes_is_a_scan_at_the_twentieth_target() {
+        let mut d = ScanDetector::new(rule());
+        for port in 0..19 {
+            assert_eq!(
+                d.add(
+                    &attempt(i64::from(port) * 10, 2, port, false, false),
+                    Timestamp(0)
+                ),
+                None
+            );
+        }
+        let w = d.add(&attempt(190, 2, 19, false, false), Timestamp(0));
+        let w = w.unwrap_or_default();
+        assert_eq!((w.targets, w.flows, w.failed, w.denied), (20, 20, 20, 0));
+        assert_eq!(w.ports.len(), SCAN_PORTS);
+        assert!(d.is_scanner(ip(1)));
+    }
+
+    #[test]
+    fn repeated_targets_count_once() {
+        let mut d = ScanDetector::new(rule());
+        for i in 0..100 {
+            assert_eq!(d.add(&attempt(i, 2, 80, false, false), Timestamp(0)), None);
+        }
+        assert!(!d.is_scanner(ip(1)));
+    }
+
+    #[test]
+    fn a_busy_client_with_some_failures_is_not_scanning() {
+        let mut d = ScanDetector::new(rule());
+        for i in 0..25u16 {
+            d.add(
+                &attempt(i64::from(i), 2, 1000 + i, false, false),
+                Timestamp(0),
+            );
+        }
+        // Most attempts answered in the same window: not "mostly unanswered".
+        for i in 0..60 {
+            d.add(&attempt(100 + i, 3, 443, true, false), Timestamp(0));
+        }
+        assert!(!d.is_scanner(ip(1)));
+        assert!(
+            d.scans_of(ip(1)).is_empty(),
+            "the answered traffic outweighs the failures in every window"
+        );
+    }
+
+    #[test]
+    fn twenty_denied_attempts_are_hammering_even_to_one_port() {
+        let mut d = ScanDetector::new(rule());
+        let mut raised = None;
+        for i in 0..20 {
+            raised = d.add(&attempt(i * 100, 2, 5432, true, true), Timestamp(0));
+        }
+        assert_eq!(raised.map(|w| w.denied), Some(20));
+    }
+
+    #[test]
+    fn probes_spread_beyond_a_window_are_not_a_scan() {
+        let mut d = ScanDetector::new(rule());
+        // One probe every second: at most ten in any ten-second window.
+        for i in 0..60u16 {
+            d.add(
+                &attempt(i64::from(i) * 1000, 2, i, false, false),
+                Timestamp(0),
+            );
+        }
+        assert!(!d.is_scanner(ip(1)));
+    }
+
+    #[test]
+    fn a_burst_across_a_half_window_boundary_is_caught_whole() {
+        let mut d = ScanDetector::new(rule());
+        // 20 probes from 4.9 s to 5.09 s: split between two halves, inside one window.
+        for i in 0..20u16 {
+            d.add(
+                &attempt(4_900 + i64::from(i) * 10, 2, i, false, false),
+                Timestamp(0),
+            );
+        }
+        assert!(d.is_scanner(ip(1)));
+    }
+
+    #[test]
+    fn merged_shards_give_the_detector_of_the_union_in_any_order() {
+        let attempts: Vec<Attempt> = (0..40u16)
+            .map(|i| {
+                attempt(
+                    i64::from(i) * 130,
+                    (i % 7) as u8 + 2,
+                    i % 13,
+                    i % 3 == 0,
+                    i % 5 == 0,
+                )
+            })
+            .collect();
+        let mut whole = ScanDetector::new(rule());
+        for a in &attempts {
+            whole.add(a, Timestamp(0));
+        }
+        let (mut left, mut right) = (ScanDetector::new(rule()), ScanDetector::new(rule()));
+        for (i, a) in attempts.iter().enumerate().rev() {
+            if i % 2 == 0 {
+                left.add(a, Timestamp(0));
+            } else {
+                right.add(a, Timestamp(0));
+            }
+        }
+        left.merge(right);
+        assert_eq!(left.scans_of(ip(1)), whole.scans_of(ip(1)));
+        let mut all = BTreeSet::new();
+        for s in [&whole, &left] {
+            let src = &s.sources[&ip(1)];
+            all.insert(format!("{:?}", {
+                let mut u: Vec<_> = src.unions.iter().collect();
+                u.sort();
+                u
+            }));
+        }
+        assert_eq!(all.len(), 1, "the same distinct targets per window");
+    }
+
+    #[test]
+    fn idle_sources_and_old_halves_are_forgotten() {
+        let mut d = ScanDetector::new(rule());
+        d.add(&attempt(0, 2, 1, false, false), Timestamp(0));
+        let mut other = attempt(0, 2, 1, false, false);
+        other.source = ip(9);
+        d.add(&other, Timestamp(500_000_000_000));
+        for i in 0..10 {
+            other.start = Timestamp(i * 60_000_000_000);
+            d.add(&other, Timestamp(500_000_000_000));
+        }
+        assert_eq!(
+            d.forget_idle(Timestamp(500_000_000_000), Duration::from_secs(60)),
+            1
+        );
+        assert_eq!(d.sources(), 1);
+        let s = &d.sources[&ip(9)];
+        assert!(
+            s.halves.len() <= 3,
+            "{:?}",
+            s.halves.keys().collect::<Vec<_>>()
+        );
+    }
+}

@@ -125,9 +125,9 @@ fn main() {
     // What agents send by default (binary), or the JSON-lines form with `--json`.
     let json = std::env::args().any(|a| a == "--json");
     let format = if json {
-        weir_aggregator::server::BodyFormat::JsonLines
+        weir_aggregator::ingest::BodyFormat::JsonLines
     } else {
-        weir_aggregator::server::BodyFormat::Binary
+        weir_aggregator::ingest::BodyFormat::Binary
     };
     let content_type = if json {
         "application/x-ndjson"
@@ -230,7 +230,7 @@ fn main() {
     let started = Instant::now();
     let mut parsed = 0u64;
     for body in bodies.iter().flatten() {
-        parsed += weir_aggregator::server::parse_records(format, body)
+        parsed += weir_aggregator::ingest::parse_records(format, body)
             .unwrap()
             .0
             .len() as u64;

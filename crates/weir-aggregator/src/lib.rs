@@ -4,17 +4,27 @@
 //! them exactly as `weir analyze` does (the same [`weir_analysis::Analyzer`]) against the NetworkPolicies in
 //! force at that moment, joins the views of a connection reported from both ends (denied yet delivered: the CNI
 //! is not enforcing; sent but never arrived: dropped on the way), keeps workload edges and the learned baseline,
-//! and raises alerts (`policy-violation`, `enforcement-gap`, `new-edge`, `scan`), deduplicated per edge and
-//! rate-limited. [`server`] serves the API, the alert stream and metrics; [`store`] checkpoints everything to
-//! SQLite and only then acknowledges batches, so a restart loses nothing; [`cluster`] follows a live cluster with
-//! kube-rs watchers, or a snapshot.
+//! and raises alerts (`policy-violation`, `enforcement-gap`, `new-edge`, `scan`) by the rules of
+//! [`weir_analysis::alert_kinds`], deduplicated per edge and rate-limited. The edge book, scan detector and alert
+//! book are weir-analysis's; the engine adds the join, the resolution cache and the recent flows.
+//!
+//! Modules, each depending only on those before it: `engine`; `store` (SQLite checkpoints, after which batches
+//! are acknowledged, so a restart loses nothing); `state` (the shared core behind its mutex); `http` (errors and
+//! authentication layers); `checkpoint`; [`ingest`] (batch admission by the pure `admission::admit`); `api`;
+//! [`ui`]; [`metrics`]; [`webhook`]; and [`server`], which assembles each listener's routes. The cluster is
+//! followed by [`weir_kube`] (kube-rs watchers) or read from a snapshot.
 
 #![deny(missing_docs)]
 
 mod admission;
+mod api;
+mod checkpoint;
 pub mod engine;
+mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod server;
+mod state;
 pub mod store;
 pub mod ui;
 pub mod webhook;
@@ -31,7 +41,7 @@ use weir_cluster::ClusterState;
 use weir_policy::PolicySet;
 
 pub use engine::{Engine, EngineConfig, StoredFlow};
-pub use server::{Core, Shared};
+pub use state::{AgentState, Core, Shared};
 pub use weir_analysis::{EdgeKey, EdgeStats};
 pub use weir_model::EndpointKey;
 
@@ -125,7 +135,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         .map(|c| {
             (
                 (c.node.clone(), c.epoch.clone()),
-                server::AgentState {
+                state::AgentState {
                     node: c.node,
                     epoch: c.epoch,
                     applied: c.applied,
@@ -189,7 +199,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
     }
 
     let store = Arc::new(Mutex::new(store));
-    tokio::spawn(server::checkpoint_loop(
+    tokio::spawn(checkpoint::checkpoint_loop(
         Arc::clone(&shared),
         Arc::clone(&store),
         config.checkpoint,
@@ -234,7 +244,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
             )?;
         }
     }
-    server::checkpoint_once(&shared, &store)
+    checkpoint::checkpoint_once(&shared, &store)
         .await
         .map_err(|e| anyhow::anyhow!("stopping: the last checkpoint failed: {e}"))?;
     tracing::info!(

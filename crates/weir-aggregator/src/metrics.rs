@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 type Labels = Vec<(String, String)>;
 

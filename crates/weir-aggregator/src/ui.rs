@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -26,14 +26,16 @@ use weir_map::{
 use weir_model::{Alert, Cidr, EndpointKind, FlowVerdict, Protocol, Timestamp};
 use weir_policy::PolicySet;
 
+use crate::api::{parse_time, samples, samples_caveat};
 use crate::engine::StoredFlow;
-use crate::server::{ApiError, Shared, internal, parse_time, same};
+use crate::http::{ApiError, internal, same};
+use crate::state::Shared;
 use weir_analysis::EdgeStats;
 use weir_model::EndpointKey;
 
 /// The cookie the page's sign-in sets, so the browser's own requests (the map, the alert stream) carry the
 /// read token without the script ever holding it.
-pub const SESSION_COOKIE: &str = "weir_read";
+pub use crate::http::SESSION_COOKIE;
 
 /// Namespaces are folded on `collapse=auto` when the map has more workloads than this.
 pub const AUTO_FOLD: usize = 60;
@@ -107,19 +109,6 @@ async fn script() -> Response {
 
 async fn style() -> Response {
     hardened(weir_map::APP_CSS.into_response(), "text/css; charset=utf-8")
-}
-
-/// The read token from the session cookie, if the request carries one.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then_some(value)
-        })
 }
 
 /// `POST /ui/session` with the read token as the body: sets the session cookie (HttpOnly, SameSite=Strict,
@@ -658,7 +647,7 @@ async fn workload(
     State(s): State<Arc<Shared>>,
     Query(q): Query<WorkloadQuery>,
 ) -> Result<Response, ApiError> {
-    let samples = crate::server::samples(&s, |e| {
+    let samples = samples(&s, |e| {
         endpoint_id(&e.key.src) == q.id || endpoint_id(&e.key.dst) == q.id
     })?;
     let answer = tokio::task::spawn_blocking(move || {
@@ -681,7 +670,7 @@ async fn workload(
             id: q.id,
             suggestion: node
                 .suggestion
-                .map(|yaml| format!("{}{yaml}", crate::server::samples_caveat(edges))),
+                .map(|yaml| format!("{}{yaml}", samples_caveat(edges))),
             suggestion_denies: node.suggestion_denies,
             edges,
         }

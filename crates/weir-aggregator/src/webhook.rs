@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use weir_model::Alert;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// The body shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

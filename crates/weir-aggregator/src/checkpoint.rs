@@ -1,0 +1,122 @@
+//! Checkpoints: what changed, written to the store by one task, which then acknowledges the batches it covers.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use weir_model::Timestamp;
+
+use crate::state::Shared;
+use crate::store::Cursor;
+
+/// Collects a checkpoint under the lock; after it is written, acknowledges the batches it covers.
+pub async fn checkpoint_loop(
+    s: Arc<Shared>,
+    store: Arc<Mutex<crate::store::Store>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // A failure is counted and reported inside; the next tick writes everything again.
+        let _ = checkpoint_once(&s, &store).await;
+    }
+}
+
+/// Why a checkpoint was not written. Retryable: every change stays marked and the next checkpoint writes it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A thread panicked while holding the engine or the store.
+    #[error("the {0} lock is poisoned (a thread panicked while holding it)")]
+    Poisoned(&'static str),
+    /// The writing task did not finish.
+    #[error("the checkpoint task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Writes one checkpoint now; on failure every change is kept for the next one and the reason is returned.
+pub async fn checkpoint_once(
+    s: &Arc<Shared>,
+    store: &Arc<Mutex<crate::store::Store>>,
+) -> Result<(), CheckpointError> {
+    let now = Timestamp::now();
+    let (checkpoint, covered) = {
+        let Ok(mut core) = s.core.lock() else {
+            return Err(CheckpointError::Poisoned("engine"));
+        };
+        core.engine.tick(now);
+        let deliveries = core.engine.take_deliveries();
+        let (edges, alerts, flows) = core.engine.take_changes();
+        let totals = core.engine.totals();
+        let cursors: Vec<Cursor> = core
+            .agents
+            .values()
+            .map(|a| Cursor {
+                node: a.node.clone(),
+                epoch: a.epoch.clone(),
+                applied: a.applied,
+                last_seen: a.last_seen,
+            })
+            .collect();
+        drop(core);
+        s.deliver(deliveries);
+        let covered: Vec<((String, String), u64)> = cursors
+            .iter()
+            .map(|c| ((c.node.clone(), c.epoch.clone()), c.applied))
+            .collect();
+        (
+            crate::store::Checkpoint {
+                edges,
+                alerts,
+                flows,
+                cursors,
+                totals,
+            },
+            covered,
+        )
+    };
+    let store = Arc::clone(store);
+    let started = std::time::Instant::now();
+    let written = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .map_err(|_| CheckpointError::Poisoned("store"))
+            .and_then(|mut st| Ok(st.write(&checkpoint, now)?))
+    })
+    .await;
+    s.counters
+        .checkpoint_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let failure = match written {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(CheckpointError::Task(e)),
+    };
+    match failure {
+        None => {
+            s.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut core) = s.core.lock() {
+                for (key, applied) in covered {
+                    if let Some(a) = core.agents.get_mut(&key) {
+                        a.acked = a.acked.max(applied);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(message) => {
+            s.counters
+                .checkpoint_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
+            if let Ok(mut core) = s.core.lock() {
+                core.engine.mark_all_dirty();
+            }
+            Err(message)
+        }
+    }
+}

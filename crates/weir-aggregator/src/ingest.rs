@@ -1,0 +1,295 @@
+//! `POST /api/v1/ingest`: batch bodies parsed and applied under the core lock (admission decided by
+//! `crate::admission::admit`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use weir_model::ingest::{
+    AgentCounters, HEADER_COUNTERS, HEADER_EPOCH, HEADER_NODE, HEADER_NODE_ADDRESSES,
+    HEADER_OLDEST, HEADER_SEQ, IngestReply, InterfaceAddress,
+};
+use weir_model::{FlowRecord, Timestamp};
+
+use crate::admission::{Admission, admit};
+use crate::engine::StoredFlow;
+use crate::http::{ApiError, bad, internal};
+use crate::state::{AgentState, Core, Shared};
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn parse_number(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    header_str(headers, name)
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| bad(format!("{name}: {v:?} is not a number")))
+        })
+        .transpose()
+}
+
+/// Flow records from JSON lines; lines that are not records are counted and skipped.
+pub fn parse_json_lines(body: &[u8]) -> (Vec<FlowRecord>, u64) {
+    let mut records = Vec::with_capacity(body.len() / 300 + 1);
+    let mut malformed = 0;
+    for line in body.split(|&b| b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<FlowRecord>(line) {
+            Ok(r) => records.push(r),
+            Err(_) => malformed += 1,
+        }
+    }
+    (records, malformed)
+}
+
+/// The wire format of a batch, from its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// Flow records as JSON lines (the stable record format; any content type but the binary one).
+    JsonLines,
+    /// [`weir_model::wire`]: the compact binary form agents send.
+    Binary,
+}
+
+impl BodyFormat {
+    fn of(headers: &HeaderMap) -> BodyFormat {
+        let binary = header_str(headers, "content-type")
+            .and_then(|t| t.split(';').next())
+            .is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case(weir_model::wire::CONTENT_TYPE)
+            });
+        if binary {
+            BodyFormat::Binary
+        } else {
+            BodyFormat::JsonLines
+        }
+    }
+}
+
+/// Reads a batch body: the records and how many were malformed; an error when a binary body cannot be framed.
+pub fn parse_records(
+    format: BodyFormat,
+    body: &[u8],
+) -> Result<(Vec<FlowRecord>, u64), weir_model::wire::WireError> {
+    match format {
+        BodyFormat::JsonLines => Ok(parse_json_lines(body)),
+        BodyFormat::Binary if body.is_empty() => Ok((Vec::new(), 0)),
+        BodyFormat::Binary => weir_model::wire::decode(body),
+    }
+}
+
+pub(crate) async fn ingest(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<IngestReply>, Response> {
+    let request = (|| {
+        let node = header_str(&headers, HEADER_NODE)
+            .filter(|n| !n.is_empty() && n.len() <= 253)
+            .ok_or_else(|| bad(format!("{HEADER_NODE} is required")))?
+            .to_owned();
+        let epoch = header_str(&headers, HEADER_EPOCH)
+            .filter(|e| {
+                !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .ok_or_else(|| bad(format!("{HEADER_EPOCH} is required (letters and digits)")))?
+            .to_owned();
+        let seq = parse_number(&headers, HEADER_SEQ)?;
+        let oldest = parse_number(&headers, HEADER_OLDEST)?;
+        let counters = match header_str(&headers, HEADER_COUNTERS) {
+            Some(text) => Some(
+                AgentCounters::parse_header(text)
+                    .map_err(|e| bad(format!("{HEADER_COUNTERS}: {e}")))?,
+            ),
+            None => None,
+        };
+        let node_addresses = match header_str(&headers, HEADER_NODE_ADDRESSES) {
+            Some(text) => Some(
+                InterfaceAddress::parse_header(text)
+                    .map_err(|e| bad(format!("{HEADER_NODE_ADDRESSES}: {e}")))?,
+            ),
+            None => None,
+        };
+        if seq == Some(0) {
+            return Err(bad("batches are numbered from 1"));
+        }
+        if seq.is_none() && !body.is_empty() {
+            return Err(bad(format!("a batch needs {HEADER_SEQ}")));
+        }
+        Ok((node, epoch, seq, oldest, counters, node_addresses))
+    })();
+    let (node, epoch, seq, oldest, counters, node_addresses) = match request {
+        Ok(r) => r,
+        Err(e) => {
+            s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into_response());
+        }
+    };
+    if !s.ready.load(Ordering::Acquire) {
+        s.counters.not_ready.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster state is not loaded yet; retry".into(),
+        )
+        .into_response());
+    }
+    let shared = Arc::clone(&s);
+    let format = BodyFormat::of(&headers);
+    let reply = tokio::task::spawn_blocking(move || {
+        // Before the batch: its flows from those addresses are already the node's.
+        if let Some(addresses) = node_addresses {
+            shared.report_node_addresses(&node, addresses);
+        }
+        apply_batch(&shared, node, epoch, seq, oldest, counters, format, &body)
+    })
+    .await
+    .map_err(|e| internal(format!("the batch could not be applied: {e}")).into_response())?;
+    match reply {
+        Ok(reply) => Ok(axum::Json(reply)),
+        Err(e @ BatchError::Body(_)) => {
+            s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            Err(bad(e.to_string()).into_response())
+        }
+        Err(e @ BatchError::Poisoned) => Err(internal(e.to_string()).into_response()),
+    }
+}
+
+/// Why a batch was not applied.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    /// The body could not be framed: the agent's fault, not retryable as it is.
+    #[error("the batch body is unreadable: {0}")]
+    Body(#[source] weir_model::wire::WireError),
+    /// A thread panicked while holding the engine: nothing more can be applied safely until a restart.
+    #[error("the engine is unusable after an internal failure; restart the aggregator")]
+    Poisoned,
+}
+
+/// Applies one request under the core lock: a batch in order, a duplicate ignored, a gap answered with where
+/// to resume. Fails only on a binary body that cannot be framed.
+#[allow(clippy::too_many_arguments)]
+fn apply_batch(
+    s: &Shared,
+    node: String,
+    epoch: String,
+    seq: Option<u64>,
+    oldest: Option<u64>,
+    counters: Option<AgentCounters>,
+    format: BodyFormat,
+    body: &[u8],
+) -> Result<IngestReply, BatchError> {
+    let now = Timestamp::now();
+    let key = (node.clone(), epoch.clone());
+    let cursor = |core: &mut Core| {
+        let agent = core
+            .agents
+            .entry(key.clone())
+            .or_insert_with(|| AgentState {
+                node: node.clone(),
+                epoch: epoch.clone(),
+                applied: 0,
+                acked: 0,
+                missed_batches: 0,
+                counters: AgentCounters::default(),
+                last_seen: now,
+            });
+        agent.last_seen = now;
+        if let Some(c) = counters {
+            agent.counters = c;
+        }
+        (agent.applied, agent.acked)
+    };
+    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
+    core.engine.watch_node(&node);
+    let (applied, acked) = cursor(&mut core);
+    let reply = |applied, expected| IngestReply {
+        applied,
+        acked,
+        expected,
+    };
+    match admit(applied, seq, oldest) {
+        Admission::Heartbeat => {
+            s.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, None));
+        }
+        Admission::Duplicate => {
+            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, None));
+        }
+        Admission::Resend { expected } => {
+            s.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(applied, Some(expected)));
+        }
+        Admission::Apply { .. } => {}
+    }
+    // Parsing, attribution and verdicts do not need the lock: only counting does.
+    let kit = core.engine.judge_kit();
+    drop(core);
+    let (records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
+    s.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
+    let judged = kit.judge(records);
+    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
+    // Another request of the same agent run may have got there first.
+    let (applied, acked) = cursor(&mut core);
+    let (seq, missed) = match admit(applied, seq, oldest) {
+        Admission::Apply { missed } => (seq.unwrap_or(applied + 1), missed),
+        _ => {
+            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(IngestReply {
+                applied,
+                acked,
+                expected: None,
+            });
+        }
+    };
+    let render = s.flows.receiver_count() > 0;
+    let result = match core.engine.apply_judged(judged, now) {
+        Some(result) => result,
+        // The policy set changed while the batch was judged: judge it again against the new one.
+        None => {
+            let (records, _) = parse_records(format, body).map_err(BatchError::Body)?;
+            core.engine.apply(records, now)
+        }
+    };
+    let n = result.records;
+    if let Some(agent) = core.agents.get_mut(&key) {
+        agent.missed_batches = agent.missed_batches.saturating_add(missed);
+        agent.applied = seq;
+    }
+    let deliveries = core.engine.take_deliveries();
+    let evicted = core.engine.take_evicted();
+    let listened: Vec<Arc<StoredFlow>> = if render {
+        let recent = core.engine.recent();
+        let added = (result.connections + result.joined_views) as usize;
+        recent
+            .iter()
+            .skip(recent.len().saturating_sub(added))
+            .map(|f| Arc::new(f.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(core);
+    // Freeing the flows the ring let go of is work too: not under the lock.
+    drop(evicted);
+    s.counters.batches.fetch_add(1, Ordering::Relaxed);
+    s.counters.records.fetch_add(n, Ordering::Relaxed);
+    for flow in listened {
+        let _ = s.flows.send(flow);
+    }
+    s.deliver(deliveries);
+    Ok(IngestReply {
+        applied: seq,
+        acked,
+        expected: None,
+    })
+}

@@ -1,0 +1,186 @@
+//! The aggregator's shared state: the core behind its mutex (engine, agents, cursors), the policy set in force
+//! and the nodes' reported addresses, the counters, and the channels alerts and flows are broadcast on. No HTTP.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use weir_model::ingest::{AgentCounters, InterfaceAddress};
+use weir_model::{Alert, Timestamp};
+use weir_policy::PolicySet;
+
+use crate::engine::{Engine, StoredFlow};
+use weir_kube::ClusterStatus;
+
+/// One agent run as the aggregator knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentState {
+    /// Node.
+    pub node: String,
+    /// Agent run.
+    pub epoch: String,
+    /// Last batch applied.
+    pub applied: u64,
+    /// Last batch stored durably (acknowledged).
+    pub acked: u64,
+    /// Batches the agent dropped before sending them (its buffer was full).
+    pub missed_batches: u64,
+    /// The agent's own counters, as last reported.
+    pub counters: AgentCounters,
+    /// Last request.
+    pub last_seen: Timestamp,
+}
+
+/// Everything that changes as batches come in.
+pub struct Core {
+    /// The judging core.
+    pub engine: Engine,
+    /// Agent runs by (node, epoch).
+    pub agents: BTreeMap<(String, String), AgentState>,
+}
+
+/// Ingest counters.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Batches applied.
+    pub batches: AtomicU64,
+    /// Batches already applied, ignored.
+    pub duplicates: AtomicU64,
+    /// Batches that were not the next one (the agent was told where to resume).
+    pub out_of_order: AtomicU64,
+    /// Records applied.
+    pub records: AtomicU64,
+    /// Lines of a batch that were not flow records (counted, skipped).
+    pub malformed: AtomicU64,
+    /// Requests refused: no or wrong token.
+    pub unauthorized: AtomicU64,
+    /// Requests refused: bad headers.
+    pub bad_requests: AtomicU64,
+    /// Requests refused while the cluster state was loading.
+    pub not_ready: AtomicU64,
+    /// Heartbeats.
+    pub heartbeats: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints that failed.
+    pub checkpoint_failures: AtomicU64,
+    /// Time spent writing checkpoints, microseconds.
+    pub checkpoint_micros: AtomicU64,
+    /// Alerts written to the webhook.
+    pub webhook_sent: AtomicU64,
+    /// Alerts the webhook did not take after every retry, or that did not fit its queue.
+    pub webhook_failed: AtomicU64,
+    /// Alert stream subscribers that fell behind, in alerts skipped.
+    pub stream_lagged: AtomicU64,
+}
+
+/// State shared by every handler.
+pub struct Shared {
+    /// Engine and agents.
+    pub core: Mutex<Core>,
+    /// New and updated alerts.
+    pub alerts: broadcast::Sender<Arc<Alert>>,
+    /// Judged flows, when someone listens.
+    pub flows: broadcast::Sender<Arc<StoredFlow>>,
+    /// Counters.
+    pub counters: IngestCounters,
+    /// The cluster source's status.
+    pub cluster: Arc<Mutex<ClusterStatus>>,
+    /// Set once the cluster state is loaded.
+    pub ready: AtomicBool,
+    /// Bearer token agents must present, if any.
+    pub ingest_token: Option<String>,
+    /// Bearer token readers must present, if any.
+    pub read_token: Option<String>,
+    /// Where alerts go besides the stream.
+    pub sink: Option<tokio::sync::mpsc::Sender<Arc<Alert>>>,
+    /// Alerts to standard output as JSON lines.
+    pub alerts_stdout: bool,
+    /// Served over TLS: the UI's session cookie is marked Secure.
+    pub secure_cookie: bool,
+    /// The cluster source's policy set and the node addresses agents report, which make the set in force.
+    pub node_addresses: Mutex<NodeAddresses>,
+}
+
+/// The policy set as the cluster source built it, and what agents report of their nodes' interfaces: the set
+/// in force is the first with the second's addresses made the nodes' own
+/// ([`weir_cluster::ClusterState::with_node_interfaces`]).
+#[derive(Default)]
+pub struct NodeAddresses {
+    base: Option<Arc<PolicySet>>,
+    reported: BTreeMap<String, Vec<InterfaceAddress>>,
+}
+
+impl NodeAddresses {
+    /// The addresses each node's agent reported last.
+    pub fn reported(&self) -> &BTreeMap<String, Vec<InterfaceAddress>> {
+        &self.reported
+    }
+
+    fn compose(&self) -> Option<Arc<PolicySet>> {
+        let base = self.base.as_ref()?;
+        if self.reported.is_empty() {
+            return Some(Arc::clone(base));
+        }
+        let cluster = base.cluster().with_node_interfaces(&self.reported);
+        match PolicySet::new(Arc::new(cluster)) {
+            Ok(set) => Some(Arc::new(set)),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "the node addresses agents reported could not be added"
+                );
+                Some(Arc::clone(base))
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Sends the engine's new and updated alerts to every sink.
+    pub fn deliver(&self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            let alert = Arc::new(alert);
+            if self.alerts_stdout
+                && let Ok(line) = serde_json::to_string(&*alert)
+            {
+                println!("{line}");
+            }
+            if let Some(sink) = &self.sink
+                && sink.try_send(Arc::clone(&alert)).is_err()
+            {
+                self.counters.webhook_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = self.alerts.send(alert);
+        }
+    }
+
+    /// Installs a new policy set (the cluster changed), with the node addresses agents reported; the first
+    /// one makes the aggregator ready.
+    pub fn set_policy(&self, set: Arc<PolicySet>) {
+        if let Ok(mut addresses) = self.node_addresses.lock() {
+            addresses.base = Some(set);
+            if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
+                core.engine.set_policy(set);
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Takes a node's interface addresses from its agent; when they changed, the policy set in force is
+    /// rebuilt with them (later flows from those addresses are the node's).
+    pub fn report_node_addresses(&self, node: &str, reported: Vec<InterfaceAddress>) {
+        let Ok(mut addresses) = self.node_addresses.lock() else {
+            return;
+        };
+        if addresses.reported.get(node) == Some(&reported) {
+            return;
+        }
+        addresses.reported.insert(node.to_owned(), reported);
+        if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
+            core.engine.set_policy(set);
+        }
+    }
+}

@@ -67,9 +67,9 @@ pub enum CaptureEvent {
     /// An interface was closed.
     Closed(InterfaceSummary),
     /// A problem on one interface; the capture goes on.
-    Warning(String),
+    Warning(LiveError),
     /// A problem that stops the capture (no permission to capture at all).
-    Fatal(String),
+    Fatal(LiveError),
 }
 
 /// Running totals over every worker and interface, for metrics; readable while the capture runs.
@@ -427,13 +427,13 @@ impl Worker {
                     );
                 }
                 Err(e @ LiveError::Permission { .. }) => {
-                    let _ = self.events.send(CaptureEvent::Fatal(e.to_string()));
+                    let _ = self.events.send(CaptureEvent::Fatal(e));
                     return false;
                 }
                 // An interface that vanished between the scan and the open is not an error.
                 Err(LiveError::NoSuchInterface(_)) => {}
                 Err(e) => {
-                    let _ = self.events.send(CaptureEvent::Warning(e.to_string()));
+                    let _ = self.events.send(CaptureEvent::Warning(e));
                 }
             }
         }
@@ -476,7 +476,7 @@ impl Worker {
             if rings.len() == points.len()
                 && let Err(e) = wait_any(&rings, Duration::from_millis(100))
             {
-                let _ = self.events.send(CaptureEvent::Warning(e.to_string()));
+                let _ = self.events.send(CaptureEvent::Warning(e));
             }
             let mut broken = Vec::new();
             let clock = now();

@@ -241,6 +241,28 @@ pub enum ExportError {
     Client(#[from] reqwest::Error),
 }
 
+/// Why one request to the aggregator failed. All but a poisoned buffer are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The buffer's lock was poisoned by a panic elsewhere: the agent cannot go on safely.
+    #[error("the send buffer is unusable (a thread panicked while holding it)")]
+    Poisoned,
+    /// The request could not be sent or its answer read.
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    /// The aggregator answered with an error.
+    #[error("{status}: {body}")]
+    Refused {
+        /// Its status.
+        status: StatusCode,
+        /// What it said.
+        body: String,
+    },
+    /// The answer was not an ingest reply.
+    #[error("bad reply: {0}")]
+    Reply(#[from] serde_json::Error),
+}
+
 /// A random agent run identifier, 16 hex digits.
 pub fn new_epoch() -> String {
     let mut bytes = [0u8; 8];
@@ -335,9 +357,9 @@ impl Exporter {
         buffer: &Mutex<Buffer>,
         counters: &AgentCounters,
         stats: &ExportCounters,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, SendError> {
         let (next, oldest) = {
-            let b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+            let b = buffer.lock().map_err(|_| SendError::Poisoned)?;
             (b.next_after(self.sent), b.oldest())
         };
         let mut req = self.request(counters, oldest);
@@ -355,15 +377,17 @@ impl Exporter {
                 .body(body);
         }
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let response = req.send().await.map_err(|e| format!("{e}"))?;
+        let response = req.send().await?;
         let status = response.status();
         if status != StatusCode::OK && status != StatusCode::CONFLICT {
             let text = response.text().await.unwrap_or_default();
-            return Err(format!("{status}: {}", text.trim()));
+            return Err(SendError::Refused {
+                status,
+                body: text.trim().to_owned(),
+            });
         }
-        let body = response.bytes().await.map_err(|e| format!("{e}"))?;
-        let reply: IngestReply =
-            serde_json::from_slice(&body).map_err(|e| format!("bad reply: {e}"))?;
+        let body = response.bytes().await?;
+        let reply: IngestReply = serde_json::from_slice(&body)?;
         match reply.expected {
             // The aggregator wants an earlier batch (it restarted and lost what was not durable yet).
             Some(expected) => {
@@ -379,7 +403,7 @@ impl Exporter {
         }
         if reply.acked > self.acked {
             self.acked = reply.acked;
-            let mut b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+            let mut b = buffer.lock().map_err(|_| SendError::Poisoned)?;
             let records = b.ack(reply.acked);
             stats.acked_records.fetch_add(records, Ordering::Relaxed);
             if let Some((_, sealed)) = sending {
@@ -388,7 +412,7 @@ impl Exporter {
                     .store(sealed.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
         }
-        let b = buffer.lock().map_err(|_| "buffer lock poisoned")?;
+        let b = buffer.lock().map_err(|_| SendError::Poisoned)?;
         if b.next_after(self.sent).is_none() {
             self.resending = false;
         }
@@ -396,7 +420,8 @@ impl Exporter {
     }
 
     /// Sends until `stop` is set and everything is acked (or `drain` runs out): batches as soon as they are
-    /// sealed, a heartbeat every second otherwise, with exponential backoff after failures.
+    /// sealed, a heartbeat every second otherwise, with exponential backoff after failures. Fails only when the
+    /// buffer is unusable (its lock poisoned), which no retry mends.
     pub async fn run(
         mut self,
         buffer: &Mutex<Buffer>,
@@ -404,13 +429,13 @@ impl Exporter {
         stats: &ExportCounters,
         stop: &AtomicBool,
         drain: Duration,
-    ) {
+    ) -> Result<(), SendError> {
         let mut backoff = Duration::from_millis(100);
         let mut last_heartbeat = Instant::now() - Duration::from_secs(10);
         let mut stopping: Option<Instant> = None;
         loop {
             let has_batch = {
-                let Ok(mut b) = buffer.lock() else { return };
+                let mut b = buffer.lock().map_err(|_| SendError::Poisoned)?;
                 if stopping.is_some() {
                     b.seal();
                 } else {
@@ -430,12 +455,15 @@ impl Exporter {
                 let all_acked = buffer
                     .lock()
                     .map(|b| b.records() == 0 || since.elapsed() >= drain)
-                    .unwrap_or(true);
+                    .map_err(|_| SendError::Poisoned)?;
                 if all_acked {
-                    return;
+                    return Ok(());
                 }
             }
-            let unacked = buffer.lock().map(|b| b.records() > 0).unwrap_or(false);
+            let unacked = buffer
+                .lock()
+                .map(|b| b.records() > 0)
+                .map_err(|_| SendError::Poisoned)?;
             let heartbeat_due = last_heartbeat.elapsed() >= Duration::from_secs(1)
                 || (unacked && last_heartbeat.elapsed() >= Duration::from_millis(250));
             if !has_batch && !heartbeat_due {
@@ -448,6 +476,7 @@ impl Exporter {
                     stats.connected.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
                 }
+                Err(SendError::Poisoned) => return Err(SendError::Poisoned),
                 Err(e) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                     if stats.connected.swap(false, Ordering::Relaxed) {

@@ -17,15 +17,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use weir_capture::LiveError;
 use weir_model::ingest::AgentCounters;
 
 pub use capture::{
     Backend, Capture, CaptureConfig, CaptureCounters, CaptureEvent, InterfaceSummary,
 };
 pub use export::{
-    Buffer, ExportConfig, ExportCounters, Exporter, WireFormat, install_crypto_provider,
+    Buffer, ExportConfig, ExportCounters, ExportError, Exporter, SendError, WireFormat,
+    install_crypto_provider,
 };
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The exporter could not be set up.
+    #[error("setting up the exporter: {0}")]
+    Export(#[from] ExportError),
+    /// The metrics and health address could not be listened on.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Capture could not go on at all (no permission on any interface).
+    #[error("{0}")]
+    Capture(#[from] LiveError),
+    /// Sending stopped for good.
+    #[error("sending: {0}")]
+    Send(#[from] SendError),
+    /// The send buffer's lock was poisoned by a panic: records could have been lost uncounted, so the agent
+    /// stops (and is restarted) rather than go on.
+    #[error("the send buffer is unusable (a thread panicked while holding it)")]
+    Poisoned,
+    /// The sending task panicked (a bug); what it had not sent is counted as unacknowledged.
+    #[error("the sending task panicked")]
+    SenderPanicked,
+}
 
 /// Everything `weir agent` needs.
 #[derive(Clone, Debug)]
@@ -72,8 +103,8 @@ pub fn run(
     config: AgentConfig,
     stop: Arc<AtomicBool>,
     runtime: &tokio::runtime::Handle,
-) -> Result<AgentSummary> {
-    let exporter = Exporter::new(config.export.clone()).context("setting up the exporter")?;
+) -> Result<AgentSummary, AgentError> {
+    let exporter = Exporter::new(config.export.clone())?;
     tracing::info!(
         "node {}, sending to {} (run {})",
         config.export.node,
@@ -89,7 +120,7 @@ pub fn run(
         config.export.batch_records,
         config.export.wire,
     )));
-    let fatal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let fatal: Arc<Mutex<Option<AgentError>>> = Arc::new(Mutex::new(None));
     let capture_done = Arc::new(AtomicBool::new(false));
 
     // Capture events into the buffer, on their own thread: the workers never wait for the network.
@@ -103,17 +134,27 @@ pub fn run(
         std::thread::spawn(move || {
             for event in events {
                 match event {
-                    CaptureEvent::Records(records) => {
-                        if let Ok(mut b) = buffer.lock() {
+                    CaptureEvent::Records(records) => match buffer.lock() {
+                        Ok(mut b) => {
                             let dropped = b.push(&records);
                             stats.buffer_drops.fetch_add(dropped, Ordering::Relaxed);
                         }
-                    }
+                        Err(_) => {
+                            // Counted as dropped, and the agent stops: it cannot keep records safely.
+                            stats
+                                .buffer_drops
+                                .fetch_add(records.len() as u64, Ordering::Relaxed);
+                            if let Ok(mut f) = fatal.lock() {
+                                f.get_or_insert(AgentError::Poisoned);
+                            }
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    },
                     CaptureEvent::Closed(_) => {}
                     CaptureEvent::Warning(w) => tracing::warn!("{w}"),
                     CaptureEvent::Fatal(e) => {
                         if let Ok(mut f) = fatal.lock() {
-                            *f = Some(e);
+                            f.get_or_insert(AgentError::Capture(e));
                         }
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -123,7 +164,7 @@ pub fn run(
         })
     };
 
-    let result: Result<()> = runtime.block_on(async {
+    let result: Result<(), AgentError> = runtime.block_on(async {
         let health = serve::Health {
             capture: Arc::clone(&capture_counters),
             export: Arc::clone(&export_stats),
@@ -132,7 +173,7 @@ pub fn run(
         if let Some(addr) = config.listen {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("listening on {addr}"))?;
+                .map_err(|source| AgentError::Listen { addr, source })?;
             tokio::spawn(serve::serve(listener, health));
         }
         // The exporter stops once the capture has flushed its tables and everything is acked (or the drain
@@ -148,7 +189,7 @@ pub fn run(
                 let counters = || agent_counters(&capture_counters, &stats);
                 exporter
                     .run(&buffer, counters, &stats, &send_stop, drain)
-                    .await;
+                    .await
             })
         };
         loop {
@@ -165,16 +206,27 @@ pub fn run(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         send_stop.store(true, Ordering::Relaxed);
-        let _ = sender.await;
-        Ok(())
+        match sender.await {
+            Ok(Err(e)) => Err(AgentError::Send(e)),
+            Ok(Ok(())) => Ok(()),
+            Err(_) => Err(AgentError::SenderPanicked),
+        }
     });
     capture.stop();
     let _ = bridge.join();
     result?;
-    if let Some(e) = fatal.lock().ok().and_then(|mut f| f.take()) {
-        bail!("{e}");
+    match fatal.lock() {
+        Ok(mut f) => {
+            if let Some(e) = f.take() {
+                return Err(e);
+            }
+        }
+        Err(_) => return Err(AgentError::Poisoned),
     }
-    let unacked = buffer.lock().map(|b| b.records()).unwrap_or(0);
+    let unacked = buffer
+        .lock()
+        .map(|b| b.records())
+        .map_err(|_| AgentError::Poisoned)?;
     Ok(AgentSummary {
         counters: agent_counters(&capture_counters, &export_stats),
         acked: export_stats.acked_records.load(Ordering::Relaxed),

@@ -18,7 +18,7 @@
 
 mod admission;
 mod api;
-mod checkpoint;
+pub mod checkpoint;
 pub mod engine;
 mod http;
 pub mod ingest;
@@ -35,7 +35,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use tokio::sync::broadcast;
 use weir_cluster::ClusterState;
 use weir_policy::PolicySet;
@@ -99,18 +98,64 @@ pub struct AggregatorConfig {
     pub max_body: usize,
 }
 
-fn empty_set() -> Result<Arc<PolicySet>> {
-    Ok(Arc::new(
-        PolicySet::new(Arc::new(ClusterState::default())).context("an empty policy set")?,
-    ))
+fn empty_set() -> Result<Arc<PolicySet>, ServeError> {
+    Ok(Arc::new(PolicySet::new(Arc::new(ClusterState::default()))?))
+}
+
+/// Why the aggregator could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be created.
+    #[error("creating the data directory {path}: {source}")]
+    DataDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The empty policy set the aggregator starts with could not be built (a bug).
+    #[error("an empty policy set: {0}")]
+    Policies(#[from] weir_policy::PolicyError),
+    /// The cluster could not be reached.
+    #[error(transparent)]
+    Kube(#[from] weir_kube::KubeError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("loading the TLS certificate {cert} and key {key}: {source}")]
+    Tls {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener failed.
+    #[error("serving on {addr}: {source}")]
+    Listen {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The last checkpoint before stopping could not be written: what it held is not stored.
+    #[error("stopping: the last checkpoint failed: {0}")]
+    LastCheckpoint(#[from] checkpoint::CheckpointError),
 }
 
 /// Runs the aggregator until `stop` is set; writes a last checkpoint before returning. The caller provides the
 /// runtime (a multi-threaded tokio runtime with I/O and time).
-pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()> {
+pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<(), ServeError> {
     install_crypto_provider();
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("creating the data directory {}", config.data.display()))?;
+    std::fs::create_dir_all(&config.data).map_err(|source| ServeError::DataDirectory {
+        path: config.data.clone(),
+        source,
+    })?;
     let mut store = store::Store::open(
         &config.data,
         config.engine.recent_flows,
@@ -219,12 +264,10 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         Some(tls) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
-                .with_context(|| {
-                    format!(
-                        "loading the TLS certificate {} and key {}",
-                        tls.cert.display(),
-                        tls.key.display()
-                    )
+                .map_err(|source| ServeError::Tls {
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                    source,
                 })?,
         ),
         None => None,
@@ -244,9 +287,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
             )?;
         }
     }
-    checkpoint::checkpoint_once(&shared, &store)
-        .await
-        .map_err(|e| anyhow::anyhow!("stopping: the last checkpoint failed: {e}"))?;
+    checkpoint::checkpoint_once(&shared, &store).await?;
     tracing::info!(
         "stopped; the last checkpoint is written to {}",
         config.data.display()
@@ -261,7 +302,7 @@ async fn serve_on(
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     handle: axum_server::Handle<SocketAddr>,
     app: axum::Router,
-) -> Result<()> {
+) -> Result<(), ServeError> {
     let service = app.into_make_service();
     let served = match tls {
         Some(tls) => {
@@ -275,7 +316,7 @@ async fn serve_on(
             server.serve(service).await
         }
     };
-    served.with_context(|| format!("serving on {addr}"))
+    served.map_err(|source| ServeError::Listen { addr, source })
 }
 
 /// rustls with the ring provider, as everywhere in weir (TLS listener, webhook client).

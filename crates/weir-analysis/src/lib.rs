@@ -54,9 +54,9 @@ pub use report::{
 pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanRule, ScanWindow};
 pub use stream::AnalysisStream;
 pub use suggest::{
-    Evidence, Proof, ProofError, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
-    SuggestedRule, Suggestion, Synthesis, Uncovered, Unsuggested, WouldDeny, policy_objects, prove,
-    suggest, synthesize,
+    Evidence, NoSelector, Proof, ProofError, RulePeer, RulePort, SampleWeight, SuggestOptions,
+    SuggestedPolicy, SuggestedRule, Suggestion, Synthesis, Uncovered, Unsuggested, WouldDeny,
+    policy_objects, prove, suggest, synthesize,
 };
 pub use suggest_yaml::{policy_yaml, suggestion_yaml};
 pub use weir_model::EdgeVerdict;

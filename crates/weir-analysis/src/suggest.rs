@@ -186,7 +186,18 @@ pub struct Unsuggested {
     /// The workload.
     pub workload: Workload,
     /// Why.
-    pub why: String,
+    pub why: NoSelector,
+}
+
+/// Why no selector was found for a workload.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSelector {
+    /// Its pods have no label in common but per-revision ones.
+    #[error("its pods share no label that survives a rollout")]
+    NoStableLabel,
+    /// Every selector on its stable labels also selects pods of another workload (named).
+    #[error("no selector on its stable labels tells it apart from {0}")]
+    Clash(String),
 }
 
 /// Observed flows no rule was written for, by reason.
@@ -248,7 +259,7 @@ fn workload_pods(cluster: &ClusterState) -> BTreeMap<&Workload, Vec<PodId>> {
 struct Selectors<'a> {
     cluster: &'a ClusterState,
     pods: BTreeMap<&'a Workload, Vec<PodId>>,
-    cache: BTreeMap<Workload, Result<Labels, String>>,
+    cache: BTreeMap<Workload, Result<Labels, NoSelector>>,
 }
 
 impl<'a> Selectors<'a> {
@@ -260,7 +271,7 @@ impl<'a> Selectors<'a> {
         }
     }
 
-    fn of(&mut self, workload: &Workload) -> Result<Labels, String> {
+    fn of(&mut self, workload: &Workload) -> Result<Labels, NoSelector> {
         if let Some(found) = self.cache.get(workload) {
             return found.clone();
         }
@@ -269,7 +280,7 @@ impl<'a> Selectors<'a> {
         found
     }
 
-    fn compute(&self, workload: &Workload) -> Result<Labels, String> {
+    fn compute(&self, workload: &Workload) -> Result<Labels, NoSelector> {
         let cluster = self.cluster;
         let own = self.pods.get(workload).map(Vec::as_slice).unwrap_or(&[]);
         let mut common: Option<Labels> = None;
@@ -289,7 +300,7 @@ impl<'a> Selectors<'a> {
             .filter(|(k, _)| !VOLATILE_LABELS.contains(&k.as_str()))
             .collect();
         if common.is_empty() {
-            return Err("its pods share no label that survives a rollout".to_owned());
+            return Err(NoSelector::NoStableLabel);
         }
         let pick = |keys: &[&str]| -> Labels {
             common
@@ -323,9 +334,8 @@ impl<'a> Selectors<'a> {
                 Some(other) => clash = clash.or(Some(other)),
             }
         }
-        let other = clash.map(|w| w.to_string()).unwrap_or_default();
-        Err(format!(
-            "no selector on its stable labels tells it apart from {other}"
+        Err(NoSelector::Clash(
+            clash.map(|w| w.to_string()).unwrap_or_default(),
         ))
     }
 
@@ -527,7 +537,7 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
     };
 
     // Workloads that get no policy, and why (once each, in order).
-    let mut unsuggested: BTreeMap<Workload, String> = BTreeMap::new();
+    let mut unsuggested: BTreeMap<Workload, NoSelector> = BTreeMap::new();
     for flow in flows {
         match coverage(cluster, flow, options, &mut selectors) {
             Coverage::Covered => {}

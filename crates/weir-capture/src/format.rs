@@ -272,7 +272,7 @@ impl PcapNgFramer {
         match kind {
             IDB => match self.interface_description(block, body_end) {
                 Ok(()) => Step::Other(total),
-                Err(reason) => Step::Corrupt(reason),
+                Err(reason) => Step::Corrupt(reason.to_string()),
             },
             EPB | OBSOLETE_PB => {
                 let (iface, ts_high, ts_low, caplen, orig_len) = if kind == EPB {
@@ -363,10 +363,10 @@ impl PcapNgFramer {
         )
     }
 
-    fn interface_description(&mut self, block: &[u8], body_end: usize) -> Result<(), String> {
+    fn interface_description(&mut self, block: &[u8], body_end: usize) -> Result<(), IdbError> {
         let be = self.big_endian;
         let (Some(link), Some(snaplen)) = (u16_at(block, 8, be), u32_at(block, 12, be)) else {
-            return Err("interface description block is too short".into());
+            return Err(IdbError::TooShort);
         };
         let mut iface = Interface {
             link: LinkType(link),
@@ -409,11 +409,21 @@ impl PcapNgFramer {
         }
         // A file with thousands of interfaces is corrupt or hostile; bound the table.
         if self.interfaces.len() >= 65_536 {
-            return Err("more than 65536 interfaces in one section".into());
+            return Err(IdbError::TooMany);
         }
         self.interfaces.push(iface);
         Ok(())
     }
+}
+
+/// Why an interface description block was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdbError {
+    #[error("interface description block is too short")]
+    TooShort,
+    /// A file with thousands of interfaces is corrupt or hostile: the table is bounded.
+    #[error("more than 65536 interfaces in one section")]
+    TooMany,
 }
 
 /// A framer for either format.

@@ -298,11 +298,11 @@ impl SnapshotLoader {
         if let Some(namespace) = &self.default_namespace
             && !matches!(kind, "Namespace" | "Node")
         {
-            place_in_namespace(&mut value, namespace).map_err(|message| LoadError::Object {
+            place_in_namespace(&mut value, namespace).map_err(|e| LoadError::Object {
                 path: path.to_owned(),
                 object: ObjectRef::of(kind, &value).to_string(),
                 field: "metadata.namespace".to_owned(),
-                message,
+                message: e.to_string(),
             })?;
         }
         let object = ObjectRef::of(kind, &value);
@@ -588,9 +588,20 @@ fn claim_inferred_node_addresses(state: &mut ClusterState) {
     }
 }
 
+/// An object whose namespace is not the one given with `-n`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{found:?} does not match the namespace {given:?} given with -n/--namespace (leave -n out, or the namespace \
+     out of the file)"
+)]
+struct NamespaceMismatch {
+    found: String,
+    given: String,
+}
+
 /// Puts a namespaced object without `metadata.namespace` in `namespace`; an object in another namespace is
 /// refused, as `kubectl apply -n` refuses it.
-fn place_in_namespace(value: &mut Value, namespace: &str) -> Result<(), String> {
+fn place_in_namespace(value: &mut Value, namespace: &str) -> Result<(), NamespaceMismatch> {
     let Some(object) = value.as_object_mut() else {
         return Ok(());
     };
@@ -610,10 +621,10 @@ fn place_in_namespace(value: &mut Value, namespace: &str) -> Result<(), String> 
             Ok(())
         }
         Some(Value::String(s)) if s == namespace => Ok(()),
-        Some(Value::String(s)) => Err(format!(
-            "{s:?} does not match the namespace {namespace:?} given with -n/--namespace (leave -n out, or \
-             the namespace out of the file)"
-        )),
+        Some(Value::String(s)) => Err(NamespaceMismatch {
+            found: s.clone(),
+            given: namespace.to_owned(),
+        }),
         Some(_) => Ok(()),
     }
 }

@@ -144,7 +144,7 @@ impl Objects {
     }
 
     /// The cluster state of the objects held, deleted pods included as finished.
-    fn build(&mut self) -> Result<ClusterState, String> {
+    fn build(&mut self) -> Result<ClusterState, RebuildError> {
         let horizon = Timestamp::now().0 - DELETED_POD_GRACE.as_nanos() as i64;
         self.deleted_pods.retain(|_, (_, at)| at.0 >= horizon);
         let mut loader = SnapshotLoader::default();
@@ -155,17 +155,40 @@ impl Objects {
             for ((ns, name), value) in objects {
                 loader
                     .add_value(&format!("watch:{kind}"), value.clone())
-                    .map_err(|e| format!("{kind} {ns}/{name}: {e}"))?;
+                    .map_err(|source| RebuildError::Object {
+                        what: format!("{kind} {ns}/{name}"),
+                        source,
+                    })?;
             }
         }
         for ((ns, name), (value, at)) in &self.deleted_pods {
             loader
                 .add_value("watch:Pod", value.clone())
-                .map_err(|e| format!("deleted Pod {ns}/{name}: {e}"))?;
+                .map_err(|source| RebuildError::Object {
+                    what: format!("deleted Pod {ns}/{name}"),
+                    source,
+                })?;
             loader.mark_deleted(ns, name, *at);
         }
         Ok(loader.finish().0)
     }
+}
+
+/// Why the cluster state could not be rebuilt from the objects held (the previous state stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// An object the loader refused.
+    #[error("{what}: {source}")]
+    Object {
+        /// Kind, namespace and name.
+        what: String,
+        /// Why.
+        #[source]
+        source: weir_cluster::LoadError,
+    },
+    /// The policy set could not be compiled.
+    #[error("compiling the policies: {0}")]
+    Policies(#[from] weir_policy::PolicyError),
 }
 
 /// Why the cluster could not be reached or read. None of these is retried here: a kubeconfig or permission
@@ -435,7 +458,7 @@ pub async fn watch(
         dirty_since = None;
         let built = objects
             .build()
-            .and_then(|state| PolicySet::new(Arc::new(state)).map_err(|e| e.to_string()));
+            .and_then(|state| Ok(PolicySet::new(Arc::new(state))?));
         if let Ok(mut s) = status.lock() {
             s.source = "kubernetes".into();
             s.synced = true;
@@ -451,7 +474,7 @@ pub async fn watch(
                 }
                 Err(e) => {
                     s.rebuild_errors += 1;
-                    s.last_error = Some(e.clone());
+                    s.last_error = Some(e.to_string());
                     tracing::error!("the cluster state could not be rebuilt: {e}");
                 }
             }

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use weir_capture::{
     Batch, KernelStats, LiveError, Packet, PnetSource, RingConfig, RingSource, wait_any,
 };
-use weir_flow::{FlowConfig, FlowExtractor, address_pair};
+use weir_flow::{FlowConfig, FlowExtractor, SkipReason, address_pair};
 use weir_model::{Direction, FlowRecord, ObservationPoint, Timestamp};
 
 /// Host-side interface names of the common CNIs.
@@ -83,8 +83,10 @@ pub struct CaptureCounters {
     pub kernel_drops: AtomicU64,
     /// Flows closed early because a flow table was full (reported, not lost).
     pub table_evictions: AtomicU64,
-    /// Packets not accounted to any flow (malformed, unsupported).
+    /// Packets not accounted to any flow (malformed, unsupported), in all.
     pub skipped_packets: AtomicU64,
+    /// The same by reason, indexed as [`weir_flow::SkipReason::ALL`].
+    pub skipped_by_reason: [AtomicU64; SkipReason::ALL.len()],
     /// Flow records produced.
     pub records: AtomicU64,
     /// Interfaces being captured.
@@ -213,6 +215,7 @@ struct Published {
     kernel: KernelStats,
     evicted: u64,
     skipped: u64,
+    skipped_by_reason: [u64; SkipReason::ALL.len()],
 }
 
 enum Source {
@@ -355,11 +358,18 @@ impl Worker {
         let skipped = stats.skipped.total();
         c.skipped_packets
             .fetch_add(skipped.saturating_sub(p.skipped), Ordering::Relaxed);
+        let mut by_reason = p.skipped_by_reason;
+        for (i, reason) in SkipReason::ALL.iter().enumerate() {
+            let n = stats.skipped.get(*reason);
+            c.skipped_by_reason[i].fetch_add(n.saturating_sub(by_reason[i]), Ordering::Relaxed);
+            by_reason[i] = n;
+        }
         *p = Published {
             packets: point.packets,
             kernel,
             evicted: stats.table.evicted,
             skipped,
+            skipped_by_reason: by_reason,
         };
     }
 

@@ -330,10 +330,7 @@ fn sse<T: Clone + Send + 'static>(
     let stream = BroadcastStream::new(rx).filter_map(move |item| match item {
         Ok(item) => event(item).map(Ok::<Event, Infallible>),
         Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-            shared
-                .counters
-                .stream_lagged
-                .fetch_add(n, Ordering::Relaxed);
+            shared.telemetry.stream_lagged(n);
             Some(Ok(Event::default().event("lagged").data(n.to_string())))
         }
     });

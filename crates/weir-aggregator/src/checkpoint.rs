@@ -1,6 +1,5 @@
 //! Checkpoints: what changed, written to the store by one task, which then acknowledges the batches it covers.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,9 +87,7 @@ pub async fn checkpoint_once(
             .and_then(|mut st| Ok(st.write(&checkpoint, now)?))
     })
     .await;
-    s.counters
-        .checkpoint_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    s.telemetry.checkpoint_time(started.elapsed().as_secs_f64());
     let failure = match written {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -98,7 +95,7 @@ pub async fn checkpoint_once(
     };
     match failure {
         None => {
-            s.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.checkpoint();
             if let Ok(mut core) = s.core.lock() {
                 for (key, applied) in covered {
                     if let Some(a) = core.agents.get_mut(&key) {
@@ -109,9 +106,7 @@ pub async fn checkpoint_once(
             Ok(())
         }
         Some(message) => {
-            s.counters
-                .checkpoint_failures
-                .fetch_add(1, Ordering::Relaxed);
+            s.telemetry.checkpoint_failed();
             tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
             if let Ok(mut core) = s.core.lock() {
                 core.engine.mark_all_dirty();

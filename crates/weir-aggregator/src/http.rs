@@ -2,7 +2,6 @@
 //! of each route group, so no handler can forget it and nothing of a request is read before it).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -10,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::state::Shared;
+use crate::telemetry::Rejection;
 
 /// The cookie the UI's sign-in sets, holding the read token.
 pub const SESSION_COOKIE: &str = "weir_read";
@@ -90,7 +90,7 @@ pub(crate) async fn require_ingest(
     match check_token(request.headers(), &s.ingest_token) {
         Ok(()) => next.run(request).await,
         Err(e) => {
-            s.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.rejected(Rejection::Unauthorized);
             e.into_response()
         }
     }

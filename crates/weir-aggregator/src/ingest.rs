@@ -19,6 +19,7 @@ use crate::admission::{Admission, admit};
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, bad, internal};
 use crate::state::{AgentState, Core, Shared};
+use crate::telemetry::{BatchResult, Rejection};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -130,12 +131,12 @@ pub(crate) async fn ingest(
     let (node, epoch, seq, oldest, counters, node_addresses) = match request {
         Ok(r) => r,
         Err(e) => {
-            s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.rejected(Rejection::BadRequest);
             return Err(e.into_response());
         }
     };
     if !s.ready.load(Ordering::Acquire) {
-        s.counters.not_ready.fetch_add(1, Ordering::Relaxed);
+        s.telemetry.rejected(Rejection::NotReady);
         return Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the cluster state is not loaded yet; retry".into(),
@@ -156,7 +157,7 @@ pub(crate) async fn ingest(
     match reply {
         Ok(reply) => Ok(axum::Json(reply)),
         Err(e @ BatchError::Body(_)) => {
-            s.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.rejected(Rejection::BadRequest);
             Err(bad(e.to_string()).into_response())
         }
         Err(e @ BatchError::Poisoned) => Err(internal(e.to_string()).into_response()),
@@ -218,15 +219,15 @@ fn apply_batch(
     };
     match admit(applied, seq, oldest) {
         Admission::Heartbeat => {
-            s.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.batch(BatchResult::Heartbeat);
             return Ok(reply(applied, None));
         }
         Admission::Duplicate => {
-            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.batch(BatchResult::Duplicate);
             return Ok(reply(applied, None));
         }
         Admission::Resend { expected } => {
-            s.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.batch(BatchResult::OutOfOrder);
             return Ok(reply(applied, Some(expected)));
         }
         Admission::Apply { .. } => {}
@@ -235,7 +236,7 @@ fn apply_batch(
     let kit = core.engine.judge_kit();
     drop(core);
     let (records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
-    s.counters.malformed.fetch_add(malformed, Ordering::Relaxed);
+    s.telemetry.malformed(malformed);
     let judged = kit.judge(records);
     let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
     // Another request of the same agent run may have got there first.
@@ -243,7 +244,7 @@ fn apply_batch(
     let (seq, missed) = match admit(applied, seq, oldest) {
         Admission::Apply { missed } => (seq.unwrap_or(applied + 1), missed),
         _ => {
-            s.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            s.telemetry.batch(BatchResult::Duplicate);
             return Ok(IngestReply {
                 applied,
                 acked,
@@ -281,8 +282,8 @@ fn apply_batch(
     drop(core);
     // Freeing the flows the ring let go of is work too: not under the lock.
     drop(evicted);
-    s.counters.batches.fetch_add(1, Ordering::Relaxed);
-    s.counters.records.fetch_add(n, Ordering::Relaxed);
+    s.telemetry.batch(BatchResult::Applied);
+    s.telemetry.records(n);
     for flow in listened {
         let _ = s.flows.send(flow);
     }

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod server;
 mod state;
 pub mod store;
+pub mod telemetry;
 pub mod ui;
 pub mod webhook;
 
@@ -208,7 +209,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         core: Mutex::new(Core { engine, agents }),
         alerts: alerts_tx,
         flows: flows_tx,
-        counters: Default::default(),
+        telemetry: Default::default(),
         cluster: Arc::clone(&status),
         ready: AtomicBool::new(false),
         ingest_token: config.ingest_token.clone(),
@@ -218,6 +219,9 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         secure_cookie: config.tls.is_some(),
         node_addresses: Default::default(),
     });
+    shared
+        .telemetry
+        .register_collector(Box::new(metrics::ScrapeCollector(Arc::downgrade(&shared))));
     if let Some((hook, (_, rx))) = webhook {
         tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));
     }

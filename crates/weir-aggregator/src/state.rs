@@ -2,7 +2,7 @@
 //! and the nodes' reported addresses, the counters, and the channels alerts and flows are broadcast on. No HTTP.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -12,6 +12,7 @@ use weir_model::{Alert, Timestamp};
 use weir_policy::PolicySet;
 
 use crate::engine::{Engine, StoredFlow};
+use crate::telemetry::Telemetry;
 use weir_kube::ClusterStatus;
 
 /// One agent run as the aggregator knows it.
@@ -41,41 +42,6 @@ pub struct Core {
     pub agents: BTreeMap<(String, String), AgentState>,
 }
 
-/// Ingest counters.
-#[derive(Debug, Default)]
-pub struct IngestCounters {
-    /// Batches applied.
-    pub batches: AtomicU64,
-    /// Batches already applied, ignored.
-    pub duplicates: AtomicU64,
-    /// Batches that were not the next one (the agent was told where to resume).
-    pub out_of_order: AtomicU64,
-    /// Records applied.
-    pub records: AtomicU64,
-    /// Lines of a batch that were not flow records (counted, skipped).
-    pub malformed: AtomicU64,
-    /// Requests refused: no or wrong token.
-    pub unauthorized: AtomicU64,
-    /// Requests refused: bad headers.
-    pub bad_requests: AtomicU64,
-    /// Requests refused while the cluster state was loading.
-    pub not_ready: AtomicU64,
-    /// Heartbeats.
-    pub heartbeats: AtomicU64,
-    /// Checkpoints written.
-    pub checkpoints: AtomicU64,
-    /// Checkpoints that failed.
-    pub checkpoint_failures: AtomicU64,
-    /// Time spent writing checkpoints, microseconds.
-    pub checkpoint_micros: AtomicU64,
-    /// Alerts written to the webhook.
-    pub webhook_sent: AtomicU64,
-    /// Alerts the webhook did not take after every retry, or that did not fit its queue.
-    pub webhook_failed: AtomicU64,
-    /// Alert stream subscribers that fell behind, in alerts skipped.
-    pub stream_lagged: AtomicU64,
-}
-
 /// State shared by every handler.
 pub struct Shared {
     /// Engine and agents.
@@ -84,8 +50,8 @@ pub struct Shared {
     pub alerts: broadcast::Sender<Arc<Alert>>,
     /// Judged flows, when someone listens.
     pub flows: broadcast::Sender<Arc<StoredFlow>>,
-    /// Counters.
-    pub counters: IngestCounters,
+    /// The aggregator's own events, counted where they happen.
+    pub telemetry: Telemetry,
     /// The cluster source's status.
     pub cluster: Arc<Mutex<ClusterStatus>>,
     /// Set once the cluster state is loaded.
@@ -151,7 +117,8 @@ impl Shared {
             if let Some(sink) = &self.sink
                 && sink.try_send(Arc::clone(&alert)).is_err()
             {
-                self.counters.webhook_failed.fetch_add(1, Ordering::Relaxed);
+                self.telemetry
+                    .webhook(crate::telemetry::WebhookResult::Failed);
             }
             let _ = self.alerts.send(alert);
         }

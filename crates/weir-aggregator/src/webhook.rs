@@ -2,13 +2,13 @@
 //! incoming-webhook message, or an Alertmanager `/api/v2/alerts` list.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use weir_model::Alert;
 
 use crate::state::Shared;
+use crate::telemetry::WebhookResult;
 
 /// The body shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,11 +101,10 @@ pub async fn run(hook: Webhook, mut queue: mpsc::Receiver<Arc<Alert>>, shared: A
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
         }
-        let counter = if sent {
-            &shared.counters.webhook_sent
+        shared.telemetry.webhook(if sent {
+            WebhookResult::Sent
         } else {
-            &shared.counters.webhook_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            WebhookResult::Failed
+        });
     }
 }

@@ -29,8 +29,28 @@ use crate::state::{AgentState, Shared};
 use weir_analysis::EdgeStats;
 use weir_kube::ClusterStatus;
 
+/// Alive unless a panic left shared state unusable: then a restart (from the last checkpoint) is the mend.
+pub(crate) async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    match s.unusable() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(what) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{what} is unusable (a thread panicked while holding it); restart the aggregator\n"
+            ),
+        )
+            .into_response(),
+    }
+}
+
 pub(crate) async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::Acquire) {
+    if let Some(what) = s.unusable() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{what} is unusable\n"),
+        )
+            .into_response()
+    } else if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (

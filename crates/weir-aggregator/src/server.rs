@@ -11,7 +11,8 @@ use axum::middleware::{self};
 use axum::routing::{get, post};
 
 use crate::api::{
-    alert, alert_stream, alerts, diff, edges, flow_stream, flows, readyz, status, suggest_policies,
+    alert, alert_stream, alerts, diff, edges, flow_stream, flows, healthz, readyz, status,
+    suggest_policies,
 };
 use crate::http::{require_ingest, require_read};
 use crate::ingest::ingest;
@@ -31,7 +32,7 @@ pub enum Routes {
 /// The HTTP routes of one listener.
 pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
     let health = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     // Authentication is a layer on each group of routes, so no handler can forget it and no body or query is
     // read before it.

@@ -124,13 +124,38 @@ impl Shared {
         }
     }
 
+    /// The shared state a panic left unusable (a poisoned lock), if any: the aggregator then answers 500 to
+    /// what needs it, is neither ready nor healthy (so Kubernetes restarts it, and it resumes from its last
+    /// checkpoint; unacknowledged batches are sent again by the agents).
+    pub fn unusable(&self) -> Option<&'static str> {
+        if self.core.is_poisoned() {
+            Some("the engine")
+        } else if self.node_addresses.is_poisoned() {
+            Some("the node addresses")
+        } else if self.cluster.is_poisoned() {
+            Some("the cluster status")
+        } else if self.telemetry.is_poisoned() {
+            Some("the metrics registry")
+        } else {
+            None
+        }
+    }
+
     /// Installs a new policy set (the cluster changed), with the node addresses agents reported; the first
     /// one makes the aggregator ready.
     pub fn set_policy(&self, set: Arc<PolicySet>) {
-        if let Ok(mut addresses) = self.node_addresses.lock() {
-            addresses.base = Some(set);
-            if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
-                core.engine.set_policy(set);
+        let Ok(mut addresses) = self.node_addresses.lock() else {
+            tracing::error!("the node addresses are unusable: the new policy set is not installed");
+            return;
+        };
+        addresses.base = Some(set);
+        if let Some(set) = addresses.compose() {
+            match self.core.lock() {
+                Ok(mut core) => core.engine.set_policy(set),
+                Err(_) => {
+                    tracing::error!("the engine is unusable: the new policy set is not installed");
+                    return;
+                }
             }
         }
         self.ready.store(true, Ordering::Release);
@@ -139,6 +164,7 @@ impl Shared {
     /// Takes a node's interface addresses from its agent; when they changed, the policy set in force is
     /// rebuilt with them (later flows from those addresses are the node's).
     pub fn report_node_addresses(&self, node: &str, reported: Vec<InterfaceAddress>) {
+        // A poisoned lock is reported by `unusable` (health, readiness, metrics); nothing more to do here.
         let Ok(mut addresses) = self.node_addresses.lock() else {
             return;
         };

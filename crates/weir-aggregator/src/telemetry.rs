@@ -206,6 +206,11 @@ impl Telemetry {
         Some(out)
     }
 
+    /// Whether a panic left the registry unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.registry.is_poisoned()
+    }
+
     /// An agent request's outcome.
     pub fn batch(&self, result: BatchResult) {
         self.batches.get_or_create(&BatchLabel { result }).inc();

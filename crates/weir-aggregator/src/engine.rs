@@ -16,9 +16,12 @@ use weir_analysis::{
     endpoint_key, flow_verdict, retain_marked,
 };
 use weir_model::{
-    Alert, Cidr, Direction, EndReason, EndpointKey, FlowRecord, FlowVerdict, Protocol, Timestamp,
+    Alert, Cidr, Direction, EndReason, EndpointKey, FlowRecord, FlowVerdict, Timestamp,
 };
 use weir_policy::{PolicySet, VerdictCache};
+
+pub use crate::join::Side;
+use crate::join::{JoinKey, JoinTable, Joined, View};
 
 /// Settings of the judging core.
 #[derive(Clone, Debug)]
@@ -192,48 +195,10 @@ pub struct Totals {
     pub expired_alerts: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct JoinKey {
-    proto: Protocol,
-    src: IpAddr,
-    port: u16,
-}
-
-#[derive(Clone, Debug)]
-struct Conn {
-    start: Timestamp,
-    last_end: Timestamp,
-    dst: IpAddr,
-    edge: u32,
-    /// Which end counted it (its records carry the volume).
-    primary: Side,
-    seen_source: bool,
-    seen_destination: bool,
-    delivered: bool,
-    denied: bool,
-    gap_raised: bool,
-    /// Whether a view from the destination's node can be expected.
-    destination_watched: bool,
-    expires: i64,
-}
-
-/// Which end of a connection reported a record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Side {
-    /// The initiator's node (the record was seen leaving the source pod), or a record without an observation
-    /// point.
-    Source,
-    /// The responder's node (seen arriving at the destination pod).
-    Destination,
-}
-
 /// Most time between two passes that forget what the retention no longer covers.
 const EXPIRY_EVERY_NS: i64 = 60_000_000_000;
 /// How long past its window a source's scan state is kept for late batches.
 const SCAN_IDLE_MARGIN: Duration = Duration::from_secs(60);
-/// How far apart two views of one connection may start.
-const VIEW_SLACK_NS: i64 = 2_000_000_000;
 
 /// What judging a batch needs: the policy set, the cluster's ranges and a verdict cache (lent by the engine).
 pub struct JudgeKit {
@@ -291,9 +256,8 @@ pub struct Engine {
     /// Connections by verdict since the engine started, added to `totals.verdicts` when read.
     verdict_counts: BTreeMap<FlowVerdict, u64>,
     learning_started: Timestamp,
-    joins: HashMap<JoinKey, SmallVec<[Conn; 1]>>,
-    join_count: usize,
-    expiry: VecDeque<(i64, JoinKey)>,
+    /// Connections waiting for their other view.
+    joins: JoinTable,
     /// The one scan detector.
     scans: ScanDetector,
     /// Alerts by the rules of [`weir_analysis::alert_kinds`].
@@ -344,9 +308,7 @@ impl Engine {
             last_node: None,
             verdict_counts: BTreeMap::new(),
             learning_started,
-            joins: HashMap::new(),
-            join_count: 0,
-            expiry: VecDeque::new(),
+            joins: JoinTable::new(),
             scans,
             alerts,
             recent: VecDeque::new(),
@@ -472,7 +434,7 @@ impl Engine {
 
     /// Connections waiting for their other view.
     pub fn pending_joins(&self) -> usize {
-        self.join_count
+        self.joins.len()
     }
 
     /// Restores persisted state (at start, before any batch).
@@ -733,82 +695,37 @@ impl Engine {
         let reporter = r.observed_at.as_ref().map(|o| self.node_id(&o.node));
 
         // One connection, two views: find the other end's report of it.
-        let join_key = JoinKey {
-            proto: r.proto,
-            src: r.src,
-            port: r.src_port.or(r.icmp_id).unwrap_or(0),
-        };
         let destination_watched = res.destination_pod_node.is_some_and(|n| {
             self.node_watched
                 .get(usize::from(n))
                 .copied()
                 .unwrap_or(false)
         });
-        let expires = now.0.saturating_add(ns_of(self.config.join_window));
-        let matches = |c: &Conn| {
-            (c.dst == dst_ip || c.dst == r.dst)
-                && r.start.0 >= c.start.0 - VIEW_SLACK_NS
-                && r.start.0 <= c.last_end.0 + VIEW_SLACK_NS
-        };
-        let found = self
-            .joins
-            .get_mut(&join_key)
-            .and_then(|conns| conns.iter_mut().find(|c| matches(c)));
-        let is_new = found.is_none();
-        let mut counts_volume = true;
-        let mut scratch;
-        let conn: &mut Conn = match found {
-            Some(c) => {
-                counts_volume = c.primary == side;
-                c.last_end = c.last_end.max(r.end);
-                c.expires = expires;
-                c
-            }
-            None => {
-                let c = Conn {
-                    start: r.start,
-                    last_end: r.end,
-                    dst: dst_ip,
-                    edge: u32::try_from(edge).unwrap_or(u32::MAX),
-                    primary: side,
-                    seen_source: false,
-                    seen_destination: false,
-                    delivered: false,
-                    denied,
-                    gap_raised: false,
-                    destination_watched,
-                    expires,
-                };
-                // Nothing more can come of a connection that is over and whose destination's node does not
-                // report: it needs no place in the join table (most connections, when few nodes run agents).
-                let more_to_come = destination_watched
-                    || side == Side::Destination
-                    || r.end_reason == EndReason::ActiveTimeout;
-                if more_to_come {
-                    self.join_count += 1;
-                    self.expiry.push_back((expires, join_key));
-                    let conns = self.joins.entry(join_key).or_default();
-                    conns.push(c);
-                    let last = conns.len() - 1;
-                    &mut conns[last]
-                } else {
-                    scratch = c;
-                    &mut scratch
-                }
-            }
-        };
-        match side {
-            Side::Source => conn.seen_source = true,
-            Side::Destination => conn.seen_destination = true,
-        }
-        let newly_delivered = !conn.delivered && (side == Side::Destination || answered(&r));
-        if newly_delivered {
-            conn.delivered = true;
-        }
-        let gap = newly_delivered && conn.denied && !conn.gap_raised;
-        if gap {
-            conn.gap_raised = true;
-        }
+        let Joined {
+            new_connection: is_new,
+            counts_volume,
+            newly_delivered,
+            gap,
+        } = self.joins.add(
+            &View {
+                key: JoinKey {
+                    proto: r.proto,
+                    src: r.src,
+                    port: r.src_port.or(r.icmp_id).unwrap_or(0),
+                },
+                dst: r.dst,
+                backend: dst_ip,
+                start: r.start,
+                end: r.end,
+                side,
+                edge: u32::try_from(edge).unwrap_or(u32::MAX),
+                denied,
+                answered: answered(&r),
+                destination_watched,
+                continues: r.end_reason == EndReason::ActiveTimeout,
+            },
+            now.0.saturating_add(ns_of(self.config.join_window)),
+        );
 
         let Some(e) = self.book.get_mut(edge) else {
             // Resolutions are cleared whenever the book is renumbered: never an index it does not hold.
@@ -929,11 +846,9 @@ impl Engine {
         let alerts = self.alerts.forget_before(horizon);
 
         let mut keep = self.book.seen_since(horizon);
-        for conns in self.joins.values() {
-            for c in conns {
-                if let Some(k) = keep.get_mut(c.edge as usize) {
-                    *k = true;
-                }
+        for edge in self.joins.edges() {
+            if let Some(k) = keep.get_mut(edge as usize) {
+                *k = true;
             }
         }
         let edges = keep.iter().filter(|&&k| !k).count();
@@ -952,59 +867,18 @@ impl Engine {
         // Resolutions name their edge by index: they are worked out again on the next connection.
         self.resolved.clear();
         self.edge_resolved = vec![None; self.book.len()];
-        for conns in self.joins.values_mut() {
-            for c in conns.iter_mut() {
-                // Kept above: every edge a waiting connection points at survives.
-                if let Some(&Some(n)) = renumber.get(c.edge as usize) {
-                    c.edge = u32::try_from(n).unwrap_or(u32::MAX);
-                }
-            }
-        }
+        // Kept above: every edge a waiting connection points at survives.
+        self.joins.renumber(&renumber);
     }
 
     fn expire(&mut self, now: Timestamp) {
-        while let Some(&(at, key)) = self.expiry.front() {
-            let over = self.join_count > self.config.max_joins;
-            if at > now.0 && !over {
-                break;
+        let expired = self.joins.expire(now, self.config.max_joins);
+        self.totals.join_evictions += expired.evicted;
+        for edge in expired.dropped {
+            if let Some(e) = self.book.get_mut(edge as usize) {
+                e.dropped_in_transit += 1;
             }
-            self.expiry.pop_front();
-            let Some(conns) = self.joins.get_mut(&key) else {
-                continue;
-            };
-            let mut finished = Vec::new();
-            conns.retain(|c| {
-                let done = c.expires <= now.0 || (over && c.expires <= at);
-                if done {
-                    finished.push(c.clone());
-                }
-                !done
-            });
-            let empty = conns.is_empty();
-            if !empty && let Some(next) = conns.iter().map(|c| c.expires).min() {
-                self.expiry.push_back((next, key));
-            }
-            if empty {
-                self.joins.remove(&key);
-            }
-            for c in finished {
-                self.join_count -= 1;
-                if over && c.expires > now.0 {
-                    self.totals.join_evictions += 1;
-                }
-                // Left the source, never arrived, never answered: dropped on the way. For a denied
-                // connection that is the policy being enforced.
-                if c.seen_source && !c.seen_destination && !c.delivered && c.destination_watched {
-                    if !c.denied
-                        && let Some(e) = self.book.get_mut(c.edge as usize)
-                    {
-                        e.dropped_in_transit += 1;
-                    }
-                    if !c.denied {
-                        self.totals.dropped_in_transit += 1;
-                    }
-                }
-            }
+            self.totals.dropped_in_transit += 1;
         }
     }
 }

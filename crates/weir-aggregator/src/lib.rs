@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod engine;
 mod http;
 pub mod ingest;
+mod join;
 pub mod metrics;
 pub mod server;
 mod state;

@@ -7,14 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use weir_analysis::{Analysis, AnalysisStream, Report, write_analysis_json};
+use weir_analysis::{Analysis, AnalysisStream, Report};
 use weir_flow::{ExtractStats, FinishedFlow, FlowConfig};
 use weir_model::{Cidr, FlowRecord};
 use weir_policy::PolicySet;
 
 use crate::pipeline::extract_file_streaming;
-use crate::report::{Style, render_report};
 use crate::snapshot::{self, KubeArgs};
+use weir_report::{Format, Rendering, write_report};
 
 #[derive(Args)]
 pub struct AnalyzeArgs {
@@ -272,37 +272,27 @@ pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    match args.format {
-        AnalyzeFormat::Json => {
-            write_analysis_json(&set, &analysis, &report, &inputs.names, &mut out)
-        }
-        AnalyzeFormat::Html => {
-            let map = weir_map::build(
-                &set,
-                &analysis,
-                &report,
-                &args.cluster_cidr,
-                &inputs.names.join(", "),
-            );
-            out.write_all(weir_map::offline_page(&map).as_bytes())
-        }
-        AnalyzeFormat::Text | AnalyzeFormat::Markdown => {
-            let style = if args.format == AnalyzeFormat::Markdown {
-                Style::Markdown
-            } else {
-                Style::Text { color }
-            };
-            let context = crate::report::Context {
-                inputs: &inputs.names,
-                clusters: &cluster_names,
-                stats: &inputs.stats,
-                top: args.top.max(1),
-            };
-            out.write_all(render_report(&report, &context, style).as_bytes())
-        }
-    }
-    .and_then(|()| out.flush())
-    .context("writing the report")?;
+    let format = match args.format {
+        AnalyzeFormat::Json => Format::Json,
+        AnalyzeFormat::Html => Format::Html,
+        AnalyzeFormat::Markdown => Format::Markdown,
+        AnalyzeFormat::Text => Format::Text { color },
+    };
+    let rendering = Rendering {
+        set: &set,
+        analysis: &analysis,
+        report: &report,
+        context: weir_report::Context {
+            inputs: &inputs.names,
+            clusters: &cluster_names,
+            stats: &inputs.stats,
+            top: args.top.max(1),
+        },
+        cluster_ranges: &args.cluster_cidr,
+    };
+    write_report(&rendering, format, &mut out)
+        .and_then(|()| out.flush())
+        .context("writing the report")?;
     // The process ends here: freeing hundreds of thousands of flows one by one would only cost time.
     std::mem::forget(analysis);
     std::mem::forget(report);

@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use weir_analysis::{
     Analysis, Analyzer, Change, ConnectivityDiff, EdgeVerdict, ObservedDiff, Report,
-    connectivity_diff, edge_json, observed_diff, write_analysis_json,
+    connectivity_diff, observed_diff,
 };
 use weir_model::{Cidr, FlowRecord};
 use weir_policy::PolicySet;
@@ -18,8 +18,11 @@ use weir_policy::PolicySet;
 use crate::analyze::{
     AnalyzeFormat, ColorChoice, open_output, parse_cidr, read_records, use_color,
 };
-use crate::report::{self, Section, SectionKind, Style, Tone, edge_row, sides, span, take};
 use crate::snapshot::{self, KubeArgs};
+use weir_report::{
+    self as report, Section, SectionKind, Style, Tone, edge_json, edge_row, sides, span, take,
+    write_analysis_json,
+};
 
 /// The exit code when observed flows would break.
 const BREAKS: u8 = 3;

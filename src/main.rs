@@ -11,7 +11,6 @@ mod flows;
 mod output;
 mod pipeline;
 mod reach;
-mod report;
 mod snapshot;
 mod suggest;
 mod watch;

@@ -71,26 +71,7 @@ pub fn write_csv<W: Write>(mut w: W, records: &[FlowRecord]) -> io::Result<()> {
     w.flush()
 }
 
-/// A compact human count: 999, 1.2K, 45.6M.
-pub fn human(n: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1_000_000_000_000, "T"),
-        (1_000_000_000, "G"),
-        (1_000_000, "M"),
-        (1_000, "K"),
-    ];
-    for (size, unit) in UNITS {
-        if n >= size {
-            let v = n as f64 / size as f64;
-            return if v < 10.0 {
-                format!("{v:.1}{unit}")
-            } else {
-                format!("{v:.0}{unit}")
-            };
-        }
-    }
-    n.to_string()
-}
+pub use weir_report::human;
 
 fn endpoint(addr: std::net::IpAddr, port: Option<u16>) -> String {
     match (addr, port) {

@@ -43,10 +43,7 @@ pub use book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats, retain_marked};
 pub use diff::{
     Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
 };
-pub use json::{
-    DirectionView, direction_views, edge_json, flow_verdict, reason, write_analysis_json,
-    write_flow,
-};
+pub use json::{DirectionView, direction_views, flow_verdict, reason, write_flow};
 pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,
     UnusedRule, class_of, port_summary,

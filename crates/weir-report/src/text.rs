@@ -1,4 +1,4 @@
-//! The analysis report for people: the same sections as aligned text (colored on a terminal) or Markdown.
+//! Text and Markdown: the same sections as aligned text (colored on a terminal) or Markdown.
 //!
 //! Every section is built once as rows of cells and rendered by either style, so the two never drift apart.
 //! Cells carry names from the cluster, which are untrusted: control characters are dropped for the terminal
@@ -10,42 +10,65 @@ use weir_analysis::{Edge, EdgeVerdict, Group, Report};
 use weir_flow::ExtractStats;
 use weir_model::Timestamp;
 
-use crate::output::human;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How sections are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
-    Text { color: bool },
+    /// Aligned columns.
+    Text {
+        /// ANSI colors.
+        color: bool,
+    },
+    /// Markdown tables.
     Markdown,
 }
 
 /// What the report was made from.
 pub struct Context<'a> {
+    /// The captures and flow files read.
     pub inputs: &'a [String],
+    /// The cluster snapshots.
     pub clusters: &'a [String],
+    /// How the captures decoded (packets skipped, by reason).
     pub stats: &'a ExtractStats,
+    /// Rows shown per section.
     pub top: usize,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// How a section's title is colored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tone {
+    /// Red: something is wrong.
     Bad,
+    /// Yellow: worth a look.
     Warn,
+    /// Uncolored.
     Plain,
 }
 
 /// The sections of weir's reports. A section is picked by its kind, never by its title.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SectionKind {
+    /// Flows the policies deny.
     Denied,
+    /// Suspected scans.
     Scans,
+    /// Service backends that disagree.
     DisagreeingBackends,
+    /// Allowed only because a pod is not isolated.
     NotIsolated,
+    /// Namespaces and workloads without policy.
     WithoutPolicy,
+    /// Rules no flow used.
     UnusedRules,
+    /// Addresses in the cluster's ranges nobody held.
     Unattributed,
+    /// Node addresses a rule (not the node's status) gave the node.
     InferredNodeAddresses,
+    /// Flows that could not be judged.
     NotJudged,
+    /// Allowed edges.
     Allowed,
+    /// Outside peers.
     ExternalPeers,
     /// `weir diff`: observed flows a policy change would break.
     WouldBreak,
@@ -92,14 +115,19 @@ impl SectionKind {
     }
 }
 
+/// A section: a title (by kind), a note and a table.
 pub struct Section {
+    /// What it is.
     pub kind: SectionKind,
+    /// Its title's color.
     pub tone: Tone,
     /// Shown under the title.
     pub note: String,
     /// Said instead of a table when there are no rows.
     pub empty: &'static str,
+    /// Column headers.
     pub columns: &'static [&'static str],
+    /// The cells.
     pub rows: Vec<Vec<String>>,
     /// Rows left out (beyond `--top`).
     pub more: usize,
@@ -117,6 +145,7 @@ fn clock(t: Timestamp) -> String {
     text.get(11..19).unwrap_or(&text).to_owned()
 }
 
+/// `10:00:30–10:00:33` (one clock time when both are the same second).
 pub fn span(first: Timestamp, last: Timestamp) -> String {
     let (a, b) = (clock(first), clock(last));
     if a == b { a } else { format!("{a}–{b}") }
@@ -186,6 +215,7 @@ fn via(e: &Edge) -> String {
         .unwrap_or_default()
 }
 
+/// The first `top` items, and how many were left out.
 pub fn take<T>(items: impl Iterator<Item = T>, top: usize) -> (Vec<T>, usize) {
     let all: Vec<T> = items.collect();
     let more = all.len().saturating_sub(top);
@@ -200,6 +230,7 @@ fn edge_count(report: &Report, class: EdgeVerdict) -> (u64, usize) {
         .fold((0, 0), |(flows, edges), e| (flows + e.flows, edges + 1))
 }
 
+/// The analysis report's sections, findings first.
 pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     let mut out = Vec::new();
 
@@ -504,6 +535,7 @@ fn markdown_safe(s: &str) -> String {
     out
 }
 
+/// The lines above the sections: inputs, snapshot, totals.
 pub fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
     let t = &report.totals;
     let mut lines = Vec::new();
@@ -720,4 +752,25 @@ fn write_table(out: &mut String, section: &Section, color: bool) {
             )
         );
     }
+}
+
+/// `1.2K`, `34M`: a count in a few characters.
+pub fn human(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "G"),
+        (1_000_000, "M"),
+        (1_000, "K"),
+    ];
+    for (size, unit) in UNITS {
+        if n >= size {
+            let v = n as f64 / size as f64;
+            return if v < 10.0 {
+                format!("{v:.1}{unit}")
+            } else {
+                format!("{v:.0}{unit}")
+            };
+        }
+    }
+    n.to_string()
 }

@@ -26,6 +26,7 @@ use weir_policy::PolicySet;
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, bad, internal};
 use crate::state::{AgentState, Shared};
+use crate::views::{EdgeView, FlowView};
 use weir_analysis::EdgeStats;
 use weir_kube::ClusterStatus;
 
@@ -237,6 +238,7 @@ pub(crate) async fn flows(
         .cloned()
         .collect();
     drop(core);
+    let out: Vec<FlowView<'_>> = out.iter().map(FlowView::from).collect();
     Ok(axum::Json(serde_json::json!({ "flows": out })).into_response())
 }
 
@@ -261,6 +263,7 @@ pub(crate) async fn edges(
             .then_with(|| a.key.cmp(&b.key))
     });
     out.truncate(limit);
+    let out: Vec<EdgeView<'_>> = out.iter().map(EdgeView::from).collect();
     Ok(axum::Json(serde_json::json!({ "edges": out })).into_response())
 }
 
@@ -387,7 +390,10 @@ pub(crate) async fn flow_stream(
             if !f.matches_flow(&flow, None, None) {
                 return None;
             }
-            Event::default().event("flow").json_data(&*flow).ok()
+            Event::default()
+                .event("flow")
+                .json_data(FlowView::from(&*flow))
+                .ok()
         },
     ))
 }

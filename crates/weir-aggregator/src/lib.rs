@@ -24,11 +24,13 @@ mod http;
 pub mod ingest;
 mod join;
 pub mod metrics;
+mod rows;
 pub mod server;
 mod state;
 pub mod store;
 pub mod telemetry;
 pub mod ui;
+mod views;
 pub mod webhook;
 
 use std::net::SocketAddr;

@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use weir_model::{Alert, Timestamp};
 
 use crate::engine::{StoredFlow, Totals};
+use crate::rows::EdgeRow;
 use weir_analysis::EdgeStats;
 
 /// One agent run's position.
@@ -194,8 +195,8 @@ impl Store {
             })
             .collect();
         for body in self.column("SELECT body FROM edges ORDER BY rowid")? {
-            out.edges
-                .push(serde_json::from_str(&body).map_err(|e| self.corrupt("edge", e))?);
+            let row: EdgeRow = serde_json::from_str(&body).map_err(|e| self.corrupt("edge", e))?;
+            out.edges.push(row.into());
         }
         for body in self.column("SELECT body FROM alerts ORDER BY rowid")? {
             out.alerts
@@ -246,7 +247,7 @@ impl Store {
                 .map_err(err)?;
             for e in &cp.edges {
                 let key = serde_json::to_string(&e.key).unwrap_or_default();
-                let body = serde_json::to_string(e).unwrap_or_default();
+                let body = serde_json::to_string(&EdgeRow::from(e)).unwrap_or_default();
                 edge.execute(params![key, e.last_seen.0, body])
                     .map_err(err)?;
             }

@@ -1,0 +1,140 @@
+//! What the JSON API shows of edges and flows, apart from the engine's types: the API's form changes only here
+//! (tests pin it), whatever the engine keeps.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use weir_analysis::{EdgeKey, EdgeStats};
+use weir_model::{EndpointKey, FlowRecord, FlowVerdict, Timestamp};
+
+use crate::engine::{Side, StoredFlow};
+
+/// An edge in `GET /api/v1/edges`.
+#[derive(Debug, Serialize)]
+pub(crate) struct EdgeView<'a> {
+    key: &'a EdgeKey,
+    flows: u64,
+    packets: u64,
+    bytes: u64,
+    allowed: u64,
+    denied: u64,
+    other: u64,
+    verdict: FlowVerdict,
+    not_isolated: bool,
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    services: &'a [String],
+    nodes: &'a BTreeSet<String>,
+    delivered: u64,
+    dropped_in_transit: u64,
+    enforcement_gaps: u64,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    baseline: bool,
+    sample: &'a FlowRecord,
+}
+
+impl<'a> From<&'a EdgeStats> for EdgeView<'a> {
+    fn from(e: &'a EdgeStats) -> EdgeView<'a> {
+        EdgeView {
+            key: &e.key,
+            flows: e.flows,
+            packets: e.packets,
+            bytes: e.bytes,
+            allowed: e.allowed,
+            denied: e.denied,
+            other: e.other,
+            verdict: e.verdict,
+            not_isolated: e.not_isolated,
+            policies: &e.policies,
+            services: &e.services,
+            nodes: &e.nodes,
+            delivered: e.delivered,
+            dropped_in_transit: e.dropped_in_transit,
+            enforcement_gaps: e.enforcement_gaps,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            baseline: e.baseline,
+            sample: &e.sample,
+        }
+    }
+}
+
+/// A judged flow in `GET /api/v1/flows` and the flow stream: the record, then what it resolved to.
+#[derive(Debug, Serialize)]
+pub(crate) struct FlowView<'a> {
+    #[serde(flatten)]
+    record: &'a FlowRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<&'a str>,
+    source: &'a EndpointKey,
+    destination: &'a EndpointKey,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    verdict: FlowVerdict,
+    policies: &'a [String],
+    reported_by: Side,
+}
+
+impl<'a> From<&'a StoredFlow> for FlowView<'a> {
+    fn from(f: &'a StoredFlow) -> FlowView<'a> {
+        let v = &f.view;
+        FlowView {
+            record: &f.record,
+            src_pod: v.src_pod.as_deref(),
+            dst_pod: v.dst_pod.as_deref(),
+            service: v.service.as_deref(),
+            source: &v.source,
+            destination: &v.destination,
+            port: v.port,
+            verdict: v.verdict,
+            policies: &v.policies,
+            reported_by: f.reported_by,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::FlowView as Resolution;
+    use weir_model::EndpointKind;
+
+    fn edge() -> EdgeStats {
+        let text = r#"{"key":{"src":{"kind":"pod","namespace":"app","name":"Deployment/web"},"dst":{"kind":"external","name":"192.0.2.9"},"proto":"UDP","port":53},"flows":1,"packets":2,"bytes":120,"allowed":1,"denied":0,"other":0,"verdict":"allowed","not_isolated":true,"policies":[],"services":["kube-system/kube-dns"],"nodes":["n1"],"delivered":1,"dropped_in_transit":0,"enforcement_gaps":0,"first_seen":"2026-11-22T10:00:00.000000Z","last_seen":"2026-11-22T10:00:00.000000Z","baseline":false,"sample":{"src":"10.1.1.5","src_port":40000,"dst":"192.0.2.9","dst_port":53,"proto":"UDP","packets":1,"bytes":60,"reply_packets":1,"reply_bytes":60,"start":"2026-11-22T10:00:00.000000Z","end":"2026-11-22T10:00:00.000000Z","tcp_flags":"","reply_tcp_flags":"","orientation":"observed","end_reason":"idle-timeout","community_id":"1:y"}}"#;
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_api_shows_edges_and_flows_as_it_always_has() {
+        let e = edge();
+        // The API's edge is what the engine's edge serialized to before the two were apart.
+        let shown = serde_json::to_value(EdgeView::from(&e)).unwrap_or_default();
+        assert_eq!(shown, serde_json::to_value(&e).unwrap_or_default());
+        let flow = StoredFlow {
+            record: e.sample.clone(),
+            view: Arc::new(Resolution {
+                src_pod: Some(Arc::from("app/web-1")),
+                dst_pod: None,
+                service: None,
+                source: e.key.src.clone(),
+                destination: EndpointKey::new(EndpointKind::External, None, "192.0.2.9"),
+                port: Some(53),
+                verdict: FlowVerdict::Allowed,
+                policies: Arc::from(Vec::<String>::new()),
+            }),
+            reported_by: Side::Source,
+        };
+        let shown = serde_json::to_value(FlowView::from(&flow)).unwrap_or_default();
+        assert_eq!(shown, serde_json::to_value(&flow).unwrap_or_default());
+        assert_eq!(shown["src_pod"], "app/web-1");
+        assert_eq!(shown["reported_by"], "source");
+        assert_eq!(shown["dst_port"], 53);
+    }
+}

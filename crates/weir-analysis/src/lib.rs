@@ -28,6 +28,7 @@ mod scan;
 mod stream;
 mod suggest;
 mod suggest_yaml;
+mod synthesis;
 #[cfg(test)]
 mod testing;
 
@@ -51,9 +52,9 @@ pub use report::{
 pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanRule, ScanWindow};
 pub use stream::AnalysisStream;
 pub use suggest::{
-    Evidence, NoSelector, Proof, ProofError, RulePeer, RulePort, SampleWeight, SuggestOptions,
-    SuggestedPolicy, SuggestedRule, Suggestion, Synthesis, Uncovered, Unsuggested, WouldDeny,
-    policy_objects, prove, suggest, synthesize,
+    Evidence, NoSelector, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
+    SuggestedRule, Suggestion, Uncovered, Unsuggested, suggest,
 };
 pub use suggest_yaml::{policy_yaml, suggestion_yaml};
+pub use synthesis::{Proof, ProofError, Synthesis, WouldDeny, policy_objects, prove, synthesize};
 pub use weir_model::EdgeVerdict;

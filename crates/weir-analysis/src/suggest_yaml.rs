@@ -1,40 +1,65 @@
-//! Suggested policies as NetworkPolicy objects: JSON for the engine, and YAML for people and `kubectl apply`,
+//! Suggested policies as NetworkPolicy objects: k8s-openapi values for the engine, and YAML for people and
+//! `kubectl apply`,
 //! with every rule commented with the flows behind it.
 
 use std::fmt::Write as _;
 
-use serde_json::{Value, json};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weir_cluster::Labels;
 
 use crate::suggest::{Evidence, RulePeer, RulePort, SuggestedPolicy, SuggestedRule, Suggestion};
 
-fn ports_json(rule: &SuggestedRule) -> Vec<Value> {
+fn ports(rule: &SuggestedRule) -> Vec<NetworkPolicyPort> {
     rule.ports
         .iter()
-        .map(|(proto, port)| {
-            let port = match port {
-                RulePort::Name(name) => json!(name),
-                RulePort::Number(n) => json!(n),
-            };
-            json!({"protocol": proto.to_string(), "port": port})
+        .map(|(proto, port)| NetworkPolicyPort {
+            protocol: Some(proto.to_string()),
+            port: Some(match port {
+                RulePort::Name(name) => IntOrString::String(name.clone()),
+                RulePort::Number(n) => IntOrString::Int(i32::from(*n)),
+            }),
+            end_port: None,
         })
         .collect()
 }
 
-fn peer_json(peer: &RulePeer) -> Value {
+fn match_labels(labels: &Labels) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels.clone().into_iter().collect()),
+        match_expressions: None,
+    }
+}
+
+fn peer(peer: &RulePeer) -> NetworkPolicyPeer {
     match peer {
         RulePeer::Pods {
-            namespace: None,
+            namespace,
             selector,
-        } => json!({"podSelector": {"matchLabels": selector}}),
-        RulePeer::Pods {
-            namespace: Some(ns),
-            selector,
-        } => json!({
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "podSelector": {"matchLabels": selector},
-        }),
-        RulePeer::Block(cidr) => json!({"ipBlock": {"cidr": cidr.to_string()}}),
+        } => NetworkPolicyPeer {
+            namespace_selector: namespace.as_ref().map(|ns| LabelSelector {
+                match_labels: Some(
+                    [("kubernetes.io/metadata.name".to_owned(), ns.clone())]
+                        .into_iter()
+                        .collect(),
+                ),
+                match_expressions: None,
+            }),
+            pod_selector: Some(match_labels(selector)),
+            ip_block: None,
+        },
+        RulePeer::Block(cidr) => NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: cidr.to_string(),
+                except: None,
+            }),
+            namespace_selector: None,
+            pod_selector: None,
+        },
     }
 }
 
@@ -54,34 +79,49 @@ fn annotations(p: &SuggestedPolicy) -> Vec<(&'static str, String)> {
     out
 }
 
-/// One suggested policy as a NetworkPolicy object.
-pub(crate) fn policy_json(p: &SuggestedPolicy) -> Value {
-    let rules = |rules: &[SuggestedRule], key: &str| -> Vec<Value> {
-        rules
-            .iter()
-            .map(|r| json!({key: [peer_json(&r.peer)], "ports": ports_json(r)}))
-            .collect()
-    };
-    let annotations: serde_json::Map<String, Value> = annotations(p)
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
-    json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": p.name,
-            "namespace": p.workload.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "weir"},
-            "annotations": annotations,
+/// One suggested policy as the NetworkPolicy object the engine and `kubectl` take (the YAML below says the same,
+/// with comments).
+pub(crate) fn policy_object(p: &SuggestedPolicy) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(p.name.clone()),
+            namespace: Some(p.workload.namespace.clone()),
+            labels: Some(
+                [("app.kubernetes.io/managed-by".to_owned(), "weir".to_owned())]
+                    .into_iter()
+                    .collect(),
+            ),
+            annotations: Some(
+                annotations(p)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
         },
-        "spec": {
-            "podSelector": {"matchLabels": p.selector},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": rules(&p.ingress, "from"),
-            "egress": rules(&p.egress, "to"),
-        }
-    })
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(&p.selector)),
+            policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+            ingress: Some(
+                p.ingress
+                    .iter()
+                    .map(|r| NetworkPolicyIngressRule {
+                        from: Some(vec![peer(&r.peer)]),
+                        ports: Some(ports(r)),
+                    })
+                    .collect(),
+            ),
+            egress: Some(
+                p.egress
+                    .iter()
+                    .map(|r| NetworkPolicyEgressRule {
+                        to: Some(vec![peer(&r.peer)]),
+                        ports: Some(ports(r)),
+                    })
+                    .collect(),
+            ),
+        }),
+    }
 }
 
 /// A YAML scalar: JSON strings are YAML, and quoting every string keeps `yes`, `1.0` or `on` strings.

@@ -13,40 +13,23 @@ use crate::analyze::{Analyzer, JudgedFlow, Judgement};
 use crate::attribute::Party;
 use crate::suggest::{Coverage, Selectors, SuggestOptions, Suggestion, coverage, suggest};
 
-/// Why the suggestion could not be checked: a suggested policy that is not a valid NetworkPolicy (a bug in
-/// the writer, never the input's fault), or a set the engine cannot compile. Neither is retryable.
+/// Why the suggestion could not be checked: the engine could not compile the suggested policies (a bug in the
+/// writer, never the input's fault; not retryable).
 #[derive(Debug, thiserror::Error)]
 pub enum ProofError {
-    /// A suggested policy does not read back as a NetworkPolicy.
-    #[error("the suggested policy {policy} is not a valid NetworkPolicy: {source}")]
-    Invalid {
-        /// `namespace/name`.
-        policy: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
     /// The engine could not compile the suggested policies.
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
 
-/// The suggested policies as objects the engine (and `kubectl`) take. A policy that does not convert is an
-/// error that names it, never left out of the proof without a word.
-pub fn policy_objects(suggestion: &Suggestion) -> Result<Vec<PolicyObject>, ProofError> {
+/// The suggested policies as objects the engine (and `kubectl`) take, built as k8s-openapi values.
+pub fn policy_objects(suggestion: &Suggestion) -> Vec<PolicyObject> {
     suggestion
         .policies
         .iter()
-        .map(|p| {
-            let value = crate::suggest_yaml::policy_json(p);
-            let policy = serde_json::from_value(value).map_err(|source| ProofError::Invalid {
-                policy: format!("{}/{}", p.workload.namespace, p.name),
-                source,
-            })?;
-            Ok(PolicyObject {
-                policy,
-                source: Arc::from("weir suggest"),
-            })
+        .map(|p| PolicyObject {
+            policy: crate::suggest_yaml::policy_object(p),
+            source: Arc::from("weir suggest"),
         })
         .collect()
 }
@@ -142,7 +125,7 @@ fn check(
     options: &SuggestOptions,
 ) -> Result<(Proof, Vec<WouldDeny>), ProofError> {
     let cluster = set.cluster();
-    let state = cluster.with_policies(policy_objects(suggestion)?);
+    let state = cluster.with_policies(policy_objects(suggestion));
     let proven = PolicySet::new(Arc::new(state))?;
     let analysis = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records.to_vec());
     let mut proof = Proof::default();

@@ -202,5 +202,14 @@ proptest! {
         prop_assert!(proof.denied.is_empty(), "denied: {:?}\n{}", proof.denied, weir_analysis::suggestion_yaml(&suggestion));
         prop_assert_eq!(proof.allowed, proof.covered);
         prop_assert!(proof.observed_tuples <= proof.allowed_tuples);
+        // The YAML people apply says exactly what the engine proved: read back, it is the same objects.
+        let yaml = weir_analysis::suggestion_yaml(&suggestion);
+        let mut loader = weir_cluster::SnapshotLoader::default();
+        if !yaml.is_empty() {
+            loader.add_bytes(std::path::Path::new("suggested.yaml"), yaml.as_bytes()).expect("the YAML loads");
+        }
+        let read_back: Vec<_> = loader.finish().0.policies().iter().map(|p| p.policy.clone()).collect();
+        let built: Vec<_> = weir_analysis::policy_objects(&suggestion).into_iter().map(|p| p.policy).collect();
+        prop_assert_eq!(read_back, built);
     }
 }

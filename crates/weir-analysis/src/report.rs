@@ -709,7 +709,7 @@ impl<'a> ReportBuilder<'a> {
             }
             let port = flow.judged_port().filter(|_| !r.proto.is_icmp());
             let ok = answered(flow);
-            scans.add(&Attempt::of(flow), r.start);
+            scans.count(&Attempt::of(flow), r.start);
             let acc = fanout.entry((from, r.src)).or_default();
             acc.targets.insert((destination_ip, port));
             acc.flows += 1;

@@ -178,6 +178,21 @@ struct Source {
 }
 
 impl Source {
+    /// Whether window `k` makes a scan, from its counts alone (no allocation: this runs for every probe).
+    fn is_scan(&self, k: i64, rule: &ScanRule) -> bool {
+        let (mut flows, mut failed, mut denied) = (0u64, 0u64, 0u64);
+        for h in [k, k.saturating_add(1)] {
+            if let Some(half) = self.halves.get(&h) {
+                flows += half.flows;
+                failed += half.failed;
+                denied += half.denied;
+            }
+        }
+        let targets = self.unions.get(&k).copied().unwrap_or(0);
+        (targets >= rule.min_targets && failed.saturating_mul(2) >= flows)
+            || denied >= rule.min_denied
+    }
+
     fn window(&self, k: i64, rule: &ScanRule) -> ScanWindow {
         let mut w = ScanWindow {
             start: Timestamp(k.saturating_mul(rule.half_ns())),
@@ -250,6 +265,21 @@ impl ScanDetector {
     /// Counts an attempt (at `now` on the caller's clock); answers the window it fell in that makes its source
     /// a scanner now, if any (the later of the two when both do).
     pub fn add(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanWindow> {
+        let (h, probe) = self.count(a, now);
+        // Only a probe can make a window a scan.
+        if !probe {
+            return None;
+        }
+        let source = self.sources.get(&a.source)?;
+        [h, h.saturating_sub(1)]
+            .into_iter()
+            .find(|&k| source.is_scan(k, &self.rule))
+            .map(|k| source.window(k, &self.rule))
+    }
+
+    /// Counts an attempt without asking whether it made a scan (offline, where [`ScanDetector::scans_of`] decides
+    /// once all are counted); answers its half-window and whether it was a probe.
+    pub fn count(&mut self, a: &Attempt, now: Timestamp) -> (i64, bool) {
         let h = a.start.0.div_euclid(self.rule.half_ns());
         let source = self.sources.entry(a.source).or_default();
         source.touched = source.touched.max(now);
@@ -284,14 +314,7 @@ impl ScanDetector {
         half.packets = half.packets.saturating_add(a.packets);
         half.bytes = half.bytes.saturating_add(a.bytes);
         half.add_port(a.port);
-        // Only a probe can make a window a scan.
-        if !probe {
-            return None;
-        }
-        [h, h.saturating_sub(1)]
-            .into_iter()
-            .map(|k| source.window(k, &self.rule))
-            .find(|w| self.rule.is_scan(w))
+        (h, probe)
     }
 
     /// Adds what another detector with the same rule counted, as if its attempts had been added here.
@@ -321,14 +344,18 @@ impl ScanDetector {
         }
         starts
             .into_iter()
+            .filter(|&k| s.is_scan(k, &self.rule))
             .map(|k| s.window(k, &self.rule))
-            .filter(|w| self.rule.is_scan(w))
             .collect()
     }
 
     /// Whether any window of the source makes a scan.
     pub fn is_scanner(&self, source: IpAddr) -> bool {
-        !self.scans_of(source).is_empty()
+        self.sources.get(&source).is_some_and(|s| {
+            s.halves
+                .keys()
+                .any(|&h| s.is_scan(h.saturating_sub(1), &self.rule) || s.is_scan(h, &self.rule))
+        })
     }
 
     /// Forgets sources idle since before `now - window - margin` on the caller's clock, and the half-windows of

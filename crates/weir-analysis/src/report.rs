@@ -546,7 +546,7 @@ impl<'a> ReportBuilder<'a> {
             inferred_nodes: BTreeMap::new(),
             external: HashMap::default(),
             fanout: HashMap::default(),
-            scans: ScanDetector::new(ScanRule::default()),
+            scans: ScanDetector::deferred(ScanRule::default()),
         }
     }
 
@@ -765,9 +765,10 @@ impl<'a> ReportBuilder<'a> {
             inferred_nodes,
             external,
             fanout,
-            scans: detector,
+            scans: mut detector,
             last_grounds: _,
         } = self;
+        detector.settle();
         let cluster = set.cluster();
         totals.pods_seen = pods_seen.iter().filter(|&&s| s).count() as u64;
         let mut used_rules: HashSet<(u32, Direction, u16)> = HashSet::default();

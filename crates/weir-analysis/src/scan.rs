@@ -119,7 +119,7 @@ pub struct ScanWindow {
     pub packets: u64,
     /// Bytes of its attempts.
     pub bytes: u64,
-    /// The lowest ports (or ICMP types) it tried, at most [`SCAN_PORTS`].
+    /// The lowest ports (or ICMP types) it probed, at most [`SCAN_PORTS`].
     pub ports: Vec<u16>,
 }
 
@@ -241,6 +241,8 @@ impl Source {
 pub struct ScanDetector {
     rule: ScanRule,
     sources: HashMap<IpAddr, Source>,
+    /// Counting only, deciding at the end ([`ScanDetector::settle`]): the offline report's mode.
+    deferred: bool,
 }
 
 impl ScanDetector {
@@ -249,6 +251,16 @@ impl ScanDetector {
         ScanDetector {
             rule,
             sources: HashMap::default(),
+            deferred: false,
+        }
+    }
+
+    /// A detector that only counts while attempts come in and works the windows out once, in
+    /// [`ScanDetector::settle`] (for a capture, where nothing is alerted on the way).
+    pub fn deferred(rule: ScanRule) -> ScanDetector {
+        ScanDetector {
+            deferred: true,
+            ..ScanDetector::new(rule)
         }
     }
 
@@ -277,18 +289,30 @@ impl ScanDetector {
             .map(|k| source.window(k, &self.rule))
     }
 
-    /// Counts an attempt without asking whether it made a scan (offline, where [`ScanDetector::scans_of`] decides
-    /// once all are counted); answers its half-window and whether it was a probe.
+    /// Counts an attempt without asking whether it made a scan; answers its half-window and whether it was a
+    /// probe.
     pub fn count(&mut self, a: &Attempt, now: Timestamp) -> (i64, bool) {
         let h = a.start.0.div_euclid(self.rule.half_ns());
+        let deferred = self.deferred;
         let source = self.sources.entry(a.source).or_default();
         source.touched = source.touched.max(now);
         let target = (a.target, a.port);
         let probe = a.probe();
-        let new_target = probe && {
-            let half = source.halves.entry(h).or_default();
-            half.targets.len() < TARGET_CAP && half.targets.insert(target)
-        };
+        let half = source.halves.entry(h).or_default();
+        half.flows += 1;
+        half.failed += u64::from(!a.answered);
+        half.denied += u64::from(a.denied);
+        half.packets = half.packets.saturating_add(a.packets);
+        half.bytes = half.bytes.saturating_add(a.bytes);
+        if !probe {
+            return (h, false);
+        }
+        let new_target = half.targets.len() < TARGET_CAP && half.targets.insert(target);
+        if deferred {
+            // Ports and distinct targets per window are worked out once, by `settle`.
+            return (h, true);
+        }
+        half.add_port(a.port);
         if new_target {
             let elsewhere = |k: i64| {
                 source
@@ -296,25 +320,31 @@ impl ScanDetector {
                     .get(&k)
                     .is_some_and(|x| x.targets.contains(&target))
             };
-            let (in_before, in_after) = (
-                elsewhere(h.saturating_sub(1)),
-                elsewhere(h.saturating_add(1)),
-            );
-            if !in_before {
+            if !elsewhere(h.saturating_sub(1)) {
                 *source.unions.entry(h.saturating_sub(1)).or_default() += 1;
             }
-            if !in_after {
+            if !elsewhere(h.saturating_add(1)) {
                 *source.unions.entry(h).or_default() += 1;
             }
         }
-        let half = source.halves.entry(h).or_default();
-        half.flows += 1;
-        half.failed += u64::from(!a.answered);
-        half.denied += u64::from(a.denied);
-        half.packets = half.packets.saturating_add(a.packets);
-        half.bytes = half.bytes.saturating_add(a.bytes);
-        half.add_port(a.port);
-        (h, probe)
+        (h, true)
+    }
+
+    /// Works out what a deferred detector left for the end: each window's distinct targets and ports. Call it
+    /// once every attempt is counted, before [`ScanDetector::scans_of`] or [`ScanDetector::is_scanner`].
+    pub fn settle(&mut self) {
+        for s in self.sources.values_mut() {
+            let halves: Vec<i64> = s.halves.keys().copied().collect();
+            for &h in &halves {
+                s.recount(h);
+            }
+            for half in s.halves.values_mut() {
+                let ports: Vec<u16> = half.targets.iter().map(|t| t.1).collect();
+                for p in ports {
+                    half.add_port(p);
+                }
+            }
+        }
     }
 
     /// Adds what another detector with the same rule counted, as if its attempts had been added here.
@@ -326,8 +356,10 @@ impl ScanDetector {
             for (h, half) in theirs.halves {
                 mine.halves.entry(h).or_default().merge(half);
             }
-            for h in touched {
-                mine.recount(h);
+            if !self.deferred {
+                for h in touched {
+                    mine.recount(h);
+                }
             }
         }
     }
@@ -527,6 +559,30 @@ mod tests {
             }));
         }
         assert_eq!(all.len(), 1, "the same distinct targets per window");
+    }
+
+    #[test]
+    fn a_deferred_detector_settles_on_the_same_scans() {
+        let attempts: Vec<Attempt> = (0..60u16)
+            .map(|i| {
+                attempt(
+                    i64::from(i) * 90,
+                    (i % 9) as u8 + 2,
+                    i % 23,
+                    i % 4 == 0,
+                    i % 6 == 0,
+                )
+            })
+            .collect();
+        let mut live = ScanDetector::new(rule());
+        let mut deferred = ScanDetector::deferred(rule());
+        for a in &attempts {
+            live.add(a, Timestamp(0));
+            deferred.count(a, Timestamp(0));
+        }
+        deferred.settle();
+        assert_eq!(deferred.scans_of(ip(1)), live.scans_of(ip(1)));
+        assert!(live.is_scanner(ip(1)));
     }
 
     #[test]

@@ -277,10 +277,6 @@ pub struct Engine {
     totals: Totals,
 }
 
-fn ns_of(t: Duration) -> i64 {
-    i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)
-}
-
 /// Whether the destination took the connection ([`weir_model::ConnectionOutcome`]).
 fn answered(r: &FlowRecord) -> bool {
     r.outcome().answered()
@@ -359,7 +355,7 @@ impl Engine {
         Timestamp(
             self.learning_started
                 .0
-                .saturating_add(ns_of(self.config.learn)),
+                .saturating_add(weir_model::duration_nanos(self.config.learn)),
         )
     }
 
@@ -724,7 +720,8 @@ impl Engine {
                 destination_watched,
                 continues: r.end_reason == EndReason::ActiveTimeout,
             },
-            now.0.saturating_add(ns_of(self.config.join_window)),
+            now.0
+                .saturating_add(weir_model::duration_nanos(self.config.join_window)),
         );
 
         let Some(e) = self.book.get_mut(edge) else {
@@ -826,7 +823,8 @@ impl Engine {
         if now.0 >= self.next_expiry {
             self.forget_expired(now);
             // Often enough that memory follows the retention closely, seldom enough to cost nothing.
-            let every = ns_of(self.config.retention / 100).clamp(1_000_000_000, EXPIRY_EVERY_NS);
+            let every = weir_model::duration_nanos(self.config.retention / 100)
+                .clamp(1_000_000_000, EXPIRY_EVERY_NS);
             self.next_expiry = now.0.saturating_add(every);
         }
         self.alerts.tick(now);
@@ -837,7 +835,10 @@ impl Engine {
     /// waiting connection still points at is kept until the connection is done. Returns the edges and alerts
     /// forgotten (also counted in the totals).
     pub fn forget_expired(&mut self, now: Timestamp) -> (usize, usize) {
-        let horizon = Timestamp(now.0.saturating_sub(ns_of(self.config.retention)));
+        let horizon = Timestamp(
+            now.0
+                .saturating_sub(weir_model::duration_nanos(self.config.retention)),
+        );
         // Scan state: one per source address ever seen connecting, so the one map here that grows with outside
         // clients. A source idle for longer than the window plus a margin for late batches starts afresh.
         self.scans.forget_idle(now, SCAN_IDLE_MARGIN);

@@ -303,7 +303,7 @@ impl Store {
             }
             let horizon = now
                 .0
-                .saturating_sub(i64::try_from(self.retention.as_nanos()).unwrap_or(i64::MAX));
+                .saturating_sub(weir_model::duration_nanos(self.retention));
             for table in ["edges", "alerts"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE last_seen < ?1"),

@@ -231,17 +231,13 @@ pub struct AlertBook {
     raised: BTreeMap<AlertKind, u64>,
 }
 
-fn ns_of(t: Duration) -> i64 {
-    i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)
-}
-
 impl AlertBook {
     /// An empty book whose updates are delivered at most once per `repeat`.
     pub fn new(repeat: Duration) -> AlertBook {
         AlertBook {
             alerts: HashMap::default(),
             outbox: Outbox {
-                repeat: ns_of(repeat),
+                repeat: weir_model::duration_nanos(repeat),
                 ..Outbox::default()
             },
             raised: BTreeMap::new(),

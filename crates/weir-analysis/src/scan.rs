@@ -46,9 +46,7 @@ impl ScanRule {
     }
 
     fn half_ns(&self) -> i64 {
-        i64::try_from(self.window.as_nanos() / 2)
-            .unwrap_or(i64::MAX)
-            .max(1)
+        (weir_model::duration_nanos(self.window) / 2).max(1)
     }
 }
 
@@ -394,7 +392,7 @@ impl ScanDetector {
     /// the others that end more than the window and the margin before their newest one: a live detector keeps
     /// what a late batch can still count into. Returns the sources forgotten.
     pub fn forget_idle(&mut self, now: Timestamp, margin: Duration) -> usize {
-        let keep_ns = i64::try_from((self.rule.window + margin).as_nanos()).unwrap_or(i64::MAX);
+        let keep_ns = weir_model::duration_nanos(self.rule.window.saturating_add(margin));
         let idle = Timestamp(now.0.saturating_sub(keep_ns));
         let before = self.sources.len();
         self.sources.retain(|_, s| s.touched >= idle);

@@ -55,9 +55,7 @@ impl Default for FlowConfig {
     }
 }
 
-fn nanos(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
+use weir_model::duration_nanos as nanos;
 
 /// Ports (besides those below 1024) that are almost always the server side in a cluster: databases, brokers,
 /// the Kubernetes API and kubelet, service meshes, metrics. Sorted for binary search.

@@ -29,13 +29,18 @@ impl std::error::Error for TimestampParseError {}
 
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
+/// A duration in nanoseconds as timestamps count them, saturating at `i64::MAX` (292 years).
+pub fn duration_nanos(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
 impl Timestamp {
     /// The wall clock now (the epoch if the clock is set before it).
     pub fn now() -> Timestamp {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp(i64::try_from(since.as_nanos()).unwrap_or(i64::MAX))
+        Timestamp(duration_nanos(since))
     }
 
     /// From seconds and nanoseconds since the epoch, saturating on overflow.

@@ -25,8 +25,8 @@ use weir_policy::PolicySet;
 
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, bad, internal};
-use crate::state::{AgentState, Shared};
-use crate::views::{EdgeView, FlowView};
+use crate::state::Shared;
+use crate::views::{AgentView, EdgeView, FlowView, TotalsView};
 use weir_analysis::EdgeStats;
 use weir_kube::ClusterStatus;
 
@@ -63,32 +63,37 @@ pub(crate) async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 #[derive(Serialize)]
-struct StatusView {
+struct StatusView<'a> {
     ready: bool,
     cluster: ClusterStatus,
     learning_started: Timestamp,
     learning_ends: Timestamp,
     learning: bool,
-    totals: crate::engine::Totals,
+    totals: TotalsView<'a>,
     edges: usize,
     alerts: usize,
     pending_joins: usize,
-    agents: Vec<AgentState>,
+    agents: Vec<AgentView<'a>>,
     /// The interface addresses each node's agent reported last (those the cluster's objects did not already
     /// give to someone are the node's).
     node_addresses: BTreeMap<String, Vec<InterfaceAddress>>,
 }
 
 pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, ApiError> {
-    let cluster = s.cluster.lock().map(|c| c.clone()).unwrap_or_default();
+    let cluster = s
+        .cluster
+        .lock()
+        .map(|c| c.clone())
+        .map_err(|_| internal("the cluster status is unusable (lock poisoned)"))?;
     // Taken before the engine lock, never while holding it (set_policy takes them in this order).
     let node_addresses = s
         .node_addresses
         .lock()
         .map(|a| a.reported().clone())
-        .unwrap_or_default();
+        .map_err(|_| internal("the node addresses are unusable (lock poisoned)"))?;
     let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
     let now = Timestamp::now();
+    let totals = core.engine.totals();
     let view = StatusView {
         node_addresses,
         ready: s.ready.load(Ordering::Acquire),
@@ -96,11 +101,11 @@ pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, Api
         learning_started: core.engine.learning_started(),
         learning_ends: core.engine.learning_ends(),
         learning: now < core.engine.learning_ends(),
-        totals: core.engine.totals(),
+        totals: TotalsView::from(&totals),
         edges: core.engine.edges().len(),
         alerts: core.engine.alerts().count(),
         pending_joins: core.engine.pending_joins(),
-        agents: core.agents.values().cloned().collect(),
+        agents: core.agents.values().map(AgentView::from).collect(),
     };
     Ok(axum::Json(view).into_response())
 }

@@ -1,13 +1,16 @@
 //! What the JSON API shows of edges and flows, apart from the engine's types: the API's form changes only here
 //! (tests pin it), whatever the engine keeps.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use weir_analysis::{EdgeKey, EdgeStats};
 use weir_model::{EndpointKey, FlowRecord, FlowVerdict, Timestamp};
 
-use crate::engine::{Side, StoredFlow};
+use weir_model::ingest::AgentCounters;
+
+use crate::engine::{Side, StoredFlow, Totals};
+use crate::state::AgentState;
 
 /// An edge in `GET /api/v1/edges`.
 #[derive(Debug, Serialize)]
@@ -98,6 +101,72 @@ impl<'a> From<&'a StoredFlow> for FlowView<'a> {
     }
 }
 
+/// The engine's running totals in `GET /api/v1/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TotalsView<'a> {
+    records: u64,
+    connections: u64,
+    verdicts: &'a BTreeMap<FlowVerdict, u64>,
+    joined_views: u64,
+    dnat_joined: u64,
+    delivered: u64,
+    dropped_in_transit: u64,
+    enforcement_gaps: u64,
+    join_evictions: u64,
+    alerts: &'a BTreeMap<String, u64>,
+    alert_deliveries: u64,
+    policy_updates: u64,
+    expired_edges: u64,
+    expired_alerts: u64,
+}
+
+impl<'a> From<&'a Totals> for TotalsView<'a> {
+    fn from(t: &'a Totals) -> TotalsView<'a> {
+        TotalsView {
+            records: t.records,
+            connections: t.connections,
+            verdicts: &t.verdicts,
+            joined_views: t.joined_views,
+            dnat_joined: t.dnat_joined,
+            delivered: t.delivered,
+            dropped_in_transit: t.dropped_in_transit,
+            enforcement_gaps: t.enforcement_gaps,
+            join_evictions: t.join_evictions,
+            alerts: &t.alerts,
+            alert_deliveries: t.alert_deliveries,
+            policy_updates: t.policy_updates,
+            expired_edges: t.expired_edges,
+            expired_alerts: t.expired_alerts,
+        }
+    }
+}
+
+/// An agent run in `GET /api/v1/status`.
+#[derive(Debug, Serialize)]
+pub(crate) struct AgentView<'a> {
+    node: &'a str,
+    epoch: &'a str,
+    applied: u64,
+    acked: u64,
+    missed_batches: u64,
+    counters: &'a AgentCounters,
+    last_seen: Timestamp,
+}
+
+impl<'a> From<&'a AgentState> for AgentView<'a> {
+    fn from(a: &'a AgentState) -> AgentView<'a> {
+        AgentView {
+            node: &a.node,
+            epoch: &a.epoch,
+            applied: a.applied,
+            acked: a.acked,
+            missed_batches: a.missed_batches,
+            counters: &a.counters,
+            last_seen: a.last_seen,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -136,5 +205,28 @@ mod tests {
         assert_eq!(shown["src_pod"], "app/web-1");
         assert_eq!(shown["reported_by"], "source");
         assert_eq!(shown["dst_port"], 53);
+    }
+
+    #[test]
+    fn the_status_shows_totals_and_agents_as_it_always_has() {
+        let mut totals = Totals {
+            records: 5,
+            ..Totals::default()
+        };
+        totals.verdicts.insert(FlowVerdict::Denied, 2);
+        totals.alerts.insert("scan".into(), 1);
+        let shown = serde_json::to_value(TotalsView::from(&totals)).unwrap_or_default();
+        assert_eq!(shown, serde_json::to_value(&totals).unwrap_or_default());
+        let agent = AgentState {
+            node: "n1".into(),
+            epoch: "e".into(),
+            applied: 3,
+            acked: 2,
+            missed_batches: 0,
+            counters: Default::default(),
+            last_seen: Timestamp(1),
+        };
+        let shown = serde_json::to_value(AgentView::from(&agent)).unwrap_or_default();
+        assert_eq!(shown, serde_json::to_value(&agent).unwrap_or_default());
     }
 }

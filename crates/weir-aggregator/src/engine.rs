@@ -780,11 +780,6 @@ impl Engine {
         let baseline_edge = e.baseline;
         let attempt = attempt.filter(|_| is_new);
 
-        // A new connection counts into its source's scan windows.
-        let scan = match attempt {
-            Some(a) => self.scans.add(&a, now),
-            None => None,
-        };
         let observation = Observation {
             source: &view.source,
             destination: &view.destination,
@@ -800,7 +795,12 @@ impl Engine {
             enforcement_gap: gap,
             baseline_edge,
         };
-        self.alerts.observe(&observation, scan.as_ref(), now);
+        // A new connection counts into its source's scan windows.
+        let scan = match attempt {
+            Some(a) => self.scans.hit(&a, now),
+            None => None,
+        };
+        self.alerts.observe(&observation, scan, now);
 
         self.recent.push_back(StoredFlow {
             record: r,

@@ -21,12 +21,12 @@ use weir_model::{
     Alert, AlertEvidence, AlertKind, EndpointKey, FlowRecord, FlowVerdict, Timestamp,
 };
 
-use crate::ScanWindow;
+use crate::ScanHit;
 
 /// The ids of one edge's alerts: its policy-violation (per pair of endpoints), enforcement-gap and new-edge
-/// (per pair and port) alerts.
+/// (per pair and port) alerts, and its source's scan alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EdgeAlertIds([Arc<str>; 3]);
+pub struct EdgeAlertIds([Arc<str>; 4]);
 
 impl EdgeAlertIds {
     /// The ids for an edge between two endpoints on a port (`TCP/8080`, or `ICMP`).
@@ -39,15 +39,17 @@ impl EdgeAlertIds {
                 &[&src, &dst, port_text],
             )),
             Arc::from(alert_id(AlertKind::NewEdge, &[&src, &dst, port_text])),
+            Arc::from(alert_id(AlertKind::Scan, &[&src])),
         ])
     }
 
-    /// The id of one kind's alert on the edge (scans are per source: [`scan_alert_id`]).
+    /// The id of one kind's alert on the edge (a scan's is its source's: [`scan_alert_id`]).
     pub fn of(&self, kind: AlertKind) -> &Arc<str> {
         match kind {
             AlertKind::PolicyViolation => &self.0[0],
             AlertKind::EnforcementGap => &self.0[1],
-            AlertKind::NewEdge | AlertKind::Scan => &self.0[2],
+            AlertKind::NewEdge => &self.0[2],
+            AlertKind::Scan => &self.0[3],
         }
     }
 }
@@ -249,12 +251,12 @@ impl AlertBook {
     pub fn observe(
         &mut self,
         o: &Observation<'_>,
-        scan: Option<&ScanWindow>,
+        scan: Option<ScanHit<'_>>,
         now: Timestamp,
     ) -> Vec<AlertKind> {
         let mut kinds = Vec::new();
-        if let Some(w) = scan {
-            self.count_scan(o, w, now);
+        if let Some(hit) = scan {
+            self.count_scan(o, hit, now);
             kinds.push(AlertKind::Scan);
         }
         for kind in alert_kinds(o, scan.is_some()) {
@@ -264,26 +266,29 @@ impl AlertBook {
         kinds
     }
 
-    fn count_scan(&mut self, o: &Observation<'_>, w: &ScanWindow, now: Timestamp) {
+    fn count_scan(&mut self, o: &Observation<'_>, hit: ScanHit<'_>, now: Timestamp) {
         let r = o.record;
-        let evidence = || AlertEvidence {
-            flows: w.flows,
-            packets: w.packets,
-            bytes: w.bytes,
-            denied: w.denied,
-            targets: w.targets,
-            ports: w.ports.clone(),
-            community_id: r.community_id.clone(),
-            last_flow: tuple(r),
-            observed_at: r.observed_at.iter().cloned().collect(),
-            reason: format!(
-                "{} distinct destinations unanswered or denied, {} of {} attempts unanswered, {} denied, within {} s",
-                w.targets,
-                w.failed,
-                w.flows,
-                w.denied,
-                w.length.as_secs(),
-            ),
+        let evidence = || {
+            let w = hit.window();
+            AlertEvidence {
+                flows: w.flows,
+                packets: w.packets,
+                bytes: w.bytes,
+                denied: w.denied,
+                targets: w.targets,
+                ports: w.ports.clone(),
+                community_id: r.community_id.clone(),
+                last_flow: tuple(r),
+                observed_at: r.observed_at.iter().cloned().collect(),
+                reason: format!(
+                    "{} distinct destinations unanswered or denied, {} of {} attempts unanswered, {} denied, within {} s",
+                    w.targets,
+                    w.failed,
+                    w.flows,
+                    w.denied,
+                    w.length.as_secs(),
+                ),
+            }
         };
         let summary = |e: &AlertEvidence| {
             format!(
@@ -294,7 +299,7 @@ impl AlertBook {
                 e.denied
             )
         };
-        let id: Arc<str> = Arc::from(scan_alert_id(o.source));
+        let id = Arc::clone(o.ids.of(AlertKind::Scan));
         let repeat = self.outbox.repeat;
         match self.alerts.get_mut(&id) {
             Some(entry) => {
@@ -312,6 +317,7 @@ impl AlertBook {
             }
             None => {
                 let evidence = evidence();
+                let count = evidence.flows;
                 let alert = Alert {
                     id: id.to_string(),
                     kind: AlertKind::Scan,
@@ -325,7 +331,7 @@ impl AlertBook {
                     evidence,
                     first_seen: r.start,
                     last_seen: r.end,
-                    count: w.flows,
+                    count,
                     raised_at: now,
                     updated_at: now,
                 };
@@ -740,15 +746,28 @@ mod tests {
         let mut book = AlertBook::new(Duration::from_secs(30));
         let e = edge(pod("Deployment/a"), pod("Deployment/b"));
         let o = observation(&e, FlowVerdict::Denied);
-        let w = ScanWindow {
-            targets: 20,
-            flows: 20,
-            failed: 20,
-            length: Duration::from_secs(10),
-            ..ScanWindow::default()
-        };
-        assert_eq!(book.observe(&o, Some(&w), Timestamp(0)), [AlertKind::Scan]);
-        assert_eq!(book.observe(&o, Some(&w), Timestamp(1)), [AlertKind::Scan]);
+        let mut scans = crate::ScanDetector::new(crate::ScanRule::default());
+        let mut raised = Vec::new();
+        for port in 0..21u16 {
+            let attempt = crate::Attempt {
+                source: e.record.src,
+                target: e.record.dst,
+                port,
+                start: Timestamp(i64::from(port) * 1_000_000),
+                answered: false,
+                denied: true,
+                packets: 1,
+                bytes: 60,
+            };
+            if let Some(hit) = scans.hit(&attempt, Timestamp(0)) {
+                raised.push(book.observe(&o, Some(hit), Timestamp(i64::from(port))));
+            }
+        }
+        assert_eq!(
+            raised,
+            [[AlertKind::Scan], [AlertKind::Scan]],
+            "from the 20th probe on"
+        );
         assert_eq!(book.len(), 1);
         let a = book
             .iter()
@@ -756,6 +775,7 @@ mod tests {
             .cloned()
             .unwrap_or_else(|| panic!("no alert"));
         assert_eq!((a.kind, a.count), (AlertKind::Scan, 21));
+        assert_eq!(a.id, scan_alert_id(&e.src));
         assert!(
             a.evidence.reason.contains("within 10 s"),
             "{}",

@@ -49,7 +49,7 @@ pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,
     UnusedRule, class_of, port_summary,
 };
-pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanRule, ScanWindow};
+pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanHit, ScanRule, ScanWindow};
 pub use stream::AnalysisStream;
 pub use suggest::{
     Evidence, NoSelector, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,

@@ -234,6 +234,21 @@ impl Source {
     }
 }
 
+/// A window that makes its source a scanner, its details worked out on demand.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanHit<'a> {
+    source: &'a Source,
+    rule: &'a ScanRule,
+    k: i64,
+}
+
+impl ScanHit<'_> {
+    /// The window with its counts and ports.
+    pub fn window(&self) -> ScanWindow {
+        self.source.window(self.k, self.rule)
+    }
+}
+
 /// Scan windows per source, mergeable across shards.
 #[derive(Clone, Debug, Default)]
 pub struct ScanDetector {
@@ -275,16 +290,27 @@ impl ScanDetector {
     /// Counts an attempt (at `now` on the caller's clock); answers the window it fell in that makes its source
     /// a scanner now, if any (the later of the two when both do).
     pub fn add(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanWindow> {
+        let hit = self.hit(a, now)?;
+        Some(hit.window())
+    }
+
+    /// As [`ScanDetector::add`], but the window is only worked out if asked for ([`ScanHit::window`]): a
+    /// scanner's every probe counts, and its alert needs the window's details only now and then.
+    pub fn hit(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanHit<'_>> {
         let (h, probe) = self.count(a, now);
         // Only a probe can make a window a scan.
         if !probe {
             return None;
         }
         let source = self.sources.get(&a.source)?;
-        [h, h.saturating_sub(1)]
+        let k = [h, h.saturating_sub(1)]
             .into_iter()
-            .find(|&k| source.is_scan(k, &self.rule))
-            .map(|k| source.window(k, &self.rule))
+            .find(|&k| source.is_scan(k, &self.rule))?;
+        Some(ScanHit {
+            source,
+            rule: &self.rule,
+            k,
+        })
     }
 
     /// Counts an attempt without asking whether it made a scan; answers its half-window and whether it was a

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foldhash::HashMap;
+use smallvec::SmallVec;
 use weir_model::{
     Alert, AlertEvidence, AlertKind, EndpointKey, FlowRecord, FlowVerdict, Timestamp,
 };
@@ -253,8 +254,9 @@ impl AlertBook {
         o: &Observation<'_>,
         scan: Option<ScanHit<'_>>,
         now: Timestamp,
-    ) -> Vec<AlertKind> {
-        let mut kinds = Vec::new();
+    ) -> SmallVec<[AlertKind; 4]> {
+        // Inline: this runs for every connection, and most raise nothing or one kind.
+        let mut kinds = SmallVec::new();
         if let Some(hit) = scan {
             self.count_scan(o, hit, now);
             kinds.push(AlertKind::Scan);
@@ -722,7 +724,7 @@ mod tests {
         let e = edge(pod("Deployment/a"), pod("Deployment/b"));
         let o = observation(&e, FlowVerdict::Denied);
         assert_eq!(
-            book.observe(&o, None, Timestamp(0)),
+            book.observe(&o, None, Timestamp(0)).as_slice(),
             [AlertKind::PolicyViolation]
         );
         assert_eq!(book.take_deliveries().len(), 1);
@@ -760,7 +762,10 @@ mod tests {
                 bytes: 60,
             };
             if let Some(hit) = scans.hit(&attempt, Timestamp(0)) {
-                raised.push(book.observe(&o, Some(hit), Timestamp(i64::from(port))));
+                raised.push(
+                    book.observe(&o, Some(hit), Timestamp(i64::from(port)))
+                        .to_vec(),
+                );
             }
         }
         assert_eq!(

@@ -9,7 +9,7 @@
 //! windows. Only probes (failed or denied attempts) are remembered by address, so ordinary traffic costs a few
 //! counters per source and half-window.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -135,6 +135,8 @@ struct Half {
     bytes: u64,
     targets: HashSet<(IpAddr, u16)>,
     ports: BTreeSet<u16>,
+    /// Distinct probed destinations of this half and the one before it (the window starting a half earlier).
+    union_prev: u64,
 }
 
 impl Half {
@@ -167,26 +169,87 @@ impl Half {
 
 #[derive(Clone, Debug, Default)]
 struct Source {
-    /// Half-windows by index (start / half length).
-    halves: BTreeMap<i64, Half>,
-    /// Distinct probed destinations of window `k` (halves `k` and `k + 1`).
-    unions: HashMap<i64, u64>,
+    /// Half-windows by index (start / half length), in index order. Time mostly moves forward, so the half an
+    /// attempt falls in is nearly always the last one: a short sorted list, not a tree.
+    halves: Vec<(i64, Half)>,
     /// The caller's clock when it last counted an attempt (for [`ScanDetector::forget_idle`]).
     touched: Timestamp,
 }
 
 impl Source {
+    /// Where half `h` is, or where it would go.
+    fn position(&self, h: i64) -> Result<usize, usize> {
+        match self.halves.last() {
+            Some(&(last, _)) if last == h => Ok(self.halves.len() - 1),
+            Some(&(last, _)) if last < h => Err(self.halves.len()),
+            None => Err(0),
+            Some(_) => self.halves.binary_search_by_key(&h, |x| x.0),
+        }
+    }
+
+    fn half(&self, h: i64) -> Option<&Half> {
+        self.position(h).ok().map(|i| &self.halves[i].1)
+    }
+
+    /// The index of half `h`, added empty if not held.
+    fn half_index(&mut self, h: i64) -> usize {
+        match self.position(h) {
+            Ok(i) => i,
+            Err(i) => {
+                // Its window with the half before holds that half's targets so far.
+                let before = i
+                    .checked_sub(1)
+                    .and_then(|j| self.halves.get(j))
+                    .filter(|x| x.0 == h.saturating_sub(1))
+                    .map_or(0, |x| x.1.targets.len() as u64);
+                let half = Half {
+                    union_prev: before,
+                    ..Half::default()
+                };
+                self.halves.insert(i, (h, half));
+                i
+            }
+        }
+    }
+
+    /// Distinct probed destinations of window `k` (halves `k` and `k + 1`).
+    fn union(&self, k: i64) -> u64 {
+        match self.half(k.saturating_add(1)) {
+            Some(next) => next.union_prev,
+            None => self.half(k).map_or(0, |x| x.targets.len() as u64),
+        }
+    }
+
+    /// Counts a new target of the half at index `i` into the windows it belongs to.
+    fn count_target(&mut self, i: usize, target: (IpAddr, u16)) {
+        let h = self.halves[i].0;
+        let neighbour = |j: Option<usize>, k: i64| {
+            j.and_then(|j| self.halves.get(j))
+                .filter(|x| x.0 == k)
+                .map(|x| x.1.targets.contains(&target))
+        };
+        // Window h-1 (halves h-1 and h) is held by this half; window h by the next one if held.
+        let in_before = neighbour(i.checked_sub(1), h.saturating_sub(1)).unwrap_or(false);
+        let in_after = neighbour(i.checked_add(1), h.saturating_add(1));
+        if !in_before {
+            self.halves[i].1.union_prev += 1;
+        }
+        if in_after == Some(false) {
+            self.halves[i + 1].1.union_prev += 1;
+        }
+    }
+
     /// Whether window `k` makes a scan, from its counts alone (no allocation: this runs for every probe).
     fn is_scan(&self, k: i64, rule: &ScanRule) -> bool {
         let (mut flows, mut failed, mut denied) = (0u64, 0u64, 0u64);
         for h in [k, k.saturating_add(1)] {
-            if let Some(half) = self.halves.get(&h) {
+            if let Some(half) = self.half(h) {
                 flows += half.flows;
                 failed += half.failed;
                 denied += half.denied;
             }
         }
-        let targets = self.unions.get(&k).copied().unwrap_or(0);
+        let targets = self.union(k);
         (targets >= rule.min_targets && failed.saturating_mul(2) >= flows)
             || denied >= rule.min_denied
     }
@@ -195,12 +258,12 @@ impl Source {
         let mut w = ScanWindow {
             start: Timestamp(k.saturating_mul(rule.half_ns())),
             length: rule.window,
-            targets: self.unions.get(&k).copied().unwrap_or(0),
+            targets: self.union(k),
             ..ScanWindow::default()
         };
         let mut ports = BTreeSet::new();
         for h in [k, k.saturating_add(1)] {
-            if let Some(half) = self.halves.get(&h) {
+            if let Some(half) = self.half(h) {
                 w.flows += half.flows;
                 w.failed += half.failed;
                 w.denied += half.denied;
@@ -213,25 +276,59 @@ impl Source {
         w
     }
 
-    /// Works out the distinct targets of the windows around half `h` again.
-    fn recount(&mut self, h: i64) {
-        for k in [h.saturating_sub(1), h] {
-            let a = self.halves.get(&k).map(|x| &x.targets);
-            let b = self.halves.get(&k.saturating_add(1)).map(|x| &x.targets);
-            let n = match (a, b) {
-                (Some(a), Some(b)) => {
-                    (a.len() + b.iter().filter(|t| !a.contains(t)).count()) as u64
-                }
-                (Some(a), None) | (None, Some(a)) => a.len() as u64,
-                (None, None) => 0,
-            };
-            if n == 0 {
-                self.unions.remove(&k);
-            } else {
-                self.unions.insert(k, n);
+    /// Works out every half's window with the half before again, from the targets.
+    fn recount(&mut self) {
+        for i in 0..self.halves.len() {
+            let (h, ref half) = self.halves[i];
+            let mut n = half.targets.len() as u64;
+            if let Some((before, b)) = i.checked_sub(1).and_then(|j| self.halves.get(j))
+                && *before == h.saturating_sub(1)
+            {
+                n += b
+                    .targets
+                    .iter()
+                    .filter(|t| !half.targets.contains(t))
+                    .count() as u64;
             }
+            self.halves[i].1.union_prev = n;
         }
     }
+}
+
+/// Counts an attempt into its source (looked up once); answers the source, the half-window and whether it was a
+/// probe.
+fn count_into<'a>(
+    sources: &'a mut HashMap<IpAddr, Source>,
+    rule: &ScanRule,
+    deferred: bool,
+    a: &Attempt,
+    now: Timestamp,
+) -> (&'a mut Source, i64, bool) {
+    let h = a.start.0.div_euclid(rule.half_ns());
+    let source = sources.entry(a.source).or_default();
+    source.touched = source.touched.max(now);
+    let target = (a.target, a.port);
+    let probe = a.probe();
+    let i = source.half_index(h);
+    let half = &mut source.halves[i].1;
+    half.flows += 1;
+    half.failed += u64::from(!a.answered);
+    half.denied += u64::from(a.denied);
+    half.packets = half.packets.saturating_add(a.packets);
+    half.bytes = half.bytes.saturating_add(a.bytes);
+    if !probe {
+        return (source, h, false);
+    }
+    let new_target = half.targets.len() < TARGET_CAP && half.targets.insert(target);
+    if deferred {
+        // Ports and distinct targets per window are worked out once, by `settle`.
+        return (source, h, true);
+    }
+    half.add_port(a.port);
+    if new_target {
+        source.count_target(i, target);
+    }
+    (source, h, true)
 }
 
 /// A window that makes its source a scanner, its details worked out on demand.
@@ -297,12 +394,13 @@ impl ScanDetector {
     /// As [`ScanDetector::add`], but the window is only worked out if asked for ([`ScanHit::window`]): a
     /// scanner's every probe counts, and its alert needs the window's details only now and then.
     pub fn hit(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanHit<'_>> {
-        let (h, probe) = self.count(a, now);
+        let rule = &self.rule;
+        let (source, h, probe) = count_into(&mut self.sources, rule, self.deferred, a, now);
         // Only a probe can make a window a scan.
         if !probe {
             return None;
         }
-        let source = self.sources.get(&a.source)?;
+        let source = &*source;
         let k = [h, h.saturating_sub(1)]
             .into_iter()
             .find(|&k| source.is_scan(k, &self.rule))?;
@@ -316,53 +414,16 @@ impl ScanDetector {
     /// Counts an attempt without asking whether it made a scan; answers its half-window and whether it was a
     /// probe.
     pub fn count(&mut self, a: &Attempt, now: Timestamp) -> (i64, bool) {
-        let h = a.start.0.div_euclid(self.rule.half_ns());
-        let deferred = self.deferred;
-        let source = self.sources.entry(a.source).or_default();
-        source.touched = source.touched.max(now);
-        let target = (a.target, a.port);
-        let probe = a.probe();
-        let half = source.halves.entry(h).or_default();
-        half.flows += 1;
-        half.failed += u64::from(!a.answered);
-        half.denied += u64::from(a.denied);
-        half.packets = half.packets.saturating_add(a.packets);
-        half.bytes = half.bytes.saturating_add(a.bytes);
-        if !probe {
-            return (h, false);
-        }
-        let new_target = half.targets.len() < TARGET_CAP && half.targets.insert(target);
-        if deferred {
-            // Ports and distinct targets per window are worked out once, by `settle`.
-            return (h, true);
-        }
-        half.add_port(a.port);
-        if new_target {
-            let elsewhere = |k: i64| {
-                source
-                    .halves
-                    .get(&k)
-                    .is_some_and(|x| x.targets.contains(&target))
-            };
-            if !elsewhere(h.saturating_sub(1)) {
-                *source.unions.entry(h.saturating_sub(1)).or_default() += 1;
-            }
-            if !elsewhere(h.saturating_add(1)) {
-                *source.unions.entry(h).or_default() += 1;
-            }
-        }
-        (h, true)
+        let (_, h, probe) = count_into(&mut self.sources, &self.rule, self.deferred, a, now);
+        (h, probe)
     }
 
     /// Works out what a deferred detector left for the end: each window's distinct targets and ports. Call it
     /// once every attempt is counted, before [`ScanDetector::scans_of`] or [`ScanDetector::is_scanner`].
     pub fn settle(&mut self) {
         for s in self.sources.values_mut() {
-            let halves: Vec<i64> = s.halves.keys().copied().collect();
-            for &h in &halves {
-                s.recount(h);
-            }
-            for half in s.halves.values_mut() {
+            s.recount();
+            for (_, half) in &mut s.halves {
                 let ports: Vec<u16> = half.targets.iter().map(|t| t.1).collect();
                 for p in ports {
                     half.add_port(p);
@@ -376,14 +437,12 @@ impl ScanDetector {
         for (ip, theirs) in other.sources {
             let mine = self.sources.entry(ip).or_default();
             mine.touched = mine.touched.max(theirs.touched);
-            let touched: Vec<i64> = theirs.halves.keys().copied().collect();
             for (h, half) in theirs.halves {
-                mine.halves.entry(h).or_default().merge(half);
+                let i = mine.half_index(h);
+                mine.halves[i].1.merge(half);
             }
             if !self.deferred {
-                for h in touched {
-                    mine.recount(h);
-                }
+                mine.recount();
             }
         }
     }
@@ -394,7 +453,7 @@ impl ScanDetector {
             return Vec::new();
         };
         let mut starts: BTreeSet<i64> = BTreeSet::new();
-        for &h in s.halves.keys() {
+        for &(h, _) in &s.halves {
             starts.insert(h.saturating_sub(1));
             starts.insert(h);
         }
@@ -408,9 +467,9 @@ impl ScanDetector {
     /// Whether any window of the source makes a scan.
     pub fn is_scanner(&self, source: IpAddr) -> bool {
         self.sources.get(&source).is_some_and(|s| {
-            s.halves
-                .keys()
-                .any(|&h| s.is_scan(h.saturating_sub(1), &self.rule) || s.is_scan(h, &self.rule))
+            s.halves.iter().any(|&(h, _)| {
+                s.is_scan(h.saturating_sub(1), &self.rule) || s.is_scan(h, &self.rule)
+            })
         })
     }
 
@@ -425,12 +484,18 @@ impl ScanDetector {
         let half = self.rule.half_ns();
         let keep_halves = keep_ns / half + 2;
         for s in self.sources.values_mut() {
-            let Some(&newest) = s.halves.keys().next_back() else {
+            let Some(&(newest, _)) = s.halves.last() else {
                 continue;
             };
             let oldest = newest.saturating_sub(keep_halves);
-            s.halves = s.halves.split_off(&oldest);
-            s.unions.retain(|&k, _| k >= oldest.saturating_sub(1));
+            let gone = s.halves.partition_point(|x| x.0 < oldest);
+            if gone > 0 {
+                s.halves.drain(..gone);
+                // The first half kept has no half before it any more.
+                if let Some((_, first)) = s.halves.first_mut() {
+                    first.union_prev = first.targets.len() as u64;
+                }
+            }
         }
         before - self.sources.len()
     }
@@ -576,11 +641,13 @@ mod tests {
         let mut all = BTreeSet::new();
         for s in [&whole, &left] {
             let src = &s.sources[&ip(1)];
-            all.insert(format!("{:?}", {
-                let mut u: Vec<_> = src.unions.iter().collect();
-                u.sort();
-                u
-            }));
+            all.insert(format!(
+                "{:?}",
+                src.halves
+                    .iter()
+                    .map(|(h, x)| (h, x.union_prev))
+                    .collect::<Vec<_>>()
+            ));
         }
         assert_eq!(all.len(), 1, "the same distinct targets per window");
     }
@@ -629,7 +696,52 @@ mod tests {
         assert!(
             s.halves.len() <= 3,
             "{:?}",
-            s.halves.keys().collect::<Vec<_>>()
+            s.halves.iter().map(|x| x.0).collect::<Vec<_>>()
         );
+    }
+
+    proptest::proptest! {
+        /// Every window's counts, from attempts added in any order (late ones included), equal the counts taken
+        /// afresh over the attempts that fall in it.
+        #[test]
+        fn windows_equal_a_fresh_count_in_any_order(
+            raw in proptest::collection::vec((0i64..40_000, 2u8..40, 0u16..30, proptest::bool::ANY, proptest::bool::ANY), 1..200),
+            seed in 0u64..1000,
+        ) {
+            let attempts: Vec<Attempt> = raw
+                .iter()
+                .map(|&(ms, t, p, answered, denied)| attempt(ms, t, p, answered, denied))
+                .collect();
+            let mut order: Vec<usize> = (0..attempts.len()).collect();
+            let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            for i in (1..order.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut d = ScanDetector::new(rule());
+            for &i in &order {
+                d.add(&attempts[i], Timestamp(0));
+            }
+            let half = rule().half_ns();
+            let s = &d.sources[&ip(1)];
+            for k in -1..(40_000_000_000 / half + 1) {
+                let inside: Vec<&Attempt> = attempts
+                    .iter()
+                    .filter(|a| a.start.0.div_euclid(half) == k || a.start.0.div_euclid(half) == k + 1)
+                    .collect();
+                let targets: BTreeSet<(IpAddr, u16)> = inside
+                    .iter()
+                    .filter(|a| a.probe())
+                    .map(|a| (a.target, a.port))
+                    .collect();
+                let w = s.window(k, &rule());
+                proptest::prop_assert_eq!(w.targets, targets.len() as u64, "window {}", k);
+                proptest::prop_assert_eq!(w.flows, inside.len() as u64);
+                proptest::prop_assert_eq!(w.failed, inside.iter().filter(|a| !a.answered).count() as u64);
+                proptest::prop_assert_eq!(w.denied, inside.iter().filter(|a| a.denied).count() as u64);
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use weir_analysis::{
     AlertBook, Analysis, Analyzer, Attempt, ConnectionVerdict, EdgeAlertIds, EdgeBook, EdgeKey,
     EdgeStats, JudgedFlow, Observation, Party, ScanDetector, ScanRule, direction_views,
-    endpoint_key, flow_verdict, retain_marked,
+    endpoint_key, flow_verdict, policy_names, retain_marked,
 };
 use weir_model::{
     Alert, Cidr, Direction, EndReason, EndpointKey, FlowRecord, FlowVerdict, Timestamp,
@@ -595,12 +595,7 @@ impl Engine {
         // As the reports count it: allowed with no rule allowing it in either direction.
         let not_isolated =
             weir_analysis::class_of(&flow.judgement) == weir_analysis::EdgeVerdict::NotIsolated;
-        let mut policies: Vec<String> = Vec::new();
-        for (dir, view) in [("egress", &egress), ("ingress", &ingress)] {
-            for p in &view.policies {
-                policies.push(format!("{dir} {p}"));
-            }
-        }
+        let policies = policy_names(set, &flow.judgement);
         let reason = format!(
             "egress {}{}; ingress {}{}",
             egress.verdict,

@@ -1,10 +1,10 @@
 //! What the JSON API shows of edges and flows, apart from the engine's types: the API's form changes only here
 //! (tests pin it), whatever the engine keeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
-use weir_analysis::{EdgeKey, EdgeStats};
+
 use weir_model::{EndpointKey, FlowRecord, FlowVerdict, Timestamp};
 
 use weir_model::ingest::AgentCounters;
@@ -12,56 +12,8 @@ use weir_model::ingest::AgentCounters;
 use crate::engine::{Side, StoredFlow, Totals};
 use crate::state::AgentState;
 
-/// An edge in `GET /api/v1/edges`.
-#[derive(Debug, Serialize)]
-pub(crate) struct EdgeView<'a> {
-    key: &'a EdgeKey,
-    flows: u64,
-    packets: u64,
-    bytes: u64,
-    allowed: u64,
-    denied: u64,
-    other: u64,
-    verdict: FlowVerdict,
-    not_isolated: bool,
-    policies: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    services: &'a [String],
-    nodes: &'a BTreeSet<String>,
-    delivered: u64,
-    dropped_in_transit: u64,
-    enforcement_gaps: u64,
-    first_seen: Timestamp,
-    last_seen: Timestamp,
-    baseline: bool,
-    sample: &'a FlowRecord,
-}
-
-impl<'a> From<&'a EdgeStats> for EdgeView<'a> {
-    fn from(e: &'a EdgeStats) -> EdgeView<'a> {
-        EdgeView {
-            key: &e.key,
-            flows: e.flows,
-            packets: e.packets,
-            bytes: e.bytes,
-            allowed: e.allowed,
-            denied: e.denied,
-            other: e.other,
-            verdict: e.verdict,
-            not_isolated: e.not_isolated,
-            policies: &e.policies,
-            services: &e.services,
-            nodes: &e.nodes,
-            delivered: e.delivered,
-            dropped_in_transit: e.dropped_in_transit,
-            enforcement_gaps: e.enforcement_gaps,
-            first_seen: e.first_seen,
-            last_seen: e.last_seen,
-            baseline: e.baseline,
-            sample: &e.sample,
-        }
-    }
-}
+/// An edge in `GET /api/v1/edges`: the one edge view, shared with the offline analysis document.
+pub(crate) use weir_analysis::EdgeView;
 
 /// A judged flow in `GET /api/v1/flows` and the flow stream: the record, then what it resolved to.
 #[derive(Debug, Serialize)]
@@ -173,6 +125,7 @@ mod tests {
 
     use super::*;
     use crate::engine::FlowView as Resolution;
+    use weir_analysis::EdgeStats;
     use weir_model::EndpointKind;
 
     fn edge() -> EdgeStats {

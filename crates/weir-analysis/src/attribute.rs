@@ -94,31 +94,3 @@ impl<'a> Attributor<'a> {
         }
     }
 }
-
-/// The endpoint a party at an address is counted as on an edge: a pod's workload, a node, a Service's backends
-/// (as their workload when they are one), or the address itself for outside and unknown ones.
-pub fn endpoint_key(cluster: &ClusterState, party: Party, ip: IpAddr) -> weir_model::EndpointKey {
-    use weir_model::{EndpointKey, EndpointKind};
-    let workload = |w: &weir_cluster::Workload| {
-        EndpointKey::new(
-            EndpointKind::Pod,
-            Some(&w.namespace),
-            &format!("{}/{}", w.kind, w.name),
-        )
-    };
-    let service = |id: ServiceId| {
-        let s = cluster.service(id);
-        EndpointKey::new(EndpointKind::Service, Some(&s.namespace), &s.name)
-    };
-    match party {
-        Party::Pod(id) => workload(&cluster.pod(id).workload),
-        Party::Node(id) => EndpointKey::new(EndpointKind::Node, None, &cluster.node(id).name),
-        Party::Backends(id) => match cluster.backend_workload(id) {
-            Some(w) => workload(w),
-            None => service(id),
-        },
-        Party::Service(id) => service(id),
-        Party::External => EndpointKey::new(EndpointKind::External, None, &ip.to_string()),
-        Party::Unknown => EndpointKey::new(EndpointKind::Unknown, None, &ip.to_string()),
-    }
-}

@@ -129,6 +129,21 @@ impl EdgeStats {
         self.last_seen = self.last_seen.max(r.end);
     }
 
+    /// Counts a record's packets and bytes keeping as the sample the latest record ([`recency`]), whatever order
+    /// records come in: the offline book's way, where a capture's flows come in no set order and shards merge.
+    /// Answers whether the record became the sample (its verdict is then the edge's last).
+    pub fn count_volume_keeping_latest(&mut self, r: &FlowRecord) -> bool {
+        let latest = self.flows == 0 || recency(r) > recency(&self.sample);
+        self.packets = self.packets.saturating_add(r.total_packets());
+        self.bytes = self.bytes.saturating_add(r.total_bytes());
+        self.first_seen = self.first_seen.min(r.start);
+        self.last_seen = self.last_seen.max(r.end);
+        if latest {
+            self.sample = r.clone();
+        }
+        latest
+    }
+
     /// Counts a new connection by its verdict.
     pub fn count_connection(&mut self, verdict: FlowVerdict, not_isolated: bool) {
         self.flows += 1;
@@ -162,9 +177,11 @@ impl EdgeStats {
     }
 
     /// Adds what another shard counted on the same edge: counts add up, the span covers both, and the last
-    /// verdict, policies and sample are those of the edge seen last (on a tie, this one's).
+    /// verdict, policies and sample are those of the edge seen last (on a tie, the one with the later sample by
+    /// [`recency`]).
     pub fn merge(&mut self, other: EdgeStats) {
-        let later = other.last_seen > self.last_seen;
+        let later =
+            (other.last_seen, recency(&other.sample)) > (self.last_seen, recency(&self.sample));
         self.flows += other.flows;
         self.packets = self.packets.saturating_add(other.packets);
         self.bytes = self.bytes.saturating_add(other.bytes);
@@ -192,6 +209,24 @@ impl EdgeStats {
     }
 }
 
+/// How recent a record is, as a total order: by end, then start, then addresses, ports and protocol (so two
+/// records that ended together still have a fixed order).
+pub fn recency(
+    r: &FlowRecord,
+) -> (
+    Timestamp,
+    Timestamp,
+    std::net::IpAddr,
+    std::net::IpAddr,
+    Option<u16>,
+    Option<u16>,
+    Protocol,
+) {
+    (
+        r.end, r.start, r.src, r.dst, r.src_port, r.dst_port, r.proto,
+    )
+}
+
 /// Every edge by index, with the changes since the last checkpoint.
 #[derive(Clone, Debug, Default)]
 pub struct EdgeBook {
@@ -211,6 +246,11 @@ impl EdgeBook {
     /// Every edge, by index.
     pub fn edges(&self) -> &[EdgeStats] {
         &self.edges
+    }
+
+    /// Every edge, by index, the book given up.
+    pub fn into_edges(self) -> Vec<EdgeStats> {
+        self.edges
     }
 
     /// Edges held.

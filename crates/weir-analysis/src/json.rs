@@ -1,15 +1,18 @@
-//! A judged flow as JSON, offline and live alike: the flow record with its endpoints, Service, verdict per
-//! direction and a one-line reason ([`write_flow`]). The whole analysis document is weir-report's.
+//! A judged flow and an edge as JSON, offline and live alike: the flow record with its endpoints, Service,
+//! verdict per direction and a one-line reason ([`write_flow`]), and an edge of the edge book as the analysis
+//! document and `GET /api/v1/edges` both show it ([`EdgeView`]). The whole analysis document is weir-report's.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use serde::Serialize;
 use weir_cluster::{ClusterState, ServiceFrontend};
-use weir_model::{FlowRecord, FlowVerdict};
+use weir_model::{FlowRecord, FlowVerdict, Timestamp};
 use weir_policy::{Decision, Grounds, PolicySet, Verdict};
 
 use crate::analyze::{JudgedFlow, Judgement, Unjudged, union};
 use crate::attribute::Party;
+use crate::book::{EdgeKey, EdgeStats};
 
 /// How one direction judged a flow, as JSON shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -93,6 +96,70 @@ fn unknown_sides() -> (DirectionView, DirectionView) {
         policies: Vec::new(),
     };
     (unknown(), unknown())
+}
+
+/// The deciding policies of a judgement as an edge keeps them: `egress ns/name`, then `ingress ns/name`.
+pub fn policy_names(set: &PolicySet, judgement: &Judgement) -> Vec<String> {
+    let (egress, ingress) = direction_views(set, judgement);
+    let mut policies = Vec::with_capacity(egress.policies.len() + ingress.policies.len());
+    for (dir, view) in [("egress", egress), ("ingress", ingress)] {
+        for p in view.policies {
+            policies.push(format!("{dir} {p}"));
+        }
+    }
+    policies
+}
+
+/// An edge of the edge book as JSON shows it, offline (the analysis document's `edges`) and live
+/// (`GET /api/v1/edges`): its form changes only here, whatever the book keeps.
+#[derive(Debug, Serialize)]
+pub struct EdgeView<'a> {
+    key: &'a EdgeKey,
+    flows: u64,
+    packets: u64,
+    bytes: u64,
+    allowed: u64,
+    denied: u64,
+    other: u64,
+    verdict: FlowVerdict,
+    not_isolated: bool,
+    policies: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    services: &'a [String],
+    nodes: &'a BTreeSet<String>,
+    delivered: u64,
+    dropped_in_transit: u64,
+    enforcement_gaps: u64,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    baseline: bool,
+    sample: &'a FlowRecord,
+}
+
+impl<'a> From<&'a EdgeStats> for EdgeView<'a> {
+    fn from(e: &'a EdgeStats) -> EdgeView<'a> {
+        EdgeView {
+            key: &e.key,
+            flows: e.flows,
+            packets: e.packets,
+            bytes: e.bytes,
+            allowed: e.allowed,
+            denied: e.denied,
+            other: e.other,
+            verdict: e.verdict,
+            not_isolated: e.not_isolated,
+            policies: &e.policies,
+            services: &e.services,
+            nodes: &e.nodes,
+            delivered: e.delivered,
+            dropped_in_transit: e.dropped_in_transit,
+            enforcement_gaps: e.enforcement_gaps,
+            first_seen: e.first_seen,
+            last_seen: e.last_seen,
+            baseline: e.baseline,
+            sample: &e.sample,
+        }
+    }
 }
 
 /// The verdict on a flow: allowed, denied, mixed (a Service's backends disagree) or unknown (not judged).

@@ -22,6 +22,7 @@ mod analyze;
 mod attribute;
 mod book;
 mod diff;
+mod group;
 mod json;
 mod report;
 mod scan;
@@ -39,12 +40,15 @@ pub use analyze::{
     Analysis, Analyzer, BackendVerdict, JudgedFlow, Judgement, ServiceEndpoints, ServiceHit,
     Single, Unjudged, service_endpoints,
 };
-pub use attribute::{Attributor, Party, endpoint_key};
+pub use attribute::{Attributor, Party};
 pub use book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats, retain_marked};
 pub use diff::{
     Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
 };
-pub use json::{DirectionView, direction_views, flow_verdict, reason, write_flow};
+pub use group::endpoint_key;
+pub use json::{
+    DirectionView, EdgeView, direction_views, flow_verdict, policy_names, reason, write_flow,
+};
 pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,
     UnusedRule, class_of, port_summary,

@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
-use std::fmt;
 use std::net::IpAddr;
 
 use weir_cluster::{NodeId, ServiceId, Workload};
@@ -13,34 +12,10 @@ use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
+use crate::book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats};
+pub use crate::group::Group;
+use crate::json::{flow_verdict, policy_names};
 use crate::scan::{Attempt, ScanDetector, ScanRule};
-
-/// What a flow's end is grouped under in a report: its workload, not its pod, so replicas add up.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Group {
-    /// A workload (or a bare pod).
-    Workload(Workload),
-    /// A node (its address, shared by its hostNetwork pods).
-    Node(String),
-    /// A Service whose backends span several workloads, or that could not be resolved.
-    Service(String),
-    /// An address outside the cluster.
-    External(IpAddr),
-    /// An address in the cluster's ranges that nobody held.
-    Unknown(IpAddr),
-}
-
-impl fmt::Display for Group {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Group::Workload(w) => write!(f, "{}/{}", w.namespace, w.name),
-            Group::Node(name) => write!(f, "node {name}"),
-            Group::Service(key) => write!(f, "backends of svc {key}"),
-            Group::External(ip) => write!(f, "{ip}"),
-            Group::Unknown(ip) => write!(f, "{ip} (unknown)"),
-        }
-    }
-}
 
 /// Flows between two groups on one port, with one classification.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +207,9 @@ pub struct Report {
     pub external: Vec<(IpAddr, u64, u64)>,
     /// Suspected scans.
     pub scans: Vec<Scan>,
+    /// The edge book: every edge by endpoint, protocol and port, counted as the live aggregator counts them,
+    /// in key order.
+    pub book: Vec<EdgeStats>,
 }
 
 /// Whether a flow got an answer that was not a reset.
@@ -297,54 +275,40 @@ impl<'a> Groups<'a> {
         id
     }
 
+    /// The id of a party's group ([`Group::of`]), cached per pod, node, Service and address.
     fn id(&mut self, party: Party, ip: IpAddr) -> u32 {
-        let cluster = self.cluster;
-        match party {
-            Party::Pod(pod) => {
-                let cached = self.by_pod[pod.0 as usize];
-                if cached != UNSET {
-                    return cached;
-                }
-                let id = self.intern(Group::Workload(cluster.pod(pod).workload.clone()));
-                self.by_pod[pod.0 as usize] = id;
-                id
-            }
-            Party::Node(node) => {
-                let cached = self.by_node[node.0 as usize];
-                if cached != UNSET {
-                    return cached;
-                }
-                let id = self.intern(Group::Node(cluster.node(node).name.clone()));
-                self.by_node[node.0 as usize] = id;
-                id
-            }
+        let cached = match party {
+            Party::Pod(pod) => self.by_pod[pod.0 as usize],
+            Party::Node(node) => self.by_node[node.0 as usize],
             Party::Backends(service) | Party::Service(service) => {
                 let backends = matches!(party, Party::Backends(_));
-                if let Some(&id) = self.by_service.get(&(service, backends)) {
-                    return id;
-                }
-                let group = match cluster.backend_workload(service) {
-                    Some(w) if backends => Group::Workload(w.clone()),
-                    _ => Group::Service(cluster.service(service).key()),
-                };
-                let id = self.intern(group);
-                self.by_service.insert((service, backends), id);
-                id
+                self.by_service
+                    .get(&(service, backends))
+                    .copied()
+                    .unwrap_or(UNSET)
+            }
+            Party::External | Party::Unknown => self
+                .by_address
+                .get(&(ip, party == Party::Unknown))
+                .copied()
+                .unwrap_or(UNSET),
+        };
+        if cached != UNSET {
+            return cached;
+        }
+        let id = self.intern(Group::of(self.cluster, party, ip));
+        match party {
+            Party::Pod(pod) => self.by_pod[pod.0 as usize] = id,
+            Party::Node(node) => self.by_node[node.0 as usize] = id,
+            Party::Backends(service) | Party::Service(service) => {
+                self.by_service
+                    .insert((service, matches!(party, Party::Backends(_))), id);
             }
             Party::External | Party::Unknown => {
-                let unknown = party == Party::Unknown;
-                if let Some(&id) = self.by_address.get(&(ip, unknown)) {
-                    return id;
-                }
-                let id = self.intern(if unknown {
-                    Group::Unknown(ip)
-                } else {
-                    Group::External(ip)
-                });
-                self.by_address.insert((ip, unknown), id);
-                id
+                self.by_address.insert((ip, party == Party::Unknown), id);
             }
         }
+        id
     }
 }
 
@@ -490,7 +454,7 @@ impl ScanAcc {
     }
 }
 
-type EdgeKey = (EdgeVerdict, u32, u32, Option<ServiceId>);
+type GroupEdgeKey = (EdgeVerdict, u32, u32, Option<ServiceId>);
 
 impl Report {
     /// Builds the report of an analysis.
@@ -515,7 +479,7 @@ pub struct ReportBuilder<'a> {
     set: &'a PolicySet,
     groups: Groups<'a>,
     totals: Totals,
-    edges: HashMap<EdgeKey, EdgeAcc>,
+    edges: HashMap<GroupEdgeKey, EdgeAcc>,
     pods_seen: Vec<bool>,
     // Grounds are shared between flows with the same verdict: walk each one's rules once.
     grounds_seen: HashMap<*const Grounds, Arc<Grounds>>,
@@ -528,7 +492,23 @@ pub struct ReportBuilder<'a> {
     fanout: HashMap<(u32, IpAddr), ScanAcc>,
     /// The one scan rule, over the capture's time.
     scans: ScanDetector,
+    /// The edge book the live aggregator keeps, fed the same way.
+    book: BookFeed,
 }
+
+/// The edge book, with its edges found by group ids (so counting a flow hashes integers, not names).
+#[derive(Default)]
+struct BookFeed {
+    book: EdgeBook,
+    /// Edges by source and destination group, protocol and port.
+    ids: HashMap<(u32, u32, Protocol, Option<u16>), usize>,
+    /// What each edge last took its verdict, policies and Service from: the same again changes nothing.
+    last: Vec<Option<LastJudged>>,
+}
+
+/// A judgement by identity: its grounds (held in `grounds_seen`, so the address stays theirs), its verdict and
+/// the Service it went through.
+type LastJudged = (*const Grounds, weir_policy::Verdict, Option<ServiceId>);
 
 impl<'a> ReportBuilder<'a> {
     /// An empty report on a policy set's cluster.
@@ -547,6 +527,7 @@ impl<'a> ReportBuilder<'a> {
             external: HashMap::default(),
             fanout: HashMap::default(),
             scans: ScanDetector::deferred(ScanRule::default()),
+            book: BookFeed::default(),
         }
     }
 
@@ -620,11 +601,13 @@ impl<'a> ReportBuilder<'a> {
             self.fanout.entry((id(source), ip)).or_default().merge(acc);
         }
         self.scans.merge(other.scans);
+        self.book.merge(other.book);
     }
 
     /// Adds one judged flow.
     pub fn add(&mut self, flow: &JudgedFlow) {
         let ReportBuilder {
+            set,
             groups,
             totals,
             edges,
@@ -636,6 +619,7 @@ impl<'a> ReportBuilder<'a> {
             external,
             fanout,
             scans,
+            book,
             ..
         } = self;
         {
@@ -729,6 +713,8 @@ impl<'a> ReportBuilder<'a> {
                 acc.failed += 1;
             }
 
+            book.count(set, groups, flow, (from, to, port), class, ok);
+
             let key = (class, from, to, flow.service.map(|s| s.service));
             edges
                 .entry(key)
@@ -767,6 +753,7 @@ impl<'a> ReportBuilder<'a> {
             fanout,
             scans: mut detector,
             last_grounds: _,
+            book,
         } = self;
         detector.settle();
         let cluster = set.cluster();
@@ -803,7 +790,7 @@ impl<'a> ReportBuilder<'a> {
         for (rank, &s) in services.iter().enumerate() {
             service_rank[s] = rank as u32;
         }
-        let mut edges: Vec<(EdgeKey, EdgeAcc)> = edges.into_iter().collect();
+        let mut edges: Vec<(GroupEdgeKey, EdgeAcc)> = edges.into_iter().collect();
         edges.sort_unstable_by_key(|((class, from, to, service), acc)| {
             (
                 *class,
@@ -973,7 +960,107 @@ impl<'a> ReportBuilder<'a> {
             inferred_node_addresses,
             external,
             scans,
+            book: {
+                let mut book = book.book.into_edges();
+                book.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+                for e in &mut book {
+                    e.services.sort_unstable();
+                }
+                book
+            },
         }
+    }
+}
+
+impl BookFeed {
+    /// Counts a judged flow as the live engine counts a connection seen from one end: each flow is one
+    /// connection, delivered when answered, an enforcement gap when also denied.
+    fn count(
+        &mut self,
+        set: &PolicySet,
+        groups: &Groups<'_>,
+        flow: &JudgedFlow,
+        (from, to, port): (u32, u32, Option<u16>),
+        class: EdgeVerdict,
+        answered: bool,
+    ) {
+        let BookFeed { book, ids, last } = self;
+        let r = &flow.record;
+        let verdict = flow_verdict(&flow.judgement);
+        let not_isolated = class == EdgeVerdict::NotIsolated;
+        let i = *ids.entry((from, to, r.proto, port)).or_insert_with(|| {
+            let key = EdgeKey {
+                src: groups.list[from as usize].endpoint_key(),
+                dst: groups.list[to as usize].endpoint_key(),
+                proto: r.proto,
+                port,
+            };
+            book.find_or_insert(&key, || {
+                EdgeStats::new(
+                    key.clone(),
+                    r,
+                    ConnectionVerdict {
+                        verdict,
+                        not_isolated,
+                        policies: &[],
+                        service: None,
+                    },
+                    false,
+                )
+            })
+        });
+        if last.len() < book.len() {
+            last.resize(book.len(), None);
+        }
+        let Some(e) = book.get_mut(i) else {
+            return;
+        };
+        // The latest flow (by end, then a fixed order) gives the sample and the last verdict, so the book is the
+        // same whatever order the flows came in.
+        let latest = e.count_volume_keeping_latest(r);
+        let not_isolated_before = e.not_isolated;
+        e.count_connection(verdict, not_isolated);
+        if !latest {
+            e.not_isolated = not_isolated_before;
+        }
+        if answered {
+            e.delivered += 1;
+            e.enforcement_gaps += u64::from(verdict == weir_model::FlowVerdict::Denied);
+        }
+        if let Some(o) = &r.observed_at {
+            e.add_node(&o.node);
+        }
+        let service = flow.service.map(|s| s.service);
+        let judged = match &flow.judgement {
+            Judgement::Judged { verdict, grounds } => {
+                Some((Arc::as_ptr(grounds), *verdict, service))
+            }
+            _ => None,
+        };
+        if judged.is_none() || last[i] != judged {
+            let service = service.map(|s| set.cluster().service(s).key());
+            if latest {
+                let policies = policy_names(set, &flow.judgement);
+                e.set_last_verdict(ConnectionVerdict {
+                    verdict,
+                    not_isolated,
+                    policies: &policies,
+                    service: service.as_deref(),
+                });
+                last[i] = judged;
+            } else if let Some(s) = service
+                && !e.services.contains(&s)
+            {
+                e.services.push(s);
+            }
+        }
+    }
+
+    /// Adds another builder's book; its edges are found again by key on their next flow.
+    fn merge(&mut self, other: BookFeed) {
+        self.book.merge(other.book);
+        self.ids.clear();
+        self.last = vec![None; self.book.len()];
     }
 }
 

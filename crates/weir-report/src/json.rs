@@ -9,7 +9,7 @@ use weir_model::Timestamp;
 use weir_policy::PolicySet;
 
 #[derive(Serialize)]
-struct EdgeView<'a> {
+struct GroupEdgeView<'a> {
     from: String,
     to: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,7 +42,7 @@ fn time(t: Timestamp) -> String {
     t.to_string()
 }
 
-fn edge_view(e: &Edge) -> EdgeView<'_> {
+fn edge_view(e: &Edge) -> GroupEdgeView<'_> {
     let mut denied_by = Vec::new();
     if e.egress_denied {
         denied_by.push("egress");
@@ -57,7 +57,7 @@ fn edge_view(e: &Edge) -> EdgeView<'_> {
     if e.not_isolated.1 {
         not_isolated.push("ingress");
     }
-    EdgeView {
+    GroupEdgeView {
         from: group_view(&e.from),
         to: group_view(&e.to),
         service: e.service.as_deref(),
@@ -97,7 +97,8 @@ pub fn write_analysis_json<W: Write + ?Sized>(
     out: &mut W,
 ) -> io::Result<()> {
     let t = &report.totals;
-    let edges = |class| -> Vec<EdgeView<'_>> { report.edges_of(class).map(edge_view).collect() };
+    let edges =
+        |class| -> Vec<GroupEdgeView<'_>> { report.edges_of(class).map(edge_view).collect() };
     use weir_model::EdgeVerdict;
     let summary = serde_json::json!({
         "inputs": inputs,
@@ -145,6 +146,8 @@ pub fn write_analysis_json<W: Write + ?Sized>(
             "ports": s.ports, "flows": s.flows, "failed": s.failed, "denied": s.denied,
             "first": time(s.first), "last": time(s.last),
         })).collect::<Vec<_>>(),
+        // The edge book by endpoint and port, each edge as `GET /api/v1/edges` shows it.
+        "edges": report.book.iter().map(weir_analysis::EdgeView::from).collect::<Vec<_>>(),
     });
     out.write_all(b"{\"summary\":")?;
     serde_json::to_writer(&mut *out, &summary)?;

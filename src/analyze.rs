@@ -201,7 +201,13 @@ fn analyze_inputs(
             });
             let set = snapshot::load_with(&args.cluster, kube, policies)?;
             let (analysis, report) = {
-                let mut stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
+                let stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
+                // The edge book is in the JSON document only.
+                let mut stream = if matches!(args.format, AnalyzeFormat::Json) {
+                    stream.with_edge_book()
+                } else {
+                    stream
+                };
                 for chunk in rx {
                     // The reports that keep no flows never show a Community ID.
                     let records = match chunk {

@@ -248,11 +248,6 @@ impl EdgeBook {
         &self.edges
     }
 
-    /// Every edge, by index, the book given up.
-    pub fn into_edges(self) -> Vec<EdgeStats> {
-        self.edges
-    }
-
     /// Edges held.
     pub fn len(&self) -> usize {
         self.edges.len()

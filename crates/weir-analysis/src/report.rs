@@ -7,12 +7,12 @@ use foldhash::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use weir_cluster::{NodeId, ServiceId, Workload};
-use weir_model::{EdgeVerdict, Protocol, Timestamp};
+use weir_model::{EdgeVerdict, EndpointKey, Protocol, Timestamp};
 use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
-use crate::book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats};
+use crate::book::{ConnectionVerdict, EdgeKey, EdgeStats};
 pub use crate::group::Group;
 use crate::json::{flow_verdict, policy_names};
 use crate::scan::{Attempt, ScanDetector, ScanRule};
@@ -208,7 +208,7 @@ pub struct Report {
     /// Suspected scans.
     pub scans: Vec<Scan>,
     /// The edge book: every edge by endpoint, protocol and port, counted as the live aggregator counts them,
-    /// in key order.
+    /// in key order (empty unless the builder kept it: [`ReportBuilder::with_edge_book`]; [`Report::new`] does).
     pub book: Vec<EdgeStats>,
 }
 
@@ -457,9 +457,9 @@ impl ScanAcc {
 type GroupEdgeKey = (EdgeVerdict, u32, u32, Option<ServiceId>);
 
 impl Report {
-    /// Builds the report of an analysis.
+    /// Builds the report of an analysis, with its edge book.
     pub fn new(set: &PolicySet, analysis: &Analysis) -> Report {
-        let mut builder = ReportBuilder::new(set);
+        let mut builder = ReportBuilder::with_edge_book(set);
         for flow in &analysis.flows {
             builder.add(flow);
         }
@@ -492,18 +492,30 @@ pub struct ReportBuilder<'a> {
     fanout: HashMap<(u32, IpAddr), ScanAcc>,
     /// The one scan rule, over the capture's time.
     scans: ScanDetector,
-    /// The edge book the live aggregator keeps, fed the same way.
-    book: BookFeed,
+    /// The edge book the live aggregator keeps, fed the same way, when asked for
+    /// ([`ReportBuilder::with_edge_book`]).
+    book: Option<BookFeed>,
 }
 
-/// The edge book, with its edges found by group ids (so counting a flow hashes integers, not names).
+/// The edge book while flows are counted into it: its edges found by interned endpoint ids (so counting a flow
+/// hashes integers, not names), each counted by the [`EdgeStats`] rules the live engine uses.
 #[derive(Default)]
 struct BookFeed {
-    book: EdgeBook,
-    /// Edges by source and destination group, protocol and port.
+    edges: Vec<EdgeStats>,
+    /// Each edge's source and destination endpoint ids.
+    ends: Vec<(u32, u32)>,
+    /// Edges by source and destination endpoint, protocol and port.
     ids: HashMap<(u32, u32, Protocol, Option<u16>), usize>,
     /// What each edge last took its verdict, policies and Service from: the same again changes nothing.
     last: Vec<Option<LastJudged>>,
+    /// Endpoints, interned: two groups that name the same endpoint (a workload seen both with and without its
+    /// ReplicaSet in the snapshot) count on one edge, as the live book's keys make them.
+    endpoints: Vec<EndpointKey>,
+    endpoint_ids: HashMap<EndpointKey, u32>,
+    /// The endpoint of each group id, once looked up.
+    endpoint_of_group: Vec<u32>,
+    /// The deciding policies of each judgement seen, by identity (many edges share one).
+    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), Vec<String>>,
 }
 
 /// A judgement by identity: its grounds (held in `grounds_seen`, so the address stays theirs), its verdict and
@@ -527,7 +539,16 @@ impl<'a> ReportBuilder<'a> {
             external: HashMap::default(),
             fanout: HashMap::default(),
             scans: ScanDetector::deferred(ScanRule::default()),
-            book: BookFeed::default(),
+            book: None,
+        }
+    }
+
+    /// An empty report that also keeps the edge book ([`Report::book`]): what the JSON document shows, and
+    /// more work per flow than the findings, so only when it is wanted.
+    pub fn with_edge_book(set: &'a PolicySet) -> ReportBuilder<'a> {
+        ReportBuilder {
+            book: Some(BookFeed::default()),
+            ..ReportBuilder::new(set)
         }
     }
 
@@ -601,7 +622,11 @@ impl<'a> ReportBuilder<'a> {
             self.fanout.entry((id(source), ip)).or_default().merge(acc);
         }
         self.scans.merge(other.scans);
-        self.book.merge(other.book);
+        match (&mut self.book, other.book) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, Some(theirs)) => *mine = Some(theirs),
+            (_, None) => {}
+        }
     }
 
     /// Adds one judged flow.
@@ -713,7 +738,9 @@ impl<'a> ReportBuilder<'a> {
                 acc.failed += 1;
             }
 
-            book.count(set, groups, flow, (from, to, port), class, ok);
+            if let Some(book) = book {
+                book.count(set, groups, flow, (from, to, port), class, ok);
+            }
 
             let key = (class, from, to, flow.service.map(|s| s.service));
             edges
@@ -960,19 +987,34 @@ impl<'a> ReportBuilder<'a> {
             inferred_node_addresses,
             external,
             scans,
-            book: {
-                let mut book = book.book.into_edges();
-                book.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-                for e in &mut book {
-                    e.services.sort_unstable();
-                }
-                book
-            },
+            book: book.map(BookFeed::finish).unwrap_or_default(),
         }
     }
 }
 
 impl BookFeed {
+    fn intern(&mut self, key: EndpointKey) -> u32 {
+        if let Some(&id) = self.endpoint_ids.get(&key) {
+            return id;
+        }
+        let id = self.endpoints.len() as u32;
+        self.endpoints.push(key.clone());
+        self.endpoint_ids.insert(key, id);
+        id
+    }
+
+    fn endpoint(&mut self, groups: &Groups<'_>, group: u32) -> u32 {
+        let g = group as usize;
+        if self.endpoint_of_group.len() <= g {
+            self.endpoint_of_group
+                .resize(groups.list.len().max(g + 1), UNSET);
+        }
+        if self.endpoint_of_group[g] == UNSET {
+            self.endpoint_of_group[g] = self.intern(groups.list[g].endpoint_key());
+        }
+        self.endpoint_of_group[g]
+    }
+
     /// Counts a judged flow as the live engine counts a connection seen from one end: each flow is one
     /// connection, delivered when answered, an enforcement gap when also denied.
     fn count(
@@ -984,35 +1026,40 @@ impl BookFeed {
         class: EdgeVerdict,
         answered: bool,
     ) {
-        let BookFeed { book, ids, last } = self;
         let r = &flow.record;
         let verdict = flow_verdict(&flow.judgement);
         let not_isolated = class == EdgeVerdict::NotIsolated;
-        let i = *ids.entry((from, to, r.proto, port)).or_insert_with(|| {
-            let key = EdgeKey {
-                src: groups.list[from as usize].endpoint_key(),
-                dst: groups.list[to as usize].endpoint_key(),
-                proto: r.proto,
-                port,
-            };
-            book.find_or_insert(&key, || {
-                EdgeStats::new(
-                    key.clone(),
-                    r,
-                    ConnectionVerdict {
-                        verdict,
-                        not_isolated,
-                        policies: &[],
-                        service: None,
-                    },
-                    false,
-                )
-            })
-        });
-        if last.len() < book.len() {
-            last.resize(book.len(), None);
-        }
-        let Some(e) = book.get_mut(i) else {
+        let (src, dst) = (self.endpoint(groups, from), self.endpoint(groups, to));
+        let i = match self.ids.get(&(src, dst, r.proto, port)) {
+            Some(&i) => i,
+            None => {
+                let key = EdgeKey {
+                    src: self.endpoints[src as usize].clone(),
+                    dst: self.endpoints[dst as usize].clone(),
+                    proto: r.proto,
+                    port,
+                };
+                let first = ConnectionVerdict {
+                    verdict,
+                    not_isolated,
+                    policies: &[],
+                    service: None,
+                };
+                self.edges.push(EdgeStats::new(key, r, first, false));
+                self.ends.push((src, dst));
+                self.last.push(None);
+                self.ids
+                    .insert((src, dst, r.proto, port), self.edges.len() - 1);
+                self.edges.len() - 1
+            }
+        };
+        let BookFeed {
+            edges,
+            last,
+            policy_names: names,
+            ..
+        } = self;
+        let Some(e) = edges.get_mut(i) else {
             return;
         };
         // The latest flow (by end, then a fixed order) gives the sample and the last verdict, so the book is the
@@ -1040,11 +1087,20 @@ impl BookFeed {
         if judged.is_none() || last[i] != judged {
             let service = service.map(|s| set.cluster().service(s).key());
             if latest {
-                let policies = policy_names(set, &flow.judgement);
+                let fresh;
+                let policies = match judged {
+                    Some((grounds, v, _)) => names
+                        .entry((grounds, v))
+                        .or_insert_with(|| policy_names(set, &flow.judgement)),
+                    None => {
+                        fresh = policy_names(set, &flow.judgement);
+                        &fresh
+                    }
+                };
                 e.set_last_verdict(ConnectionVerdict {
                     verdict,
                     not_isolated,
-                    policies: &policies,
+                    policies,
                     service: service.as_deref(),
                 });
                 last[i] = judged;
@@ -1056,11 +1112,66 @@ impl BookFeed {
         }
     }
 
-    /// Adds another builder's book; its edges are found again by key on their next flow.
+    /// Adds another builder's book, as if its flows had been counted here ([`EdgeStats::merge`] per edge).
     fn merge(&mut self, other: BookFeed) {
-        self.book.merge(other.book);
-        self.ids.clear();
-        self.last = vec![None; self.book.len()];
+        let remap: Vec<u32> = other
+            .endpoints
+            .into_iter()
+            .map(|key| self.intern(key))
+            .collect();
+        for (e, (src, dst)) in other.edges.into_iter().zip(other.ends) {
+            let (src, dst) = (remap[src as usize], remap[dst as usize]);
+            let id = (src, dst, e.key.proto, e.key.port);
+            match self.ids.get(&id) {
+                Some(&i) => {
+                    self.edges[i].merge(e);
+                    // Its last verdict may now be the other's: worked out again on its next flow.
+                    self.last[i] = None;
+                }
+                None => {
+                    self.edges.push(e);
+                    self.ends.push((src, dst));
+                    self.last.push(None);
+                    self.ids.insert(id, self.edges.len() - 1);
+                }
+            }
+        }
+    }
+
+    /// The edges in key order (sorted on ranked integers, not names), each edge's Services sorted.
+    fn finish(self) -> Vec<EdgeStats> {
+        let mut by_key: Vec<u32> = (0..self.endpoints.len() as u32).collect();
+        by_key
+            .sort_unstable_by(|&a, &b| self.endpoints[a as usize].cmp(&self.endpoints[b as usize]));
+        let mut rank = vec![0u32; by_key.len()];
+        for (r, &id) in by_key.iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        let mut order: Vec<usize> = (0..self.edges.len()).collect();
+        let sort_key = |i: usize| {
+            let (src, dst) = self.ends[i];
+            let k = &self.edges[i].key;
+            (rank[src as usize], rank[dst as usize], k.proto, k.port)
+        };
+        order.sort_unstable_by_key(|&i| sort_key(i));
+        // In place, along the permutation's cycles: each edge moves about once, and nothing is allocated.
+        let mut edges = self.edges;
+        for start in 0..order.len() {
+            let mut at = start;
+            while order[at] != usize::MAX {
+                let from = order[at];
+                order[at] = usize::MAX;
+                if from == start {
+                    break;
+                }
+                edges.swap(at, from);
+                at = from;
+            }
+        }
+        for e in &mut edges {
+            e.services.sort_unstable();
+        }
+        edges
     }
 }
 

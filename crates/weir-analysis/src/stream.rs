@@ -47,6 +47,8 @@ pub struct AnalysisStream<'a> {
     /// Judged flows with their arrival number, when the caller wants them.
     kept: Option<Vec<(u64, JudgedFlow)>>,
     arrived: u64,
+    /// The report keeps the edge book ([`AnalysisStream::with_edge_book`]).
+    edge_book: bool,
 }
 
 impl<'a> AnalysisStream<'a> {
@@ -68,6 +70,24 @@ impl<'a> AnalysisStream<'a> {
             rebuild: false,
             kept: keep_flows.then(Vec::new),
             arrived: 0,
+            edge_book: false,
+        }
+    }
+
+    /// The same stream, whose report also keeps the edge book ([`ReportBuilder::with_edge_book`]).
+    pub fn with_edge_book(mut self) -> AnalysisStream<'a> {
+        let set = self.report.policy_set();
+        self.edge_book = true;
+        self.report = ReportBuilder::with_edge_book(set);
+        self.tentative_report = ReportBuilder::with_edge_book(set);
+        self
+    }
+
+    fn builder(&self, set: &'a PolicySet) -> ReportBuilder<'a> {
+        if self.edge_book {
+            ReportBuilder::with_edge_book(set)
+        } else {
+            ReportBuilder::new(set)
         }
     }
 
@@ -130,9 +150,10 @@ impl<'a> AnalysisStream<'a> {
     /// over, keeping its verdict cache.
     pub fn finish(&mut self) -> (Analysis, Report) {
         let set = self.report.policy_set();
-        let mut report = std::mem::replace(&mut self.report, ReportBuilder::new(set));
-        let mut tentative_report =
-            std::mem::replace(&mut self.tentative_report, ReportBuilder::new(set));
+        let fresh = self.builder(set);
+        let mut report = std::mem::replace(&mut self.report, fresh);
+        let fresh = self.builder(set);
+        let mut tentative_report = std::mem::replace(&mut self.tentative_report, fresh);
         let mut held = std::mem::take(&mut self.held);
         let held_clients = std::mem::take(&mut self.held_clients);
         let mut tentative = std::mem::take(&mut self.tentative);
@@ -145,7 +166,7 @@ impl<'a> AnalysisStream<'a> {
                 client_key(&f.record).is_some_and(|c| held_clients.contains(&c))
             });
             held.extend(joinable.into_iter().map(|(arrival, f)| (arrival, f.record)));
-            tentative_report = ReportBuilder::new(set);
+            tentative_report = self.builder(set);
             alone.iter().for_each(|(_, f)| tentative_report.add(f));
             tentative = alone;
         }

@@ -46,7 +46,7 @@ fn streamed(
     keep: bool,
     batch: usize,
 ) -> String {
-    let mut stream = AnalysisStream::new(set, &[], keep);
+    let mut stream = AnalysisStream::new(set, &[], keep).with_edge_book();
     for chunk in order.chunks(batch.max(1)) {
         if batch == 1 {
             stream.push(records[chunk[0]].clone());
@@ -80,6 +80,41 @@ fn the_demo_holds_dnat_joins_and_streams_like_a_batch() {
     assert_eq!(streamed(&set, &records, &forward, true, 1), expected);
     assert_eq!(streamed(&set, &records, &backward, true, 1), expected);
     assert_eq!(streamed(&set, &records, &backward, true, 16), expected);
+}
+
+#[test]
+fn the_edge_book_counts_every_flow_once_in_key_order() {
+    let (set, records) = case(
+        "pcaps/expected/demo.pcap.flows.jsonl",
+        "pcaps/demo.cluster.yaml",
+    );
+    let mut sorted = records.clone();
+    sorted.sort_by_key(|r| r.sort_key());
+    let analysis = Analyzer::new(&set, &[]).analyze(sorted);
+    let report = Report::new(&set, &analysis);
+    assert!(
+        report.book.windows(2).all(|w| w[0].key < w[1].key),
+        "one edge per key, in key order"
+    );
+    let flows: u64 = report.book.iter().map(|e| e.flows).sum();
+    assert_eq!(flows, report.totals.flows);
+    let packets: u64 = report.book.iter().map(|e| e.packets).sum();
+    assert_eq!(packets, report.totals.packets);
+    // Without the book, the findings are the same.
+    let mut stream = AnalysisStream::new(&set, &[], false);
+    records.into_iter().for_each(|r| stream.push(r));
+    let (_, without) = stream.finish();
+    assert!(without.book.is_empty());
+    assert_eq!(
+        format!(
+            "{:?}",
+            Report {
+                book: Vec::new(),
+                ..report
+            }
+        ),
+        format!("{without:?}")
+    );
 }
 
 #[test]

@@ -146,13 +146,28 @@ pub fn write_analysis_json<W: Write + ?Sized>(
             "ports": s.ports, "flows": s.flows, "failed": s.failed, "denied": s.denied,
             "first": time(s.first), "last": time(s.last),
         })).collect::<Vec<_>>(),
-        // The edge book by endpoint and port, each edge as `GET /api/v1/edges` shows it.
-        "edges": report.book.iter().map(weir_analysis::EdgeView::from).collect::<Vec<_>>(),
     });
     out.write_all(b"{\"summary\":")?;
-    serde_json::to_writer(&mut *out, &summary)?;
+    let mut buf = serde_json::to_vec(&summary)?;
+    // The edge book by endpoint and port, each edge as `GET /api/v1/edges` shows it: the summary's last member,
+    // written edge by edge rather than built as one value (a capture can have hundreds of thousands).
+    if buf.pop() == Some(b'}') {
+        buf.extend_from_slice(b",\"edges\":[");
+        for (i, e) in report.book.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            serde_json::to_writer(&mut buf, &weir_analysis::EdgeView::from(e))?;
+            if buf.len() >= 1 << 16 {
+                out.write_all(&buf)?;
+                buf.clear();
+            }
+        }
+        buf.extend_from_slice(b"]}");
+    }
+    out.write_all(&buf)?;
+    buf.clear();
     out.write_all(b",\n\"flows\":[")?;
-    let mut buf = Vec::with_capacity(1 << 16);
     for (i, flow) in analysis.flows.iter().enumerate() {
         buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         write_flow(set, flow, &mut buf);

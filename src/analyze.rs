@@ -63,6 +63,9 @@ pub enum AnalyzeFormat {
     Text,
     /// One JSON document: `{"summary":{...},"flows":[...]}`.
     Json,
+    /// The edge book as JSON, `{"edges":[...]}`: every edge by endpoint, protocol and port with its counts,
+    /// verdict and deciding policies, the objects the aggregator's `GET /api/v1/edges` answers with.
+    Edges,
     /// The text report's content as Markdown, for a ticket or a pull request.
     Markdown,
     /// weir's service map with every edge's details and each workload's suggested policy, as one
@@ -202,8 +205,7 @@ fn analyze_inputs(
             let set = snapshot::load_with(&args.cluster, kube, policies)?;
             let (analysis, report) = {
                 let stream = AnalysisStream::new(&set, &args.cluster_cidr, keep_flows);
-                // The edge book is in the JSON document only.
-                let mut stream = if matches!(args.format, AnalyzeFormat::Json) {
+                let mut stream = if matches!(args.format, AnalyzeFormat::Edges) {
                     stream.with_edge_book()
                 } else {
                     stream
@@ -280,6 +282,7 @@ pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
         .collect();
     let format = match args.format {
         AnalyzeFormat::Json => Format::Json,
+        AnalyzeFormat::Edges => Format::Edges,
         AnalyzeFormat::Html => Format::Html,
         AnalyzeFormat::Markdown => Format::Markdown,
         AnalyzeFormat::Text => Format::Text { color },

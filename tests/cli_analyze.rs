@@ -51,6 +51,10 @@ fn demo_reports_match_their_goldens() {
         &expected.join("demo.analyze.json"),
         &relative(&analyze("pcaps/demo.pcap", "json")),
     );
+    check_golden(
+        &expected.join("demo.analyze.edges.json"),
+        &analyze("pcaps/demo.pcap", "edges"),
+    );
 }
 
 #[test]
@@ -61,6 +65,10 @@ fn a_linux_cooked_capture_gives_the_same_analysis() {
         doc["summary"]["inputs"] = Value::Null;
     }
     assert_eq!(ethernet, cooked);
+    assert_eq!(
+        analyze("pcaps/demo.pcap", "edges"),
+        analyze("pcaps/demo-any.pcapng", "edges")
+    );
     let text = |input| {
         relative(&analyze(input, "text"))
             .lines()

@@ -373,7 +373,7 @@ fn reads_are_refused_before_their_query_or_body_is_looked_at() {
     assert_eq!(code, 200);
 }
 
-/// One edge book, offline and live: the edges `weir analyze --format json` lists for the demo capture are the
+/// One edge book, offline and live: the edges `weir analyze --format edges` lists for the demo capture are the
 /// edges the aggregator keeps for the same flows, with the same counts, verdicts and deciding policies.
 #[test]
 fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
@@ -396,7 +396,7 @@ fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
         .arg(&capture)
         .arg("--cluster")
         .arg(&snapshot)
-        .args(["--format", "json"])
+        .args(["--format", "edges"])
         .output()
         .unwrap();
     assert!(analysis.status.success());
@@ -439,7 +439,7 @@ fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
             })
             .collect()
     };
-    let offline = book(&offline["summary"]["edges"]);
+    let offline = book(&offline["edges"]);
     let live = book(&live["edges"]);
     assert!(offline.len() > 50, "{} edges", offline.len());
     assert_eq!(

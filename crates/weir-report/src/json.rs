@@ -148,26 +148,9 @@ pub fn write_analysis_json<W: Write + ?Sized>(
         })).collect::<Vec<_>>(),
     });
     out.write_all(b"{\"summary\":")?;
-    let mut buf = serde_json::to_vec(&summary)?;
-    // The edge book by endpoint and port, each edge as `GET /api/v1/edges` shows it: the summary's last member,
-    // written edge by edge rather than built as one value (a capture can have hundreds of thousands).
-    if buf.pop() == Some(b'}') {
-        buf.extend_from_slice(b",\"edges\":[");
-        for (i, e) in report.book.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            serde_json::to_writer(&mut buf, &weir_analysis::EdgeView::from(e))?;
-            if buf.len() >= 1 << 16 {
-                out.write_all(&buf)?;
-                buf.clear();
-            }
-        }
-        buf.extend_from_slice(b"]}");
-    }
-    out.write_all(&buf)?;
-    buf.clear();
+    serde_json::to_writer(&mut *out, &summary)?;
     out.write_all(b",\n\"flows\":[")?;
+    let mut buf = Vec::with_capacity(1 << 16);
     for (i, flow) in analysis.flows.iter().enumerate() {
         buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
         write_flow(set, flow, &mut buf);
@@ -178,4 +161,21 @@ pub fn write_analysis_json<W: Write + ?Sized>(
     }
     out.write_all(&buf)?;
     out.write_all(b"\n]}\n")
+}
+
+/// Writes `{"edges":[...]}`, one edge of the report's edge book per line, each as `GET /api/v1/edges` shows it
+/// (`docs/analysis-json.md`): an offline analysis and a live aggregator given the same flows list the same edges.
+pub fn write_edges_json<W: Write + ?Sized>(report: &Report, out: &mut W) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1 << 16);
+    buf.extend_from_slice(b"{\"edges\":[");
+    for (i, e) in report.book.iter().enumerate() {
+        buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        serde_json::to_writer(&mut buf, &weir_analysis::EdgeView::from(e))?;
+        if buf.len() >= 1 << 16 {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(b"\n]}\n");
+    out.write_all(&buf)
 }

@@ -16,7 +16,7 @@ use weir_analysis::{Analysis, Report};
 use weir_model::Cidr;
 use weir_policy::PolicySet;
 
-pub use json::{edge_json, write_analysis_json};
+pub use json::{edge_json, write_analysis_json, write_edges_json};
 pub use text::{
     Context, Section, SectionKind, Style, Tone, edge_row, header, human, render, render_report,
     sections, sides, span, take,
@@ -34,6 +34,8 @@ pub enum Format {
     Markdown,
     /// JSON: the summary and every judged flow (`docs/analysis-json.md`).
     Json,
+    /// JSON: the edge book, `{"edges":[...]}` as the live API's `GET /api/v1/edges` answers.
+    Edges,
     /// The service map as one HTML page.
     Html,
 }
@@ -43,13 +45,19 @@ impl Format {
     pub fn needs_flows(self) -> bool {
         matches!(self, Format::Json | Format::Html)
     }
+
+    /// Whether the format shows the edge book (the report must keep it).
+    pub fn needs_edge_book(self) -> bool {
+        self == Format::Edges
+    }
 }
 
 /// What a report is rendered from.
 pub struct Rendering<'a> {
     /// The policy set flows were judged against.
     pub set: &'a PolicySet,
-    /// The judged flows (kept when [`Format::needs_flows`]).
+    /// The judged flows (kept when [`Format::needs_flows`]); the report keeps its edge book when
+    /// [`Format::needs_edge_book`].
     pub analysis: &'a Analysis,
     /// The findings.
     pub report: &'a Report,
@@ -63,6 +71,7 @@ pub struct Rendering<'a> {
 pub fn write_report(r: &Rendering<'_>, format: Format, out: &mut dyn Write) -> io::Result<()> {
     match format {
         Format::Json => write_analysis_json(r.set, r.analysis, r.report, r.context.inputs, out),
+        Format::Edges => write_edges_json(r.report, out),
         Format::Html => {
             let map = weir_map::build(
                 r.set,

@@ -134,12 +134,59 @@ struct Half {
     packets: u64,
     bytes: u64,
     targets: HashSet<(IpAddr, u16)>,
+    /// A deferred detector's probe targets as they came, duplicates and all (appending costs less than
+    /// hashing each; [`Half::take_probes`] makes them `targets`).
+    probes: Vec<(IpAddr, u16)>,
     ports: BTreeSet<u16>,
     /// Distinct probed destinations of this half and the one before it (the window starting a half earlier).
     union_prev: u64,
 }
 
 impl Half {
+    /// Counts an attempt, remembering its target if it is a probe (up to [`TARGET_CAP`]); answers whether it
+    /// was a probe.
+    fn count(&mut self, a: &Attempt) -> bool {
+        self.flows += 1;
+        self.failed += u64::from(!a.answered);
+        self.denied += u64::from(a.denied);
+        self.packets = self.packets.saturating_add(a.packets);
+        self.bytes = self.bytes.saturating_add(a.bytes);
+        let probe = a.probe();
+        if probe && self.targets.len() < TARGET_CAP {
+            self.targets.insert((a.target, a.port));
+        }
+        probe
+    }
+
+    /// Counts an attempt for a deferred detector: its probe target is only appended.
+    fn count_deferred(&mut self, a: &Attempt) {
+        self.flows += 1;
+        self.failed += u64::from(!a.answered);
+        self.denied += u64::from(a.denied);
+        self.packets = self.packets.saturating_add(a.packets);
+        self.bytes = self.bytes.saturating_add(a.bytes);
+        if a.probe() && self.targets.len() < TARGET_CAP {
+            self.probes.push((a.target, a.port));
+            // Bounded: at twice the cap, what is appended so far becomes the set.
+            if self.probes.len() >= 2 * TARGET_CAP {
+                self.take_probes();
+            }
+        }
+    }
+
+    /// Makes the appended probe targets distinct targets (up to [`TARGET_CAP`]).
+    fn take_probes(&mut self) {
+        let mut probes = std::mem::take(&mut self.probes);
+        probes.sort_unstable();
+        probes.dedup();
+        for t in probes {
+            if self.targets.len() >= TARGET_CAP {
+                break;
+            }
+            self.targets.insert(t);
+        }
+    }
+
     fn add_port(&mut self, port: u16) {
         if self.ports.len() < SCAN_PORTS || self.ports.last().is_some_and(|&p| p > port) {
             self.ports.insert(port);
@@ -149,7 +196,9 @@ impl Half {
         }
     }
 
-    fn merge(&mut self, other: Half) {
+    fn merge(&mut self, mut other: Half) {
+        other.take_probes();
+        self.take_probes();
         self.flows += other.flows;
         self.failed += other.failed;
         self.denied += other.denied;
@@ -269,21 +318,36 @@ impl Source {
                 w.denied += half.denied;
                 w.packets = w.packets.saturating_add(half.packets);
                 w.bytes = w.bytes.saturating_add(half.bytes);
-                ports.extend(half.ports.iter().copied());
+                if half.ports.is_empty() {
+                    // A deferred detector's half: its ports are its targets'.
+                    ports.extend(half.targets.iter().map(|t| t.1));
+                } else {
+                    ports.extend(half.ports.iter().copied());
+                }
             }
         }
         w.ports = ports.into_iter().take(SCAN_PORTS).collect();
         w
     }
 
-    /// Works out every half's window with the half before again, from the targets.
-    fn recount(&mut self) {
+    /// Works out every half's window with the half before again, from the targets. With `only_possible`, a
+    /// window that cannot be a scan whatever its distinct targets (fewer targets in its two halves together
+    /// than the rule needs, and fewer denied attempts) keeps that sum instead: it is never shown, and settling
+    /// a capture's detector then hashes only what may be a scan.
+    fn recount(&mut self, only_possible: Option<&ScanRule>) {
         for i in 0..self.halves.len() {
             let (h, ref half) = self.halves[i];
             let mut n = half.targets.len() as u64;
             if let Some((before, b)) = i.checked_sub(1).and_then(|j| self.halves.get(j))
                 && *before == h.saturating_sub(1)
             {
+                let at_most = n + b.targets.len() as u64;
+                if only_possible.is_some_and(|rule| {
+                    at_most < rule.min_targets && half.denied + b.denied < rule.min_denied
+                }) {
+                    self.halves[i].1.union_prev = at_most;
+                    continue;
+                }
                 n += b
                     .targets
                     .iter()
@@ -295,12 +359,11 @@ impl Source {
     }
 }
 
-/// Counts an attempt into its source (looked up once); answers the source, the half-window and whether it was a
-/// probe.
+/// Counts an attempt into its source (looked up once) as a live detector does; answers the source, the
+/// half-window and whether it was a probe.
 fn count_into<'a>(
     sources: &'a mut HashMap<IpAddr, Source>,
     rule: &ScanRule,
-    deferred: bool,
     a: &Attempt,
     now: Timestamp,
 ) -> (&'a mut Source, i64, bool) {
@@ -308,22 +371,13 @@ fn count_into<'a>(
     let source = sources.entry(a.source).or_default();
     source.touched = source.touched.max(now);
     let target = (a.target, a.port);
-    let probe = a.probe();
     let i = source.half_index(h);
     let half = &mut source.halves[i].1;
-    half.flows += 1;
-    half.failed += u64::from(!a.answered);
-    half.denied += u64::from(a.denied);
-    half.packets = half.packets.saturating_add(a.packets);
-    half.bytes = half.bytes.saturating_add(a.bytes);
-    if !probe {
+    let len = half.targets.len();
+    if !half.count(a) {
         return (source, h, false);
     }
-    let new_target = half.targets.len() < TARGET_CAP && half.targets.insert(target);
-    if deferred {
-        // Ports and distinct targets per window are worked out once, by `settle`.
-        return (source, h, true);
-    }
+    let new_target = half.targets.len() > len;
     half.add_port(a.port);
     if new_target {
         source.count_target(i, target);
@@ -353,6 +407,9 @@ pub struct ScanDetector {
     sources: HashMap<IpAddr, Source>,
     /// Counting only, deciding at the end ([`ScanDetector::settle`]): the offline report's mode.
     deferred: bool,
+    /// A deferred detector's half-windows by source and index until they are settled into `sources`: one
+    /// lookup per attempt.
+    pending: HashMap<(IpAddr, i64), Half>,
 }
 
 impl ScanDetector {
@@ -362,6 +419,7 @@ impl ScanDetector {
             rule,
             sources: HashMap::default(),
             deferred: false,
+            pending: HashMap::default(),
         }
     }
 
@@ -394,8 +452,13 @@ impl ScanDetector {
     /// As [`ScanDetector::add`], but the window is only worked out if asked for ([`ScanHit::window`]): a
     /// scanner's every probe counts, and its alert needs the window's details only now and then.
     pub fn hit(&mut self, a: &Attempt, now: Timestamp) -> Option<ScanHit<'_>> {
+        if self.deferred {
+            // A deferred detector decides once, when it settles.
+            self.count(a, now);
+            return None;
+        }
         let rule = &self.rule;
-        let (source, h, probe) = count_into(&mut self.sources, rule, self.deferred, a, now);
+        let (source, h, probe) = count_into(&mut self.sources, rule, a, now);
         // Only a probe can make a window a scan.
         if !probe {
             return None;
@@ -414,26 +477,43 @@ impl ScanDetector {
     /// Counts an attempt without asking whether it made a scan; answers its half-window and whether it was a
     /// probe.
     pub fn count(&mut self, a: &Attempt, now: Timestamp) -> (i64, bool) {
-        let (_, h, probe) = count_into(&mut self.sources, &self.rule, self.deferred, a, now);
+        if self.deferred {
+            let h = a.start.0.div_euclid(self.rule.half_ns());
+            self.pending
+                .entry((a.source, h))
+                .or_default()
+                .count_deferred(a);
+            return (h, a.probe());
+        }
+        let (_, h, probe) = count_into(&mut self.sources, &self.rule, a, now);
         (h, probe)
     }
 
     /// Works out what a deferred detector left for the end: each window's distinct targets and ports. Call it
     /// once every attempt is counted, before [`ScanDetector::scans_of`] or [`ScanDetector::is_scanner`].
     pub fn settle(&mut self) {
-        for s in self.sources.values_mut() {
-            s.recount();
-            for (_, half) in &mut s.halves {
-                let ports: Vec<u16> = half.targets.iter().map(|t| t.1).collect();
-                for p in ports {
-                    half.add_port(p);
-                }
+        for ((ip, h), mut half) in std::mem::take(&mut self.pending) {
+            let source = self.sources.entry(ip).or_default();
+            let i = source.half_index(h);
+            let slot = &mut source.halves[i].1;
+            if slot.flows == 0 {
+                half.take_probes();
+                *slot = half;
+            } else {
+                slot.merge(half);
             }
+        }
+        // Ports are worked out from the targets by the windows that are shown.
+        for s in self.sources.values_mut() {
+            s.recount(Some(&self.rule));
         }
     }
 
     /// Adds what another detector with the same rule counted, as if its attempts had been added here.
     pub fn merge(&mut self, other: ScanDetector) {
+        for (key, half) in other.pending {
+            self.pending.entry(key).or_default().merge(half);
+        }
         for (ip, theirs) in other.sources {
             let mine = self.sources.entry(ip).or_default();
             mine.touched = mine.touched.max(theirs.touched);
@@ -442,7 +522,7 @@ impl ScanDetector {
                 mine.halves[i].1.merge(half);
             }
             if !self.deferred {
-                mine.recount();
+                mine.recount(None);
             }
         }
     }
@@ -674,6 +754,33 @@ mod tests {
         deferred.settle();
         assert_eq!(deferred.scans_of(ip(1)), live.scans_of(ip(1)));
         assert!(live.is_scanner(ip(1)));
+    }
+
+    #[test]
+    fn a_deferred_detector_keeps_its_memory_bounded_and_agrees_with_a_live_one() {
+        let mut live = ScanDetector::new(rule());
+        let mut deferred = ScanDetector::deferred(rule());
+        // Three times the cap of distinct probes in one half-window, each sent twice.
+        for i in 0..(3 * TARGET_CAP as u32) {
+            for _ in 0..2 {
+                let mut a = attempt(1, 2, (i % 60_000) as u16, false, false);
+                a.target = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i / 60_000));
+                live.add(&a, Timestamp(0));
+                deferred.count(&a, Timestamp(0));
+                let half = deferred
+                    .pending
+                    .values()
+                    .next()
+                    .map_or(0, |h| h.probes.len());
+                assert!(half < 2 * TARGET_CAP, "{half} probes held");
+            }
+        }
+        deferred.settle();
+        assert_eq!(deferred.scans_of(ip(1)), live.scans_of(ip(1)));
+        assert_eq!(
+            live.scans_of(ip(1)).first().map(|w| w.targets),
+            Some(TARGET_CAP as u64)
+        );
     }
 
     #[test]

@@ -146,13 +146,18 @@ impl EdgeStats {
 
     /// Counts a new connection by its verdict.
     pub fn count_connection(&mut self, verdict: FlowVerdict, not_isolated: bool) {
+        self.count_verdict(verdict);
+        self.not_isolated = not_isolated;
+    }
+
+    /// Counts a new connection by its verdict, leaving the edge's last verdict as it is.
+    pub fn count_verdict(&mut self, verdict: FlowVerdict) {
         self.flows += 1;
         match verdict {
             FlowVerdict::Allowed => self.allowed += 1,
             FlowVerdict::Denied => self.denied += 1,
             FlowVerdict::Mixed | FlowVerdict::Unknown => self.other += 1,
         }
-        self.not_isolated = not_isolated;
     }
 
     /// Keeps a connection's verdict, policies and Service as the edge's last.

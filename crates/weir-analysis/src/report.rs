@@ -1065,11 +1065,7 @@ impl BookFeed {
         // The latest flow (by end, then a fixed order) gives the sample and the last verdict, so the book is the
         // same whatever order the flows came in.
         let latest = e.count_volume_keeping_latest(r);
-        let not_isolated_before = e.not_isolated;
-        e.count_connection(verdict, not_isolated);
-        if !latest {
-            e.not_isolated = not_isolated_before;
-        }
+        e.count_verdict(verdict);
         if answered {
             e.delivered += 1;
             e.enforcement_gaps += u64::from(verdict == weir_model::FlowVerdict::Denied);

@@ -143,14 +143,19 @@ struct Half {
 }
 
 impl Half {
-    /// Counts an attempt, remembering its target if it is a probe (up to [`TARGET_CAP`]); answers whether it
-    /// was a probe.
-    fn count(&mut self, a: &Attempt) -> bool {
+    /// Adds an attempt to the counts.
+    fn tally(&mut self, a: &Attempt) {
         self.flows += 1;
         self.failed += u64::from(!a.answered);
         self.denied += u64::from(a.denied);
         self.packets = self.packets.saturating_add(a.packets);
         self.bytes = self.bytes.saturating_add(a.bytes);
+    }
+
+    /// Counts an attempt, remembering its target if it is a probe (up to [`TARGET_CAP`]); answers whether it
+    /// was a probe.
+    fn count(&mut self, a: &Attempt) -> bool {
+        self.tally(a);
         let probe = a.probe();
         if probe && self.targets.len() < TARGET_CAP {
             self.targets.insert((a.target, a.port));
@@ -160,11 +165,7 @@ impl Half {
 
     /// Counts an attempt for a deferred detector: its probe target is only appended.
     fn count_deferred(&mut self, a: &Attempt) {
-        self.flows += 1;
-        self.failed += u64::from(!a.answered);
-        self.denied += u64::from(a.denied);
-        self.packets = self.packets.saturating_add(a.packets);
-        self.bytes = self.bytes.saturating_add(a.bytes);
+        self.tally(a);
         if a.probe() && self.targets.len() < TARGET_CAP {
             self.probes.push((a.target, a.port));
             // Bounded: at twice the cap, what is appended so far becomes the set.

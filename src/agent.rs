@@ -33,7 +33,8 @@ pub struct AgentArgs {
     /// of the common CNIs.
     #[arg(long = "interfaces", short = 'i', value_name = "PATTERN")]
     interfaces: Vec<String>,
-    /// A file holding the bearer token the aggregator expects (a mounted Secret).
+    /// A file holding the bearer token the aggregator expects: in a cluster, the pod's projected ServiceAccount
+    /// token (audience weir); elsewhere the shared token. Read again every minute (the kubelet rotates it).
     #[arg(long, env = "WEIR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// PEM certificate(s) the aggregator's TLS certificate must chain to (for `https://` URLs).
@@ -82,13 +83,8 @@ pub struct AgentArgs {
 
 /// Reads a token file: the first line, trimmed; an empty file is an error.
 pub fn read_token(path: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
-        bail!("the token file {} is empty", path.display());
-    }
-    Ok(token)
+    weir_agent::read_token(path)
+        .with_context(|| format!("reading the token file {}", path.display()))
 }
 
 /// Sets the flag on SIGINT, SIGTERM and SIGHUP. A handler is installed for each, so the signal also reaches
@@ -118,7 +114,10 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
                 .with_context(|| format!("--listen {text:?} is not an address:port"))?,
         ),
     };
-    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    // Read once now, so a missing or empty file stops the agent at once; the exporter reads it again as it changes.
+    if let Some(path) = &args.token_file {
+        read_token(path)?;
+    }
     let ca_cert = args
         .ca_cert
         .as_ref()
@@ -138,7 +137,7 @@ pub fn run(args: AgentArgs) -> Result<ExitCode> {
         ),
         export: ExportConfig {
             aggregator: args.aggregator.clone(),
-            token,
+            token_file: args.token_file.clone(),
             ca_cert,
             node,
             flush: args.flush,

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use weir_aggregator::webhook::{Webhook, WebhookFormat};
-use weir_aggregator::{AggregatorConfig, ClusterConfig, EngineConfig, TlsConfig};
+use weir_aggregator::{
+    AgentAuthConfig, AggregatorConfig, ClusterConfig, EngineConfig, TlsConfig, Token,
+};
 use weir_model::Cidr;
 
 use crate::agent::{read_token, stop_on_signals};
@@ -31,12 +33,39 @@ pub struct AggregatorArgs {
     /// The data directory (a SQLite database: edges, baseline, alerts, recent flows, agent cursors).
     #[arg(long, default_value = "weir-data")]
     data: PathBuf,
-    /// A file with the bearer token agents must present to send flows.
+    /// A file with the bearer token agents must present to send flows: one secret for every agent, so its holder
+    /// can send as any node (in a cluster use `--agent-auth kubernetes`). At least 32 random bytes.
     #[arg(long, env = "WEIR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// A file with the bearer token readers of the API must present (default: reads are open).
+    /// How agents prove who they are: `kubernetes` (each agent's projected ServiceAccount token, reviewed by the
+    /// API server and bound to its pod's node: an agent can only send as its own node), `token` (--token-file)
+    /// or `none` (anyone who reaches the ingest listener; allowed only on loopback unless
+    /// --insecure-open-ingest). Default: `token` with --token-file, else `none`.
+    #[arg(long, value_enum)]
+    agent_auth: Option<AgentAuthArg>,
+    /// The audience agents' ServiceAccount tokens are issued for (`--agent-auth kubernetes`).
+    #[arg(long, default_value = "weir", value_name = "AUDIENCE")]
+    agent_audience: String,
+    /// The agents' ServiceAccount, NAMESPACE/NAME (`--agent-auth kubernetes`).
+    #[arg(
+        long,
+        default_value = "weir-agent/weir-agent",
+        value_name = "NAMESPACE/NAME"
+    )]
+    agent_service_account: String,
+    /// Take flows from anyone who reaches a non-loopback ingest listener, without a credential.
+    #[arg(long)]
+    insecure_open_ingest: bool,
+    /// A file with the bearer token readers of the API, the map and `/metrics` must present. At least 32 random
+    /// bytes. Without it reads are open, which is allowed only on loopback unless --insecure-open-reads.
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+    /// Serve the API, the map and `/metrics` without a token on a non-loopback listener.
+    #[arg(long)]
+    insecure_open_reads: bool,
+    /// Batches applied at once at most; more are answered 503 at once and the agents send them again.
+    #[arg(long, default_value_t = 4)]
+    ingest_concurrency: usize,
     /// TLS certificate chain (PEM); with --tls-key, the listener speaks HTTPS only.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -81,9 +110,26 @@ pub struct AggregatorArgs {
     /// Address ranges that belong to the cluster besides the nodes' pod ranges. Repeatable.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
     cluster_cidrs: Vec<Cidr>,
-    /// Largest batch body agents may send, in MiB.
-    #[arg(long, default_value_t = 32)]
+    /// Largest batch body agents may send, in MiB (agents seal batches below 3 MiB; a binary batch decodes
+    /// to about eight times its size).
+    #[arg(long, default_value_t = 4)]
     max_body_mb: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AgentAuthArg {
+    /// Projected ServiceAccount tokens, reviewed by the API server (TokenReview) and bound to the node.
+    Kubernetes,
+    /// One shared token (--token-file).
+    Token,
+    /// No credential.
+    None,
+}
+
+/// A token from a file, refused unless it is a real secret.
+fn secret(path: &std::path::Path, what: &str) -> Result<Token> {
+    let text = read_token(path)?;
+    Token::new(&text).map_err(|e| anyhow::anyhow!("{what} in {} is refused: {e}", path.display()))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +157,62 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
     {
         bail!("--webhook {url:?} is not an http:// or https:// URL");
     }
+    let agent_auth = match (args.agent_auth, &args.token_file) {
+        (Some(AgentAuthArg::Kubernetes), Some(_)) => {
+            bail!(
+                "--agent-auth kubernetes takes no --token-file: each agent presents its own token"
+            )
+        }
+        (Some(AgentAuthArg::None), Some(_)) => bail!("--agent-auth none takes no --token-file"),
+        (Some(AgentAuthArg::Kubernetes), None) => {
+            if !args.cluster.is_empty() {
+                bail!(
+                    "--agent-auth kubernetes needs the live cluster (its API server reviews the agents' \
+                     tokens); with --cluster snapshots, give agents a --token-file"
+                );
+            }
+            let (namespace, name) = args
+                .agent_service_account
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                .with_context(|| {
+                    format!(
+                        "--agent-service-account {:?} is not NAMESPACE/NAME",
+                        args.agent_service_account
+                    )
+                })?;
+            AgentAuthConfig::Kubernetes {
+                audience: args.agent_audience.clone(),
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+        (Some(AgentAuthArg::Token), None) => bail!("--agent-auth token needs --token-file"),
+        (_, Some(path)) => AgentAuthConfig::Token(secret(path, "the agents' token")?),
+        (Some(AgentAuthArg::None) | None, None) => AgentAuthConfig::Open,
+    };
+    let ingest_at = args.ingest_listen.unwrap_or(args.listen);
+    if matches!(agent_auth, AgentAuthConfig::Open)
+        && !ingest_at.ip().is_loopback()
+        && !args.insecure_open_ingest
+    {
+        bail!(
+            "agents' flows on {ingest_at} would be taken from anyone: use --agent-auth kubernetes (in a \
+             cluster) or --token-file, listen on loopback, or say --insecure-open-ingest"
+        );
+    }
+    let read_token = args
+        .read_token_file
+        .as_deref()
+        .map(|p| secret(p, "the read token"))
+        .transpose()?;
+    if read_token.is_none() && !args.listen.ip().is_loopback() && !args.insecure_open_reads {
+        bail!(
+            "the API, the map and /metrics on {} would be open to anyone: give --read-token-file, listen on \
+             loopback, or say --insecure-open-reads",
+            args.listen
+        );
+    }
     let config = AggregatorConfig {
         cluster,
         listen: args.listen,
@@ -129,12 +231,9 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
             retention: args.retention,
             ..EngineConfig::default()
         },
-        ingest_token: args.token_file.as_deref().map(read_token).transpose()?,
-        read_token: args
-            .read_token_file
-            .as_deref()
-            .map(read_token)
-            .transpose()?,
+        agent_auth,
+        read_token,
+        ingest_concurrency: args.ingest_concurrency.max(1),
         tls: match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsConfig {
                 cert: cert.clone(),
@@ -155,10 +254,9 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
         checkpoint: args.checkpoint,
         max_body: args.max_body_mb.saturating_mul(1 << 20),
     };
-    if config.ingest_token.is_none() {
+    if matches!(config.agent_auth, AgentAuthConfig::Open) {
         eprintln!(
-            "weir aggregator: warning: no --token-file: anyone who can reach {} can send flows",
-            config.ingest_listen.unwrap_or(config.listen)
+            "weir aggregator: warning: no agent credential: anyone who can reach {ingest_at} can send flows"
         );
     }
     let stop = stop_on_signals()?;

@@ -12,7 +12,7 @@ use common::root;
 use common::system::{Scratch, http, ingest, reading_aggregator, weir};
 use serde_json::Value;
 
-const TOKEN: &str = "sugg3st-t0ken";
+const TOKEN: &str = "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d";
 
 /// `metadata.name` of every NetworkPolicy document in `yaml`, as `namespace/name`.
 fn policy_names(yaml: &str) -> BTreeSet<String> {

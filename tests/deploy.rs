@@ -175,9 +175,13 @@ fn check(objects: &[serde_json::Value]) {
         in_agent_ns,
         BTreeSet::from([
             "DaemonSet/weir-agent".to_owned(),
-            "Secret/weir-agent-token".to_owned(),
             "ServiceAccount/weir-agent".to_owned(),
         ])
+    );
+    // No secret ships with weir: agents use their pods' ServiceAccount tokens and the read token is the user's.
+    assert!(
+        typed::<serde_json::Value>(objects, "Secret").is_empty(),
+        "a Secret in the manifests is a secret everyone who reads the repository knows"
     );
 
     // The agent.
@@ -256,22 +260,57 @@ fn check(objects: &[serde_json::Value]) {
     );
     // One image for both roles.
     assert_eq!(aggregator.image, agent.image);
-    // Both mount the agent token from the same Secret.
-    let mounts_token = |spec: &PodSpec| {
-        spec.volumes.iter().flatten().any(|v| {
-            v.secret
-                .as_ref()
-                .is_some_and(|s| s.secret_name.as_deref() == Some("weir-agent-token"))
-        })
-    };
-    assert!(mounts_token(&spec) && mounts_token(&agent_spec));
+    // The agent shows its pod's ServiceAccount token for the weir audience (short-lived, bound to the pod and so
+    // to its node); the aggregator has it reviewed and wants the read token, from a Secret the user creates.
+    let projected: Vec<_> = agent_spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .collect();
+    assert_eq!(projected.len(), 1, "{projected:?}");
+    assert_eq!(projected[0].audience.as_deref(), Some("weir"));
+    assert!(projected[0].expiration_seconds.is_some_and(|s| s <= 3600));
+    assert!(
+        agent
+            .args
+            .iter()
+            .flatten()
+            .any(|a| a == "--token-file=/var/run/secrets/weir/token")
+    );
+    let aggregator_args = aggregator.args.clone().unwrap_or_default();
+    for arg in [
+        "--agent-auth=kubernetes",
+        "--agent-audience=weir",
+        "--agent-service-account=weir-agent/weir-agent",
+        "--read-token-file=/etc/weir/read-token/token",
+    ] {
+        assert!(
+            aggregator_args.iter().any(|a| a == arg),
+            "{arg} in {aggregator_args:?}"
+        );
+    }
+    assert!(spec.volumes.iter().flatten().any(|v| {
+        v.secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("weir-read-token"))
+    }));
 
-    // RBAC: read-only, on exactly what the aggregator reads, bound to it alone; nothing for the agent.
+    // RBAC: read-only, on exactly what the aggregator reads, bound to it alone, and token reviews (a question,
+    // not a change); nothing for the agent.
     let role: ClusterRole = one(objects, "ClusterRole");
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
         let verbs: BTreeSet<&str> = rule.verbs.iter().map(String::as_str).collect();
-        assert_eq!(verbs, BTreeSet::from(["get", "list", "watch"]), "{rule:?}");
+        let reviews = rule.resources.as_deref() == Some(&["tokenreviews".to_owned()][..]);
+        let expected = if reviews {
+            BTreeSet::from(["create"])
+        } else {
+            BTreeSet::from(["get", "list", "watch"])
+        };
+        assert_eq!(verbs, expected, "{rule:?}");
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
@@ -289,6 +328,7 @@ fn check(objects: &[serde_json::Value]) {
         "networking.k8s.io/networkpolicies",
         "apps/replicasets",
         "batch/jobs",
+        "authentication.k8s.io/tokenreviews",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -371,8 +411,12 @@ fn judge_weir_policies(
         .labels
         .unwrap();
     let namespace = |name: &str| {
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+        let mut labels = json!({"kubernetes.io/metadata.name": name});
+        // The administrator let this namespace's labelled pods read weir.
+        if name == "monitoring" {
+            labels["weir.dev/api-access"] = json!("true");
+        }
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
     };
     let pod = |ns: &str, name: &str, labels: serde_json::Value, ip: &str, host: bool| {
         let node = if host { "node-2" } else { "node-1" };
@@ -414,6 +458,14 @@ fn judge_weir_policies(
             false,
         ),
         pod("shop", "web-0", json!({"app": "web"}), "10.244.1.20", false),
+        // A pod that gave itself the reader's label, in a namespace nobody let read weir.
+        pod(
+            "shop",
+            "rogue-0",
+            json!({"weir.dev/api-access": "true"}),
+            "10.244.1.21",
+            false,
+        ),
         pod(
             "monitoring",
             "prometheus-0",
@@ -440,6 +492,7 @@ fn judge_weir_policies(
             "aggregator" => "10.244.1.10",
             "dns" => "10.244.1.2",
             "web" => "10.244.1.20",
+            "rogue" => "10.244.1.21",
             "prometheus" => "10.244.1.30",
             "api-server" => "172.18.0.2",
             other => other,
@@ -465,6 +518,10 @@ fn check_weir_policies(allowed: &impl Fn(&str, &str, u16, Protocol) -> bool) {
     assert!(
         !allowed("web", "aggregator", 9480, tcp),
         "an unlabelled pod reads the API"
+    );
+    assert!(
+        !allowed("rogue", "aggregator", 9480, tcp),
+        "a pod labelled itself a reader outside the namespaces an administrator labelled"
     );
     assert!(
         !allowed("node", "aggregator", 9480, tcp),
@@ -506,7 +563,7 @@ fn the_base_manifests_ask_for_no_more_than_weir_needs() {
     check(&objects);
     let allowed = judge_weir_policies(&objects);
     check_weir_policies(&allowed);
-    // The base cannot know the node subnet: any source may send flows (with the token).
+    // The base cannot know the node subnet: any source may send flows (with an agent's token, as its node).
     assert!(allowed("web", "aggregator", 9481, Protocol::TCP));
 }
 

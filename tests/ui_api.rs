@@ -11,7 +11,7 @@ use common::root;
 use common::system::{Scratch, http, ingest, reading_aggregator, weir};
 use serde_json::Value;
 
-const TOKEN: &str = "r3ad-t0ken";
+const TOKEN: &str = "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d";
 
 fn get(port: u16, path: &str, cookie: &str) -> (u16, Value) {
     let (status, body) = http(port, "GET", path, &[("cookie", cookie)], b"");

@@ -208,7 +208,8 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
     let driver = chromedriver();
     let (dir, _scratch) = scratch("live");
     let snapshot = hostile_cluster(&dir);
-    let (_aggregator, port) = reading_aggregator(&dir, &snapshot, "r3ad-t0ken");
+    let (_aggregator, port) =
+        reading_aggregator(&dir, &snapshot, "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d");
 
     // The demo's flows, sent as an agent sends them.
     let flows = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -239,7 +240,13 @@ async fn the_live_map_signs_in_draws_the_demo_and_takes_alerts_as_they_come() {
         "a wrong token refused",
     )
     .await;
-    fill_and_press(&c, "#token", "r3ad-t0ken", "#details-body button").await;
+    fill_and_press(
+        &c,
+        "#token",
+        "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d",
+        "#details-body button",
+    )
+    .await;
     let drawn = until(
         &c,
         "const n = document.querySelectorAll('g.node').length; return n >= 15 ? n : 0;",
@@ -513,7 +520,8 @@ async fn the_live_map_follows_real_traffic_between_pods() {
 async fn two_hundred_workloads_stay_readable() {
     let driver = chromedriver();
     let (dir, _scratch) = scratch("scale");
-    let (_aggregator, port) = common::system::scale_aggregator(&dir, 4000, "r3ad-t0ken");
+    let (_aggregator, port) =
+        common::system::scale_aggregator(&dir, 4000, "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d");
     let c = browser(&driver).await;
     c.goto(&format!("http://127.0.0.1:{port}/")).await.unwrap();
     until(
@@ -523,7 +531,13 @@ async fn two_hundred_workloads_stay_readable() {
         "the sign-in form",
     )
     .await;
-    fill_and_press(&c, "#token", "r3ad-t0ken", "#details-body button").await;
+    fill_and_press(
+        &c,
+        "#token",
+        "r3ad-t0ken-7Qx9-Lm2v-Zp8w-Kc4n-Hs6d",
+        "#details-body button",
+    )
+    .await;
     // Folded by default: twenty namespaces, each one node.
     let folded = until(
         &c,

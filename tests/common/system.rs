@@ -178,7 +178,7 @@ pub fn setup(tag: &str, subnet: u8) -> (Node, System, Scratch) {
     let snapshot = dir.join("cluster.yaml");
     std::fs::write(&snapshot, snapshot_yaml(&node)).unwrap();
     let token = dir.join("token");
-    std::fs::write(&token, "s3cret-agent-token\n").unwrap();
+    std::fs::write(&token, "s3cret-agent-token-Vb7q-Rk3m-Tz9x-Pw5d\n").unwrap();
     let system = System {
         dir: dir.clone(),
         port: free_port(),

@@ -52,12 +52,27 @@ pub struct Buffer {
     next_seq: u64,
     limit: usize,
     batch_records: u64,
+    batch_bytes: usize,
     format: WireFormat,
 }
 
+/// The largest batch body by default: below the aggregator's default limit of 4 MiB with room to spare.
+pub const BATCH_BYTES: usize = 3 << 20;
+
 impl Buffer {
-    /// A buffer holding at most `limit` bytes of records; batches hold at most `batch_records`.
+    /// A buffer holding at most `limit` bytes of records; batches hold at most `batch_records` records and
+    /// [`BATCH_BYTES`] bytes.
     pub fn new(limit: usize, batch_records: u64, format: WireFormat) -> Buffer {
+        Buffer::with_batch_bytes(limit, batch_records, BATCH_BYTES, format)
+    }
+
+    /// As [`Buffer::new`], with batches sealed once they reach `batch_bytes` bytes.
+    pub fn with_batch_bytes(
+        limit: usize,
+        batch_records: u64,
+        batch_bytes: usize,
+        format: WireFormat,
+    ) -> Buffer {
         Buffer {
             open: Vec::new(),
             open_records: 0,
@@ -67,6 +82,7 @@ impl Buffer {
             next_seq: 1,
             limit: limit.max(1 << 16),
             batch_records: batch_records.max(1),
+            batch_bytes: batch_bytes.max(1 << 10),
             format,
         }
     }
@@ -88,7 +104,7 @@ impl Buffer {
             self.bytes += self.open.len() - before;
             self.open_records += 1;
             self.open_since.get_or_insert_with(Instant::now);
-            if self.open_records >= self.batch_records {
+            if self.open_records >= self.batch_records || self.open.len() >= self.batch_bytes {
                 self.seal();
             }
             // Over the limit: the oldest batches go first (the newest traffic matters most after an outage).
@@ -127,6 +143,18 @@ impl Buffer {
         if self.open_since.is_some_and(|t| t.elapsed() >= flush) {
             self.seal();
         }
+    }
+
+    /// Empties batch `seq`, which the aggregator refused as it is (unreadable, too large): it is sent again
+    /// without records, so the aggregator's cursor passes it and the batches after it are not held up. Returns
+    /// the records given up.
+    fn give_up(&mut self, seq: u64) -> u64 {
+        let Some(batch) = self.sealed.iter_mut().find(|b| b.seq == seq) else {
+            return 0;
+        };
+        self.bytes -= batch.body.len();
+        batch.body = bytes::Bytes::new();
+        std::mem::take(&mut batch.records)
     }
 
     /// Forgets batches up to `acked`.
@@ -170,8 +198,9 @@ impl Buffer {
 pub struct ExportConfig {
     /// The aggregator's base URL (`http://weir-aggregator:9480`).
     pub aggregator: String,
-    /// Bearer token.
-    pub token: Option<String>,
+    /// A file holding the bearer token (a mounted Secret, or a projected ServiceAccount token the kubelet
+    /// rotates): read again every minute and after the aggregator refuses it.
+    pub token_file: Option<std::path::PathBuf>,
     /// PEM file with the CA (or self-signed certificate) the aggregator's certificate must chain to; without
     /// it, the system's roots.
     pub ca_cert: Option<Vec<u8>>,
@@ -202,6 +231,8 @@ pub struct ExportCounters {
     pub acked_records: AtomicU64,
     /// Records dropped because the buffer was full.
     pub buffer_drops: AtomicU64,
+    /// Records given up because the aggregator refused their batch as it was (unreadable, too large).
+    pub refused_records: AtomicU64,
     /// Records held.
     pub buffered_records: AtomicU64,
     /// Bytes held.
@@ -225,7 +256,12 @@ pub struct Exporter {
     resending: bool,
     /// The node's interface addresses in their header form, and when they were read.
     node_addresses: Option<(Instant, String)>,
+    /// The bearer token, and when it was read.
+    token: Option<(Instant, String)>,
 }
+
+/// How often the token file is read again (the kubelet renews a projected token well before it expires).
+const TOKEN_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the node's interface addresses are read again (a new bridge or tunnel device shows up within it).
 const NODE_ADDRESSES_EVERY: Duration = Duration::from_secs(10);
@@ -261,6 +297,28 @@ pub enum SendError {
     /// The answer was not an ingest reply.
     #[error("bad reply: {0}")]
     Reply(#[from] serde_json::Error),
+}
+
+/// Whether the aggregator refused a batch for what it holds (its body), not for who sent it or when: sending
+/// the same body again cannot succeed.
+fn refuses_the_batch(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY
+    )
+}
+
+/// Reads a token file: its first line, trimmed. An empty file is an error.
+pub fn read_token(path: &std::path::Path) -> Result<String, std::io::Error> {
+    let text = std::fs::read_to_string(path)?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the token file is empty",
+        ));
+    }
+    Ok(token)
 }
 
 /// A random agent run identifier, 16 hex digits.
@@ -309,6 +367,7 @@ impl Exporter {
             acked: 0,
             resending: false,
             node_addresses: None,
+            token: None,
         })
     }
 
@@ -345,10 +404,31 @@ impl Exporter {
         if !addresses.is_empty() {
             req = req.header(HEADER_NODE_ADDRESSES, addresses);
         }
-        if let Some(token) = &self.config.token {
+        if let Some(token) = self.bearer() {
             req = req.bearer_auth(token);
         }
         req
+    }
+
+    /// The bearer token, read again from its file every [`TOKEN_EVERY`]; when the file cannot be read, the last
+    /// token read is kept (and the failure logged).
+    fn bearer(&mut self) -> Option<String> {
+        let path = self.config.token_file.as_ref()?;
+        let fresh = self
+            .token
+            .as_ref()
+            .is_some_and(|(read, _)| read.elapsed() < TOKEN_EVERY);
+        if !fresh {
+            match read_token(path) {
+                Ok(token) => self.token = Some((Instant::now(), token)),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "the token file could not be read; keeping the last token"
+                ),
+            }
+        }
+        self.token.as_ref().map(|(_, t)| t.clone())
     }
 
     /// Sends one request: the next batch if there is one, else a heartbeat. Returns whether more is waiting.
@@ -381,6 +461,26 @@ impl Exporter {
         let status = response.status();
         if status != StatusCode::OK && status != StatusCode::CONFLICT {
             let text = response.text().await.unwrap_or_default();
+            if status == StatusCode::UNAUTHORIZED {
+                // Perhaps rotated: read the file again before the next attempt.
+                self.token = None;
+            }
+            if let Some((seq, _)) = sending
+                && refuses_the_batch(status)
+            {
+                // Sending it again would be refused again and hold up every batch after it.
+                let given_up = buffer.lock().map_err(|_| SendError::Poisoned)?.give_up(seq);
+                if given_up > 0 {
+                    stats.refused_records.fetch_add(given_up, Ordering::Relaxed);
+                    tracing::error!(
+                        batch = seq,
+                        records = given_up,
+                        %status,
+                        reason = text.trim(),
+                        "the aggregator refused a batch as it is; its records are given up and counted"
+                    );
+                }
+            }
             return Err(SendError::Refused {
                 status,
                 body: text.trim().to_owned(),
@@ -540,6 +640,30 @@ mod tests {
         assert!(dropped > 0);
         assert_eq!(b.records() + dropped, 2005);
         assert!(b.bytes() <= 1 << 16);
+    }
+
+    #[test]
+    fn batches_are_sealed_by_size_and_a_refused_one_is_sent_empty() {
+        let mut b = Buffer::with_batch_bytes(1 << 20, 1000, 4 << 10, WireFormat::JsonLines);
+        let records: Vec<FlowRecord> = (0..200).map(record).collect();
+        b.push(&records);
+        b.seal();
+        let mut after = 0;
+        let mut batches = 0;
+        while let Some((seq, body, _, _)) = b.next_after(after) {
+            assert!(body.len() < (4 << 10) + 1024, "{}", body.len());
+            after = seq;
+            batches += 1;
+        }
+        assert!(batches > 1);
+        let held = b.records();
+        let (_, _, first, _) = b.next_after(0).unwrap();
+        assert_eq!(b.give_up(1), first);
+        assert_eq!(b.records(), held - first);
+        // Still numbered 1, now empty: the aggregator passes it.
+        let (seq, body, n, _) = b.next_after(0).unwrap();
+        assert_eq!((seq, body.len(), n), (1, 0, 0));
+        assert_eq!(b.give_up(1), 0);
     }
 
     #[test]

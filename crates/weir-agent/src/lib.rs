@@ -24,8 +24,8 @@ pub use capture::{
     Backend, Capture, CaptureConfig, CaptureCounters, CaptureEvent, InterfaceSummary,
 };
 pub use export::{
-    Buffer, ExportConfig, ExportCounters, ExportError, Exporter, SendError, WireFormat,
-    install_crypto_provider,
+    BATCH_BYTES, Buffer, ExportConfig, ExportCounters, ExportError, Exporter, SendError,
+    WireFormat, install_crypto_provider, read_token,
 };
 
 /// Why the agent stopped with an error.

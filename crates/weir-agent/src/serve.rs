@@ -71,7 +71,7 @@ impl Collector for Counters {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.capture;
         let e = &self.export;
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "packets",
                 "Packets read from the pod interfaces",
@@ -97,6 +97,11 @@ impl Collector for Counters {
                 "buffer_drops",
                 "Flow records dropped because the send buffer was full",
                 get(&e.buffer_drops),
+            ),
+            (
+                "refused_records",
+                "Flow records given up because the aggregator refused their batch as it was (unreadable, too large)",
+                get(&e.refused_records),
             ),
             (
                 "acked_records",

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use weir_model::ingest::HEADER_NODE;
 
+use crate::auth::{AgentAuth, Refusal};
 use crate::state::Shared;
 use crate::telemetry::Rejection;
 
@@ -33,39 +35,33 @@ pub(crate) fn internal(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
 }
 
-/// Compares without an early exit, so the time taken does not tell how much of a token was right.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn check_token(headers: &HeaderMap, token: &Option<String>) -> Result<(), ApiError> {
-    let Some(token) = token else { return Ok(()) };
-    let given = headers
+/// The bearer token a request presents ("" when none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if same(given.trim().as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "a valid bearer token is required".into(),
-        ))
-    }
+        .map_or("", str::trim)
+}
+
+fn unauthorized() -> ApiError {
+    ApiError(
+        StatusCode::UNAUTHORIZED,
+        "a valid bearer token is required".into(),
+    )
 }
 
 /// Readers present the read token as a bearer token, or, in a browser, in the cookie the UI's sign-in set.
 fn read_auth(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    if let (Some(token), Some(given)) = (&s.read_token, session_token(headers))
-        && same(given.as_bytes(), token.as_bytes())
-    {
+    let Some(token) = &s.read_token else {
         return Ok(());
+    };
+    let cookie = session_token(headers).is_some_and(|given| token.matches(given.as_bytes()));
+    if cookie || token.matches(bearer(headers).as_bytes()) {
+        Ok(())
+    } else {
+        Err(unauthorized())
     }
-    check_token(headers, &s.read_token)
 }
 
 /// The layer in front of every read route: the read token (or the UI's session cookie) before anything of the
@@ -81,19 +77,72 @@ pub(crate) async fn require_read(
     }
 }
 
-/// The layer in front of ingest: the agents' token before the body is read (and counted when it is wrong).
+/// The layer in front of ingest: the agent proves who it is before any byte of the body is read (each refusal
+/// counted by its reason), then waits for none: beyond the concurrency limit a batch is answered 503 at once
+/// and the agent retries it later.
 pub(crate) async fn require_ingest(
     State(s): State<Arc<Shared>>,
     request: Request,
     next: Next,
 ) -> Response {
-    match check_token(request.headers(), &s.ingest_token) {
-        Ok(()) => next.run(request).await,
-        Err(e) => {
-            s.telemetry.rejected(Rejection::Unauthorized);
-            e.into_response()
+    let headers = request.headers();
+    let given = bearer(headers);
+    let checked = match &s.agent_auth {
+        AgentAuth::Open => Ok(()),
+        AgentAuth::Token(token) if token.matches(given.as_bytes()) => Ok(()),
+        AgentAuth::Token(_) => Err(Refusal::Unauthenticated("not the agents' token".into())),
+        AgentAuth::Kubernetes(reviewer) => {
+            let claimed = headers
+                .get(HEADER_NODE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            reviewer
+                .check(given, claimed, |namespace, pod| {
+                    s.node_of_pod(namespace, pod)
+                })
+                .await
         }
+    };
+    if let Err(refusal) = checked {
+        let (status, reason) = match &refusal {
+            Refusal::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, Rejection::Unauthorized),
+            Refusal::WrongAccount(_) | Refusal::Unbound | Refusal::WrongNode { .. } => {
+                (StatusCode::FORBIDDEN, Rejection::Forbidden)
+            }
+            Refusal::Busy | Refusal::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Rejection::AuthUnavailable)
+            }
+        };
+        s.telemetry.rejected(reason);
+        if refusal.retryable() {
+            tracing::warn!(error = %refusal, "an agent could not be authenticated");
+        } else {
+            tracing::debug!(error = %refusal, "an agent was refused");
+        }
+        return busy_or(ApiError(status, refusal.to_string()), refusal.retryable());
     }
+    let Ok(_permit) = Arc::clone(&s.ingest_permits).try_acquire_owned() else {
+        s.telemetry.rejected(Rejection::Busy);
+        return busy_or(
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the aggregator is applying as many batches as it takes at once; retry".into(),
+            ),
+            true,
+        );
+    };
+    next.run(request).await
+}
+
+/// The error as a response, with `Retry-After: 1` when the request may be sent again.
+pub(crate) fn busy_or(error: ApiError, retry: bool) -> Response {
+    let mut response = error.into_response();
+    if retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// The read token from the session cookie, if the request carries one.

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -88,11 +90,54 @@ pub fn parse_records(
     }
 }
 
+/// How long a batch body may take to arrive, from the end of its headers.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a batch body: at most `limit` bytes within [`BODY_TIMEOUT`] (a slow or oversized sender holds no
+/// memory or concurrency slot longer than that).
+async fn read_body(s: &Shared, body: Body) -> Result<Bytes, Response> {
+    let limit = s.max_body;
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            s.telemetry.rejected(Rejection::SlowOrLargeBody);
+            Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("a batch body is at most {limit} bytes (or it was cut short)"),
+            )
+            .into_response())
+        }
+        Err(_) => {
+            s.telemetry.rejected(Rejection::SlowOrLargeBody);
+            Err(ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the batch body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response())
+        }
+    }
+}
+
 pub(crate) async fn ingest(
     State(s): State<Arc<Shared>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<axum::Json<IngestReply>, Response> {
+    // Headers first: a request that is refused on them is answered before its body is read.
+    let declared =
+        header_str(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        s.telemetry.rejected(Rejection::SlowOrLargeBody);
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a batch body is at most {} bytes", s.max_body),
+        )
+        .into_response());
+    }
+    let has_body = declared.is_none_or(|n| n > 0);
     let request = (|| {
         let node = header_str(&headers, HEADER_NODE)
             .filter(|n| !n.is_empty() && n.len() <= 253)
@@ -123,7 +168,7 @@ pub(crate) async fn ingest(
         if seq == Some(0) {
             return Err(bad("batches are numbered from 1"));
         }
-        if seq.is_none() && !body.is_empty() {
+        if seq.is_none() && has_body && declared.is_some() {
             return Err(bad(format!("a batch needs {HEADER_SEQ}")));
         }
         Ok((node, epoch, seq, oldest, counters, node_addresses))
@@ -142,6 +187,11 @@ pub(crate) async fn ingest(
             "the cluster state is not loaded yet; retry".into(),
         )
         .into_response());
+    }
+    let body = read_body(&s, body).await?;
+    if seq.is_none() && !body.is_empty() {
+        s.telemetry.rejected(Rejection::BadRequest);
+        return Err(bad(format!("a batch needs {HEADER_SEQ}")).into_response());
     }
     let shared = Arc::clone(&s);
     let format = BodyFormat::of(&headers);

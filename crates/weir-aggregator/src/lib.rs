@@ -18,6 +18,7 @@
 
 mod admission;
 mod api;
+pub mod auth;
 pub mod checkpoint;
 pub mod engine;
 mod http;
@@ -43,6 +44,7 @@ use tokio::sync::broadcast;
 use weir_cluster::ClusterState;
 use weir_policy::PolicySet;
 
+pub use auth::{Token, WeakToken};
 pub use engine::{Engine, EngineConfig, StoredFlow};
 pub use state::{AgentState, Core, Shared};
 pub use weir_analysis::{EdgeKey, EdgeStats};
@@ -86,10 +88,12 @@ pub struct AggregatorConfig {
     pub data: PathBuf,
     /// Judging, baseline and alert settings.
     pub engine: EngineConfig,
-    /// Token agents must present.
-    pub ingest_token: Option<String>,
-    /// Token readers must present.
-    pub read_token: Option<String>,
+    /// How agents prove who they are.
+    pub agent_auth: AgentAuthConfig,
+    /// Token readers must present (reads are open without one).
+    pub read_token: Option<Token>,
+    /// Batches applied at once at most; more are answered 503 (the agent sends them again).
+    pub ingest_concurrency: usize,
     /// TLS.
     pub tls: Option<TlsConfig>,
     /// Where alerts are POSTed.
@@ -100,6 +104,24 @@ pub struct AggregatorConfig {
     pub checkpoint: Duration,
     /// Largest ingest body.
     pub max_body: usize,
+}
+
+/// How agents prove who they are (see [`auth`]).
+pub enum AgentAuthConfig {
+    /// No credential: anyone who reaches the ingest listener may send as any node.
+    Open,
+    /// One shared token.
+    Token(Token),
+    /// Projected ServiceAccount tokens for `audience`, of ServiceAccount `namespace/name`, reviewed by the API
+    /// server of the live cluster the aggregator follows.
+    Kubernetes {
+        /// The audience the agents' tokens are issued for.
+        audience: String,
+        /// The agents' ServiceAccount's namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 fn empty_set() -> Result<Arc<PolicySet>, ServeError> {
@@ -138,6 +160,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// Agents' tokens are to be reviewed by the API server, but the aggregator follows a snapshot.
+    #[error(
+        "agents' ServiceAccount tokens can only be reviewed with a live cluster: without one, give agents a \
+         shared token (--token-file)"
+    )]
+    ReviewWithoutCluster,
     /// A listener failed.
     #[error("serving on {addr}: {source}")]
     Listen {
@@ -208,6 +236,35 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         .clone()
         .map(|hook| (hook, tokio::sync::mpsc::channel(10_000)));
     let status = Arc::new(Mutex::new(weir_kube::ClusterStatus::default()));
+    let (snapshot, client) = match config.cluster {
+        ClusterConfig::Snapshot(set) => (Some(set), None),
+        ClusterConfig::Kubernetes {
+            kubeconfig,
+            context,
+        } => {
+            let (client, _) =
+                weir_kube::kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
+            (None, Some(client))
+        }
+        ClusterConfig::Client(client) => (None, Some(client)),
+    };
+    let agent_auth = match config.agent_auth {
+        AgentAuthConfig::Open => auth::AgentAuth::Open,
+        AgentAuthConfig::Token(token) => auth::AgentAuth::Token(token),
+        AgentAuthConfig::Kubernetes {
+            audience,
+            namespace,
+            name,
+        } => match &client {
+            Some(client) => auth::AgentAuth::Kubernetes(Box::new(auth::Reviewer::new(
+                client.clone(),
+                &audience,
+                &namespace,
+                &name,
+            ))),
+            None => return Err(ServeError::ReviewWithoutCluster),
+        },
+    };
     let shared = Arc::new(Shared {
         core: Mutex::new(Core { engine, agents }),
         alerts: alerts_tx,
@@ -215,8 +272,12 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         telemetry: Default::default(),
         cluster: Arc::clone(&status),
         ready: AtomicBool::new(false),
-        ingest_token: config.ingest_token.clone(),
+        agent_auth,
         read_token: config.read_token.clone(),
+        ingest_permits: Arc::new(tokio::sync::Semaphore::new(
+            config.ingest_concurrency.max(1),
+        )),
+        max_body: config.max_body,
         sink: webhook.as_ref().map(|(_, (tx, _))| tx.clone()),
         alerts_stdout: config.alerts_stdout,
         secure_cookie: config.tls.is_some(),
@@ -229,25 +290,17 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));
     }
 
-    match config.cluster {
-        ClusterConfig::Snapshot(set) => {
-            if let Ok(mut s) = status.lock() {
-                s.source = "snapshot".into();
-                s.synced = true;
-                s.generation = 1;
-                s.updated_at = Some(now);
-            }
-            shared.set_policy(set);
+    if let Some(set) = snapshot {
+        if let Ok(mut s) = status.lock() {
+            s.source = "snapshot".into();
+            s.synced = true;
+            s.generation = 1;
+            s.updated_at = Some(now);
         }
-        ClusterConfig::Kubernetes {
-            kubeconfig,
-            context,
-        } => {
-            let (client, _) =
-                weir_kube::kube_client(kubeconfig.as_deref(), context.as_deref()).await?;
-            spawn_watch(client, &shared, &status);
-        }
-        ClusterConfig::Client(client) => spawn_watch(client, &shared, &status),
+        shared.set_policy(set);
+    }
+    if let Some(client) = client {
+        spawn_watch(client, &shared, &status);
     }
 
     let store = Arc::new(Mutex::new(store));
@@ -281,13 +334,12 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
     };
     match config.ingest_listen {
         None => {
-            let app = server::router(Arc::clone(&shared), config.max_body, server::Routes::All);
+            let app = server::router(Arc::clone(&shared), server::Routes::All);
             serve_on(config.listen, "", tls, handle, app).await?;
         }
         Some(ingest) => {
-            let api = server::router(Arc::clone(&shared), config.max_body, server::Routes::Api);
-            let flows =
-                server::router(Arc::clone(&shared), config.max_body, server::Routes::Ingest);
+            let api = server::router(Arc::clone(&shared), server::Routes::Api);
+            let flows = server::router(Arc::clone(&shared), server::Routes::Ingest);
             tokio::try_join!(
                 serve_on(config.listen, " (API)", tls.clone(), handle.clone(), api),
                 serve_on(ingest, " (agents' flows)", tls, handle, flows),
@@ -313,17 +365,34 @@ async fn serve_on(
     let service = app.into_make_service();
     let served = match tls {
         Some(tls) => {
-            let server = axum_server::bind_rustls(addr, tls).handle(handle);
+            let mut server = axum_server::bind_rustls(addr, tls)
+                .handle(handle)
+                .http1_only();
+            harden(server.http_builder());
             tracing::info!("listening on {addr}{role} (TLS)");
             server.serve(service).await
         }
         None => {
-            let server = axum_server::bind(addr).handle(handle);
+            let mut server = axum_server::bind(addr).handle(handle).http1_only();
+            harden(server.http_builder());
             tracing::info!("listening on {addr}{role}");
             server.serve(service).await
         }
     };
     served.map_err(|source| ServeError::Listen { addr, source })
+}
+
+/// How long a client may take to send a request's headers (a connection that sends none is closed then).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits on every connection: headers within [`HEADER_TIMEOUT`], HTTP/1 only (what agents, browsers and
+/// Prometheus speak; HTTP/2's stream multiplexing would need limits of its own).
+fn harden(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 << 10);
 }
 
 /// rustls with the ring provider, as everywhere in weir (TLS listener, webhook client).

@@ -30,16 +30,17 @@ pub enum Routes {
 }
 
 /// The HTTP routes of one listener.
-pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
+pub fn router(shared: Arc<Shared>, routes: Routes) -> Router {
     let health = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     // Authentication is a layer on each group of routes, so no handler can forget it and no body or query is
     // read before it.
     let ingest_route = Router::new()
+        // The body is read by the handler, with its own limit and time allowed (`crate::ingest`).
         .route(
             "/api/v1/ingest",
-            post(ingest).layer(DefaultBodyLimit::max(max_body)),
+            post(ingest).layer(DefaultBodyLimit::disable()),
         )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -71,12 +72,10 @@ pub fn router(shared: Arc<Shared>, max_body: usize, routes: Routes) -> Router {
             "/api/v1/diff",
             post(diff).layer(DefaultBodyLimit::max(4 << 20)),
         )
+        .route("/metrics", get(crate::metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_read,
         ));
-    crate::ui::pages(router)
-        .merge(reads)
-        .route("/metrics", get(crate::metrics::metrics))
-        .with_state(shared)
+    crate::ui::pages(router).merge(reads).with_state(shared)
 }

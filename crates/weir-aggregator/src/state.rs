@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use weir_model::ingest::{AgentCounters, InterfaceAddress};
 use weir_model::{Alert, Timestamp};
 use weir_policy::PolicySet;
 
+use crate::auth::{AgentAuth, Token};
 use crate::engine::{Engine, StoredFlow};
 use crate::telemetry::Telemetry;
 use weir_kube::ClusterStatus;
@@ -56,10 +57,14 @@ pub struct Shared {
     pub cluster: Arc<Mutex<ClusterStatus>>,
     /// Set once the cluster state is loaded.
     pub ready: AtomicBool,
-    /// Bearer token agents must present, if any.
-    pub ingest_token: Option<String>,
+    /// How agents prove who they are.
+    pub agent_auth: AgentAuth,
     /// Bearer token readers must present, if any.
-    pub read_token: Option<String>,
+    pub read_token: Option<Token>,
+    /// Batches applied at once at most; more are answered 503 at once.
+    pub ingest_permits: Arc<Semaphore>,
+    /// Largest batch body, in bytes.
+    pub max_body: usize,
     /// Where alerts go besides the stream.
     pub sink: Option<tokio::sync::mpsc::Sender<Arc<Alert>>>,
     /// Alerts to standard output as JSON lines.
@@ -159,6 +164,18 @@ impl Shared {
             }
         }
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// The node a pod runs on, from the cluster state in force (to bind an agent's token to its node when the
+    /// API server does not say it).
+    pub fn node_of_pod(&self, namespace: &str, pod: &str) -> Option<String> {
+        let addresses = self.node_addresses.lock().ok()?;
+        let cluster = addresses.base.as_ref()?.cluster();
+        cluster
+            .pods()
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == pod)
+            .and_then(|p| p.node_name.clone())
     }
 
     /// Takes a node's interface addresses from its agent; when they changed, the policy set in force is

@@ -35,6 +35,14 @@ pub enum Rejection {
     BadRequest,
     /// The cluster state was still loading.
     NotReady,
+    /// A valid credential that may not send this request (another node's token, not the agents' account).
+    Forbidden,
+    /// The credential could not be checked (the API server was unreachable or too many were being reviewed).
+    AuthUnavailable,
+    /// As many batches as the aggregator takes at once were being applied.
+    Busy,
+    /// The body did not arrive within the time allowed, or was larger than allowed.
+    SlowOrLargeBody,
 }
 
 /// What became of an alert sent to the webhook.
@@ -68,6 +76,10 @@ label_values! {
         Unauthorized => "unauthorized",
         BadRequest => "bad_request",
         NotReady => "not_ready",
+        Forbidden => "forbidden",
+        AuthUnavailable => "auth_unavailable",
+        Busy => "busy",
+        SlowOrLargeBody => "slow_or_large_body",
     }
     WebhookResult {
         Sent => "sent",
@@ -139,6 +151,10 @@ impl Telemetry {
             Rejection::Unauthorized,
             Rejection::BadRequest,
             Rejection::NotReady,
+            Rejection::Forbidden,
+            Rejection::AuthUnavailable,
+            Rejection::Busy,
+            Rejection::SlowOrLargeBody,
         ] {
             let _ = t.rejected.get_or_create(&ReasonLabel { reason: r });
         }

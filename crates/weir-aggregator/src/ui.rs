@@ -28,7 +28,7 @@ use weir_policy::PolicySet;
 
 use crate::api::{parse_time, samples, samples_caveat};
 use crate::engine::StoredFlow;
-use crate::http::{ApiError, internal, same};
+use crate::http::{ApiError, internal};
 use crate::state::Shared;
 use weir_analysis::EdgeStats;
 use weir_model::EndpointKey;
@@ -118,12 +118,13 @@ async fn session(State(s): State<Arc<Shared>>, body: Bytes) -> Result<Response, 
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let given = std::str::from_utf8(&body).unwrap_or("").trim();
-    if !same(given.as_bytes(), token.as_bytes()) {
+    if !token.matches(given.as_bytes()) {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "that is not the read token".into(),
         ));
     }
+    let token = token.expose();
     let cookie = format!(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
         if s.secure_cookie { "; Secure" } else { "" }

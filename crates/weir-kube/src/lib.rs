@@ -7,6 +7,11 @@
 
 #![deny(missing_docs)]
 
+mod review;
+pub use review::{
+    EXTRA_NODE_NAME, EXTRA_POD_NAME, EXTRA_POD_UID, ReviewError, Reviewed, review_token,
+};
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;

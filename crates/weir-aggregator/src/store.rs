@@ -89,9 +89,13 @@ pub struct Store {
     retention: Duration,
 }
 
+// synchronous = FULL: in WAL mode every commit syncs the log before it returns, so a checkpoint that returned
+// is on disk and the batches it covers may be acknowledged (NORMAL syncs only at WAL checkpoints: a power loss
+// could take back what agents were told is durable and have already deleted). One sync per checkpoint, every
+// second by default.
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
+PRAGMA synchronous = FULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cursors (
     node TEXT NOT NULL, epoch TEXT NOT NULL, applied INTEGER NOT NULL, last_seen INTEGER NOT NULL,
@@ -323,8 +327,32 @@ impl Store {
         tx.commit().map_err(err)
     }
 
+    /// SQLite's `synchronous` setting in force (2 is FULL).
+    pub fn synchronous(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_on_disk_when_it_returns() {
+        let dir = std::env::temp_dir().join(format!("weir-store-sync-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let store =
+            Store::open(&dir, 10, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+        // FULL: every commit syncs the write-ahead log before it returns (acknowledgements follow commits).
+        assert_eq!(store.synchronous().ok(), Some(2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -81,7 +81,6 @@ pub(crate) struct Expired {
 struct Conn {
     start: Timestamp,
     last_end: Timestamp,
-    dst: IpAddr,
     edge: u32,
     /// Which end counted it (its records carry the volume).
     primary: Side,
@@ -94,12 +93,28 @@ struct Conn {
     expires: i64,
 }
 
+/// Where a connection waits: its client end and the address it reached (the backend, after DNAT). Every
+/// field of the connection's tuple is in the key, so a view finds its connection in one lookup whatever else
+/// the same client port talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tuple {
+    key: JoinKey,
+    dst: IpAddr,
+}
+
+/// Connections of one tuple waiting at once, at most: a client port reused this often within the join window
+/// is not ordinary traffic, and beyond it the oldest is let go (counted as evicted) so that a view costs a
+/// bounded search, whatever a sender crafts.
+const PER_TUPLE: usize = 8;
+
 /// Connections waiting for their other view.
 #[derive(Debug, Default)]
 pub(crate) struct JoinTable {
-    joins: HashMap<JoinKey, SmallVec<[Conn; 1]>>,
+    joins: HashMap<Tuple, SmallVec<[Conn; 1]>>,
     count: usize,
-    expiry: VecDeque<(i64, JoinKey)>,
+    expiry: VecDeque<(i64, Tuple)>,
+    /// Connections let go because their tuple had [`PER_TUPLE`] waiting, since the last expiry.
+    crowded: u64,
 }
 
 impl JoinTable {
@@ -108,7 +123,27 @@ impl JoinTable {
             joins: HashMap::new(),
             count: 0,
             expiry: VecDeque::new(),
+            crowded: 0,
         }
+    }
+
+    /// The waiting connection `v` is a view of: its tuple and place there.
+    fn find(&self, v: &View) -> Option<(Tuple, usize)> {
+        let near = |c: &Conn| {
+            v.start.0 >= c.start.0.saturating_sub(VIEW_SLACK_NS)
+                && v.start.0 <= c.last_end.0.saturating_add(VIEW_SLACK_NS)
+        };
+        // The backend it reached, or (a view recorded before DNAT that did not resolve) its destination.
+        let mut dsts: SmallVec<[IpAddr; 2]> = SmallVec::new();
+        dsts.push(v.backend);
+        if v.dst != v.backend {
+            dsts.push(v.dst);
+        }
+        dsts.into_iter().find_map(|dst| {
+            let tuple = Tuple { key: v.key, dst };
+            let at = self.joins.get(&tuple)?.iter().position(near)?;
+            Some((tuple, at))
+        })
     }
 
     /// Connections waiting.
@@ -118,15 +153,10 @@ impl JoinTable {
 
     /// Takes a view; the connection waits for its other view until `expires` (on the caller's clock).
     pub fn add(&mut self, v: &View, expires: i64) -> Joined {
-        let matches = |c: &Conn| {
-            (c.dst == v.backend || c.dst == v.dst)
-                && v.start.0 >= c.start.0.saturating_sub(VIEW_SLACK_NS)
-                && v.start.0 <= c.last_end.0.saturating_add(VIEW_SLACK_NS)
+        let found = match self.find(v) {
+            Some((tuple, at)) => self.joins.get_mut(&tuple).and_then(|c| c.get_mut(at)),
+            None => None,
         };
-        let found = self
-            .joins
-            .get_mut(&v.key)
-            .and_then(|conns| conns.iter_mut().find(|c| matches(c)));
         let new_connection = found.is_none();
         let mut counts_volume = true;
         let mut scratch;
@@ -141,7 +171,6 @@ impl JoinTable {
                 let c = Conn {
                     start: v.start,
                     last_end: v.end,
-                    dst: v.backend,
                     edge: v.edge,
                     primary: v.side,
                     seen_source: false,
@@ -157,9 +186,20 @@ impl JoinTable {
                 let more_to_come =
                     v.destination_watched || v.side == Side::Destination || v.continues;
                 if more_to_come {
+                    let tuple = Tuple {
+                        key: v.key,
+                        dst: v.backend,
+                    };
                     self.count += 1;
-                    self.expiry.push_back((expires, v.key));
-                    let conns = self.joins.entry(v.key).or_default();
+                    self.expiry.push_back((expires, tuple));
+                    let conns = self.joins.entry(tuple).or_default();
+                    if conns.len() >= PER_TUPLE
+                        && let Some(oldest) = (0..conns.len()).min_by_key(|&i| conns[i].last_end)
+                    {
+                        conns.remove(oldest);
+                        self.count -= 1;
+                        self.crowded += 1;
+                    }
                     conns.push(c);
                     let last = conns.len() - 1;
                     &mut conns[last]
@@ -192,7 +232,10 @@ impl JoinTable {
     /// Closes connections whose other view did not come by `now`, and the oldest ones while more than `max`
     /// wait.
     pub fn expire(&mut self, now: Timestamp, max: usize) -> Expired {
-        let mut out = Expired::default();
+        let mut out = Expired {
+            evicted: std::mem::take(&mut self.crowded),
+            ..Expired::default()
+        };
         while let Some(&(at, key)) = self.expiry.front() {
             let over = self.count > max;
             if at > now.0 && !over {
@@ -344,6 +387,45 @@ mod tests {
         v.continues = true;
         t.add(&v, 5 * S);
         assert_eq!(t.len(), 1, "an active-timeout export will have a sequel");
+    }
+
+    #[test]
+    fn views_sharing_a_client_port_find_their_own_connection_at_once() {
+        let mut t = JoinTable::new();
+        // 100,000 connections from one client port, each to another destination: one lookup each.
+        for i in 0..100_000u32 {
+            let mut v = view(Side::Source, 0);
+            v.backend = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            v.dst = v.backend;
+            assert!(t.add(&v, 5 * S).new_connection);
+        }
+        assert_eq!(t.len(), 100_000);
+        assert!(t.joins.values().all(|c| c.len() == 1));
+        // The other end of one of them joins it.
+        let mut other = view(Side::Destination, 0);
+        other.backend = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 77_777));
+        other.dst = other.backend;
+        assert!(t.add(&other, 5 * S).newly_delivered);
+        assert!(!t.add(&other, 5 * S).new_connection);
+    }
+
+    #[test]
+    fn one_tuple_reused_without_end_keeps_a_bounded_list() {
+        let mut t = JoinTable::new();
+        for i in 0..1000i64 {
+            t.add(&view(Side::Source, i * 10 * S), 100_000 * S);
+        }
+        assert_eq!(t.len(), PER_TUPLE);
+        assert!(t.joins.values().all(|c| c.len() <= PER_TUPLE));
+        let out = t.expire(Timestamp(0), usize::MAX);
+        assert_eq!(
+            out.evicted,
+            1000 - PER_TUPLE as u64,
+            "every one let go is counted"
+        );
+        // The newest are the ones kept: a view of the last connection still joins it.
+        let last = t.add(&view(Side::Destination, 999 * 10 * S), 100_000 * S);
+        assert!(!last.new_connection);
     }
 
     #[test]

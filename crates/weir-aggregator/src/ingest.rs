@@ -78,6 +78,33 @@ impl BodyFormat {
     }
 }
 
+/// How far ahead of the aggregator's clock a record may end: agents' clocks drift, by seconds under NTP.
+pub const FUTURE_SKEW: Duration = Duration::from_secs(300);
+
+/// Puts every record's end no later than `now + FUTURE_SKEW` and its start no later than its end, and returns how
+/// many had to be moved: a record dated in 2262 would otherwise never expire, and hold its edge for good.
+///
+/// The past is left alone: a time is also what attributes an address to the pod that held it then (a Job's pod,
+/// a replaced one), so moving an old record forward would judge it against the wrong pod. An old record is
+/// judged as it is and expires with the retention (counted there); a record before 1970 is moved to 1970.
+pub fn clamp_times(records: &mut [FlowRecord], now: Timestamp) -> u64 {
+    let lo = 0;
+    let hi = now
+        .0
+        .saturating_add(weir_model::duration_nanos(FUTURE_SKEW));
+    let mut moved = 0;
+    for r in records {
+        let end = r.end.0.clamp(lo, hi);
+        let start = r.start.0.clamp(lo, end);
+        if (start, end) != (r.start.0, r.end.0) {
+            r.start = Timestamp(start);
+            r.end = Timestamp(end);
+            moved += 1;
+        }
+    }
+    moved
+}
+
 /// Reads a batch body: the records and how many were malformed; an error when a binary body cannot be framed.
 pub fn parse_records(
     format: BodyFormat,
@@ -215,6 +242,57 @@ pub(crate) async fn ingest(
 }
 
 /// Why a batch was not applied.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_times_are_held_to_the_aggregator_s_clock() {
+        let now = Timestamp(1_000_000 * 1_000_000_000);
+        let s = 1_000_000_000;
+        let record = |start: i64, end: i64| FlowRecord {
+            src: [10, 0, 0, 1].into(),
+            src_port: Some(1),
+            dst: [10, 0, 0, 2].into(),
+            dst_port: Some(2),
+            proto: weir_model::Protocol::TCP,
+            icmp_type: None,
+            icmp_code: None,
+            icmp_id: None,
+            packets: 1,
+            bytes: 60,
+            reply_packets: 0,
+            reply_bytes: 0,
+            start: Timestamp(start),
+            end: Timestamp(end),
+            tcp_flags: Default::default(),
+            reply_tcp_flags: Default::default(),
+            orientation: Default::default(),
+            end_reason: Default::default(),
+            community_id: String::new(),
+            observed_at: None,
+        };
+        let mut records = vec![
+            record(now.0 - 20 * s, now.0 - 10 * s),
+            // Dated in 2262 by a broken or hostile clock.
+            record(i64::MAX - s, i64::MAX),
+            // Dated long ago: left as it is.
+            record(s, 2 * s),
+            // Before 1970, ending before it started.
+            record(-5 * s, -10 * s),
+        ];
+        assert_eq!(clamp_times(&mut records, now), 2);
+        // In range: untouched.
+        assert_eq!(records[0].end.0 - records[0].start.0, 10 * s);
+        // From the far future: at the skew bound, not later.
+        assert_eq!(records[1].end.0, now.0 + 300 * s);
+        assert!(records[1].start <= records[1].end);
+        // From long ago: as it was (its time says which pod held the address).
+        assert_eq!((records[2].start.0, records[2].end.0), (s, 2 * s));
+        assert_eq!((records[3].start.0, records[3].end.0), (0, 0));
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
     /// The body could not be framed: the agent's fault, not retryable as it is.
@@ -285,7 +363,8 @@ fn apply_batch(
     // Parsing, attribution and verdicts do not need the lock: only counting does.
     let kit = core.engine.judge_kit();
     drop(core);
-    let (records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
+    let (mut records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
+    s.telemetry.clamped(clamp_times(&mut records, now));
     s.telemetry.malformed(malformed);
     let judged = kit.judge(records);
     let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
@@ -307,7 +386,8 @@ fn apply_batch(
         Some(result) => result,
         // The policy set changed while the batch was judged: judge it again against the new one.
         None => {
-            let (records, _) = parse_records(format, body).map_err(BatchError::Body)?;
+            let (mut records, _) = parse_records(format, body).map_err(BatchError::Body)?;
+            clamp_times(&mut records, now);
             core.engine.apply(records, now)
         }
     };

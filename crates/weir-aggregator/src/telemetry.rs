@@ -110,6 +110,7 @@ pub struct Telemetry {
     rejected: Family<ReasonLabel, Counter>,
     records: Counter,
     malformed: Counter,
+    clamped: Counter,
     checkpoints: Counter,
     checkpoint_failures: Counter,
     checkpoint_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -132,6 +133,7 @@ impl Telemetry {
             rejected: Family::default(),
             records: Counter::default(),
             malformed: Counter::default(),
+            clamped: Counter::default(),
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
             checkpoint_seconds: Counter::default(),
@@ -177,6 +179,12 @@ impl Telemetry {
                 "ingest_malformed_records",
                 "Lines of agent batches that were not flow records (skipped)",
                 t.malformed.clone(),
+            );
+            r.register(
+                "ingest_clamped_records",
+                "Flow records dated more than 5 minutes ahead of the aggregator's clock (or before 1970), moved \
+                 to that bound",
+                t.clamped.clone(),
             );
             r.register(
                 "store_checkpoints",
@@ -245,6 +253,11 @@ impl Telemetry {
     /// Batch lines that were not records.
     pub fn malformed(&self, n: u64) {
         self.malformed.inc_by(n);
+    }
+
+    /// Records whose times were moved inside the aggregator's clock.
+    pub fn clamped(&self, n: u64) {
+        self.clamped.inc_by(n);
     }
 
     /// A checkpoint written.

@@ -48,6 +48,12 @@ pub async fn checkpoint_once(
             return Err(CheckpointError::Poisoned("engine"));
         };
         core.engine.tick(now);
+        let horizon = Timestamp(
+            now.0
+                .saturating_sub(weir_model::duration_nanos(core.engine.config().retention)),
+        );
+        let pruned = core.prune_runs(horizon);
+        s.telemetry.runs_forgotten(pruned);
         let deliveries = core.engine.take_deliveries();
         let (edges, alerts, flows) = core.engine.take_changes();
         let totals = core.engine.totals();

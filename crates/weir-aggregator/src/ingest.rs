@@ -319,6 +319,9 @@ fn apply_batch(
     let now = Timestamp::now();
     let key = (node.clone(), epoch.clone());
     let cursor = |core: &mut Core| {
+        if !core.agents.contains_key(&key) {
+            s.telemetry.runs_forgotten(core.make_room_for_run(&node));
+        }
         let agent = core
             .agents
             .entry(key.clone())

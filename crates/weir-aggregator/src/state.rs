@@ -43,6 +43,52 @@ pub struct Core {
     pub agents: BTreeMap<(String, String), AgentState>,
 }
 
+/// Agent runs kept per node: the running one and a few before it (whose last batches may still be resent).
+pub const RUNS_PER_NODE: usize = 4;
+
+impl Core {
+    /// Makes room for a new run of `node`: beyond [`RUNS_PER_NODE`] its least recently heard run is forgotten
+    /// (a run that comes back starts over: its batches are applied again from where it says it is). Returns how
+    /// many were forgotten.
+    pub fn make_room_for_run(&mut self, node: &str) -> u64 {
+        let mut forgotten = 0;
+        loop {
+            let runs = self
+                .agents
+                .range((node.to_owned(), String::new())..)
+                .take_while(|((n, _), _)| n == node);
+            let (count, oldest) = runs.fold(
+                (0usize, None::<(Timestamp, String)>),
+                |(c, o), ((_, e), a)| {
+                    let older = o.as_ref().is_none_or(|(t, _)| a.last_seen < *t);
+                    (
+                        c + 1,
+                        if older {
+                            Some((a.last_seen, e.clone()))
+                        } else {
+                            o
+                        },
+                    )
+                },
+            );
+            match oldest {
+                Some((_, epoch)) if count >= RUNS_PER_NODE => {
+                    self.agents.remove(&(node.to_owned(), epoch));
+                    forgotten += 1;
+                }
+                _ => return forgotten,
+            }
+        }
+    }
+
+    /// Forgets agent runs not heard from since `horizon` (as the store forgets their cursors).
+    pub fn prune_runs(&mut self, horizon: Timestamp) -> u64 {
+        let before = self.agents.len();
+        self.agents.retain(|_, a| a.last_seen >= horizon);
+        (before - self.agents.len()) as u64
+    }
+}
+
 /// State shared by every handler.
 pub struct Shared {
     /// Engine and agents.
@@ -192,5 +238,59 @@ impl Shared {
         if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
             core.engine.set_policy(set);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use weir_cluster::ClusterState;
+
+    fn core() -> Core {
+        let set =
+            PolicySet::new(Arc::new(ClusterState::default())).unwrap_or_else(|e| panic!("{e}"));
+        Core {
+            engine: Engine::new(EngineConfig::default(), Arc::new(set), Timestamp(0)),
+            agents: BTreeMap::new(),
+        }
+    }
+
+    fn run(core: &mut Core, node: &str, epoch: &str, seen: i64) {
+        core.make_room_for_run(node);
+        core.agents.insert(
+            (node.into(), epoch.into()),
+            AgentState {
+                node: node.into(),
+                epoch: epoch.into(),
+                applied: 0,
+                acked: 0,
+                missed_batches: 0,
+                counters: AgentCounters::default(),
+                last_seen: Timestamp(seen),
+            },
+        );
+    }
+
+    #[test]
+    fn a_node_keeps_a_few_runs_and_silent_ones_go() {
+        let mut c = core();
+        // A node restarting its agent a thousand times (or a holder of its token making up epochs).
+        for i in 0..1000 {
+            run(&mut c, "n1", &format!("e{i:04}"), i);
+        }
+        run(&mut c, "n2", "only", 5);
+        let n1: Vec<&str> = c
+            .agents
+            .keys()
+            .filter(|(n, _)| n == "n1")
+            .map(|(_, e)| e.as_str())
+            .collect();
+        assert_eq!(n1, ["e0996", "e0997", "e0998", "e0999"]);
+        assert!(c.agents.contains_key(&("n2".into(), "only".into())));
+        // Silent since before the horizon: forgotten.
+        assert_eq!(c.prune_runs(Timestamp(998)), 3);
+        let left: Vec<_> = c.agents.keys().map(|(n, e)| format!("{n}/{e}")).collect();
+        assert_eq!(left, ["n1/e0998", "n1/e0999"]);
     }
 }

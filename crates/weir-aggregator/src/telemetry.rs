@@ -111,6 +111,7 @@ pub struct Telemetry {
     records: Counter,
     malformed: Counter,
     clamped: Counter,
+    runs_forgotten: Counter,
     checkpoints: Counter,
     checkpoint_failures: Counter,
     checkpoint_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -134,6 +135,7 @@ impl Telemetry {
             records: Counter::default(),
             malformed: Counter::default(),
             clamped: Counter::default(),
+            runs_forgotten: Counter::default(),
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
             checkpoint_seconds: Counter::default(),
@@ -185,6 +187,12 @@ impl Telemetry {
                 "Flow records dated more than 5 minutes ahead of the aggregator's clock (or before 1970), moved \
                  to that bound",
                 t.clamped.clone(),
+            );
+            r.register(
+                "agent_runs_forgotten",
+                "Agent runs forgotten: beyond 4 per node (the least recently heard) or not heard from within the \
+                 retention",
+                t.runs_forgotten.clone(),
             );
             r.register(
                 "store_checkpoints",
@@ -258,6 +266,11 @@ impl Telemetry {
     /// Records whose times were moved inside the aggregator's clock.
     pub fn clamped(&self, n: u64) {
         self.clamped.inc_by(n);
+    }
+
+    /// Agent runs forgotten.
+    pub fn runs_forgotten(&self, n: u64) {
+        self.runs_forgotten.inc_by(n);
     }
 
     /// A checkpoint written.

@@ -34,33 +34,46 @@ fn scratch(tag: &str) -> Scratch {
     Scratch(dir)
 }
 
-fn aggregator_command(dir: &Path, listen: &str, agent_token: &str, read_token: &str) -> Command {
-    std::fs::write(dir.join("agent-token"), format!("{agent_token}\n")).unwrap();
-    std::fs::write(dir.join("read-token"), format!("{read_token}\n")).unwrap();
+/// `weir aggregator` on the demo snapshot, listening on `listen`, with no credential given.
+fn bare_aggregator(dir: &Path, listen: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
     cmd.arg("aggregator")
         .arg("--cluster")
         .arg(root().join("pcaps/demo.cluster.yaml"))
         .args(["--listen", listen, "--data"])
         .arg(dir.join("data"))
-        .arg("--token-file")
-        .arg(dir.join("agent-token"))
-        .arg("--read-token-file")
-        .arg(dir.join("read-token"))
         .args(["--no-alert-lines"]);
     cmd
+}
+
+/// The same with both tokens.
+fn aggregator_command(dir: &Path, listen: &str, agent_token: &str, read_token: &str) -> Command {
+    std::fs::write(dir.join("agent-token"), format!("{agent_token}\n")).unwrap();
+    std::fs::write(dir.join("read-token"), format!("{read_token}\n")).unwrap();
+    let mut cmd = bare_aggregator(dir, listen);
+    cmd.arg("--token-file")
+        .arg(dir.join("agent-token"))
+        .arg("--read-token-file")
+        .arg(dir.join("read-token"));
+    cmd
+}
+
+/// Runs a command that must fail at start; its standard error.
+fn refusal(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "started: {stderr}");
+    stderr
 }
 
 /// Starting with `agent_token`/`read_token` (and `extra` arguments) fails, saying `why`.
 fn refused_at_start(listen: &str, agent_token: &str, read_token: &str, extra: &[&str], why: &str) {
     let dir = scratch("start");
-    let out = aggregator_command(&dir.0, listen, agent_token, read_token)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started with {extra:?}: {stderr}");
-    assert!(stderr.contains(why), "expected {why:?} in: {stderr}");
+    let stderr = refusal(aggregator_command(&dir.0, listen, agent_token, read_token).args(extra));
+    assert!(
+        stderr.contains(why),
+        "expected {why:?} with {extra:?} in: {stderr}"
+    );
 }
 
 #[test]
@@ -91,35 +104,18 @@ fn placeholders_short_tokens_and_open_doors_are_refused_at_start() {
     // Without a read token, only loopback may serve reads; without an agent credential, only loopback takes
     // flows. Both are said, with what to do.
     let dir = scratch("open");
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("aggregator")
-        .arg("--cluster")
-        .arg(root().join("pcaps/demo.cluster.yaml"))
-        .args(["--listen", &format!("0.0.0.0:{port}"), "--data"])
-        .arg(dir.0.join("data"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let anywhere = format!("0.0.0.0:{port}");
+    let stderr = refusal(&mut bare_aggregator(&dir.0, &anywhere));
     assert!(
         stderr.contains("would be taken from anyone") && stderr.contains("--agent-auth kubernetes"),
         "{stderr}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .arg("aggregator")
-        .arg("--cluster")
-        .arg(root().join("pcaps/demo.cluster.yaml"))
-        .args(["--listen", &format!("0.0.0.0:{port}"), "--data"])
-        .arg(dir.0.join("data"))
-        .arg("--token-file")
-        .arg({
-            std::fs::write(dir.0.join("t"), AGENT_TOKEN).unwrap();
-            dir.0.join("t")
-        })
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    std::fs::write(dir.0.join("t"), AGENT_TOKEN).unwrap();
+    let stderr = refusal(
+        bare_aggregator(&dir.0, &anywhere)
+            .arg("--token-file")
+            .arg(dir.0.join("t")),
+    );
     assert!(
         stderr.contains("would be open to anyone") && stderr.contains("--read-token-file"),
         "{stderr}"

@@ -107,6 +107,16 @@ pub struct AggregatorArgs {
     /// Judged flows kept for the API (and across restarts).
     #[arg(long, default_value_t = 100_000)]
     recent_flows: usize,
+    /// Most edges kept: at the cap the least recently seen tenth is forgotten (weir_evicted_total{kind="edge"}).
+    #[arg(long, default_value_t = 200_000)]
+    max_edges: usize,
+    /// Outside (and unknown) addresses kept one by one per workload and direction; beyond that they are counted
+    /// under their /24, /16, /8 (IPv6 /48, /32, /16), then 0.0.0.0/0.
+    #[arg(long, default_value_t = 256)]
+    outside_peers: usize,
+    /// Most alerts kept: beyond it the least recently seen tenth is forgotten (weir_evicted_total{kind="alert"}).
+    #[arg(long, default_value_t = 50_000)]
+    max_alerts: usize,
     /// Address ranges that belong to the cluster besides the nodes' pod ranges. Repeatable.
     #[arg(long = "cluster-cidr", value_parser = parse_cidr)]
     cluster_cidrs: Vec<Cidr>,
@@ -229,6 +239,9 @@ pub fn run(args: AggregatorArgs, kube: &KubeArgs) -> Result<ExitCode> {
             },
             recent_flows: args.recent_flows.max(1),
             retention: args.retention,
+            max_edges: args.max_edges.max(1),
+            outside_peers: args.outside_peers.max(1),
+            max_alerts: args.max_alerts.max(1),
             ..EngineConfig::default()
         },
         agent_auth,

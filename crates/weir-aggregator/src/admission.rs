@@ -3,7 +3,9 @@
 //! Batches of one agent run (node and epoch) are numbered from 1 without gaps; the aggregator applies batch `n`
 //! only after `n - 1`, so an acknowledged batch is never lost and none is applied twice. The one exception is a
 //! gap the agent itself announces: batches before its oldest held one were dropped by the agent (its buffer was
-//! full) and are not coming, so waiting for them would stall the run forever.
+//! full) and are not coming, so waiting for them would stall the run forever. That gap is bounded: a run the
+//! aggregator knows may not jump more than [`MAX_SEQ_JUMP`] batches ahead (no agent buffer holds that many, and
+//! a jump to the end of the numbers would make every later batch of the real run a duplicate).
 
 /// What to do with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,12 +19,21 @@ pub enum Admission {
         /// The batch to send next.
         expected: u64,
     },
+    /// Refused: it jumps more than [`MAX_SEQ_JUMP`] batches past the last applied one of a known run.
+    TooFar {
+        /// The batch expected next.
+        expected: u64,
+    },
     /// Apply it. `missed` batches before it were dropped by the agent and are counted as lost.
     Apply {
         /// Batches between the last applied one and this one that will never come.
         missed: u64,
     },
 }
+
+/// Most batches a known run may skip at once (2^20: over a week of batches at one a second, longer than any
+/// agent's buffer or the retention of a run's cursor).
+pub const MAX_SEQ_JUMP: u64 = 1 << 20;
 
 /// Decides on batch `seq` (none for a heartbeat) of a run whose last applied batch is `applied`; `oldest` is
 /// the oldest batch the agent says it still holds.
@@ -37,12 +48,16 @@ pub fn admit(applied: u64, seq: Option<u64>, oldest: Option<u64>) -> Admission {
     if seq > next && oldest.is_none_or(|o| o <= next) {
         return Admission::Resend { expected: next };
     }
-    Admission::Apply { missed: seq - next }
+    let missed = seq - next;
+    if applied > 0 && missed > MAX_SEQ_JUMP {
+        return Admission::TooFar { expected: next };
+    }
+    Admission::Apply { missed }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Admission, admit};
+    use super::{Admission, MAX_SEQ_JUMP, admit};
 
     #[test]
     fn batches_are_applied_in_order_once() {
@@ -72,6 +87,24 @@ mod tests {
         assert_eq!(
             admit(0, Some(40), Some(40)),
             Admission::Apply { missed: 39 }
+        );
+    }
+
+    #[test]
+    fn a_known_run_may_not_jump_far_ahead() {
+        assert_eq!(
+            admit(7, Some(8 + MAX_SEQ_JUMP), Some(8 + MAX_SEQ_JUMP)),
+            Admission::Apply {
+                missed: MAX_SEQ_JUMP
+            }
+        );
+        assert_eq!(
+            admit(7, Some(9 + MAX_SEQ_JUMP), Some(9 + MAX_SEQ_JUMP)),
+            Admission::TooFar { expected: 8 }
+        );
+        assert_eq!(
+            admit(7, Some(u64::MAX), Some(u64::MAX)),
+            Admission::TooFar { expected: 8 }
         );
     }
 

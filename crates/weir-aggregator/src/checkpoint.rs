@@ -56,6 +56,7 @@ pub async fn checkpoint_once(
         s.telemetry.runs_forgotten(pruned);
         let deliveries = core.engine.take_deliveries();
         let (edges, alerts, flows) = core.engine.take_changes();
+        let forgotten = core.engine.take_forgotten();
         let totals = core.engine.totals();
         let cursors: Vec<Cursor> = core
             .agents
@@ -80,10 +81,13 @@ pub async fn checkpoint_once(
                 flows,
                 cursors,
                 totals,
+                forgotten,
             },
             covered,
         )
     };
+    // Given back to the engine if the checkpoint fails, for the next one to delete.
+    let forgotten = checkpoint.forgotten.clone();
     let store = Arc::clone(store);
     let started = std::time::Instant::now();
     let written = tokio::task::spawn_blocking(move || {
@@ -116,6 +120,7 @@ pub async fn checkpoint_once(
             tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
             if let Ok(mut core) = s.core.lock() {
                 core.engine.mark_all_dirty();
+                core.engine.keep_forgotten(forgotten);
             }
             Err(message)
         }

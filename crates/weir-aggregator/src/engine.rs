@@ -21,6 +21,7 @@ use weir_model::{
 use weir_policy::{PolicySet, VerdictCache};
 
 pub use crate::join::Side;
+use crate::fold::{PeerFold, PeerSide, by_address};
 use crate::join::{JoinKey, JoinTable, Joined, View};
 
 /// Settings of the judging core.
@@ -42,6 +43,16 @@ pub struct EngineConfig {
     pub max_joins: usize,
     /// How long edges and alerts are kept after their traffic was last seen (the store keeps them as long).
     pub retention: Duration,
+    /// Most edges held: at the cap, the least recently seen tenth is forgotten (counted, and deleted from the
+    /// store) before a new edge is added.
+    pub max_edges: usize,
+    /// Outside (and unknown) addresses an endpoint's edges name one by one on each side, before further ones
+    /// are counted under prefixes ([`crate::fold`]).
+    pub outside_peers: usize,
+    /// Most alerts held: beyond it, the least recently seen tenth is forgotten (counted).
+    pub max_alerts: usize,
+    /// Most sources the scan detector follows: beyond it, the tenth least like a scan is forgotten (counted).
+    pub max_scan_sources: usize,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +66,10 @@ impl Default for EngineConfig {
             join_window: Duration::from_secs(15),
             max_joins: 2_000_000,
             retention: Duration::from_secs(7 * 24 * 3600),
+            max_edges: 200_000,
+            outside_peers: 256,
+            max_alerts: 50_000,
+            max_scan_sources: 200_000,
         }
     }
 }
@@ -106,6 +121,8 @@ struct Resolved {
     view: Arc<FlowView>,
     not_isolated: bool,
     reason: Arc<str>,
+    /// An end was counted under a prefix of its address.
+    folded: bool,
     /// Its policy-violation (per pair), enforcement-gap and new-edge (per port) alert ids.
     alert_ids: EdgeAlertIds,
     /// The node of the destination pod (interned).
@@ -193,6 +210,27 @@ pub struct Totals {
     /// Alerts forgotten the same way.
     #[serde(default)]
     pub expired_alerts: u64,
+    /// Edges forgotten because the book was full (the least recently seen first).
+    #[serde(default)]
+    pub evicted_edges: u64,
+    /// Alerts forgotten because too many were held.
+    #[serde(default)]
+    pub evicted_alerts: u64,
+    /// Sources the scan detector stopped following because it followed too many.
+    #[serde(default)]
+    pub evicted_scan_sources: u64,
+    /// Connections counted under a prefix of their outside address (its endpoint had too many outside peers).
+    #[serde(default)]
+    pub folded_connections: u64,
+}
+
+/// What the engine forgot to stay within its bounds, for the store to delete.
+#[derive(Clone, Debug, Default)]
+pub struct Forgotten {
+    /// Edges.
+    pub edges: Vec<EdgeKey>,
+    /// Alerts, by id.
+    pub alerts: Vec<Arc<str>>,
 }
 
 /// Most time between two passes that forget what the retention no longer covers.
@@ -251,6 +289,10 @@ pub struct Engine {
     node_watched: Vec<bool>,
     /// The last reporting node looked up (a batch comes from one node).
     last_node: Option<(String, u16)>,
+    /// Outside peers per endpoint, folded into prefixes beyond the budget.
+    fold: PeerFold,
+    /// Edges and alerts forgotten for the bounds since the last checkpoint.
+    forgotten: Forgotten,
     /// The resolution each edge last counted a connection with.
     edge_resolved: Vec<Option<Arc<Resolved>>>,
     /// Connections by verdict since the engine started, added to `totals.verdicts` when read.
@@ -290,7 +332,10 @@ impl Engine {
             ScanDetector::new(config.scan),
             AlertBook::new(config.alert_repeat),
         );
+        let fold = PeerFold::new(config.outside_peers);
         let mut engine = Engine {
+            fold,
+            forgotten: Forgotten::default(),
             config,
             cluster_ranges,
             set: Arc::clone(&set),
@@ -453,7 +498,13 @@ impl Engine {
             self.edge_nodes.push(ids);
         }
         self.edge_resolved = vec![None; self.book.len()];
+        self.fold.rebuild(self.book.edges());
+        // A store written with larger bounds (or by a version without them) is brought within these ones.
+        while self.book.len() > self.config.max_edges.max(1) {
+            self.evict_edges();
+        }
         self.alerts.restore(alerts, now);
+        self.bound_alerts();
         let keep = flows.len().saturating_sub(self.config.recent_flows);
         self.recent = flows.into_iter().skip(keep).collect();
     }
@@ -482,6 +533,17 @@ impl Engine {
             .collect();
         self.unsaved_flows = 0;
         (edges, alerts, flows)
+    }
+
+    /// What was forgotten to stay within the bounds since the last call, for the store to delete.
+    pub fn take_forgotten(&mut self) -> Forgotten {
+        std::mem::take(&mut self.forgotten)
+    }
+
+    /// Gives back what [`Engine::take_forgotten`] answered when the checkpoint that was to delete it failed.
+    pub fn keep_forgotten(&mut self, f: Forgotten) {
+        self.forgotten.edges.extend(f.edges);
+        self.forgotten.alerts.extend(f.alerts);
     }
 
     fn pod_name(&self, party: Party) -> Option<Arc<str>> {
@@ -538,6 +600,12 @@ impl Engine {
             }
         }
         self.expire(now);
+        self.bound_alerts();
+        let sources = self.config.max_scan_sources.max(1);
+        if self.scans.sources() > sources {
+            let gone = self.scans.shed(sources - sources / 10);
+            self.totals.evicted_scan_sources += gone as u64;
+        }
         Some(applied)
     }
 
@@ -588,8 +656,16 @@ impl Engine {
         if let Some(hit) = self.resolved.get(&key) {
             return Arc::clone(hit);
         }
-        let src = endpoint_key(set.cluster(), flow.source, r.src);
-        let dst = endpoint_key(set.cluster(), flow.destination, dst_ip);
+        // At the cap, room is made before anything new is placed.
+        if self.book.len() >= self.config.max_edges.max(1) {
+            self.evict_edges();
+        }
+        let (src, dst, folded) = self.fold_ends(
+            endpoint_key(set.cluster(), flow.source, r.src),
+            r.src,
+            endpoint_key(set.cluster(), flow.destination, dst_ip),
+            dst_ip,
+        );
         let verdict = flow_verdict(&flow.judgement);
         let (egress, ingress) = direction_views(set, &flow.judgement);
         // As the reports count it: allowed with no rule allowing it in either direction.
@@ -661,6 +737,7 @@ impl Engine {
             }),
             not_isolated,
             reason: Arc::from(reason),
+            folded,
             destination_pod_node,
         });
         // Bounded: a flood of distinct outside addresses must not grow it without end.
@@ -768,6 +845,7 @@ impl Engine {
                 self.edge_resolved[edge] = Some(Arc::clone(&res));
             }
             self.totals.connections += 1;
+            self.totals.folded_connections += u64::from(res.folded);
             *self.verdict_counts.entry(view.verdict).or_default() += 1;
         } else {
             self.totals.joined_views += 1;
@@ -856,15 +934,119 @@ impl Engine {
         (edges, alerts)
     }
 
-    /// Drops the edges not marked in `keep` and renumbers every index that points at an edge.
+    /// Drops the edges not marked in `keep` and renumbers every index that points at an edge (a waiting
+    /// connection whose edge is gone no longer counts into one).
     fn compact_edges(&mut self, keep: &[bool]) {
         let renumber = self.book.retain(keep);
         retain_marked(&mut self.edge_nodes, keep);
         // Resolutions name their edge by index: they are worked out again on the next connection.
         self.resolved.clear();
         self.edge_resolved = vec![None; self.book.len()];
-        // Kept above: every edge a waiting connection points at survives.
         self.joins.renumber(&renumber);
+        // Peers of forgotten edges free their place.
+        self.fold.rebuild(self.book.edges());
+    }
+
+    /// The book is full: forgets the least recently seen tenth of it (ties in index order), counted and noted
+    /// for the store to delete.
+    fn evict_edges(&mut self) {
+        let n = self.book.len();
+        let target = self.config.max_edges.saturating_sub(self.config.max_edges / 10);
+        let drop = n.saturating_sub(target).max(1).min(n);
+        if drop == 0 {
+            return;
+        }
+        let mut seen: Vec<i64> = self.book.edges().iter().map(|e| e.last_seen.0).collect();
+        let (_, &mut threshold, _) = seen.select_nth_unstable(drop - 1);
+        let below = self
+            .book
+            .edges()
+            .iter()
+            .filter(|e| e.last_seen.0 < threshold)
+            .count();
+        let mut at_threshold = drop - below;
+        let keep: Vec<bool> = self
+            .book
+            .edges()
+            .iter()
+            .map(|e| {
+                if e.last_seen.0 < threshold {
+                    false
+                } else if e.last_seen.0 == threshold && at_threshold > 0 {
+                    at_threshold -= 1;
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        for (e, _) in self.book.edges().iter().zip(&keep).filter(|(_, k)| !**k) {
+            self.forgotten.edges.push(e.key.clone());
+        }
+        self.compact_edges(&keep);
+        self.totals.evicted_edges += drop as u64;
+        tracing::warn!(
+            "the edge book reached its cap of {} edges: forgot the {drop} seen least recently",
+            self.config.max_edges
+        );
+    }
+
+    /// Beyond the cap, forgets the least recently seen tenth of the alerts.
+    fn bound_alerts(&mut self) {
+        let cap = self.config.max_alerts.max(1);
+        if self.alerts.len() > cap {
+            let gone = self.alerts.evict_oldest(cap - cap / 10);
+            self.totals.evicted_alerts += gone.len() as u64;
+            self.forgotten.alerts.extend(gone);
+        }
+    }
+
+    /// Folds outside and unknown ends beyond their endpoint's budget into prefixes ([`PeerFold`]); answers the
+    /// ends and whether one was folded.
+    fn fold_ends(
+        &mut self,
+        src: EndpointKey,
+        src_ip: IpAddr,
+        dst: EndpointKey,
+        dst_ip: IpAddr,
+    ) -> (EndpointKey, EndpointKey, bool) {
+        let (src_out, dst_out) = (by_address(&src), by_address(&dst));
+        if !src_out && !dst_out {
+            return (src, dst, false);
+        }
+        let mut folded = false;
+        let new_src = if src_out {
+            let anchor = (!dst_out).then_some(&dst);
+            let (k, f) = self.fold.place(src, src_ip, anchor, PeerSide::Source);
+            folded |= f;
+            k
+        } else {
+            src
+        };
+        let new_dst = if dst_out {
+            let anchor = (!src_out).then_some(&new_src);
+            let (k, f) = self.fold.place(dst, dst_ip, anchor, PeerSide::Destination);
+            folded |= f;
+            k
+        } else {
+            dst
+        };
+        (new_src, new_dst, folded)
+    }
+
+    /// Outside peers held by the fold (every level), and the endpoints they are held for.
+    pub fn outside_peers(&self) -> (usize, usize) {
+        (self.fold.peers(), self.fold.anchors())
+    }
+
+    /// Alerts held.
+    pub fn alert_count(&self) -> usize {
+        self.alerts.len()
+    }
+
+    /// Sources the scan detector follows.
+    pub fn scan_sources(&self) -> usize {
+        self.scans.sources()
     }
 
     fn expire(&mut self, now: Timestamp) {

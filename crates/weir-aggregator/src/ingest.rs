@@ -105,6 +105,39 @@ pub fn clamp_times(records: &mut [FlowRecord], now: Timestamp) -> u64 {
     moved
 }
 
+/// Longest interface name a record may carry (Linux's `IFNAMSIZ` less its terminator).
+pub const MAX_INTERFACE: usize = 15;
+/// Longest Community ID a record may carry (version 1 is 30 characters).
+pub const MAX_COMMUNITY_ID: usize = 64;
+
+/// Holds the strings an agent chooses to what a record can truthfully carry, and returns how many records had to
+/// be changed: a record's observation point names the node whose batch it came in (the node the aggregator
+/// authenticated, not one the record claims), an interface name longer than the kernel allows is cleared, and so
+/// is an oversized Community ID. Every string the aggregator keeps is then bounded in length, and node names in
+/// number by the nodes that authenticate.
+pub fn sanitize_strings(records: &mut [FlowRecord], node: &str) -> u64 {
+    let mut changed = 0;
+    for r in records {
+        let mut touched = false;
+        if let Some(o) = &mut r.observed_at {
+            if o.node != node {
+                node.clone_into(&mut o.node);
+                touched = true;
+            }
+            if o.interface.len() > MAX_INTERFACE {
+                o.interface.clear();
+                touched = true;
+            }
+        }
+        if r.community_id.len() > MAX_COMMUNITY_ID {
+            r.community_id.clear();
+            touched = true;
+        }
+        changed += u64::from(touched);
+    }
+    changed
+}
+
 /// Reads a batch body: the records and how many were malformed; an error when a binary body cannot be framed.
 pub fn parse_records(
     format: BodyFormat,
@@ -195,6 +228,13 @@ pub(crate) async fn ingest(
         if seq == Some(0) {
             return Err(bad("batches are numbered from 1"));
         }
+        if let (Some(seq), Some(oldest)) = (seq, oldest)
+            && oldest > seq
+        {
+            return Err(bad(format!(
+                "{HEADER_OLDEST} ({oldest}) is after the batch sent ({seq})"
+            )));
+        }
         if seq.is_none() && has_body && declared.is_some() {
             return Err(bad(format!("a batch needs {HEADER_SEQ}")));
         }
@@ -237,6 +277,10 @@ pub(crate) async fn ingest(
             s.telemetry.rejected(Rejection::BadRequest);
             Err(bad(e.to_string()).into_response())
         }
+        Err(e @ BatchError::TooFar { .. }) => {
+            s.telemetry.rejected(Rejection::SequenceJump);
+            Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response())
+        }
         Err(e @ BatchError::Poisoned) => Err(internal(e.to_string()).into_response()),
     }
 }
@@ -247,30 +291,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn strings_an_agent_chooses_are_bounded_and_name_the_batch_s_node() {
+        let mut r = crate::test_support::tcp([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 2, 0, 1);
+        r.community_id = "1:LQU9qZlK+B5F3KDmev6m5PMibrg=".into();
+        r.observed_at = Some(weir_model::ObservationPoint {
+            node: "node-a".into(),
+            interface: "veth1234abcd".into(),
+            direction: weir_model::Direction::FromPod,
+        });
+        let fine = r.clone();
+        let mut other_node = r.clone();
+        if let Some(o) = &mut other_node.observed_at {
+            o.node = "node-b".into();
+        }
+        let mut long = r.clone();
+        if let Some(o) = &mut long.observed_at {
+            o.interface = "x".repeat(10_000);
+        }
+        long.community_id = "y".repeat(1 << 20);
+        let mut records = vec![fine.clone(), other_node, long];
+        assert_eq!(sanitize_strings(&mut records, "node-a"), 2);
+        assert_eq!(records[0], fine);
+        assert_eq!(records[1], fine, "the batch's node, not the one claimed");
+        let o = records[2].observed_at.clone().unwrap_or_else(|| panic!("kept"));
+        assert_eq!((o.node.as_str(), o.interface.as_str()), ("node-a", ""));
+        assert!(records[2].community_id.is_empty());
+    }
+
+    #[test]
     fn record_times_are_held_to_the_aggregator_s_clock() {
         let now = Timestamp(1_000_000 * 1_000_000_000);
         let s = 1_000_000_000;
-        let record = |start: i64, end: i64| FlowRecord {
-            src: [10, 0, 0, 1].into(),
-            src_port: Some(1),
-            dst: [10, 0, 0, 2].into(),
-            dst_port: Some(2),
-            proto: weir_model::Protocol::TCP,
-            icmp_type: None,
-            icmp_code: None,
-            icmp_id: None,
-            packets: 1,
-            bytes: 60,
-            reply_packets: 0,
-            reply_bytes: 0,
-            start: Timestamp(start),
-            end: Timestamp(end),
-            tcp_flags: Default::default(),
-            reply_tcp_flags: Default::default(),
-            orientation: Default::default(),
-            end_reason: Default::default(),
-            community_id: String::new(),
-            observed_at: None,
+        let record = |start: i64, end: i64| {
+            crate::test_support::tcp([10, 0, 0, 1].into(), [10, 0, 0, 2].into(), 2, start, end)
         };
         let mut records = vec![
             record(now.0 - 20 * s, now.0 - 10 * s),
@@ -298,6 +351,19 @@ enum BatchError {
     /// The body could not be framed: the agent's fault, not retryable as it is.
     #[error("the batch body is unreadable: {0}")]
     Body(#[source] weir_model::wire::WireError),
+    /// The batch jumps too far past the run's last applied one.
+    #[error(
+        "batch {seq} jumps more than {} batches past the last one applied ({applied}); the run expects batch {expected}",
+        crate::admission::MAX_SEQ_JUMP
+    )]
+    TooFar {
+        /// The batch sent.
+        seq: u64,
+        /// The last applied.
+        applied: u64,
+        /// The batch expected.
+        expected: u64,
+    },
     /// A thread panicked while holding the engine: nothing more can be applied safely until a restart.
     #[error("the engine is unusable after an internal failure; restart the aggregator")]
     Poisoned,
@@ -361,6 +427,13 @@ fn apply_batch(
             s.telemetry.batch(BatchResult::OutOfOrder);
             return Ok(reply(applied, Some(expected)));
         }
+        Admission::TooFar { expected } => {
+            return Err(BatchError::TooFar {
+                seq: seq.unwrap_or_default(),
+                applied,
+                expected,
+            });
+        }
         Admission::Apply { .. } => {}
     }
     // Parsing, attribution and verdicts do not need the lock: only counting does.
@@ -368,6 +441,7 @@ fn apply_batch(
     drop(core);
     let (mut records, malformed) = parse_records(format, body).map_err(BatchError::Body)?;
     s.telemetry.clamped(clamp_times(&mut records, now));
+    s.telemetry.sanitized(sanitize_strings(&mut records, &node));
     s.telemetry.malformed(malformed);
     let judged = kit.judge(records);
     let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
@@ -391,6 +465,7 @@ fn apply_batch(
         None => {
             let (mut records, _) = parse_records(format, body).map_err(BatchError::Body)?;
             clamp_times(&mut records, now);
+            sanitize_strings(&mut records, &node);
             core.engine.apply(records, now)
         }
     };

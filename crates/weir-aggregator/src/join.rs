@@ -285,13 +285,16 @@ impl JoinTable {
         self.joins.values().flatten().map(|c| c.edge)
     }
 
-    /// Renumbers the edges after the book dropped some (every edge a waiting connection counts on was kept).
+    /// Renumbers the edges after the book dropped some.
     pub fn renumber(&mut self, renumber: &[Option<usize>]) {
         for conns in self.joins.values_mut() {
             for c in conns.iter_mut() {
-                if let Some(&Some(n)) = renumber.get(c.edge as usize) {
-                    c.edge = u32::try_from(n).unwrap_or(u32::MAX);
-                }
+                c.edge = match renumber.get(c.edge as usize) {
+                    Some(&Some(n)) => u32::try_from(n).unwrap_or(u32::MAX),
+                    // Its edge was forgotten (the book was full): it counts into none.
+                    Some(None) => u32::MAX,
+                    None => c.edge,
+                };
             }
         }
     }

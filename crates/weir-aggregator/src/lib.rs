@@ -21,6 +21,7 @@ mod api;
 pub mod auth;
 pub mod checkpoint;
 pub mod engine;
+mod fold;
 mod http;
 pub mod ingest;
 mod join;
@@ -30,6 +31,8 @@ pub mod server;
 mod state;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod ui;
 mod views;
 pub mod webhook;
@@ -45,7 +48,7 @@ use weir_cluster::ClusterState;
 use weir_policy::PolicySet;
 
 pub use auth::{Token, WeakToken};
-pub use engine::{Engine, EngineConfig, StoredFlow};
+pub use engine::{Engine, EngineConfig, Forgotten, StoredFlow};
 pub use state::{AgentState, Core, Shared};
 pub use weir_analysis::{EdgeKey, EdgeStats};
 pub use weir_model::EndpointKey;

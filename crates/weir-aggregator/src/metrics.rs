@@ -198,10 +198,38 @@ impl Collector for ScrapeCollector {
                 (label("kind", "alert"), t.expired_alerts),
             ],
         )?;
+            r.counters(
+                "evicted",
+                "Edges, alerts and scan sources forgotten to stay within their caps (the least recently seen, or \
+                 for scan sources the least like a scan), by kind",
+                [
+                    (label("kind", "edge"), t.evicted_edges),
+                    (label("kind", "alert"), t.evicted_alerts),
+                    (label("kind", "scan_source"), t.evicted_scan_sources),
+                ],
+            )?;
+            r.counter(
+                "outside_peers_folded_connections",
+                "Connections counted under a prefix of their outside address, because its endpoint had more \
+                 outside peers than it keeps one by one",
+                t.folded_connections,
+            )?;
             r.gauge(
                 "edges",
                 "Workload edges known",
                 core.engine.edges().len() as i64,
+            )?;
+            let (peers, anchors) = core.engine.outside_peers();
+            r.gauges(
+                "bounded_state",
+                "Entries held in the engine's bounded tables, by table",
+                [
+                    (label("table", "outside_peers"), peers as i64),
+                    (label("table", "outside_peer_endpoints"), anchors as i64),
+                    (label("table", "alerts"), core.engine.alert_count() as i64),
+                    (label("table", "scan_sources"), core.engine.scan_sources() as i64),
+                    (label("table", "agent_runs"), core.agents.len() as i64),
+                ],
             )?;
             r.gauge(
                 "pending_joins",

@@ -46,6 +46,9 @@ pub struct Core {
 /// Agent runs kept per node: the running one and a few before it (whose last batches may still be resent).
 pub const RUNS_PER_NODE: usize = 4;
 
+/// Agent runs kept in all: four for each of 5,000 nodes (the largest cluster Kubernetes supports).
+pub const MAX_RUNS: usize = RUNS_PER_NODE * 5000;
+
 impl Core {
     /// Makes room for a new run of `node`: beyond [`RUNS_PER_NODE`] its least recently heard run is forgotten
     /// (a run that comes back starts over: its batches are applied again from where it says it is). Returns how
@@ -76,9 +79,26 @@ impl Core {
                     self.agents.remove(&(node.to_owned(), epoch));
                     forgotten += 1;
                 }
-                _ => return forgotten,
+                _ => break,
             }
         }
+        // And beyond [`MAX_RUNS`] in all (nodes named by a shared token are not bounded by the cluster), the
+        // least recently heard run of any node.
+        while self.agents.len() >= MAX_RUNS {
+            let oldest = self
+                .agents
+                .iter()
+                .min_by_key(|(_, a)| a.last_seen)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.agents.remove(&k);
+                    forgotten += 1;
+                }
+                None => break,
+            }
+        }
+        forgotten
     }
 
     /// Forgets agent runs not heard from since `horizon` (as the store forgets their cursors).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 use weir_model::{Alert, Timestamp};
 
-use crate::engine::{StoredFlow, Totals};
+use crate::engine::{Forgotten, StoredFlow, Totals};
 use crate::rows::EdgeRow;
 use weir_analysis::EdgeStats;
 
@@ -39,6 +39,8 @@ pub struct Checkpoint {
     pub cursors: Vec<Cursor>,
     /// The engine's totals.
     pub totals: Totals,
+    /// Edges and alerts the engine forgot to stay within its bounds (deleted before the changes are written).
+    pub forgotten: Forgotten,
 }
 
 /// What a store held at start.
@@ -244,6 +246,19 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
+            let mut forget_edge = tx
+                .prepare_cached("DELETE FROM edges WHERE key = ?1")
+                .map_err(err)?;
+            for key in &cp.forgotten.edges {
+                let key = serde_json::to_string(key).unwrap_or_default();
+                forget_edge.execute(params![key]).map_err(err)?;
+            }
+            let mut forget_alert = tx
+                .prepare_cached("DELETE FROM alerts WHERE id = ?1")
+                .map_err(err)?;
+            for id in &cp.forgotten.alerts {
+                forget_alert.execute(params![id.as_ref()]).map_err(err)?;
+            }
             let mut edge = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO edges (key, last_seen, body) VALUES (?1, ?2, ?3)",

@@ -43,6 +43,8 @@ pub enum Rejection {
     Busy,
     /// The body did not arrive within the time allowed, or was larger than allowed.
     SlowOrLargeBody,
+    /// A batch number far past the run's last applied one.
+    SequenceJump,
 }
 
 /// What became of an alert sent to the webhook.
@@ -80,6 +82,7 @@ label_values! {
         AuthUnavailable => "auth_unavailable",
         Busy => "busy",
         SlowOrLargeBody => "slow_or_large_body",
+        SequenceJump => "sequence_jump",
     }
     WebhookResult {
         Sent => "sent",
@@ -111,6 +114,7 @@ pub struct Telemetry {
     records: Counter,
     malformed: Counter,
     clamped: Counter,
+    sanitized: Counter,
     runs_forgotten: Counter,
     checkpoints: Counter,
     checkpoint_failures: Counter,
@@ -135,6 +139,7 @@ impl Telemetry {
             records: Counter::default(),
             malformed: Counter::default(),
             clamped: Counter::default(),
+            sanitized: Counter::default(),
             runs_forgotten: Counter::default(),
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
@@ -159,6 +164,7 @@ impl Telemetry {
             Rejection::AuthUnavailable,
             Rejection::Busy,
             Rejection::SlowOrLargeBody,
+            Rejection::SequenceJump,
         ] {
             let _ = t.rejected.get_or_create(&ReasonLabel { reason: r });
         }
@@ -187,6 +193,12 @@ impl Telemetry {
                 "Flow records dated more than 5 minutes ahead of the aggregator's clock (or before 1970), moved \
                  to that bound",
                 t.clamped.clone(),
+            );
+            r.register(
+                "ingest_sanitized_records",
+                "Flow records carrying another node's name than their batch's (set to the batch's), an interface \
+                 name over 15 bytes or a Community ID over 64 (cleared)",
+                t.sanitized.clone(),
             );
             r.register(
                 "agent_runs_forgotten",
@@ -266,6 +278,11 @@ impl Telemetry {
     /// Records whose times were moved inside the aggregator's clock.
     pub fn clamped(&self, n: u64) {
         self.clamped.inc_by(n);
+    }
+
+    /// Records whose agent-chosen strings were held to bounds.
+    pub fn sanitized(&self, n: u64) {
+        self.sanitized.inc_by(n);
     }
 
     /// Agent runs forgotten.

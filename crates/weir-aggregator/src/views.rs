@@ -70,6 +70,10 @@ pub(crate) struct TotalsView<'a> {
     policy_updates: u64,
     expired_edges: u64,
     expired_alerts: u64,
+    evicted_edges: u64,
+    evicted_alerts: u64,
+    evicted_scan_sources: u64,
+    folded_connections: u64,
 }
 
 impl<'a> From<&'a Totals> for TotalsView<'a> {
@@ -89,6 +93,10 @@ impl<'a> From<&'a Totals> for TotalsView<'a> {
             policy_updates: t.policy_updates,
             expired_edges: t.expired_edges,
             expired_alerts: t.expired_alerts,
+            evicted_edges: t.evicted_edges,
+            evicted_alerts: t.evicted_alerts,
+            evicted_scan_sources: t.evicted_scan_sources,
+            folded_connections: t.folded_connections,
         }
     }
 }

@@ -455,3 +455,93 @@ fn tick_forgets_on_its_own() {
     assert!(e.edges().is_empty());
     assert_eq!(e.totals().expired_edges, 1);
 }
+
+/// An engine with small bounds, to see them hold.
+fn bounded(outside_peers: usize, max_edges: usize, t0: i64) -> Engine {
+    let config = EngineConfig {
+        learn: Duration::ZERO,
+        outside_peers,
+        max_edges,
+        max_alerts: 500,
+        max_scan_sources: 1000,
+        ..EngineConfig::default()
+    };
+    Engine::new(config, set(), Timestamp(t0))
+}
+
+/// The `i`th of many distinct internet addresses (never in the cluster's ranges).
+fn outside(i: u32) -> String {
+    let a = 0x2000_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761) >> 3);
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
+#[test]
+fn a_flood_of_distinct_outside_sources_is_folded_and_bounded() {
+    let t0 = 1_000 * S;
+    let budget = 16;
+    let mut e = bounded(budget, 1_000_000, t0);
+    let n = 60_000u32;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+        let batch = chunk
+            .iter()
+            .map(|&i| {
+                // To two pods, on two ports each.
+                let (dst, port) = match i % 4 {
+                    0 => ("10.1.1.5", 443),
+                    1 => ("10.1.1.5", 80),
+                    2 => ("10.1.2.6", 5432),
+                    _ => ("10.1.2.6", 443),
+                };
+                record(&outside(i), 40000, dst, port, t0 + i64::from(i), None)
+            })
+            .collect();
+        e.apply(batch, Timestamp(t0 + 10 * S));
+    }
+    let totals = e.totals();
+    assert_eq!(totals.connections, u64::from(n), "every connection counted");
+    // Per pod and side: at most the budget at each of the four levels, and the catch-all.
+    let (peers, anchors) = e.outside_peers();
+    assert_eq!(anchors, 2);
+    assert!(peers <= 2 * (4 * budget + 1), "{peers} peers held");
+    // Edges name a peer per port: at most that many per port.
+    let outside_edges = e
+        .edges()
+        .iter()
+        .filter(|x| x.key.src.kind == weir_model::EndpointKind::External)
+        .count();
+    assert!(outside_edges <= 4 * (4 * budget + 1), "{outside_edges}");
+    assert!(outside_edges >= 4 * budget, "{outside_edges}");
+    // Every connection is on an edge, folded or not.
+    let flows: u64 = e.edges().iter().map(|x| x.flows).sum();
+    assert_eq!(flows, u64::from(n));
+    assert!(totals.folded_connections > u64::from(n) / 2);
+    assert!(
+        e.edges().iter().any(|x| x.key.src.name.ends_with("/0")),
+        "the catch-all holds the rest"
+    );
+    // Alerts follow the edges: bounded by them, not by the sources.
+    assert!(e.alert_count() <= 500, "{}", e.alert_count());
+}
+
+#[test]
+fn the_edge_book_stays_under_its_cap_forgetting_the_least_recently_seen() {
+    let t0 = 1_000 * S;
+    // Every address kept by itself; only the cap bounds the book.
+    let mut e = bounded(1_000_000, 1_000, t0);
+    let batch: Vec<FlowRecord> = (0..5_000u32)
+        .map(|i| record(&outside(i), 40000, "10.1.1.5", 443, t0 + i64::from(i) * 1000, None))
+        .collect();
+    e.apply(batch, Timestamp(t0 + 10 * S));
+    assert!(e.edges().len() <= 1_000, "{}", e.edges().len());
+    let t = e.totals();
+    assert_eq!(t.connections, 5_000);
+    assert_eq!(t.evicted_edges as usize + e.edges().len(), 5_000);
+    // The newest edges are the ones kept, and the store is told which ones went.
+    let newest = e.edges().iter().map(|x| x.last_seen).max().unwrap();
+    assert_eq!(newest, Timestamp(t0 + 4_999 * 1000 + 1000));
+    let oldest_kept = e.edges().iter().map(|x| x.last_seen).min().unwrap();
+    assert!(oldest_kept.0 >= t0 + 4_000 * 1000, "{oldest_kept:?}");
+    let forgotten = e.take_forgotten();
+    assert_eq!(forgotten.edges.len() as u64, t.evicted_edges);
+    assert!(e.take_forgotten().edges.is_empty());
+}

@@ -491,6 +491,29 @@ impl AlertBook {
         before - self.alerts.len()
     }
 
+    /// Forgets the least recently seen alerts until `keep` are left (ties by id), whatever is pending for
+    /// them: the book's bound when too many are held. Answers their ids.
+    pub fn evict_oldest(&mut self, keep: usize) -> Vec<Arc<str>> {
+        let n = self.alerts.len();
+        if n <= keep {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(Timestamp, Arc<str>)> = self
+            .alerts
+            .iter()
+            .map(|(id, e)| (e.alert.last_seen, Arc::clone(id)))
+            .collect();
+        by_age.select_nth_unstable(n - keep - 1);
+        by_age.truncate(n - keep);
+        by_age
+            .into_iter()
+            .map(|(_, id)| {
+                self.alerts.remove(&id);
+                id
+            })
+            .collect()
+    }
+
     /// Every alert, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &Alert> {
         self.alerts.values().map(|e| &e.alert)

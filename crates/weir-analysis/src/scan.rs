@@ -554,6 +554,40 @@ impl ScanDetector {
         })
     }
 
+    /// Keeps the `keep` sources most like a scan (the most distinct probed destinations in a half-window, then
+    /// the most recently counted) and forgets the others: the live detector's bound when a flood of distinct
+    /// sources, each too small to be a scan by itself, would grow it without end. Answers how many it forgot.
+    pub fn shed(&mut self, keep: usize) -> usize {
+        let n = self.sources.len();
+        if n <= keep {
+            return 0;
+        }
+        let score = |s: &Source| {
+            let targets = s.halves.iter().map(|(_, h)| h.targets.len()).max();
+            (targets.unwrap_or(0), s.touched)
+        };
+        let mut scores: Vec<(usize, Timestamp)> = self.sources.values().map(score).collect();
+        let drop = n - keep;
+        let (_, &mut threshold, _) = scores.select_nth_unstable(drop - 1);
+        let mut at_threshold = drop
+            - scores
+                .iter()
+                .filter(|&&x| x < threshold)
+                .count();
+        self.sources.retain(|_, s| {
+            let x = score(s);
+            if x < threshold {
+                false
+            } else if x == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        n - self.sources.len()
+    }
+
     /// Forgets sources idle since before `now - window - margin` on the caller's clock, and the half-windows of
     /// the others that end more than the window and the margin before their newest one: a live detector keeps
     /// what a late batch can still count into. Returns the sources forgotten.

@@ -56,7 +56,7 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Run once: take flows from agents, judge them against the cluster's policies as they arrive, raise
     /// alerts, keep the baseline, serve the API and metrics.
-    Aggregator(aggregator::AggregatorArgs),
+    Aggregator(Box<aggregator::AggregatorArgs>),
     /// Write a cluster snapshot from the live cluster: the objects every `--cluster` option reads.
     Snapshot(snapshot::SnapshotArgs),
     /// Tail the aggregator's alerts (or judged flows) as they happen.
@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         Command::Suggest(args) => suggest::run(args, kube),
         Command::Diff(args) => diff::run(args, kube),
         Command::Agent(args) => agent::run(args),
-        Command::Aggregator(args) => aggregator::run(args, kube),
+        Command::Aggregator(args) => aggregator::run(*args, kube),
         Command::Snapshot(args) => snapshot::run_snapshot(args, kube),
         Command::Watch(args) => watch::run(args),
     };

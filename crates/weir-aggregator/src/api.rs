@@ -26,6 +26,7 @@ use weir_policy::PolicySet;
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, bad, internal};
 use crate::state::Shared;
+use crate::telemetry::LockSite;
 use crate::views::{AgentView, EdgeView, FlowView, TotalsView};
 use weir_analysis::EdgeStats;
 use weir_kube::ClusterStatus;
@@ -91,7 +92,9 @@ pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, Api
         .lock()
         .map(|a| a.reported().clone())
         .map_err(|_| internal("the node addresses are unusable (lock poisoned)"))?;
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     let now = Timestamp::now();
     let totals = core.engine.totals();
     let view = StatusView {
@@ -232,7 +235,9 @@ pub(crate) async fn flows(
     Query(f): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
     let (since, until, limit) = f.bounds()?;
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     let out: Vec<StoredFlow> = core
         .engine
         .recent()
@@ -253,7 +258,9 @@ pub(crate) async fn edges(
 ) -> Result<Response, ApiError> {
     let (since, until, _) = f.bounds()?;
     let limit = f.limit.unwrap_or(10_000).clamp(1, 100_000);
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     let mut out: Vec<EdgeStats> = core
         .engine
         .edges()
@@ -320,7 +327,9 @@ pub(crate) async fn alerts(
         .as_deref()
         .map(|t| parse_time(t, Timestamp::now()))
         .transpose()?;
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     let mut out: Vec<Alert> = core
         .engine
         .alerts()
@@ -340,7 +349,9 @@ pub(crate) async fn alert(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     match core.engine.alert(&id) {
         Some(a) => Ok(axum::Json(a.clone()).into_response()),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no alert {id:?}"))),
@@ -428,7 +439,9 @@ impl Samples {
 
 /// The samples of the edges `keep` picks.
 pub(crate) fn samples(s: &Shared, keep: impl Fn(&EdgeStats) -> bool) -> Result<Samples, ApiError> {
-    let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+    let core = s
+        .lock_core(LockSite::Read)
+        .ok_or_else(|| internal("lock poisoned"))?;
     let mut records = Vec::new();
     let mut weights: HashMap<String, SampleWeight> = HashMap::new();
     for e in core.engine.edges().iter().filter(|e| keep(e)) {

@@ -7,6 +7,7 @@ use weir_model::Timestamp;
 
 use crate::state::Shared;
 use crate::store::Cursor;
+use crate::telemetry::LockSite;
 
 /// Collects a checkpoint under the lock; after it is written, acknowledges the batches it covers.
 pub async fn checkpoint_loop(
@@ -44,7 +45,7 @@ pub async fn checkpoint_once(
 ) -> Result<(), CheckpointError> {
     let now = Timestamp::now();
     let (checkpoint, covered) = {
-        let Ok(mut core) = s.core.lock() else {
+        let Some(mut core) = s.lock_core(LockSite::Checkpoint) else {
             return Err(CheckpointError::Poisoned("engine"));
         };
         core.engine.tick(now);
@@ -106,7 +107,7 @@ pub async fn checkpoint_once(
     match failure {
         None => {
             s.telemetry.checkpoint();
-            if let Ok(mut core) = s.core.lock() {
+            if let Some(mut core) = s.lock_core(LockSite::Checkpoint) {
                 for (key, applied) in covered {
                     if let Some(a) = core.agents.get_mut(&key) {
                         a.acked = a.acked.max(applied);
@@ -118,7 +119,7 @@ pub async fn checkpoint_once(
         Some(message) => {
             s.telemetry.checkpoint_failed();
             tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
-            if let Ok(mut core) = s.core.lock() {
+            if let Some(mut core) = s.lock_core(LockSite::Checkpoint) {
                 core.engine.mark_all_dirty();
                 core.engine.keep_forgotten(forgotten);
             }

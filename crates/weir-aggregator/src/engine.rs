@@ -20,8 +20,8 @@ use weir_model::{
 };
 use weir_policy::{PolicySet, VerdictCache};
 
-pub use crate::join::Side;
 use crate::fold::{PeerFold, PeerSide, by_address};
+pub use crate::join::Side;
 use crate::join::{JoinKey, JoinTable, Joined, View};
 
 /// Settings of the judging core.
@@ -951,7 +951,10 @@ impl Engine {
     /// for the store to delete.
     fn evict_edges(&mut self) {
         let n = self.book.len();
-        let target = self.config.max_edges.saturating_sub(self.config.max_edges / 10);
+        let target = self
+            .config
+            .max_edges
+            .saturating_sub(self.config.max_edges / 10);
         let drop = n.saturating_sub(target).max(1).min(n);
         if drop == 0 {
             return;

@@ -109,7 +109,11 @@ impl PeerFold {
             let (src, dst) = (&e.key.src, &e.key.dst);
             let pairs = [
                 (src, (!by_address(dst)).then_some(dst), PeerSide::Source),
-                (dst, (!by_address(src)).then_some(src), PeerSide::Destination),
+                (
+                    dst,
+                    (!by_address(src)).then_some(src),
+                    PeerSide::Destination,
+                ),
             ];
             for (peer, anchor, side) in pairs {
                 if !by_address(peer) {

@@ -21,7 +21,7 @@ use crate::admission::{Admission, admit};
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, bad, internal};
 use crate::state::{AgentState, Core, Shared};
-use crate::telemetry::{BatchResult, Rejection};
+use crate::telemetry::{BatchResult, LockSite, Rejection};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -313,7 +313,10 @@ mod tests {
         assert_eq!(sanitize_strings(&mut records, "node-a"), 2);
         assert_eq!(records[0], fine);
         assert_eq!(records[1], fine, "the batch's node, not the one claimed");
-        let o = records[2].observed_at.clone().unwrap_or_else(|| panic!("kept"));
+        let o = records[2]
+            .observed_at
+            .clone()
+            .unwrap_or_else(|| panic!("kept"));
         assert_eq!((o.node.as_str(), o.interface.as_str()), ("node-a", ""));
         assert!(records[2].community_id.is_empty());
     }
@@ -406,7 +409,7 @@ fn apply_batch(
         }
         (agent.applied, agent.acked)
     };
-    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
+    let mut core = s.lock_core(LockSite::Ingest).ok_or(BatchError::Poisoned)?;
     core.engine.watch_node(&node);
     let (applied, acked) = cursor(&mut core);
     let reply = |applied, expected| IngestReply {
@@ -444,7 +447,7 @@ fn apply_batch(
     s.telemetry.sanitized(sanitize_strings(&mut records, &node));
     s.telemetry.malformed(malformed);
     let judged = kit.judge(records);
-    let mut core = s.core.lock().map_err(|_| BatchError::Poisoned)?;
+    let mut core = s.lock_core(LockSite::Ingest).ok_or(BatchError::Poisoned)?;
     // Another request of the same agent run may have got there first.
     let (applied, acked) = cursor(&mut core);
     let (seq, missed) = match admit(applied, seq, oldest) {

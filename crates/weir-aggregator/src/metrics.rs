@@ -227,7 +227,10 @@ impl Collector for ScrapeCollector {
                     (label("table", "outside_peers"), peers as i64),
                     (label("table", "outside_peer_endpoints"), anchors as i64),
                     (label("table", "alerts"), core.engine.alert_count() as i64),
-                    (label("table", "scan_sources"), core.engine.scan_sources() as i64),
+                    (
+                        label("table", "scan_sources"),
+                        core.engine.scan_sources() as i64,
+                    ),
                     (label("table", "agent_runs"), core.agents.len() as i64),
                 ],
             )?;

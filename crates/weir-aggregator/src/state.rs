@@ -13,7 +13,7 @@ use weir_policy::PolicySet;
 
 use crate::auth::{AgentAuth, Token};
 use crate::engine::{Engine, StoredFlow};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LockSite, Telemetry};
 use weir_kube::ClusterStatus;
 
 /// One agent run as the aggregator knows it.
@@ -109,6 +109,34 @@ impl Core {
     }
 }
 
+/// The engine's lock, held: derefs to the [`Core`]; the hold time is observed when it is dropped.
+pub struct CoreGuard<'a> {
+    guard: std::sync::MutexGuard<'a, Core>,
+    started: std::time::Instant,
+    site: LockSite,
+    telemetry: &'a Telemetry,
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.guard
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        self.telemetry
+            .lock_held(self.site, self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// State shared by every handler.
 pub struct Shared {
     /// Engine and agents.
@@ -195,6 +223,18 @@ impl Shared {
         }
     }
 
+    /// The engine, locked: the time it is held is observed per `site` when the guard is dropped
+    /// (`weir_engine_lock_hold_seconds`). `None` when a panic poisoned the lock.
+    pub fn lock_core(&self, site: LockSite) -> Option<CoreGuard<'_>> {
+        let guard = self.core.lock().ok()?;
+        Some(CoreGuard {
+            guard,
+            started: std::time::Instant::now(),
+            site,
+            telemetry: &self.telemetry,
+        })
+    }
+
     /// The shared state a panic left unusable (a poisoned lock), if any: the aggregator then answers 500 to
     /// what needs it, is neither ready nor healthy (so Kubernetes restarts it, and it resumes from its last
     /// checkpoint; unacknowledged batches are sent again by the agents).
@@ -221,9 +261,9 @@ impl Shared {
         };
         addresses.base = Some(set);
         if let Some(set) = addresses.compose() {
-            match self.core.lock() {
-                Ok(mut core) => core.engine.set_policy(set),
-                Err(_) => {
+            match self.lock_core(LockSite::Cluster) {
+                Some(mut core) => core.engine.set_policy(set),
+                None => {
                     tracing::error!("the engine is unusable: the new policy set is not installed");
                     return;
                 }
@@ -255,7 +295,9 @@ impl Shared {
             return;
         }
         addresses.reported.insert(node.to_owned(), reported);
-        if let (Some(set), Ok(mut core)) = (addresses.compose(), self.core.lock()) {
+        if let (Some(set), Some(mut core)) =
+            (addresses.compose(), self.lock_core(LockSite::Cluster))
+        {
             core.engine.set_policy(set);
         }
     }

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// What became of an agent's request.
@@ -45,6 +46,19 @@ pub enum Rejection {
     SlowOrLargeBody,
     /// A batch number far past the run's last applied one.
     SequenceJump,
+}
+
+/// Where the engine's lock is taken, for the time it is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockSite {
+    /// Ingest: admitting a batch, or counting a judged one.
+    Ingest,
+    /// A checkpoint collecting its changes, or acknowledging after it.
+    Checkpoint,
+    /// An API, UI or metrics read.
+    Read,
+    /// A new policy set installed.
+    Cluster,
 }
 
 /// What became of an alert sent to the webhook.
@@ -84,6 +98,12 @@ label_values! {
         SlowOrLargeBody => "slow_or_large_body",
         SequenceJump => "sequence_jump",
     }
+    LockSite {
+        Ingest => "ingest",
+        Checkpoint => "checkpoint",
+        Read => "read",
+        Cluster => "cluster",
+    }
     WebhookResult {
         Sent => "sent",
         Failed => "failed",
@@ -98,6 +118,18 @@ struct BatchLabel {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct WebhookLabel {
     result: WebhookResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SiteLabel {
+    site: LockSite,
+}
+
+/// Lock-hold buckets: 10 µs to 3 s, about three per decade.
+fn lock_histogram() -> Histogram {
+    Histogram::new([
+        1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0,
+    ])
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -121,6 +153,7 @@ pub struct Telemetry {
     checkpoint_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     webhook: Family<WebhookLabel, Counter>,
     stream_lagged: Counter,
+    lock_held: Family<SiteLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Telemetry {
@@ -146,6 +179,7 @@ impl Telemetry {
             checkpoint_seconds: Counter::default(),
             webhook: Family::default(),
             stream_lagged: Counter::default(),
+            lock_held: Family::new_with_constructor(lock_histogram),
         };
         // Every label value shows from the start, so a rate over a missing series is never needed.
         for r in [
@@ -167,6 +201,14 @@ impl Telemetry {
             Rejection::SequenceJump,
         ] {
             let _ = t.rejected.get_or_create(&ReasonLabel { reason: r });
+        }
+        for site in [
+            LockSite::Ingest,
+            LockSite::Checkpoint,
+            LockSite::Read,
+            LockSite::Cluster,
+        ] {
+            let _ = t.lock_held.get_or_create(&SiteLabel { site });
         }
         for r in [WebhookResult::Sent, WebhookResult::Failed] {
             let _ = t.webhook.get_or_create(&WebhookLabel { result: r });
@@ -225,6 +267,11 @@ impl Telemetry {
                 "alert_webhook_alerts",
                 "Alerts sent to the webhook, by result",
                 t.webhook.clone(),
+            );
+            r.register(
+                "engine_lock_hold_seconds",
+                "How long the engine's lock was held, by where it was taken (ingest, ingest and reads wait on it)",
+                t.lock_held.clone(),
             );
             r.register(
                 "stream_lagged_events",
@@ -310,6 +357,13 @@ impl Telemetry {
         self.webhook.get_or_create(&WebhookLabel { result }).inc();
     }
 
+    /// The engine's lock was held this long at `site`.
+    pub fn lock_held(&self, site: LockSite, seconds: f64) {
+        self.lock_held
+            .get_or_create(&SiteLabel { site })
+            .observe(seconds);
+    }
+
     /// Events a stream subscriber missed.
     pub fn stream_lagged(&self, n: u64) {
         self.stream_lagged.inc_by(n);
@@ -329,6 +383,7 @@ mod tests {
         t.records(7);
         t.checkpoint_time(0.5);
         t.webhook(WebhookResult::Failed);
+        t.lock_held(LockSite::Ingest, 0.002);
         let text = t.encode().unwrap_or_default();
         for line in [
             "weir_ingest_batches_total{result=\"applied\"} 2",
@@ -337,6 +392,8 @@ mod tests {
             "weir_ingest_records_total 7",
             "weir_store_checkpoint_seconds_total 0.5",
             "weir_alert_webhook_alerts_total{result=\"failed\"} 1",
+            "weir_engine_lock_hold_seconds_bucket{le=\"0.003\",site=\"ingest\"} 1",
+            "weir_engine_lock_hold_seconds_count{site=\"read\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -30,6 +30,7 @@ use crate::api::{parse_time, samples, samples_caveat};
 use crate::engine::StoredFlow;
 use crate::http::{ApiError, internal};
 use crate::state::Shared;
+use crate::telemetry::LockSite;
 use weir_analysis::EdgeStats;
 use weir_model::EndpointKey;
 
@@ -580,7 +581,9 @@ async fn live(s: &Arc<Shared>, q: MapQuery) -> Result<LiveMap, ApiError> {
     let expand = list(&q.expand);
     let title = title(s);
     let snap = {
-        let core = s.core.lock().map_err(|_| internal("lock poisoned"))?;
+        let core = s
+            .lock_core(LockSite::Read)
+            .ok_or_else(|| internal("lock poisoned"))?;
         let engine = &core.engine;
         let in_window = |t: Timestamp| since.is_none_or(|s| t >= s);
         let flows = if expand.is_empty() {

@@ -529,7 +529,16 @@ fn the_edge_book_stays_under_its_cap_forgetting_the_least_recently_seen() {
     // Every address kept by itself; only the cap bounds the book.
     let mut e = bounded(1_000_000, 1_000, t0);
     let batch: Vec<FlowRecord> = (0..5_000u32)
-        .map(|i| record(&outside(i), 40000, "10.1.1.5", 443, t0 + i64::from(i) * 1000, None))
+        .map(|i| {
+            record(
+                &outside(i),
+                40000,
+                "10.1.1.5",
+                443,
+                t0 + i64::from(i) * 1000,
+                None,
+            )
+        })
         .collect();
     e.apply(batch, Timestamp(t0 + 10 * S));
     assert!(e.edges().len() <= 1_000, "{}", e.edges().len());

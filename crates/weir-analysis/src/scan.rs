@@ -569,11 +569,7 @@ impl ScanDetector {
         let mut scores: Vec<(usize, Timestamp)> = self.sources.values().map(score).collect();
         let drop = n - keep;
         let (_, &mut threshold, _) = scores.select_nth_unstable(drop - 1);
-        let mut at_threshold = drop
-            - scores
-                .iter()
-                .filter(|&&x| x < threshold)
-                .count();
+        let mut at_threshold = drop - scores.iter().filter(|&&x| x < threshold).count();
         self.sources.retain(|_, s| {
             let x = score(s);
             if x < threshold {

@@ -54,6 +54,20 @@ pub(crate) async fn readyz(State(s): State<Arc<Shared>>) -> Response {
             .into_response()
     } else if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ok\n").into_response()
+    } else if let Some(kinds) = s
+        .cluster
+        .lock()
+        .ok()
+        .map(|c| c.forbidden_required().join(", "))
+        .filter(|k| !k.is_empty())
+    {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the API server refuses to list {kinds}: the aggregator's ClusterRole needs list and watch on them\n"
+            ),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -115,6 +115,32 @@ impl Collector for ScrapeCollector {
                     .iter()
                     .map(|(k, n)| (label("kind", k), *n as i64)),
             )?;
+            r.gauges(
+                "cluster_forbidden_kinds",
+                "Kinds the API server refuses to list (1): a required one (Namespace, Pod, NetworkPolicy) keeps \
+                 the aggregator unready, without the others it goes on",
+                cluster
+                    .forbidden
+                    .iter()
+                    .map(|k| (label("kind", k), 1)),
+            )?;
+            r.gauges(
+                "cluster_rejected_objects",
+                "Objects the loader refused at the last rebuild (left out of the cluster state), by kind",
+                cluster
+                    .rejected_objects
+                    .iter()
+                    .map(|(k, n)| (label("kind", k), *n as i64)),
+            )?;
+            if let Some(at) = cluster.updated_at {
+                let age = weir_model::Timestamp::now().0.saturating_sub(at.0) / 1_000_000_000;
+                r.gauge(
+                    "cluster_state_age_seconds",
+                    "Seconds since the cluster state in force was built (a watch that stopped delivering shows \
+                     as a growing age)",
+                    age.max(0),
+                )?;
+            }
             r.counters(
                 "cluster_watch_errors",
                 "Watch errors (dropped watches, 410 Gone, refused requests), by kind",

@@ -58,6 +58,8 @@ struct Script {
     watches: HashMap<&'static str, Vec<(Vec<String>, bool)>>,
     calls: HashMap<String, usize>,
     log: Vec<String>,
+    /// Resources answered 403 Forbidden, as RBAC without list and watch on them does.
+    forbidden: Vec<&'static str>,
 }
 
 type Shared = Arc<Mutex<Script>>;
@@ -96,6 +98,16 @@ async fn api(State(script): State<Shared>, req: Request) -> Response {
         *c - 1
     };
     s.log.push(format!("{key} #{n} ?{query}"));
+    if s.forbidden.contains(&name) {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{name} is forbidden: User \"system:serviceaccount:weir:weir-aggregator\" cannot list resource \"{name}\""),
+            "reason": "Forbidden", "code": 403});
+        return Response::builder()
+            .status(403)
+            .header("content-type", "application/json")
+            .body(Body::from(status.to_string()))
+            .unwrap();
+    }
     if !watching {
         let lists = s.lists.get(name).cloned().unwrap_or_default();
         let (items, rv) = lists
@@ -130,6 +142,89 @@ async fn api(State(script): State<Shared>, req: Request) -> Response {
 
 fn latest(sets: &Mutex<Vec<Arc<PolicySet>>>) -> Option<Arc<PolicySet>> {
     sets.lock().unwrap().last().cloned()
+}
+
+type Sets = Arc<Mutex<Vec<Arc<PolicySet>>>>;
+
+/// Serves the script and watches it: the status and every policy set published.
+async fn watching(script: &Shared) -> (Arc<Mutex<ClusterStatus>>, Sets) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(api).with_state(Arc::clone(script));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let status = Arc::new(Mutex::new(ClusterStatus::default()));
+    let sets: Sets = Arc::default();
+    let publish = {
+        let sets = Arc::clone(&sets);
+        move |set: Arc<PolicySet>| sets.lock().unwrap().push(set)
+    };
+    tokio::spawn(watch(
+        client,
+        Duration::from_millis(50),
+        Arc::clone(&status),
+        publish,
+    ));
+    (status, sets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_object_is_left_out_and_a_forbidden_optional_kind_does_not_hold_the_rest_back() {
+    let mut script = Script::default();
+    script
+        .lists
+        .insert("pods", vec![(vec![pod("a", "10.0.0.5", "web", 10)], 10)]);
+    let mut broken = policy(7);
+    broken["metadata"]["name"] = json!("broken");
+    broken["spec"]["ingress"] = json!([{"from": [{"ipBlock": {"cidr": "10.0.0.0/99"}}]}]);
+    script
+        .lists
+        .insert("networkpolicies", vec![(vec![policy(6), broken], 7)]);
+    script.forbidden = vec!["replicasets"];
+    let script: Shared = Arc::new(Mutex::new(script));
+    let (status, sets) = watching(&script).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while latest(&sets).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no cluster state was built; status: {:?}",
+            status.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let set = latest(&sets).unwrap();
+    // Built from the rest: the pod and the good policy.
+    assert!(set.cluster().find_pod("shop", "a").is_some());
+    assert_eq!(set.cluster().policies().len(), 1);
+    let status = status.lock().unwrap().clone();
+    assert_eq!(status.rejected_objects.get("NetworkPolicy"), Some(&1));
+    assert!(
+        status
+            .last_rejected
+            .as_deref()
+            .is_some_and(|m| m.contains("shop/broken")),
+        "{status:?}"
+    );
+    assert!(status.forbidden.contains("ReplicaSet"), "{status:?}");
+    assert!(status.forbidden_required().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_required_kind_keeps_the_state_unbuilt_and_is_named() {
+    let mut script = Script::default();
+    script.forbidden = vec!["pods"];
+    let script: Shared = Arc::new(Mutex::new(script));
+    let (status, sets) = watching(&script).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status.lock().unwrap().forbidden.contains("Pod") {
+        assert!(Instant::now() < deadline, "the 403 was never noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything else is listed; without pods no verdict can be trusted, so none is published.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(latest(&sets).is_none());
+    assert_eq!(status.lock().unwrap().forbidden_required(), ["Pod"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,25 +267,7 @@ async fn watchers_follow_changes_dropped_watches_and_gone_relists() {
         vec![(vec![event("ADDED", policy(6))], true)],
     );
     let script: Shared = Arc::new(Mutex::new(script));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().fallback(api).with_state(Arc::clone(&script));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let status = Arc::new(Mutex::new(ClusterStatus::default()));
-    let sets: Arc<Mutex<Vec<Arc<PolicySet>>>> = Arc::default();
-    let publish = {
-        let sets = Arc::clone(&sets);
-        move |set: Arc<PolicySet>| sets.lock().unwrap().push(set)
-    };
-    tokio::spawn(watch(
-        client,
-        Duration::from_millis(50),
-        Arc::clone(&status),
-        publish,
-    ));
+    let (status, sets) = watching(&script).await;
 
     // Wait for the end state: a relabelled, b gone (kept as deleted), c present, the policy in force.
     let deadline = Instant::now() + Duration::from_secs(20);

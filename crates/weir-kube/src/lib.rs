@@ -12,7 +12,7 @@ pub use review::{
     EXTRA_NODE_NAME, EXTRA_POD_NAME, EXTRA_POD_UID, ReviewError, Reviewed, review_token,
 };
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,11 @@ pub const KINDS: [&str; 8] = [
     "NetworkPolicy",
 ];
 
+/// The kinds without which no verdict can be trusted: the aggregator is not ready while one of them is not
+/// listed. The others may be refused by RBAC: weir then goes on without them (pods named by themselves instead
+/// of their ReplicaSet's or Job's workload, no Services, node ranges only from agents) and says so.
+pub const REQUIRED_KINDS: [&str; 3] = ["Namespace", "Pod", "NetworkPolicy"];
+
 /// How long a deleted pod keeps its address for late flows.
 pub const DELETED_POD_GRACE: Duration = Duration::from_secs(300);
 
@@ -74,6 +79,28 @@ pub struct ClusterStatus {
     pub last_error: Option<String>,
     /// When the policy set in force was built.
     pub updated_at: Option<Timestamp>,
+    /// Kinds the API server refuses to list (403): a required one keeps the aggregator unready; without the
+    /// others it goes on, and says which are missing.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub forbidden: BTreeSet<String>,
+    /// Objects the loader refused at the last rebuild (left out of the state, which is built from the rest), by
+    /// kind.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected_objects: BTreeMap<String, u64>,
+    /// The last refused object and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_rejected: Option<String>,
+}
+
+impl ClusterStatus {
+    /// The required kinds the API server refuses to list.
+    pub fn forbidden_required(&self) -> Vec<&str> {
+        REQUIRED_KINDS
+            .iter()
+            .copied()
+            .filter(|k| self.forbidden.contains(*k))
+            .collect()
+    }
 }
 
 enum Change {
@@ -82,6 +109,8 @@ enum Change {
     Delete(&'static str, (String, String)),
     Done(&'static str),
     Error(&'static str, String),
+    /// Listing or watching the kind was refused (403).
+    Forbidden(&'static str, String),
 }
 
 /// The objects of a watched cluster.
@@ -90,6 +119,8 @@ struct Objects {
     live: HashMap<&'static str, BTreeMap<(String, String), Value>>,
     relisting: HashMap<&'static str, BTreeMap<(String, String), Value>>,
     synced: HashSet<&'static str>,
+    /// Kinds refused with 403 and not listed since.
+    forbidden: HashSet<&'static str>,
     deleted_pods: BTreeMap<(String, String), (Value, Timestamp)>,
 }
 
@@ -134,6 +165,10 @@ impl Objects {
                     }
                 }
                 self.synced.insert(kind);
+                if self.forbidden.remove(kind) {
+                    status.forbidden.remove(kind);
+                    tracing::info!("{kind}s can be listed again");
+                }
                 true
             }
             Change::Error(kind, message) => {
@@ -141,15 +176,45 @@ impl Objects {
                 tracing::warn!(kind, "watching {kind}s: {message} (retrying)");
                 false
             }
+            Change::Forbidden(kind, message) => {
+                *status.watch_errors.entry(kind.to_owned()).or_default() += 1;
+                status.forbidden.insert(kind.to_owned());
+                // Said once per refusal, not per retry.
+                if self.forbidden.insert(kind) {
+                    if REQUIRED_KINDS.contains(&kind) {
+                        tracing::error!(
+                            kind,
+                            "listing {kind}s is forbidden ({message}): no verdict can be trusted without them; \
+                             not ready until the aggregator's ClusterRole allows list and watch on {kind}s"
+                        );
+                    } else {
+                        tracing::warn!(
+                            kind,
+                            "listing {kind}s is forbidden ({message}): going on without them (retrying)"
+                        );
+                    }
+                }
+                // An optional kind refused counts as listed (empty), so the rest is not held back.
+                !REQUIRED_KINDS.contains(&kind) && !self.synced.contains(kind)
+            }
         }
     }
 
     fn synced(&self) -> bool {
-        KINDS.iter().all(|k| self.synced.contains(k))
+        KINDS.iter().all(|k| {
+            self.synced.contains(k) || (self.forbidden.contains(k) && !REQUIRED_KINDS.contains(k))
+        })
     }
 
-    /// The cluster state of the objects held, deleted pods included as finished.
-    fn build(&mut self) -> Result<ClusterState, RebuildError> {
+    /// The cluster state of the objects held, deleted pods included as finished. An object the loader refuses
+    /// is left out and counted in `rejected` (one bad object must not freeze the state for everything else).
+    /// NetworkPolicies in `left_out` (ones the policy compiler refused) are left out too.
+    fn build(
+        &mut self,
+        rejected: &mut BTreeMap<String, u64>,
+        last: &mut Option<String>,
+        left_out: &HashSet<(String, String)>,
+    ) -> ClusterState {
         let horizon = Timestamp::now().0 - DELETED_POD_GRACE.as_nanos() as i64;
         self.deleted_pods.retain(|_, (_, at)| at.0 >= horizon);
         let mut loader = SnapshotLoader::default();
@@ -158,39 +223,67 @@ impl Objects {
                 continue;
             };
             for ((ns, name), value) in objects {
-                loader
-                    .add_value(&format!("watch:{kind}"), value.clone())
-                    .map_err(|source| RebuildError::Object {
-                        what: format!("{kind} {ns}/{name}"),
-                        source,
-                    })?;
+                if kind == "NetworkPolicy" && left_out.contains(&(ns.clone(), name.clone())) {
+                    continue;
+                }
+                if let Err(e) = loader.add_value(&format!("watch:{kind}"), value.clone()) {
+                    *rejected.entry(kind.to_string()).or_default() += 1;
+                    let what = format!("{kind} {ns}/{name}: {e}");
+                    tracing::warn!("left out of the cluster state: {what}");
+                    *last = Some(what);
+                }
             }
         }
         for ((ns, name), (value, at)) in &self.deleted_pods {
-            loader
-                .add_value("watch:Pod", value.clone())
-                .map_err(|source| RebuildError::Object {
-                    what: format!("deleted Pod {ns}/{name}"),
-                    source,
-                })?;
+            if let Err(e) = loader.add_value("watch:Pod", value.clone()) {
+                *rejected.entry("Pod".to_owned()).or_default() += 1;
+                *last = Some(format!("deleted Pod {ns}/{name}: {e}"));
+                continue;
+            }
             loader.mark_deleted(ns, name, *at);
         }
-        Ok(loader.finish().0)
+        loader.finish().0
+    }
+
+    /// The policy set of the objects held: a NetworkPolicy the compiler refuses is left out and counted in
+    /// `rejected` like an object the loader refuses, and the set is built from the rest.
+    fn policy_set(
+        &mut self,
+        rejected: &mut BTreeMap<String, u64>,
+        last: &mut Option<String>,
+    ) -> Result<PolicySet, RebuildError> {
+        let mut left_out = HashSet::new();
+        loop {
+            let state = self.build(rejected, last, &left_out);
+            let e = match PolicySet::new(Arc::new(state)) {
+                Ok(set) => return Ok(set),
+                Err(e) => e,
+            };
+            let key = match e.policy.split_once('/') {
+                Some((ns, name)) => (ns.to_owned(), name.to_owned()),
+                None => (String::new(), e.policy.clone()),
+            };
+            // No progress (the error names no policy held): give up on this rebuild.
+            if !self
+                .live
+                .get("NetworkPolicy")
+                .is_some_and(|m| m.contains_key(&key))
+                || !left_out.insert(key)
+            {
+                return Err(e.into());
+            }
+            *rejected.entry("NetworkPolicy".to_owned()).or_default() += 1;
+            let what = e.to_string();
+            tracing::warn!("left out of the cluster state: {what}");
+            *last = Some(what);
+        }
     }
 }
 
-/// Why the cluster state could not be rebuilt from the objects held (the previous state stays in force).
+/// Why the cluster state could not be rebuilt from the objects held (the previous state stays in force; objects
+/// the loader refuses are left out, not a reason to stop).
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    /// An object the loader refused.
-    #[error("{what}: {source}")]
-    Object {
-        /// Kind, namespace and name.
-        what: String,
-        /// Why.
-        #[source]
-        source: weir_cluster::LoadError,
-    },
     /// The policy set could not be compiled.
     #[error("compiling the policies: {0}")]
     Policies(#[from] weir_policy::PolicyError),
@@ -267,6 +360,7 @@ where
                     Event::Delete(obj) => Change::Delete(kind, key_of(&obj)),
                     Event::InitDone => Change::Done(kind),
                 },
+                Err(e) if forbidden(&e) => Change::Forbidden(kind, e.to_string()),
                 Err(e) => Change::Error(kind, e.to_string()),
             };
             if tx.send(change).is_err() {
@@ -274,6 +368,18 @@ where
             }
         }
     });
+}
+
+/// Whether a watcher's error is the API server refusing the request (403).
+fn forbidden(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => return s.code == 403,
+        _ => return false,
+    };
+    api.code == 403
 }
 
 fn key_of<K: Resource>(obj: &K) -> (String, String) {
@@ -461,9 +567,9 @@ pub async fn watch(
         }
         dirty = false;
         dirty_since = None;
-        let built = objects
-            .build()
-            .and_then(|state| Ok(PolicySet::new(Arc::new(state))?));
+        let mut rejected = BTreeMap::new();
+        let mut last_rejected = None;
+        let built = objects.policy_set(&mut rejected, &mut last_rejected);
         if let Ok(mut s) = status.lock() {
             s.source = "kubernetes".into();
             s.synced = true;
@@ -472,6 +578,10 @@ pub async fn watch(
                 .map(|k| (k.to_string(), objects.live.get(k).map_or(0, BTreeMap::len)))
                 .collect();
             s.deleted_pods = objects.deleted_pods.len();
+            s.rejected_objects = rejected;
+            if last_rejected.is_some() {
+                s.last_rejected = last_rejected;
+            }
             match &built {
                 Ok(_) => {
                     s.generation += 1;

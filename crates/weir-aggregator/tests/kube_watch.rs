@@ -212,8 +212,10 @@ async fn a_refused_object_is_left_out_and_a_forbidden_optional_kind_does_not_hol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_required_kind_keeps_the_state_unbuilt_and_is_named() {
-    let mut script = Script::default();
-    script.forbidden = vec!["pods"];
+    let script = Script {
+        forbidden: vec!["pods"],
+        ..Script::default()
+    };
     let script: Shared = Arc::new(Mutex::new(script));
     let (status, sets) = watching(&script).await;
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -200,6 +200,7 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
     let restored = store.restore(now)?;
     let learning_started = restored.learning_started.unwrap_or(now);
     let mut engine = Engine::new(config.engine.clone(), empty_set()?, learning_started);
+    let quarantined = restored.quarantined.clone();
     let restored_edges = restored.edges.len();
     let restored_alerts = restored.alerts.len();
     engine.restore(
@@ -286,6 +287,9 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         secure_cookie: config.tls.is_some(),
         node_addresses: Default::default(),
     });
+    for (table, n) in quarantined {
+        shared.telemetry.quarantined(table, n);
+    }
     shared
         .telemetry
         .register_collector(Box::new(metrics::ScrapeCollector(Arc::downgrade(&shared))));

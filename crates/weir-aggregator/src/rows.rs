@@ -86,11 +86,11 @@ impl From<EdgeRow> for EdgeStats {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A row written by the aggregator before the engine's types moved to weir-analysis.
-    const STORED: &str = r#"{"key":{"src":{"kind":"pod","namespace":"app","name":"Deployment/web"},"dst":{"kind":"pod","namespace":"app","name":"Deployment/db"},"proto":"TCP","port":5432},"flows":3,"packets":9,"bytes":540,"allowed":2,"denied":1,"other":0,"verdict":"denied","not_isolated":false,"policies":["ingress app/db"],"nodes":["n1"],"delivered":2,"dropped_in_transit":0,"enforcement_gaps":1,"first_seen":"2026-11-22T10:00:00.000000Z","last_seen":"2026-11-22T10:00:05.000000Z","baseline":true,"sample":{"src":"10.1.1.5","src_port":40000,"dst":"10.1.2.6","dst_port":5432,"proto":"TCP","packets":3,"bytes":180,"reply_packets":0,"reply_bytes":0,"start":"2026-11-22T10:00:04.000000Z","end":"2026-11-22T10:00:05.000000Z","tcp_flags":"S","reply_tcp_flags":"","orientation":"observed","end_reason":"idle-timeout","community_id":"1:x"}}"#;
+    pub(crate) const STORED: &str = r#"{"key":{"src":{"kind":"pod","namespace":"app","name":"Deployment/web"},"dst":{"kind":"pod","namespace":"app","name":"Deployment/db"},"proto":"TCP","port":5432},"flows":3,"packets":9,"bytes":540,"allowed":2,"denied":1,"other":0,"verdict":"denied","not_isolated":false,"policies":["ingress app/db"],"nodes":["n1"],"delivered":2,"dropped_in_transit":0,"enforcement_gaps":1,"first_seen":"2026-11-22T10:00:00.000000Z","last_seen":"2026-11-22T10:00:05.000000Z","baseline":true,"sample":{"src":"10.1.1.5","src_port":40000,"dst":"10.1.2.6","dst_port":5432,"proto":"TCP","packets":3,"bytes":180,"reply_packets":0,"reply_bytes":0,"start":"2026-11-22T10:00:04.000000Z","end":"2026-11-22T10:00:05.000000Z","tcp_flags":"S","reply_tcp_flags":"","orientation":"observed","end_reason":"idle-timeout","community_id":"1:x"}}"#;
 
     #[test]
     fn the_stored_form_reads_back_and_writes_the_same() {

@@ -121,6 +121,11 @@ struct WebhookLabel {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SiteLabel {
     site: LockSite,
 }
@@ -154,6 +159,7 @@ pub struct Telemetry {
     webhook: Family<WebhookLabel, Counter>,
     stream_lagged: Counter,
     lock_held: Family<SiteLabel, Histogram, fn() -> Histogram>,
+    quarantined: Family<TableLabel, Counter>,
 }
 
 impl Default for Telemetry {
@@ -180,6 +186,7 @@ impl Telemetry {
             webhook: Family::default(),
             stream_lagged: Counter::default(),
             lock_held: Family::new_with_constructor(lock_histogram),
+            quarantined: Family::default(),
         };
         // Every label value shows from the start, so a rate over a missing series is never needed.
         for r in [
@@ -257,6 +264,11 @@ impl Telemetry {
                 "store_checkpoint_failures",
                 "Checkpoints that failed (their batches stay unacknowledged)",
                 t.checkpoint_failures.clone(),
+            );
+            r.register(
+                "store_quarantined_rows",
+                "Stored rows that did not parse at start, moved to the quarantine table, by the table they were in",
+                t.quarantined.clone(),
             );
             r.register(
                 "store_checkpoint_seconds",
@@ -345,6 +357,15 @@ impl Telemetry {
     /// Time spent writing a checkpoint, written or not.
     pub fn checkpoint_time(&self, seconds: f64) {
         self.checkpoint_seconds.inc_by(seconds);
+    }
+
+    /// Rows of `table` moved to the quarantine at start.
+    pub fn quarantined(&self, table: &str, n: u64) {
+        self.quarantined
+            .get_or_create(&TableLabel {
+                table: table.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// A checkpoint that failed.

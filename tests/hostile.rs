@@ -285,3 +285,195 @@ fn sixty_four_strangers_pushing_32_mib_each_leave_memory_flat() {
     );
     eprintln!("64 × 32 MiB unauthenticated: RSS {before_rss} → peak {peak} KiB");
 }
+
+/// A tmpfs of `size` mounted on `dir` for one test, unmounted when dropped (also when the test fails).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "weir-test"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Batch `seq` of run n1/e1: 20 JSON-lines records, distinct by their source port.
+fn batch(seq: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in 0..20u64 {
+        let port = 10_000 + seq * 100 + i;
+        body.extend_from_slice(
+            format!(
+                "{{\"src\":\"10.244.1.10\",\"src_port\":{port},\"dst\":\"10.244.2.20\",\"dst_port\":8080,\
+                 \"proto\":\"TCP\",\"packets\":3,\"bytes\":180,\"reply_packets\":2,\"reply_bytes\":120,\
+                 \"start\":\"2026-12-04T10:00:00Z\",\"end\":\"2026-12-04T10:00:01Z\",\"tcp_flags\":\"S\",\
+                 \"reply_tcp_flags\":\"SA\",\"orientation\":\"observed\",\"end_reason\":\"idle-timeout\",\
+                 \"community_id\":\"\"}}\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body
+}
+
+/// Posts batch `seq` (or a heartbeat) as agent n1/e1; the status and the reply.
+fn post(port: u16, seq: Option<u64>) -> (u16, serde_json::Value) {
+    let seq_text = seq.map(|s| s.to_string());
+    let mut headers = vec![
+        ("authorization", format!("Bearer {AGENT_TOKEN}")),
+        ("x-weir-node", "n1".to_owned()),
+        ("x-weir-epoch", "e1".to_owned()),
+        ("content-type", "application/x-ndjson".to_owned()),
+    ];
+    if let Some(s) = &seq_text {
+        headers.push(("x-weir-seq", s.clone()));
+    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = seq.map(batch).unwrap_or_default();
+    let (status, text) = common::system::http(port, "POST", "/api/v1/ingest", &headers, &body);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// Waits up to `limit` for `check`; how long it took.
+fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    started.elapsed()
+}
+
+fn records_applied(port: u16) -> u64 {
+    let auth = format!("Bearer {READ_TOKEN}");
+    let (_, text) = common::system::http(
+        port,
+        "GET",
+        "/api/v1/status",
+        &[("authorization", &auth)],
+        b"",
+    );
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    status["totals"]["records"].as_u64().unwrap()
+}
+
+fn ready(port: u16) -> (u16, String) {
+    common::system::http(port, "GET", "/readyz", &[], b"")
+}
+
+#[test]
+fn a_full_disk_stops_acknowledgements_and_nothing_is_lost_when_space_returns() {
+    common::process::require_root();
+    let dir = scratch("enospc");
+    let data = dir.0.join("data");
+    let _tmpfs = Tmpfs::mount(&data, "2m");
+    let port = free_port();
+    let start = || {
+        let child = aggregator_command(
+            &dir.0,
+            &format!("127.0.0.1:{port}"),
+            AGENT_TOKEN,
+            READ_TOKEN,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let proc = Proc(Some(child));
+        wait_for(&format!("http://127.0.0.1:{port}/readyz"));
+        proc
+    };
+    let aggregator = start();
+
+    // Batch 1 applied and acknowledged once a checkpoint holds it.
+    assert_eq!(post(port, Some(1)).0, 200);
+    within(Duration::from_secs(10), "batch 1 acknowledged", || {
+        post(port, None).1["acked"] == 1
+    });
+
+    // The disk fills up.
+    let filler = data.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Batch 2 may still be taken into memory, but it is never acknowledged while nothing can be written ...
+    let (status, reply) = post(port, Some(2));
+    assert!(status == 200 || status == 503, "{status} {reply}");
+    // ... the aggregator says it is not ready within 10 s, and takes no more batches.
+    let took = within(Duration::from_secs(10), "unready on a full disk", || {
+        ready(port).0 == 503
+    });
+    let (_, why) = ready(port);
+    assert!(why.contains("the store fails"), "{why}");
+    let (status, reply) = post(port, Some(3));
+    assert_eq!(status, 503, "{reply}");
+    for _ in 0..3 {
+        let (status, reply) = post(port, None);
+        assert!(status == 503 || reply["acked"] == 1, "{status} {reply}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("unready {took:?} after the disk filled up");
+
+    // Space returns: ready again, and every batch is applied exactly once.
+    std::fs::remove_file(&filler).unwrap();
+    within(Duration::from_secs(20), "ready once space returned", || {
+        ready(port).0 == 200
+    });
+    if status_applied(port) < 2 {
+        assert_eq!(post(port, Some(2)).0, 200);
+    }
+    assert_eq!(post(port, Some(3)).0, 200);
+    within(Duration::from_secs(10), "batch 3 acknowledged", || {
+        post(port, None).1["acked"] == 3
+    });
+    // Sent again (an agent that missed the acknowledgement): duplicates, applied once.
+    assert_eq!(post(port, Some(2)).1["applied"], 3);
+    assert_eq!(records_applied(port), 60);
+    let text = common::system::http(
+        port,
+        "GET",
+        "/metrics",
+        &[("authorization", &format!("Bearer {READ_TOKEN}"))],
+        b"",
+    )
+    .1;
+    assert!(text.contains("weir_store_failing 0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("weir_store_checkpoint_failures_total") && !l.ends_with(" 0")),
+        "{text}"
+    );
+
+    // And after a restart from the disk: the same, nothing applied twice.
+    drop(aggregator);
+    let _again = start();
+    assert_eq!(records_applied(port), 60);
+    assert_eq!(post(port, Some(3)).1["applied"], 3);
+}
+
+/// The last batch applied for run n1/e1, from a heartbeat.
+fn status_applied(port: u16) -> u64 {
+    post(port, None).1["applied"].as_u64().unwrap_or(0)
+}

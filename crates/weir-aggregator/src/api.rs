@@ -37,9 +37,7 @@ pub(crate) async fn healthz(State(s): State<Arc<Shared>>) -> Response {
         None => (StatusCode::OK, "ok\n").into_response(),
         Some(what) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "{what} is unusable (a thread panicked while holding it); restart the aggregator\n"
-            ),
+            format!("{what} is unusable (a panic, or it ended); restart the aggregator\n"),
         )
             .into_response(),
     }
@@ -50,6 +48,12 @@ pub(crate) async fn readyz(State(s): State<Arc<Shared>>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{what} is unusable\n"),
+        )
+            .into_response()
+    } else if let Some((since, why)) = s.store_health.failure() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store fails since {since}: {why}; batches are not acknowledged\n"),
         )
             .into_response()
     } else if s.ready.load(Ordering::Acquire) {

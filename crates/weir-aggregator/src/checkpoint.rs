@@ -17,11 +17,31 @@ pub async fn checkpoint_loop(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: u32 = 0;
     loop {
-        tick.tick().await;
-        // A failure is counted and reported inside; the next tick writes everything again.
-        let _ = checkpoint_once(&s, &store).await;
+        if failures == 0 {
+            tick.tick().await;
+        } else {
+            // A failing store is given room: each attempt rewrites everything, so they come ever less often
+            // (twice the wait each time, up to eight intervals and at most 30 s).
+            tokio::time::sleep(backoff(every, failures)).await;
+            tick.reset();
+        }
+        // A failure is counted and reported inside; the next attempt writes everything again.
+        match checkpoint_once(&s, &store).await {
+            Ok(()) => failures = 0,
+            Err(_) => failures = failures.saturating_add(1),
+        }
     }
+}
+
+/// The wait before the next checkpoint after `failures` failed ones in a row.
+pub fn backoff(every: Duration, failures: u32) -> Duration {
+    let factor = 1u32 << failures.min(3);
+    every
+        .saturating_mul(factor)
+        .min(Duration::from_secs(30))
+        .max(every.min(Duration::from_secs(30)))
 }
 
 /// Why a checkpoint was not written. Retryable: every change stays marked and the next checkpoint writes it.
@@ -107,6 +127,7 @@ pub async fn checkpoint_once(
     match failure {
         None => {
             s.telemetry.checkpoint();
+            s.store_health.recovered();
             if let Some(mut core) = s.lock_core(LockSite::Checkpoint) {
                 for (key, applied) in covered {
                     if let Some(a) = core.agents.get_mut(&key) {
@@ -118,6 +139,7 @@ pub async fn checkpoint_once(
         }
         Some(message) => {
             s.telemetry.checkpoint_failed();
+            s.store_health.failed(message.to_string());
             tracing::error!("a checkpoint failed: {message}; batches stay unacknowledged");
             if let Some(mut core) = s.lock_core(LockSite::Checkpoint) {
                 core.engine.mark_all_dirty();
@@ -125,5 +147,20 @@ pub async fn checkpoint_once(
             }
             Err(message)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn failed_checkpoints_back_off_to_eight_intervals_or_30_s() {
+        let s = Duration::from_secs;
+        let waits: Vec<_> = (1..6).map(|n| backoff(s(1), n)).collect();
+        assert_eq!(waits, [s(2), s(4), s(8), s(8), s(8)]);
+        assert_eq!(backoff(s(10), 4), s(30));
+        assert_eq!(backoff(s(60), 1), s(30));
     }
 }

@@ -19,7 +19,7 @@ use weir_model::{FlowRecord, Timestamp};
 
 use crate::admission::{Admission, admit};
 use crate::engine::StoredFlow;
-use crate::http::{ApiError, bad, internal};
+use crate::http::{ApiError, bad, busy_or, internal};
 use crate::state::{AgentState, Core, Shared};
 use crate::telemetry::{BatchResult, LockSite, Rejection};
 
@@ -254,6 +254,19 @@ pub(crate) async fn ingest(
             "the cluster state is not loaded yet; retry".into(),
         )
         .into_response());
+    }
+    if let Some((since, why)) = s.store_health.failure() {
+        s.telemetry.rejected(Rejection::StoreFailing);
+        return Err(busy_or(
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the store fails since {since} ({why}): nothing more can be made durable, so nothing is \
+                     taken; keep the batch and retry"
+                ),
+            ),
+            true,
+        ));
     }
     let body = read_body(&s, body).await?;
     if seq.is_none() && !body.is_empty() {

@@ -285,6 +285,8 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         sink: webhook.as_ref().map(|(_, (tx, _))| tx.clone()),
         alerts_stdout: config.alerts_stdout,
         secure_cookie: config.tls.is_some(),
+        store_health: Default::default(),
+        tasks: Default::default(),
         node_addresses: Default::default(),
     });
     for (table, n) in quarantined {
@@ -294,7 +296,11 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
         .telemetry
         .register_collector(Box::new(metrics::ScrapeCollector(Arc::downgrade(&shared))));
     if let Some((hook, (_, rx))) = webhook {
-        tokio::spawn(webhook::run(hook, rx, Arc::clone(&shared)));
+        state::supervise(
+            &shared,
+            "webhook task",
+            webhook::run(hook, rx, Arc::clone(&shared)),
+        );
     }
 
     if let Some(set) = snapshot {
@@ -311,11 +317,11 @@ pub async fn serve(config: AggregatorConfig, stop: Arc<AtomicBool>) -> Result<()
     }
 
     let store = Arc::new(Mutex::new(store));
-    tokio::spawn(checkpoint::checkpoint_loop(
-        Arc::clone(&shared),
-        Arc::clone(&store),
-        config.checkpoint,
-    ));
+    state::supervise(
+        &shared,
+        "checkpoint task",
+        checkpoint::checkpoint_loop(Arc::clone(&shared), Arc::clone(&store), config.checkpoint),
+    );
     let handle = axum_server::Handle::new();
     {
         let handle = handle.clone();
@@ -419,10 +425,14 @@ fn spawn_watch(
         let shared = Arc::clone(shared);
         move |set: Arc<PolicySet>| shared.set_policy(set)
     };
-    tokio::spawn(weir_kube::watch(
-        client,
-        Duration::from_millis(200),
-        Arc::clone(status),
-        publish,
-    ));
+    state::supervise(
+        shared,
+        "cluster watch",
+        weir_kube::watch(
+            client,
+            Duration::from_millis(200),
+            Arc::clone(status),
+            publish,
+        ),
+    );
 }

@@ -95,6 +95,11 @@ impl Collector for ScrapeCollector {
             i64::from(s.ready.load(Ordering::Acquire)),
         )?;
         let lock_ok = |ok: bool| i64::from(!ok);
+        r.gauge(
+            "store_failing",
+            "1 while checkpoints fail (batches are not acknowledged, ingest answers 503, not ready)",
+            i64::from(s.store_health.failure().is_some()),
+        )?;
         let cluster = s.cluster.lock();
         r.gauge(
             "cluster_status_unusable",

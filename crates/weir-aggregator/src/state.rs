@@ -109,6 +109,79 @@ impl Core {
     }
 }
 
+/// The store as the checkpoints find it: failing since when and why, or fine.
+#[derive(Debug, Default)]
+pub struct StoreHealth(Mutex<Option<(Timestamp, String)>>);
+
+impl StoreHealth {
+    /// A checkpoint failed: failing since the first failure of this run of them.
+    pub fn failed(&self, reason: String) {
+        if let Ok(mut f) = self.0.lock() {
+            let since = f.as_ref().map_or_else(Timestamp::now, |(t, _)| *t);
+            *f = Some((since, reason));
+        }
+    }
+
+    /// A checkpoint was written.
+    pub fn recovered(&self) {
+        if let Ok(mut f) = self.0.lock()
+            && f.take().is_some()
+        {
+            tracing::info!("the store is written again; batches are acknowledged");
+        }
+    }
+
+    /// Since when and why the store fails, if it does (a poisoned lock counts as failing).
+    pub fn failure(&self) -> Option<(Timestamp, String)> {
+        match self.0.lock() {
+            Ok(f) => f.clone(),
+            Err(_) => Some((Timestamp(0), "its status is unusable".into())),
+        }
+    }
+}
+
+/// Background tasks that ended while the aggregator runs (each should run for as long as it does).
+#[derive(Debug, Default)]
+pub struct Tasks(Mutex<Vec<&'static str>>);
+
+impl Tasks {
+    /// A task ended.
+    pub fn ended(&self, name: &'static str) {
+        if let Ok(mut t) = self.0.lock() {
+            t.push(name);
+        }
+    }
+
+    /// The first task that ended, if any.
+    pub fn first_ended(&self) -> Option<&'static str> {
+        self.0.lock().ok().and_then(|t| t.first().copied())
+    }
+}
+
+/// Runs `task` for as long as the aggregator runs: should it end or panic, that is logged and the aggregator
+/// reports itself unhealthy, so Kubernetes restarts it from its last checkpoint (agents send again what was not
+/// acknowledged) instead of it running on without, say, checkpoints or the cluster's changes.
+pub fn supervise<F>(s: &Arc<Shared>, name: &'static str, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = tokio::spawn(task);
+    let shared = Arc::downgrade(s);
+    tokio::spawn(async move {
+        let why = match handle.await {
+            Ok(()) => "ended".to_owned(),
+            Err(e) if e.is_panic() => "panicked".to_owned(),
+            Err(e) => format!("failed: {e}"),
+        };
+        if let Some(s) = shared.upgrade() {
+            tracing::error!(
+                "the {name} {why}; the aggregator reports itself unhealthy to be restarted"
+            );
+            s.tasks.ended(name);
+        }
+    });
+}
+
 /// The engine's lock, held: derefs to the [`Core`]; the hold time is observed when it is dropped.
 pub struct CoreGuard<'a> {
     guard: std::sync::MutexGuard<'a, Core>,
@@ -163,6 +236,10 @@ pub struct Shared {
     pub sink: Option<tokio::sync::mpsc::Sender<Arc<Alert>>>,
     /// Alerts to standard output as JSON lines.
     pub alerts_stdout: bool,
+    /// The store as the checkpoints find it.
+    pub store_health: StoreHealth,
+    /// Background tasks that ended.
+    pub tasks: Tasks,
     /// Served over TLS: the UI's session cookie is marked Secure.
     pub secure_cookie: bool,
     /// The cluster source's policy set and the node addresses agents report, which make the set in force.
@@ -248,7 +325,7 @@ impl Shared {
         } else if self.telemetry.is_poisoned() {
             Some("the metrics registry")
         } else {
-            None
+            self.tasks.first_ended()
         }
     }
 

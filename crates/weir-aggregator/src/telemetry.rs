@@ -46,6 +46,8 @@ pub enum Rejection {
     SlowOrLargeBody,
     /// A batch number far past the run's last applied one.
     SequenceJump,
+    /// The store fails: nothing more can be made durable.
+    StoreFailing,
 }
 
 /// Where the engine's lock is taken, for the time it is held.
@@ -97,6 +99,7 @@ label_values! {
         Busy => "busy",
         SlowOrLargeBody => "slow_or_large_body",
         SequenceJump => "sequence_jump",
+        StoreFailing => "store_failing",
     }
     LockSite {
         Ingest => "ingest",
@@ -206,6 +209,7 @@ impl Telemetry {
             Rejection::Busy,
             Rejection::SlowOrLargeBody,
             Rejection::SequenceJump,
+            Rejection::StoreFailing,
         ] {
             let _ = t.rejected.get_or_create(&ReasonLabel { reason: r });
         }

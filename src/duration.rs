@@ -1,30 +1,9 @@
 //! Durations on the command line: `500ms`, `30s`, `5m`, `2h`, or plain seconds.
 
-use std::time::Duration;
 
 use weir_flow::FlowConfig;
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {text:?}: expected a number with ms, s, m or h, such as 30s")
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86400)),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
-            ));
-        }
-    };
-    Ok(d)
-}
+pub use weir_model::parse_duration;
 
 /// Applies `--idle-timeout`: one duration for every protocol, or `proto=duration` pairs separated by commas
 /// (`tcp`, `tcp-closed`, `udp`, `icmp`, `other`).

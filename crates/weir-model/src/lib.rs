@@ -28,5 +28,5 @@ pub use flow::{
 };
 pub use link::LinkType;
 pub use protocol::Protocol;
-pub use time::{Timestamp, TimestampParseError, duration_nanos};
+pub use time::{Timestamp, TimestampParseError, duration_nanos, parse_duration};
 pub use verdict::{EdgeVerdict, FlowVerdict};

@@ -214,6 +214,31 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// A duration as the command line and settings spell it: `500ms`, `30s`, `5m`, `2h`, `7d`, or plain seconds
+/// (saturating, never overflowing). The error says what is wrong and what would do.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number with ms, s, m or h, such as 30s")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

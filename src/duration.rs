@@ -41,6 +41,7 @@ pub fn apply_idle_timeouts(config: &mut FlowConfig, spec: &str) -> Result<(), St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations_and_idle_specs() {

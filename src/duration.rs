@@ -1,6 +1,5 @@
 //! Durations on the command line: `500ms`, `30s`, `5m`, `2h`, or plain seconds.
 
-
 use weir_flow::FlowConfig;
 
 pub use weir_model::parse_duration;

@@ -69,7 +69,7 @@ impl Default for EngineConfig {
             max_edges: 200_000,
             outside_peers: 256,
             max_alerts: 50_000,
-            max_scan_sources: 200_000,
+            max_scan_sources: 100_000,
         }
     }
 }
@@ -162,7 +162,7 @@ fn ip_bits(ip: IpAddr) -> u128 {
 }
 
 /// Most resolutions cached (cleared when full, and with every policy change).
-const RESOLVED_CAP: usize = 1 << 18;
+const RESOLVED_CAP: usize = 1 << 16;
 
 /// What an applied batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -122,4 +122,230 @@ mod tests {
             }
         );
     }
+
+    /// The exactly-once protocol as a whole, under a hostile network and crashes: an agent that numbers its
+    /// batches and resends what is not acknowledged (as `weir_agent::Exporter::step` does: `sent`, `acked`,
+    /// `expected`, a timeout sends again from the last acknowledged), an aggregator that admits by [`admit`],
+    /// applies, and acknowledges only what a checkpoint made durable, losing everything else when it restarts.
+    /// Requests and replies are dropped, duplicated and reordered at random. Every record is durably counted at
+    /// most once at every moment, and once the network behaves, exactly once.
+    mod exactly_once {
+        use super::super::{Admission, admit};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Clone, Debug)]
+        enum Event {
+            /// The agent seals a batch of this many records.
+            Seal(u8),
+            /// The agent sends its next request.
+            Send,
+            /// The network delivers the request at this position (modulo the queue), or drops or duplicates it.
+            Deliver(usize),
+            DropRequest(usize),
+            Duplicate(usize),
+            /// A reply reaches the agent, or is lost.
+            Reply(usize),
+            DropReply(usize),
+            /// The agent gives up waiting: everything not acknowledged is sent again.
+            Timeout,
+            /// The aggregator writes a checkpoint.
+            Checkpoint,
+            /// The aggregator crashes and restarts from its last checkpoint.
+            Restart,
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                2 => (1u8..5).prop_map(Event::Seal),
+                4 => Just(Event::Send),
+                4 => any::<usize>().prop_map(Event::Deliver),
+                1 => any::<usize>().prop_map(Event::DropRequest),
+                1 => any::<usize>().prop_map(Event::Duplicate),
+                4 => any::<usize>().prop_map(Event::Reply),
+                1 => any::<usize>().prop_map(Event::DropReply),
+                1 => Just(Event::Timeout),
+                2 => Just(Event::Checkpoint),
+                1 => Just(Event::Restart),
+            ]
+        }
+
+        /// A request: the batch (number and its records' ids) or a heartbeat, and the oldest batch held.
+        #[derive(Clone, Debug)]
+        struct Request {
+            batch: Option<(u64, Vec<u64>)>,
+            oldest: u64,
+        }
+
+        /// A reply: applied, acked, expected.
+        type Reply = (u64, u64, Option<u64>);
+
+        #[derive(Default)]
+        struct Agent {
+            /// Sealed batches not yet acknowledged, by number.
+            held: BTreeMap<u64, Vec<u64>>,
+            next_seq: u64,
+            next_record: u64,
+            sent: u64,
+            acked: u64,
+        }
+
+        impl Agent {
+            fn request(&self) -> Request {
+                let oldest = self
+                    .held
+                    .keys()
+                    .next()
+                    .copied()
+                    .unwrap_or(self.next_seq + 1);
+                let batch = self
+                    .held
+                    .range(self.sent + 1..)
+                    .next()
+                    .map(|(s, r)| (*s, r.clone()));
+                Request { batch, oldest }
+            }
+
+            fn reply(&mut self, sent: Option<u64>, (applied, acked, expected): Reply) {
+                match expected {
+                    Some(e) => self.sent = e.saturating_sub(1),
+                    None => {
+                        if let Some(s) = sent {
+                            self.sent = s;
+                        }
+                        self.sent = self.sent.max(applied);
+                    }
+                }
+                if acked > self.acked {
+                    self.acked = acked;
+                    self.held.retain(|&s, _| s > acked);
+                }
+            }
+        }
+
+        #[derive(Default)]
+        struct Aggregator {
+            applied: u64,
+            /// Counted since the last checkpoint, and durably.
+            counted: Vec<u64>,
+            durable_cursor: u64,
+            durable: Vec<u64>,
+        }
+
+        impl Aggregator {
+            fn take(&mut self, r: &Request) -> Reply {
+                let seq = r.batch.as_ref().map(|(s, _)| *s);
+                match admit(self.applied, seq, Some(r.oldest)) {
+                    Admission::Heartbeat | Admission::Duplicate => {
+                        (self.applied, self.durable_cursor, None)
+                    }
+                    Admission::Resend { expected } | Admission::TooFar { expected } => {
+                        (self.applied, self.durable_cursor, Some(expected))
+                    }
+                    Admission::Apply { .. } => {
+                        if let Some((s, records)) = &r.batch {
+                            self.applied = *s;
+                            self.counted.extend(records);
+                        }
+                        (self.applied, self.durable_cursor, None)
+                    }
+                }
+            }
+
+            fn checkpoint(&mut self) {
+                self.durable.append(&mut self.counted);
+                self.durable_cursor = self.applied;
+            }
+
+            fn restart(&mut self) {
+                self.counted.clear();
+                self.applied = self.durable_cursor;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn every_record_counts_once(events in proptest::collection::vec(event(), 1..300)) {
+                let (mut agent, mut agg) = (Agent::default(), Aggregator::default());
+                let mut requests: Vec<Request> = Vec::new();
+                let mut replies: Vec<(Option<u64>, Reply)> = Vec::new();
+                let at = |i: usize, n: usize| i % n;
+                let mut check = |agg: &Aggregator| {
+                    let mut seen = agg.durable.clone();
+                    seen.extend(&agg.counted);
+                    seen.sort_unstable();
+                    let n = seen.len();
+                    seen.dedup();
+                    prop_assert_eq!(seen.len(), n, "a record was counted twice");
+                    Ok(())
+                };
+                for e in events {
+                    match e {
+                        Event::Seal(n) => {
+                            agent.next_seq += 1;
+                            let ids = (0..u64::from(n)).map(|i| agent.next_record + i).collect();
+                            agent.next_record += u64::from(n);
+                            agent.held.insert(agent.next_seq, ids);
+                        }
+                        Event::Send => {
+                            let r = agent.request();
+                            if let Some((s, _)) = &r.batch {
+                                // In flight: the next request goes on after it (the exporter's `sent`
+                                // moves when the reply comes; sending ahead models a pipeline of retries).
+                                agent.sent = agent.sent.max(*s);
+                            }
+                            requests.push(r);
+                        }
+                        Event::Deliver(i) if !requests.is_empty() => {
+                            let r = requests.remove(at(i, requests.len()));
+                            let reply = agg.take(&r);
+                            replies.push((r.batch.map(|(s, _)| s), reply));
+                        }
+                        Event::DropRequest(i) if !requests.is_empty() => {
+                            requests.remove(at(i, requests.len()));
+                        }
+                        Event::Duplicate(i) if !requests.is_empty() => {
+                            let r = requests[at(i, requests.len())].clone();
+                            requests.push(r);
+                        }
+                        Event::Reply(i) if !replies.is_empty() => {
+                            let (sent, reply) = replies.remove(at(i, replies.len()));
+                            agent.reply(sent, reply);
+                        }
+                        Event::DropReply(i) if !replies.is_empty() => {
+                            replies.remove(at(i, replies.len()));
+                        }
+                        Event::Timeout => agent.sent = agent.acked,
+                        Event::Checkpoint => agg.checkpoint(),
+                        Event::Restart => agg.restart(),
+                        _ => {}
+                    }
+                    check(&agg)?;
+                }
+                // The network behaves from here on: what is in flight arrives or is lost, the agent times out
+                // and sends everything not acknowledged again, in order, checkpoints follow.
+                for (_, reply) in std::mem::take(&mut replies) {
+                    let _ = reply;
+                }
+                for r in std::mem::take(&mut requests) {
+                    agg.take(&r);
+                }
+                for _ in 0..(agent.next_seq + 5) * 2 {
+                    agent.sent = agent.sent.min(agent.acked);
+                    let r = agent.request();
+                    let sent = r.batch.as_ref().map(|(s, _)| *s);
+                    let reply = agg.take(&r);
+                    agent.reply(sent, reply);
+                    agg.checkpoint();
+                    check(&agg)?;
+                }
+                prop_assert!(agent.held.is_empty(), "batches never acknowledged: {:?}", agent.held.keys());
+                let mut durable = agg.durable.clone();
+                durable.sort_unstable();
+                let all: Vec<u64> = (0..agent.next_record).collect();
+                prop_assert_eq!(durable, all, "every record durably counted exactly once");
+            }
+        }
+    }
 }

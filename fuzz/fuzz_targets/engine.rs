@@ -65,8 +65,20 @@ fn record(b: &[u8; 12]) -> FlowRecord {
     };
     let proto = [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(132)][usize::from(b[4] % 4)];
     let ports = !proto.is_icmp();
-    let start = i64::from(u16::from_le_bytes([b[6], b[7]])) * 1_000_000 - 5_000_000_000;
-    let length = i64::from(b[8]) * 10_000_000;
+    // Now and then the extremes a hostile agent can put on the wire: times at the ends of the range, counts
+    // near overflow.
+    let start = match b[6] {
+        0xff => i64::MAX - i64::from(b[7]),
+        0xfe => i64::MIN + i64::from(b[7]),
+        _ => i64::from(u16::from_le_bytes([b[6], b[7]])) * 1_000_000 - 5_000_000_000,
+    };
+    let length = match b[8] {
+        0xff => i64::MAX,
+        0xfe => -1_000_000_000,
+        n => i64::from(n) * 10_000_000,
+    };
+    let huge = b[5] & 0x80 != 0;
+    let count = |small: u64| if huge { u64::MAX - small } else { small };
     FlowRecord {
         src: ip(b[0]),
         src_port: ports.then(|| u16::from_le_bytes([b[1], 0x80])),
@@ -76,12 +88,12 @@ fn record(b: &[u8; 12]) -> FlowRecord {
         icmp_type: (!ports).then_some(8),
         icmp_code: (!ports).then_some(0),
         icmp_id: (!ports).then_some(u16::from(b[1])),
-        packets: u64::from(b[5] % 4),
-        bytes: u64::from(b[5]) * 60,
-        reply_packets: u64::from(b[5] >> 6),
-        reply_bytes: u64::from(b[5] >> 6) * 60,
+        packets: count(u64::from(b[5] % 4)),
+        bytes: count(u64::from(b[5]) * 60),
+        reply_packets: count(u64::from(b[5] >> 6)),
+        reply_bytes: count(u64::from(b[5] >> 6) * 60),
         start: Timestamp(start),
-        end: Timestamp(start + length),
+        end: Timestamp(start.saturating_add(length)),
         tcp_flags: TcpFlags(b[9]),
         reply_tcp_flags: TcpFlags(b[10]),
         orientation: Orientation::default(),
@@ -126,6 +138,11 @@ fuzz_target!(|data: &[u8]| {
             .collect();
         records += recs.len() as u64;
         now += i64::from(batch.len() as u16) * 100_000_000;
+        // The engine as ingest feeds it, and also without the clamp: neither may panic.
+        let mut recs = recs;
+        if batch.len() % 2 == 0 {
+            weir_aggregator::ingest::clamp_times(&mut recs, Timestamp(now));
+        }
         engine.apply(recs, Timestamp(now));
         engine.tick(Timestamp(now));
         assert!(engine.edges().len() <= 24, "{} edges", engine.edges().len());

@@ -322,7 +322,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
             edge.verdict = edge.verdict.worst(edge_verdict(e));
             edge.new |= !e.baseline;
             edge.flows += e.flows;
-            edge.bytes += e.bytes;
+            edge.bytes = edge.bytes.saturating_add(e.bytes);
             ports.push((e.key.proto, e.key.port));
             first = first.min(e.first_seen);
             last = last.max(e.last_seen);
@@ -469,7 +469,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
         e.ports.insert((r.proto, v.port));
         // A connection seen from both ends is one connection: counted by its Community ID, with the larger
         // of the two byte counts.
-        let bytes = r.bytes + r.reply_bytes;
+        let bytes = r.total_bytes();
         let seen = e.connections.entry(r.community_id.clone()).or_default();
         *seen = (*seen).max(bytes);
         e.first = Some(e.first.map_or(r.start, |t| t.min(r.start)));

@@ -342,8 +342,8 @@ impl EdgeAcc {
         }
         self.flows += 1;
         self.answered += u64::from(ok);
-        self.packets += r.total_packets();
-        self.bytes += r.total_bytes();
+        self.packets = self.packets.saturating_add(r.total_packets());
+        self.bytes = self.bytes.saturating_add(r.total_bytes());
         self.first = self.first.min(r.start);
         self.last = self.last.max(r.end);
         if let Judgement::Judged { verdict, grounds } = &flow.judgement {
@@ -420,8 +420,8 @@ impl EdgeAcc {
         }
         self.flows += other.flows;
         self.answered += other.answered;
-        self.packets += other.packets;
-        self.bytes += other.bytes;
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
         self.first = self.first.min(other.first);
         self.last = self.last.max(other.last);
         self.egress_denied |= other.egress_denied;
@@ -578,8 +578,8 @@ impl<'a> ReportBuilder<'a> {
         let id = |g: u32| remap[g as usize];
         let (mine, theirs) = (&mut self.totals, other.totals);
         mine.flows += theirs.flows;
-        mine.packets += theirs.packets;
-        mine.bytes += theirs.bytes;
+        mine.packets = mine.packets.saturating_add(theirs.packets);
+        mine.bytes = mine.bytes.saturating_add(theirs.bytes);
         mine.first = match (mine.first, theirs.first) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -650,8 +650,8 @@ impl<'a> ReportBuilder<'a> {
         {
             let r = &flow.record;
             totals.flows += 1;
-            totals.packets += r.total_packets();
-            totals.bytes += r.total_bytes();
+            totals.packets = totals.packets.saturating_add(r.total_packets());
+            totals.bytes = totals.bytes.saturating_add(r.total_bytes());
             totals.first = Some(totals.first.map_or(r.start, |t| t.min(r.start)));
             totals.last = Some(totals.last.map_or(r.end, |t| t.max(r.end)));
             totals.via_service += u64::from(flow.service.is_some());

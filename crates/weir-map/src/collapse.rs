@@ -96,7 +96,7 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
                 edge.verdict = edge.verdict.worst(part.verdict);
                 edge.new |= part.new;
                 edge.flows += part.flows;
-                edge.bytes += part.bytes;
+                edge.bytes = edge.bytes.saturating_add(part.bytes);
                 ports.extend(&part.ports);
                 nodes.extend(&part.nodes);
                 services.extend(&part.services);

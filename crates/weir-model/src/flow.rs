@@ -361,14 +361,14 @@ impl FlowRecord {
         ConnectionOutcome::Answered
     }
 
-    /// Total packets, both directions.
+    /// Total packets, both directions (saturating: the counts come from the wire).
     pub fn total_packets(&self) -> u64 {
-        self.packets + self.reply_packets
+        self.packets.saturating_add(self.reply_packets)
     }
 
-    /// Total IP bytes, both directions.
+    /// Total IP bytes, both directions (saturating).
     pub fn total_bytes(&self) -> u64 {
-        self.bytes + self.reply_bytes
+        self.bytes.saturating_add(self.reply_bytes)
     }
 
     /// A deterministic order for output: by start time, then by tuple.
@@ -398,6 +398,19 @@ mod tests {
         let json = serde_json::to_string(&f).unwrap_or_default();
         assert_eq!(serde_json::from_str::<TcpFlags>(&json).ok(), Some(f));
         assert!(serde_json::from_str::<TcpFlags>("\"SX\"").is_err());
+    }
+
+    #[test]
+    fn totals_of_counts_from_the_wire_saturate() {
+        // Found by the engine fuzz target (fuzz/regressions/engine): an agent may send any u64.
+        let r: FlowRecord = serde_json::from_str(
+            r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":"ICMP","packets":18446744073709551615,
+                "bytes":18446744073709551615,"reply_packets":2,"reply_bytes":2,
+                "start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:01Z","tcp_flags":"",
+                "reply_tcp_flags":"","orientation":"observed","end_reason":"idle-timeout","community_id":""}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((r.total_packets(), r.total_bytes()), (u64::MAX, u64::MAX));
     }
 
     #[test]

@@ -296,6 +296,7 @@ pub fn run(args: AnalyzeArgs, kube: &KubeArgs) -> Result<ExitCode> {
             clusters: &cluster_names,
             stats: &inputs.stats,
             top: args.top.max(1),
+            unevaluated_policies: set.cluster().unevaluated_policies(),
         },
         cluster_ranges: &args.cluster_cidr,
     };

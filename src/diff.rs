@@ -199,6 +199,7 @@ fn in_force(args: &DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 clusters: &clusters,
                 stats: &inputs.stats,
                 top: args.top.max(1),
+                unevaluated_policies: set.cluster().unevaluated_policies(),
             };
             let sections: Vec<Section> = report::sections(&report, args.top.max(1))
                 .into_iter()

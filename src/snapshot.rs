@@ -95,6 +95,12 @@ fn load_cluster(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
         let total: usize = report.skipped.values().sum();
         eprintln!("weir: note: skipped {total} objects of kinds weir does not use ({kinds})");
     }
+    if !report.unevaluated_policies.is_empty() {
+        eprintln!(
+            "weir: warning: {}",
+            unevaluated_warning(&report.unevaluated_policies)
+        );
+    }
     if cluster.ip_conflicts() > 0 {
         eprintln!(
             "weir: warning: {} addresses are claimed by two running pods; the first in name order keeps each",
@@ -102,6 +108,20 @@ fn load_cluster(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
         );
     }
     PolicySet::new(Arc::new(cluster)).context("cannot use the cluster's NetworkPolicies")
+}
+
+/// What every command that judges says when the cluster holds network policies weir does not evaluate.
+pub fn unevaluated_warning(kinds: &std::collections::BTreeMap<String, usize>) -> String {
+    let total: usize = kinds.values().sum();
+    let list = kinds
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "verdicts are NetworkPolicy only: {total} network policies of kinds weir does not evaluate are in the \
+         cluster ({list}); what they allow or deny is judged as if they were absent"
+    )
 }
 
 /// Every object weir reads from the live cluster, and the API server's address.

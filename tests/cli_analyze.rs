@@ -322,3 +322,87 @@ fn the_html_report_is_one_self_contained_file() {
     );
     assert!(html.contains("data-name=\"Deployment/frontend\""));
 }
+
+/// Policies weir does not evaluate are never silent: the report's header and the JSON summary name them, and a
+/// Calico NetworkPolicy (same kind name, another API group) is not taken for a Kubernetes one.
+#[test]
+fn policies_weir_does_not_evaluate_are_named_and_change_no_verdict() {
+    let dir = std::env::temp_dir().join(format!("weir-unevaluated-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = dir.join("cni-policies.yaml");
+    std::fs::write(
+        &extra,
+        "apiVersion: v1
+kind: List
+items:
+- apiVersion: projectcalico.org/v3
+  kind: NetworkPolicy
+  metadata: {name: deny-everything, namespace: shop}
+  spec: {selector: all(), types: [Ingress, Egress]}
+- apiVersion: cilium.io/v2
+  kind: CiliumClusterwideNetworkPolicy
+  metadata: {name: l7-only}
+  spec: {endpointSelector: {}}
+",
+    )
+    .unwrap();
+    let demo = root().join("pcaps/demo.pcap");
+    let cluster = root().join("pcaps/demo.cluster.yaml");
+    let (demo, cluster, extra_s) = (
+        demo.to_str().unwrap(),
+        cluster.to_str().unwrap(),
+        extra.to_str().unwrap(),
+    );
+    let plain: serde_json::Value = serde_json::from_str(&weir(&[
+        "analyze",
+        demo,
+        "--cluster",
+        cluster,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let with: serde_json::Value = serde_json::from_str(&weir(&[
+        "analyze",
+        demo,
+        "--cluster",
+        cluster,
+        "--cluster",
+        extra_s,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        plain["summary"]["policies_not_evaluated"],
+        serde_json::json!({})
+    );
+    assert_eq!(
+        with["summary"]["policies_not_evaluated"],
+        serde_json::json!({
+            "CiliumClusterwideNetworkPolicy (cilium.io)": 1,
+            "NetworkPolicy (projectcalico.org)": 1,
+        })
+    );
+    // The verdicts are those of the Kubernetes NetworkPolicies alone.
+    assert_eq!(plain["summary"]["verdicts"], with["summary"]["verdicts"]);
+    let text = weir(&[
+        "analyze",
+        demo,
+        "--cluster",
+        cluster,
+        "--cluster",
+        extra_s,
+        "--format",
+        "text",
+    ]);
+    let header: Vec<&str> = text.lines().take(4).collect();
+    assert!(
+        header
+            .iter()
+            .any(|l| l.contains("warning: verdicts are NetworkPolicy only")
+                && l.contains("NetworkPolicy (projectcalico.org) 1")),
+        "{header:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -96,6 +96,9 @@ struct StatusView<'a> {
     /// The interface addresses each node's agent reported last (those the cluster's objects did not already
     /// give to someone are the node's).
     node_addresses: BTreeMap<String, Vec<InterfaceAddress>>,
+    /// Network policies of kinds weir does not evaluate in the snapshot in force, by `Kind (group)`: verdicts
+    /// are NetworkPolicy's alone.
+    policies_not_evaluated: BTreeMap<String, usize>,
 }
 
 pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, ApiError> {
@@ -115,7 +118,14 @@ pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, Api
         .ok_or_else(|| internal("lock poisoned"))?;
     let now = Timestamp::now();
     let totals = core.engine.totals();
+    let policies_not_evaluated = core
+        .engine
+        .policy_set()
+        .cluster()
+        .unevaluated_policies()
+        .clone();
     let view = StatusView {
+        policies_not_evaluated,
         node_addresses,
         ready: s.ready.load(Ordering::Acquire),
         cluster,
@@ -147,12 +157,15 @@ pub(crate) fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, ApiErr
     })?;
     let secs = match unit {
         "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86400),
         _ => return Err(bad(format!("{text:?}: unknown unit {unit:?}"))),
     };
-    Ok(Timestamp(now.0 - secs.saturating_mul(1_000_000_000)))
+    // Saturating: a query string may say anything.
+    Ok(Timestamp(
+        now.0.saturating_sub(secs.saturating_mul(1_000_000_000)),
+    ))
 }
 
 /// Filters of the flow and edge queries.
@@ -603,4 +616,21 @@ pub(crate) async fn diff(State(s): State<Arc<Shared>>, body: Bytes) -> Result<Re
     .await
     .map_err(|e| internal(e.to_string()))??;
     Ok(axum::Json(result).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+    use weir_model::Timestamp;
+
+    #[test]
+    fn times_ago_from_a_query_string_saturate() {
+        let now = Timestamp(1_800_000_000_000_000_000);
+        let t = |q: &str| parse_time(q, now).ok().map(|t| t.0);
+        assert_eq!(t("90s"), Some(now.0 - 90_000_000_000));
+        assert_eq!(t("2h"), Some(now.0 - 7_200_000_000_000));
+        assert_eq!(t("9223372036854775807d"), Some(now.0 - i64::MAX));
+        assert_eq!(t("-9223372036854775808m"), Some(i64::MAX));
+        assert!(t("5 fortnights").is_none());
+    }
 }

@@ -245,6 +245,17 @@ impl Collector for ScrapeCollector {
                  outside peers than it keeps one by one",
                 t.folded_connections,
             )?;
+            r.gauges(
+                "policies_not_evaluated",
+                "Network policies of kinds weir does not evaluate in the snapshot in force (verdicts are \
+                 NetworkPolicy's alone), by kind and API group",
+                core.engine
+                    .policy_set()
+                    .cluster()
+                    .unevaluated_policies()
+                    .iter()
+                    .map(|(k, n)| (label("kind", k), *n as i64)),
+            )?;
             r.gauge(
                 "edges",
                 "Workload edges known",

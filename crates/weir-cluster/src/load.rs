@@ -107,8 +107,42 @@ pub struct LoadReport {
     pub loaded: BTreeMap<String, usize>,
     /// Objects of kinds weir does not use, skipped, by kind.
     pub skipped: BTreeMap<String, usize>,
+    /// Network policies of kinds weir does not evaluate (a CNI's own, or an API group it does not read), by
+    /// `Kind (group)`: traffic they decide is judged as if they were absent, and every command that judges must
+    /// say so.
+    pub unevaluated_policies: BTreeMap<String, usize>,
     /// Objects replaced by a later object with the same kind, namespace and name.
     pub replaced: usize,
+}
+
+/// The kinds weir reads.
+const KNOWN_KINDS: [&str; 8] = [
+    "Namespace",
+    "Node",
+    "Pod",
+    "Service",
+    "EndpointSlice",
+    "ReplicaSet",
+    "Job",
+    "NetworkPolicy",
+];
+
+/// Whether `group` (of an object's apiVersion, empty for the core group) is the Kubernetes API group of `kind`.
+fn kubernetes_group(kind: &str, group: &str) -> bool {
+    match kind {
+        "Namespace" | "Node" | "Pod" | "Service" => group.is_empty(),
+        "EndpointSlice" => group == "discovery.k8s.io",
+        "ReplicaSet" => matches!(group, "apps" | "extensions"),
+        "Job" => group == "batch",
+        "NetworkPolicy" => matches!(group, "networking.k8s.io" | "extensions"),
+        _ => true,
+    }
+}
+
+/// Whether a kind weir does not read is a network policy of some implementation: Cilium's, Calico's, Antrea's,
+/// OVN-Kubernetes', OpenShift's, the network-policy-api's cluster-wide kinds and the like.
+fn is_policy_kind(kind: &str) -> bool {
+    kind.ends_with("NetworkPolicy") || kind == "EgressFirewall"
 }
 
 /// Reads snapshots into a [`ClusterState`].
@@ -305,6 +339,32 @@ impl SnapshotLoader {
                 message: e.to_string(),
             })?;
         }
+        // A kind of another API group is not the Kubernetes kind of that name (Calico's and Antrea's
+        // NetworkPolicy are not networking.k8s.io's). Objects without an apiVersion are taken as Kubernetes'.
+        let group = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .map(|v| v.rsplit_once('/').map_or("", |(group, _)| group).to_owned());
+        let foreign = group.as_deref().is_some_and(|g| !kubernetes_group(kind, g));
+        if foreign || !KNOWN_KINDS.contains(&kind) {
+            let group = group.unwrap_or_default();
+            if is_policy_kind(kind) {
+                let name = if group.is_empty() {
+                    kind.to_owned()
+                } else {
+                    format!("{kind} ({group})")
+                };
+                *self.report.unevaluated_policies.entry(name).or_default() += 1;
+            } else {
+                let name = if foreign {
+                    format!("{kind} ({group})")
+                } else {
+                    kind.to_owned()
+                };
+                *self.report.skipped.entry(name).or_default() += 1;
+            }
+            return Ok(());
+        }
         let object = ObjectRef::of(kind, &value);
         let cx = Context { path, object };
         let replaced = match kind {
@@ -360,6 +420,7 @@ impl SnapshotLoader {
                 };
                 self.policies.insert(key, object).is_some()
             }
+            // Only the kinds of KNOWN_KINDS get here.
             other => {
                 *self.report.skipped.entry(other.to_owned()).or_default() += 1;
                 return Ok(());
@@ -460,6 +521,7 @@ impl SnapshotLoader {
             pods: state_pods,
             services: services.into_values().collect(),
             policies: policies.into_values().collect(),
+            unevaluated_policies: report.unevaluated_policies.clone(),
             ..ClusterState::default()
         };
         for (index, pod) in state.pods.iter().enumerate() {

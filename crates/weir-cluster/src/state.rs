@@ -412,6 +412,8 @@ pub struct ClusterState {
     /// Finished pods by the addresses they held, for flows from before they finished.
     pub(crate) former_tenants: HashMap<IpAddr, Vec<PodId>>,
     pub(crate) ip_conflicts: u64,
+    /// Network policies of kinds weir does not evaluate, by `Kind (group)` ([`crate::LoadReport`]).
+    pub(crate) unevaluated_policies: BTreeMap<String, usize>,
 }
 
 impl ClusterState {
@@ -550,6 +552,12 @@ impl ClusterState {
             .get(&node)
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// Network policies of kinds weir does not evaluate that the cluster holds, by `Kind (group)`: a verdict is
+    /// then that of NetworkPolicy alone, and whatever shows one must say so.
+    pub fn unevaluated_policies(&self) -> &BTreeMap<String, usize> {
+        &self.unevaluated_policies
     }
 
     /// How many addresses were claimed by two live pods (the later one in name order won).

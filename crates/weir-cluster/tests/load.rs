@@ -546,3 +546,64 @@ items:
     assert_eq!(with.owner_of(ip("10.70.0.1")), Some(IpOwner::Pod(squatter)));
     assert_eq!(with.owner_of(ip("192.168.9.9")), None);
 }
+
+#[test]
+fn policies_of_other_api_groups_are_not_taken_for_kubernetes_ones_and_are_counted() {
+    let text = "
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {team: shop}}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: web, namespace: shop, labels: {app: web}}
+  spec: {containers: [{name: c, image: x}]}
+  status: {phase: Running, podIP: 10.0.0.5}
+# Calico's NetworkPolicy: same kind name, another group; not networking.k8s.io's.
+- apiVersion: projectcalico.org/v3
+  kind: NetworkPolicy
+  metadata: {name: deny-all, namespace: shop}
+  spec: {selector: all(), types: [Ingress, Egress]}
+- apiVersion: cilium.io/v2
+  kind: CiliumNetworkPolicy
+  metadata: {name: l7, namespace: shop}
+  spec: {endpointSelector: {}}
+- apiVersion: cilium.io/v2
+  kind: CiliumNetworkPolicy
+  metadata: {name: l7-b, namespace: shop}
+  spec: {endpointSelector: {}}
+- apiVersion: policy.networking.k8s.io/v1alpha1
+  kind: AdminNetworkPolicy
+  metadata: {name: sec-ops}
+  spec: {priority: 10, subject: {namespaces: {}}}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: web, namespace: shop}
+  spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress]}
+- apiVersion: monitoring.coreos.com/v1
+  kind: ServiceMonitor
+  metadata: {name: m, namespace: shop}
+";
+    let mut loader = weir_cluster::SnapshotLoader::default();
+    loader
+        .add_bytes(std::path::Path::new("mixed.yaml"), text.as_bytes())
+        .unwrap();
+    let (cluster, report) = loader.finish();
+    // Only the Kubernetes NetworkPolicy is one.
+    assert_eq!(cluster.policies().len(), 1);
+    assert_eq!(report.loaded["NetworkPolicy"], 1);
+    let unevaluated: Vec<(&str, usize)> = report
+        .unevaluated_policies
+        .iter()
+        .map(|(k, n)| (k.as_str(), *n))
+        .collect();
+    assert_eq!(
+        unevaluated,
+        [
+            ("AdminNetworkPolicy (policy.networking.k8s.io)", 1),
+            ("CiliumNetworkPolicy (cilium.io)", 2),
+            ("NetworkPolicy (projectcalico.org)", 1),
+        ]
+    );
+    assert_eq!(report.skipped.get("ServiceMonitor"), Some(&1));
+}

@@ -102,6 +102,7 @@ pub fn write_analysis_json<W: Write + ?Sized>(
     use weir_model::EdgeVerdict;
     let summary = serde_json::json!({
         "inputs": inputs,
+        "policies_not_evaluated": set.cluster().unevaluated_policies(),
         "flows": t.flows,
         "packets": t.packets,
         "bytes": t.bytes,

@@ -32,6 +32,9 @@ pub struct Context<'a> {
     pub stats: &'a ExtractStats,
     /// Rows shown per section.
     pub top: usize,
+    /// Network policies of kinds weir does not evaluate in the cluster, by `Kind (group)`
+    /// (`ClusterState::unevaluated_policies`): the report then says its verdicts are NetworkPolicy's alone.
+    pub unevaluated_policies: &'a std::collections::BTreeMap<String, usize>,
 }
 
 /// How a section's title is colored.
@@ -545,6 +548,22 @@ pub fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
         list(context.inputs),
         list(context.clusters)
     ));
+    if !context.unevaluated_policies.is_empty() {
+        let kinds = context
+            .unevaluated_policies
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let warning = format!(
+            "warning: verdicts are NetworkPolicy only: the cluster also holds policies weir does not evaluate \
+             ({kinds}); what they allow or deny is judged as if they were absent"
+        );
+        lines.push(match style {
+            Style::Text { color: true } => format!("{YELLOW}{warning}{RESET}"),
+            _ => warning,
+        });
+    }
     let s = context.stats;
     if s.packets > 0 {
         lines.push(format!(

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cnp;
 mod load;
 mod state;
 pub mod yaml;

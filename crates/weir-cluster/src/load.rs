@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use weir_model::{Cidr, Protocol, Timestamp};
 
+use crate::cnp::{self, ClusterPolicy};
 use crate::state::{
     Backend, ClusterState, ContainerPort, IpOwner, Labels, Namespace, Node, NodeAddress,
     NodeAddressSource, NodeId, Pod, PodId, PolicyObject, Service, ServiceFrontend, ServiceId,
@@ -157,6 +158,8 @@ pub struct SnapshotLoader {
     replica_sets: HashMap<(String, String), Option<OwnerReference>>,
     jobs: HashMap<(String, String), Option<OwnerReference>>,
     policies: BTreeMap<(String, String), PolicyObject>,
+    /// Cluster-wide policies by kind and name.
+    cluster_policies: BTreeMap<(&'static str, String), ClusterPolicy>,
     /// Where namespaced objects without `metadata.namespace` go (`-n`, as `kubectl apply -n` places them).
     default_namespace: Option<String>,
 }
@@ -346,6 +349,37 @@ impl SnapshotLoader {
             .and_then(Value::as_str)
             .map(|v| v.rsplit_once('/').map_or("", |(group, _)| group).to_owned());
         let foreign = group.as_deref().is_some_and(|g| !kubernetes_group(kind, g));
+        let version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| v.rsplit_once('/'))
+            .map_or("", |(_, version)| version);
+        if group.as_deref() == Some(cnp::GROUP)
+            && let Some(origin) = cnp::origin_of(kind, version)
+        {
+            let cx = Context {
+                path,
+                object: ObjectRef::of(kind, &value),
+            };
+            let object: cnp::Object = cx.typed(value)?;
+            let policy = cnp::read(object, origin, source.clone())
+                .map_err(|e| cx.error(e.field, e.message))?;
+            // Not evaluated yet: verdicts are NetworkPolicy's alone, and that is said wherever they are shown.
+            *self
+                .report
+                .unevaluated_policies
+                .entry(format!("{kind} ({})", cnp::GROUP))
+                .or_default() += 1;
+            let replaced = self
+                .cluster_policies
+                .insert((origin.kind(), policy.name.clone()), policy)
+                .is_some();
+            *self.report.loaded.entry(kind.to_owned()).or_default() += 1;
+            if replaced {
+                self.report.replaced += 1;
+            }
+            return Ok(());
+        }
         if foreign || !KNOWN_KINDS.contains(&kind) {
             let group = group.unwrap_or_default();
             if is_policy_kind(kind) {
@@ -445,6 +479,7 @@ impl SnapshotLoader {
             replica_sets,
             jobs,
             policies,
+            cluster_policies,
             default_namespace: _,
         } = self;
 
@@ -522,6 +557,20 @@ impl SnapshotLoader {
             services: services.into_values().collect(),
             policies: policies.into_values().collect(),
             unevaluated_policies: report.unevaluated_policies.clone(),
+            cluster_policies: {
+                let mut p: Vec<ClusterPolicy> = cluster_policies.into_values().collect();
+                // The order of evaluation: tier, priority, then (for equal priorities, which the API leaves to
+                // the implementation) the kind and name, so that the order is the same everywhere.
+                p.sort_by(|a, b| {
+                    (a.tier, a.priority, a.origin.kind(), &a.name).cmp(&(
+                        b.tier,
+                        b.priority,
+                        b.origin.kind(),
+                        &b.name,
+                    ))
+                });
+                p
+            },
             ..ClusterState::default()
         };
         for (index, pod) in state.pods.iter().enumerate() {

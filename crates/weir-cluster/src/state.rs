@@ -414,6 +414,8 @@ pub struct ClusterState {
     pub(crate) ip_conflicts: u64,
     /// Network policies of kinds weir does not evaluate, by `Kind (group)` ([`crate::LoadReport`]).
     pub(crate) unevaluated_policies: BTreeMap<String, usize>,
+    /// Cluster-wide policies (ClusterNetworkPolicy, and v1alpha1 ANP/BANP translated), in evaluation order.
+    pub(crate) cluster_policies: Vec<crate::cnp::ClusterPolicy>,
 }
 
 impl ClusterState {
@@ -558,6 +560,12 @@ impl ClusterState {
     /// then that of NetworkPolicy alone, and whatever shows one must say so.
     pub fn unevaluated_policies(&self) -> &BTreeMap<String, usize> {
         &self.unevaluated_policies
+    }
+
+    /// Cluster-wide policies, in the order they are evaluated: the Admin tier by priority, then the Baseline
+    /// tier (equal priorities by kind and name).
+    pub fn cluster_policies(&self) -> &[crate::cnp::ClusterPolicy] {
+        &self.cluster_policies
     }
 
     /// How many addresses were claimed by two live pods (the later one in name order won).

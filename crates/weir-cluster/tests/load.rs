@@ -606,4 +606,29 @@ items:
         ]
     );
     assert_eq!(report.skipped.get("ServiceMonitor"), Some(&1));
+    // The network-policy-api's kinds are read (translated to the v1alpha2 form), though not evaluated yet.
+    let cnp = cluster.cluster_policies();
+    assert_eq!(cnp.len(), 1);
+    assert_eq!(cnp[0].label(), "AdminNetworkPolicy/sec-ops");
+    assert_eq!(cnp[0].tier, weir_cluster::cnp::Tier::Admin);
+}
+
+#[test]
+fn a_bad_cluster_network_policy_names_its_field() {
+    let err = load_text(
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: sec-ops}
+spec: {tier: Admin, priority: 5000, subject: {namespaces: {}}}
+",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("ClusterNetworkPolicy")
+            && err.contains("sec-ops")
+            && err.contains("spec.priority"),
+        "{err}"
+    );
 }

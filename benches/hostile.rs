@@ -68,26 +68,16 @@ fn engine() -> Engine {
 
 fn record(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, at: i64) -> FlowRecord {
     FlowRecord {
-        src,
-        src_port: Some(sport),
-        dst,
-        dst_port: Some(dport),
-        proto: Protocol::TCP,
-        icmp_type: None,
-        icmp_code: None,
-        icmp_id: None,
         packets: 1,
         bytes: 60,
-        reply_packets: 0,
-        reply_bytes: 0,
-        start: Timestamp(at),
-        end: Timestamp(at + 1_000_000),
         tcp_flags: TcpFlags(TcpFlags::SYN),
-        reply_tcp_flags: TcpFlags(0),
-        orientation: Default::default(),
-        end_reason: Default::default(),
-        community_id: String::new(),
-        observed_at: None,
+        ..FlowRecord::new(
+            (src, Some(sport)),
+            (dst, Some(dport)),
+            Protocol::TCP,
+            Timestamp(at),
+            Timestamp(at + 1_000_000),
+        )
     }
 }
 

@@ -253,6 +253,39 @@ fn push_opt(out: &mut Vec<u8>, name: &str, value: Option<u64>) {
 }
 
 impl FlowRecord {
+    /// A flow between two ends over `start..=end` with nothing counted yet: no packets, no flags, no ICMP
+    /// fields, observed nowhere. Callers set what they know (`FlowRecord { packets: 3, ..FlowRecord::new(..) }`).
+    pub fn new(
+        (src, src_port): (IpAddr, Option<u16>),
+        (dst, dst_port): (IpAddr, Option<u16>),
+        proto: Protocol,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> FlowRecord {
+        FlowRecord {
+            src,
+            src_port,
+            dst,
+            dst_port,
+            proto,
+            icmp_type: None,
+            icmp_code: None,
+            icmp_id: None,
+            packets: 0,
+            bytes: 0,
+            reply_packets: 0,
+            reply_bytes: 0,
+            start,
+            end,
+            tcp_flags: TcpFlags::default(),
+            reply_tcp_flags: TcpFlags::default(),
+            orientation: Orientation::default(),
+            end_reason: EndReason::default(),
+            community_id: String::new(),
+            observed_at: None,
+        }
+    }
+
     /// Appends the record as one line of JSON, byte for byte what `serde_json` writes, but several times faster:
     /// bulk output writes millions of records. Records with an observation point go through `serde_json`.
     pub fn write_json_line(&self, out: &mut Vec<u8>) {

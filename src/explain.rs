@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use weir_cluster::{IpOwner, ServiceId};
 use weir_model::Protocol;
 use weir_policy::{
-    Address, Decision, Direction, DirectionDetail, Endpoint, Explanation, PolicySet, RuleRef,
+    Action, Address, DecidingTier, Decision, Direction, DirectionDetail, Endpoint, Explanation,
+    PolicySet, RuleRef, Tier, TierCheck, TierOutcome, TierRuleRef, Verdict,
 };
 
 use crate::snapshot::{self, KubeArgs, describe};
@@ -257,7 +258,9 @@ fn write_text(
     let (from, to) = ends(set, src, &case.dst);
     let e = &case.explanation;
     let port = case.port.map_or("-".to_owned(), |p| p.to_string());
-    let verdict = if e.verdict.allowed() {
+    let verdict = if !e.verdict.decided() {
+        "UNDECIDED"
+    } else if e.verdict.allowed() {
         "ALLOWED"
     } else {
         "DENIED"
@@ -279,7 +282,7 @@ fn write_text(
         Direction::Egress,
         &src_name,
         &dst_name,
-        e.verdict.egress,
+        &e.verdict,
         &e.egress,
     )?;
     write_direction(
@@ -288,7 +291,7 @@ fn write_text(
         Direction::Ingress,
         &dst_name,
         &src_name,
-        e.verdict.ingress,
+        &e.verdict,
         &e.ingress,
     )
 }
@@ -335,43 +338,76 @@ fn write_direction(
     direction: Direction,
     subject: &str,
     other: &str,
-    decision: Decision,
+    verdict: &Verdict,
     detail: &DirectionDetail,
 ) -> std::fmt::Result {
+    let (decision, pass) = verdict.side(direction);
     let what = match direction {
         Direction::Egress => "egress of the source",
         Direction::Ingress => "ingress of the destination",
     };
-    let verdict = if decision.allowed() {
+    let word = if !decision.decided() {
+        "undecided"
+    } else if decision.allowed() {
         "allowed"
     } else {
         "denied"
     };
-    writeln!(out, "  {what}, {subject}: {verdict}")?;
+    writeln!(out, "  {what}, {subject}: {word}")?;
+    if decision == Decision::NotApplicable {
+        return writeln!(
+            out,
+            "    not a pod subject to policy (outside the cluster, a node, or hostNetwork)"
+        );
+    }
+    writeln!(
+        out,
+        "    decision: {}",
+        set.chain(direction, verdict, &detail.isolating)
+    )?;
+    if !detail.tier_rules.is_empty() {
+        write_tier_rules(out, set, direction, other, decision, pass, detail)?;
+    }
+    for &p in &detail.ambiguous_with {
+        let theirs = &set.tier_policies()[p as usize];
+        writeln!(
+            out,
+            "    ambiguous: {} has the same tier and priority ({}) and a rule that matches with another \
+             action; the API leaves the order to the implementation, weir takes policies of equal priority in \
+             order of kind, then name",
+            theirs.label(),
+            theirs.priority
+        )?;
+    }
     let isolating: Vec<String> = detail
         .isolating
         .iter()
         .map(|&p| set.policies()[p as usize].key())
         .collect();
-    match decision {
-        Decision::NotApplicable => {
-            return writeln!(
-                out,
-                "    not a pod subject to NetworkPolicy (outside the cluster, a node, or hostNetwork)"
-            );
+    match decision.tier() {
+        DecidingTier::Admin => {
+            if !isolating.is_empty() {
+                writeln!(
+                    out,
+                    "    NetworkPolicy not consulted (the Admin tier decided); isolated for {direction} by {}",
+                    isolating.join(", ")
+                )?;
+            }
+            return Ok(());
         }
-        Decision::NotIsolated => {
+        DecidingTier::Baseline | DecidingTier::Default => {
             return writeln!(
                 out,
                 "    no NetworkPolicy selects it for {direction}, so it is not isolated"
             );
         }
-        _ => writeln!(
-            out,
-            "    isolated for {direction} by {}",
-            isolating.join(", ")
-        )?,
+        DecidingTier::NetworkPolicy => {}
     }
+    writeln!(
+        out,
+        "    isolated for {direction} by {}",
+        isolating.join(", ")
+    )?;
     for r in &detail.allowed_by {
         writeln!(out, "    allowed by {}", rule_text(set, direction, r))?;
     }
@@ -429,6 +465,83 @@ fn write_direction(
     Ok(())
 }
 
+/// Whether evaluation reached each cluster-wide rule: the Admin tier up to its deciding or passing rule; the
+/// Baseline tier only when NetworkPolicy does not isolate the end and the Admin tier did not decide, up to its
+/// deciding rule.
+fn reached(detail: &DirectionDetail, decision: Decision, pass: Option<TierRuleRef>) -> Vec<bool> {
+    let stop = |r: &TierRuleRef| {
+        detail
+            .tier_rules
+            .iter()
+            .position(|c| c.rule.policy == r.policy && c.rule.rule == r.rule)
+    };
+    let admin_stop = match (decision, pass) {
+        (_, Some(p)) => stop(&p),
+        (Decision::Tier(r), None) if r.tier == Tier::Admin => stop(&r),
+        _ => None,
+    };
+    let admin_decided = matches!(decision, Decision::Tier(r) if r.tier == Tier::Admin);
+    let baseline_open = !admin_decided && detail.isolating.is_empty();
+    let baseline_stop = match decision {
+        Decision::Tier(r) if r.tier == Tier::Baseline => stop(&r),
+        _ => None,
+    };
+    detail
+        .tier_rules
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.rule.tier {
+            Tier::Admin => admin_stop.is_none_or(|s| i <= s),
+            Tier::Baseline => baseline_open && baseline_stop.is_none_or(|s| i <= s),
+        })
+        .collect()
+}
+
+fn write_tier_rules(
+    out: &mut String,
+    set: &PolicySet,
+    direction: Direction,
+    other: &str,
+    decision: Decision,
+    pass: Option<TierRuleRef>,
+    detail: &DirectionDetail,
+) -> std::fmt::Result {
+    writeln!(out, "    cluster-wide rules, in evaluation order:")?;
+    let reached = reached(detail, decision, pass);
+    let deciding = |c: &TierCheck| {
+        let same = |r: TierRuleRef| r.policy == c.rule.policy && r.rule == c.rule.rule;
+        pass.is_some_and(same)
+            || matches!(decision, Decision::Tier(r) | Decision::Undecided(r) if same(r))
+    };
+    for (check, reached) in detail.tier_rules.iter().zip(reached) {
+        let how = match (check.outcome, reached) {
+            (TierOutcome::Matched, true) if deciding(check) => "matches: decides".to_owned(),
+            (TierOutcome::Matched, true) => "matches".to_owned(),
+            (TierOutcome::Matched, false) => "would match, not reached".to_owned(),
+            (TierOutcome::Undecided, _) => format!(
+                "matches only if {other} was reached by one of its domainNames, which a flow does not tell"
+            ),
+            (
+                TierOutcome::Missed {
+                    peer_matched,
+                    port_matched,
+                },
+                _,
+            ) => match (peer_matched, port_matched) {
+                (false, false) => format!("neither its peers nor its ports match {other}"),
+                (false, true) => format!("its peers do not match {other}"),
+                _ => "its ports do not match".to_owned(),
+            },
+        };
+        writeln!(
+            out,
+            "      {}: {how}",
+            set.describe_tier_rule(direction, &check.rule)
+        )?;
+    }
+    Ok(())
+}
+
 fn endpoint_json(set: &PolicySet, a: &Address) -> Value {
     let cluster = set.cluster();
     let (kind, name) = match a.endpoint {
@@ -447,6 +560,12 @@ fn decision_name(d: Decision) -> &'static str {
         Decision::OwnNode => "own-node",
         Decision::SamePod => "same-pod",
         Decision::Denied => "denied",
+        Decision::Tier(r) => match r.action {
+            Action::Accept => "accepted-by-rule",
+            Action::Deny => "denied-by-rule",
+            Action::Pass => "passed-to-default",
+        },
+        Decision::Undecided(_) => "undecided",
     }
 }
 
@@ -454,10 +573,58 @@ fn rule_json(set: &PolicySet, r: &RuleRef) -> Value {
     json!({"policy": set.policies()[r.policy as usize].key(), "rule": r.rule, "peer": r.peer(), "port": r.port()})
 }
 
-fn direction_json(set: &PolicySet, decision: Decision, d: &DirectionDetail) -> Value {
+fn tier_rule_json(set: &PolicySet, direction: Direction, r: &TierRuleRef) -> Value {
+    let policy = &set.tier_policies()[r.policy as usize];
+    let name = policy
+        .rules(direction)
+        .get(usize::from(r.rule))
+        .and_then(|rule| rule.name.clone());
+    json!({
+        "policy": policy.key(),
+        "tier": r.tier.name(),
+        "priority": policy.priority,
+        "rule": r.rule,
+        "name": name,
+        "action": r.action.name(),
+        "peer": r.peer(),
+        "protocol": r.port(),
+    })
+}
+
+fn direction_json(
+    set: &PolicySet,
+    direction: Direction,
+    verdict: &Verdict,
+    d: &DirectionDetail,
+) -> Value {
+    let (decision, pass) = verdict.side(direction);
+    let deciding = match decision {
+        Decision::Tier(r) | Decision::Undecided(r) => Some(tier_rule_json(set, direction, &r)),
+        _ => None,
+    };
+    let reached = reached(d, decision, pass);
     json!({
         "allowed": decision.allowed(),
+        "decided": decision.decided(),
         "decision": decision_name(decision),
+        "tier": decision.tier().name(),
+        "chain": set.chain(direction, verdict, &d.isolating),
+        "passed_by": pass.map(|p| tier_rule_json(set, direction, &p)),
+        "decided_by": deciding,
+        "cluster_rules": d.tier_rules.iter().zip(reached).map(|(c, reached)| {
+            let mut v = tier_rule_json(set, direction, &c.rule);
+            let (outcome, peer, port) = match c.outcome {
+                TierOutcome::Matched => ("matched", true, true),
+                TierOutcome::Undecided => ("undecided", false, true),
+                TierOutcome::Missed { peer_matched, port_matched } => ("missed", peer_matched, port_matched),
+            };
+            v["outcome"] = json!(outcome);
+            v["reached"] = json!(reached);
+            v["peer_matched"] = json!(peer);
+            v["port_matched"] = json!(port);
+            v
+        }).collect::<Vec<_>>(),
+        "ambiguous_with": d.ambiguous_with.iter().map(|&p| set.tier_policies()[p as usize].key()).collect::<Vec<_>>(),
         "isolated_by": d.isolating.iter().map(|&p| set.policies()[p as usize].key()).collect::<Vec<_>>(),
         "allowed_by": d.allowed_by.iter().map(|r| rule_json(set, r)).collect::<Vec<_>>(),
         "not_allowed_by": d.misses.iter().map(|m| json!({
@@ -476,8 +643,9 @@ fn case_json(set: &PolicySet, case: &Case) -> Value {
         "port": case.port,
         "note": case.note,
         "allowed": e.verdict.allowed(),
-        "egress": direction_json(set, e.verdict.egress, &e.egress),
-        "ingress": direction_json(set, e.verdict.ingress, &e.ingress),
+        "decided": e.verdict.decided(),
+        "egress": direction_json(set, Direction::Egress, &e.verdict, &e.egress),
+        "ingress": direction_json(set, Direction::Ingress, &e.verdict, &e.ingress),
     })
 }
 

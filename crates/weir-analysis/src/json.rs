@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use weir_cluster::{ClusterState, ServiceFrontend};
 use weir_model::{FlowRecord, FlowVerdict, Timestamp};
-use weir_policy::{Decision, Grounds, PolicySet, Verdict};
+use weir_policy::{Decision, Direction, Grounds, PolicySet, TierRuleRef, Verdict};
 
 use crate::analyze::{JudgedFlow, Judgement, Unjudged, union};
 use crate::attribute::Party;
@@ -17,46 +17,67 @@ use crate::book::{EdgeKey, EdgeStats};
 /// How one direction judged a flow, as JSON shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DirectionView {
-    /// `allowed`, `denied`, `not-isolated` (no policy isolates that end, or it is not a pod), `mixed` (a
-    /// Service's backends disagree) or `unknown` (not judged).
+    /// `allowed`, `denied`, `not-isolated` (no policy of any tier decided, or the end is not a pod),
+    /// `undecided` (only a `domainNames` rule could allow it), `mixed` (a Service's backends disagree) or
+    /// `unknown` (not judged).
     pub verdict: &'static str,
-    /// The deciding policies, `namespace/name`: those allowing it, or those isolating the end when denied.
+    /// The tier that decided: `admin`, `networkpolicy`, `baseline` or `default`; `mixed` or `unknown` as above.
+    pub tier: &'static str,
+    /// The deciding policies: NetworkPolicies as `namespace/name` (those allowing it, or those isolating the
+    /// end when denied), cluster-wide ones as `Kind/name` (an Admin Pass on the way included).
     pub policies: Vec<String>,
+    /// The decision chain in words (`Admin ops rule #0 "delegate" Pass → NetworkPolicy shop/api isolates,
+    /// shop/api rule #1 allows`); empty for `mixed` and `unknown`.
+    pub chain: String,
 }
 
 fn decision_name(d: Decision) -> &'static str {
     match d {
         Decision::NotApplicable | Decision::NotIsolated => "not-isolated",
-        Decision::Denied => "denied",
-        Decision::AllowedBy(_) | Decision::OwnNode | Decision::SamePod => "allowed",
+        Decision::Undecided(_) => "undecided",
+        d if d.allowed() => "allowed",
+        _ => "denied",
     }
 }
 
 fn side(
     set: &PolicySet,
-    decision: Decision,
+    direction: Direction,
+    verdict: &Verdict,
     isolating: &[u32],
     allowing: &[weir_policy::RuleRef],
 ) -> DirectionView {
+    let (decision, pass) = verdict.side(direction);
     let key = |id: u32| set.policies()[id as usize].key();
-    let mut policies: Vec<String> = Vec::new();
+    let tier_key = |r: &TierRuleRef| set.tier_policies()[r.policy as usize].key();
+    let mut policies: Vec<String> = pass.iter().map(tier_key).collect();
     match decision {
         Decision::AllowedBy(_) => union(&mut policies, allowing.iter().map(|r| key(r.policy))),
         Decision::Denied => union(&mut policies, isolating.iter().map(|&id| key(id))),
+        Decision::Tier(r) | Decision::Undecided(r) => union(&mut policies, [tier_key(&r)]),
         _ => {}
     }
     DirectionView {
         verdict: decision_name(decision),
+        tier: decision.tier().name(),
         policies,
+        chain: set.chain(direction, verdict, isolating),
     }
 }
 
 fn sides(set: &PolicySet, verdict: &Verdict, g: &Grounds) -> (DirectionView, DirectionView) {
     (
-        side(set, verdict.egress, &g.egress_isolating, &g.egress_allowing),
         side(
             set,
-            verdict.ingress,
+            Direction::Egress,
+            verdict,
+            &g.egress_isolating,
+            &g.egress_allowing,
+        ),
+        side(
+            set,
+            Direction::Ingress,
+            verdict,
             &g.ingress_isolating,
             &g.ingress_allowing,
         ),
@@ -78,6 +99,12 @@ pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView
                             if acc.verdict != new.verdict {
                                 acc.verdict = "mixed";
                             }
+                            if acc.tier != new.tier {
+                                acc.tier = "mixed";
+                            }
+                            if acc.chain != new.chain {
+                                acc.chain.clear();
+                            }
                             union(&mut acc.policies, new.policies);
                         }
                         (oe, oi)
@@ -93,7 +120,9 @@ pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView
 fn unknown_sides() -> (DirectionView, DirectionView) {
     let unknown = || DirectionView {
         verdict: "unknown",
+        tier: "unknown",
         policies: Vec::new(),
+        chain: String::new(),
     };
     (unknown(), unknown())
 }
@@ -165,6 +194,7 @@ impl<'a> From<&'a EdgeStats> for EdgeView<'a> {
 /// The verdict on a flow: allowed, denied, mixed (a Service's backends disagree) or unknown (not judged).
 pub fn flow_verdict(judgement: &Judgement) -> FlowVerdict {
     match judgement {
+        Judgement::Judged { verdict, .. } if !verdict.decided() => FlowVerdict::Unknown,
         Judgement::Judged { verdict, .. } if verdict.allowed() => FlowVerdict::Allowed,
         Judgement::Judged { .. } => FlowVerdict::Denied,
         Judgement::Mixed(_) => FlowVerdict::Mixed,
@@ -315,29 +345,43 @@ pub fn reason(set: &PolicySet, flow: &JudgedFlow) -> String {
     match &flow.judgement {
         Judgement::Judged { verdict, .. } => {
             let (egress, ingress) = direction_views(set, &flow.judgement);
-            let says =
-                |d: Decision, view: &DirectionView, dir: &str, end: &str| -> Option<String> {
-                    Some(match d {
-                        Decision::NotApplicable => return None,
-                        Decision::NotIsolated => format!("{end} not isolated for {dir}"),
-                        Decision::AllowedBy(_) => {
-                            format!("{dir} allowed by {}", view.policies.join(", "))
-                        }
-                        Decision::OwnNode => "a pod and its own node may always connect".to_owned(),
-                        Decision::SamePod => "a pod may always reach itself".to_owned(),
-                        Decision::Denied => {
-                            format!("no {dir} rule of {} allows it", view.policies.join(", "))
-                        }
-                    })
-                };
+            // Without cluster-wide policies in the chain, the short NetworkPolicy wording; with them, the chain.
+            let says = |(d, pass): (Decision, Option<TierRuleRef>),
+                        view: &DirectionView,
+                        dir: &str,
+                        end: &str|
+             -> Option<String> {
+                Some(match (d, pass) {
+                    (Decision::NotApplicable, _) => return None,
+                    (Decision::NotIsolated, None) => format!("{end} not isolated for {dir}"),
+                    (Decision::AllowedBy(_), None) => {
+                        format!("{dir} allowed by {}", view.policies.join(", "))
+                    }
+                    (Decision::OwnNode, _) => {
+                        "a pod and its own node may always connect".to_owned()
+                    }
+                    (Decision::SamePod, _) => "a pod may always reach itself".to_owned(),
+                    (Decision::Denied, None) => {
+                        format!("no {dir} rule of {} allows it", view.policies.join(", "))
+                    }
+                    _ => format!("{dir}: {}", view.chain),
+                })
+            };
             let parts: Vec<String> = [
-                says(verdict.egress, &egress, "egress", "source"),
-                says(verdict.ingress, &ingress, "ingress", "destination"),
+                says(verdict.side(Direction::Egress), &egress, "egress", "source"),
+                says(
+                    verdict.side(Direction::Ingress),
+                    &ingress,
+                    "ingress",
+                    "destination",
+                ),
             ]
             .into_iter()
             .flatten()
             .collect();
-            let head = if verdict.allowed() {
+            let head = if !verdict.decided() {
+                "undecided"
+            } else if verdict.allowed() {
                 "allowed"
             } else {
                 "denied"

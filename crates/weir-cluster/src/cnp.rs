@@ -591,6 +591,17 @@ fn rules(raw: Vec<RawRule>, ingress: bool, origin: Origin) -> Result<Vec<Rule>, 
                 return Err(error(format!("{field}.name"), "at most 100 characters"));
             }
             let ports = ports(&mut r, &field)?;
+            if origin == Origin::ClusterNetworkPolicy
+                && ports.iter().any(|p| matches!(p, PortMatch::Named(_)))
+                && peers
+                    .iter()
+                    .any(|p| matches!(p, Peer::Nodes(_) | Peer::Networks(_) | Peer::DomainNames(_)))
+            {
+                return Err(error(
+                    format!("{field}.protocols"),
+                    "destinationNamedPort cannot be used with nodes, networks or domainNames peers",
+                ));
+            }
             Ok(Rule {
                 name: r.name.filter(|n| !n.is_empty()),
                 action,

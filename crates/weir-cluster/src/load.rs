@@ -364,12 +364,6 @@ impl SnapshotLoader {
             let object: cnp::Object = cx.typed(value)?;
             let policy = cnp::read(object, origin, source.clone())
                 .map_err(|e| cx.error(e.field, e.message))?;
-            // Not evaluated yet: verdicts are NetworkPolicy's alone, and that is said wherever they are shown.
-            *self
-                .report
-                .unevaluated_policies
-                .entry(format!("{kind} ({})", cnp::GROUP))
-                .or_default() += 1;
             let replaced = self
                 .cluster_policies
                 .insert((origin.kind(), policy.name.clone()), policy)

@@ -14,11 +14,13 @@ use weir_model::Cidr;
 
 /// A policy that the Kubernetes API server would have rejected, or that weir cannot evaluate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{source_file}: NetworkPolicy {policy}: field `{field}`: {message}")]
+#[error("{source_file}: {kind} {policy}: field `{field}`: {message}")]
 pub struct PolicyError {
+    /// The policy's kind (`NetworkPolicy`, `ClusterNetworkPolicy`, ...).
+    pub kind: &'static str,
     /// The snapshot file the policy came from.
     pub source_file: Arc<str>,
-    /// `namespace/name`.
+    /// `namespace/name` (a cluster-wide policy: `name`).
     pub policy: String,
     /// The path of the bad field (`spec.ingress[0].from[1].ipBlock.cidr`).
     pub field: String,
@@ -60,7 +62,7 @@ pub enum NamespaceScope {
     Matching(Selector),
 }
 
-/// One entry of a rule's `from` or `to` list.
+/// One entry of a rule's `from` or `to` list (of a NetworkPolicy, or of a cluster-wide policy).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// `podSelector` and/or `namespaceSelector`: both must match (AND) when both are given.
@@ -77,17 +79,28 @@ pub enum Peer {
         /// Blocks carved out of it.
         except: Vec<Cidr>,
     },
+    /// A cluster-wide policy's `nodes`: the addresses the API lists for the nodes whose labels match
+    /// (`status.addresses`, which host-network pods share).
+    Nodes(Selector),
+    /// A cluster-wide policy's `networks`: every address in these ranges, pod addresses included.
+    Networks(Vec<Cidr>),
 }
 
 impl Peer {
-    /// Whether an address is in this ipBlock peer (always false for selector peers).
+    /// Whether an address is in this ipBlock or networks peer (always false for selector peers).
     pub fn ip_block_contains(&self, ip: std::net::IpAddr) -> bool {
         match self {
             Peer::IpBlock { cidr, except } => {
                 cidr.contains(ip) && !except.iter().any(|e| e.contains(ip))
             }
-            Peer::Pods { .. } => false,
+            Peer::Networks(cidrs) => cidrs.iter().any(|c| c.contains(ip)),
+            Peer::Pods { .. } | Peer::Nodes(_) => false,
         }
+    }
+
+    /// Whether the peer is matched by address (ipBlock, networks) rather than by labels.
+    pub fn by_address(&self) -> bool {
+        matches!(self, Peer::IpBlock { .. } | Peer::Networks(_))
     }
 }
 
@@ -115,6 +128,12 @@ impl fmt::Display for Peer {
                     write!(f, " except {}", list.join(", "))?;
                 }
                 Ok(())
+            }
+            Peer::Nodes(s) if s.is_everything() => f.write_str("all nodes"),
+            Peer::Nodes(s) => write!(f, "nodes [{s}]"),
+            Peer::Networks(cidrs) => {
+                let list: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
+                write!(f, "networks {}", list.join(", "))
             }
         }
     }
@@ -211,6 +230,7 @@ pub(crate) fn compile(
     let namespace = object.policy.metadata.namespace.clone().unwrap_or_default();
     let name = object.policy.metadata.name.clone().unwrap_or_default();
     let fail = |field: String, message: String| PolicyError {
+        kind: "NetworkPolicy",
         source_file: object.source.clone(),
         policy: format!("{namespace}/{name}"),
         field,

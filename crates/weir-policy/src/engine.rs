@@ -18,12 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
-use weir_cluster::{ClusterState, ContainerPort, IpOwner, NodeId, PodId};
+use weir_cluster::cnp::{self as cnp, Action, Tier};
+use weir_cluster::{ClusterState, ContainerPort, IpOwner, NodeAddressSource, NodeId, PodId};
 use weir_model::Protocol;
 
 use crate::compile::{
     self, CompiledPolicy, Direction, Peer, PolicyError, PortMatch, PortSpec, Rule,
 };
+use crate::tier::{self, Effect, TierPeer, TierPolicy, TierRule};
 
 type Map<K, V> = HashMap<K, V, FixedState>;
 
@@ -65,12 +67,69 @@ impl RuleRef {
     }
 }
 
+/// A reference to one rule of a cluster-wide policy (ClusterNetworkPolicy, or a translated
+/// AdminNetworkPolicy or BaselineAdminNetworkPolicy), with its tier and action and the entries that matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TierRuleRef {
+    /// Index into [`PolicySet::tier_policies`].
+    pub policy: u32,
+    /// Index into the policy's ingress or egress rules.
+    pub rule: u8,
+    /// The policy's tier.
+    pub tier: Tier,
+    /// The rule's action, as evaluated (a rule failed closed to "deny all" is a Deny).
+    pub action: Action,
+    peer: u8,
+    port: u8,
+}
+
+const ALL8: u8 = u8::MAX;
+
+impl TierRuleRef {
+    /// The index of the entry of the rule's `from`/`to` that matched, or `None` when every peer counts (a rule
+    /// failed closed to "deny all").
+    pub fn peer(&self) -> Option<u8> {
+        (self.peer != ALL8).then_some(self.peer)
+    }
+
+    /// The index of the entry of the rule's `protocols` that matched, or `None` when the rule has none.
+    pub fn port(&self) -> Option<u8> {
+        (self.port != ALL8).then_some(self.port)
+    }
+}
+
+/// The tier that decided one direction of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecidingTier {
+    /// No policy of any tier decided: the default (allowed), or the end is not subject to policy.
+    Default,
+    /// An Admin-tier rule (Accept or Deny).
+    Admin,
+    /// NetworkPolicy (the end is isolated in this direction).
+    NetworkPolicy,
+    /// A Baseline-tier rule (Accept, Deny, or Pass to the default).
+    Baseline,
+}
+
+impl DecidingTier {
+    /// `default`, `admin`, `networkpolicy` or `baseline`: the name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecidingTier::Default => "default",
+            DecidingTier::Admin => "admin",
+            DecidingTier::NetworkPolicy => "networkpolicy",
+            DecidingTier::Baseline => "baseline",
+        }
+    }
+}
+
 /// How one direction (the source's egress or the destination's ingress) judged a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Decision {
-    /// That end is not a pod subject to NetworkPolicy (external, a node, a hostNetwork pod).
+    /// That end is not a pod subject to policy (external, a node, a hostNetwork pod).
     NotApplicable,
-    /// No policy selecting the pod has this policy type: everything is allowed.
+    /// No policy of any tier decided: no NetworkPolicy selecting the pod has this policy type, and no
+    /// cluster-wide rule matched (or a Baseline one passed). Allowed.
     NotIsolated,
     /// Isolated, and this rule (the first in policy order) allows the connection.
     AllowedBy(RuleRef),
@@ -78,14 +137,44 @@ pub enum Decision {
     OwnNode,
     /// Isolated and no rule allows it, but a pod can always reach itself.
     SamePod,
-    /// Isolated, and no rule of any policy selecting the pod allows the connection.
+    /// Isolated by NetworkPolicy, and no rule of any policy selecting the pod allows the connection.
     Denied,
+    /// A cluster-wide rule decided: an Accept or a Deny of the Admin or the Baseline tier, or a Baseline Pass
+    /// (which leaves the connection to the default: allowed).
+    Tier(TierRuleRef),
+    /// The first rule that could allow the connection is a `domainNames` Accept, and which name the connection
+    /// went to is not known: allowed if it was one of those names, denied by what follows otherwise. Weir does
+    /// not guess; this counts as allowed (no alert) but is never reported as proven.
+    Undecided(TierRuleRef),
 }
 
 impl Decision {
-    /// Whether this direction lets the connection through.
+    /// Whether this direction lets the connection through (an undecided direction counts as allowed).
     pub fn allowed(self) -> bool {
-        self != Decision::Denied
+        match self {
+            Decision::Denied => false,
+            Decision::Tier(r) => r.action != Action::Deny,
+            _ => true,
+        }
+    }
+
+    /// False only for [`Decision::Undecided`].
+    pub fn decided(self) -> bool {
+        !matches!(self, Decision::Undecided(_))
+    }
+
+    /// The tier that decided.
+    pub fn tier(self) -> DecidingTier {
+        match self {
+            Decision::NotApplicable | Decision::NotIsolated => DecidingTier::Default,
+            Decision::AllowedBy(_) | Decision::OwnNode | Decision::SamePod | Decision::Denied => {
+                DecidingTier::NetworkPolicy
+            }
+            Decision::Tier(r) | Decision::Undecided(r) => match r.tier {
+                Tier::Admin => DecidingTier::Admin,
+                Tier::Baseline => DecidingTier::Baseline,
+            },
+        }
     }
 }
 
@@ -96,12 +185,39 @@ pub struct Verdict {
     pub egress: Decision,
     /// The destination pod's ingress.
     pub ingress: Decision,
+    /// The Admin-tier Pass rule the source's egress went through before the tier that decided, if any.
+    pub egress_pass: Option<TierRuleRef>,
+    /// The Admin-tier Pass rule the destination's ingress went through, if any.
+    pub ingress_pass: Option<TierRuleRef>,
 }
 
 impl Verdict {
+    /// A verdict with no Pass in either direction.
+    pub fn new(egress: Decision, ingress: Decision) -> Verdict {
+        Verdict {
+            egress,
+            ingress,
+            egress_pass: None,
+            ingress_pass: None,
+        }
+    }
+
     /// Whether the connection is allowed.
     pub fn allowed(&self) -> bool {
         self.egress.allowed() && self.ingress.allowed()
+    }
+
+    /// False when a direction is [`Decision::Undecided`].
+    pub fn decided(&self) -> bool {
+        self.egress.decided() && self.ingress.decided()
+    }
+
+    /// One direction's decision and the Admin Pass before it.
+    pub fn side(&self, direction: Direction) -> (Decision, Option<TierRuleRef>) {
+        match direction {
+            Direction::Egress => (self.egress, self.egress_pass),
+            Direction::Ingress => (self.ingress, self.ingress_pass),
+        }
     }
 }
 
@@ -117,12 +233,14 @@ pub struct Address {
 /// The facts a verdict depends on; equal facts give equal verdicts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Identity {
-    /// Subject to NetworkPolicy (a pod with its own network namespace).
+    /// Subject to policy (a pod with its own network namespace).
     subject: bool,
     /// Policies selecting it that isolate ingress, in policy order.
     ingress: Vec<u32>,
     /// Policies selecting it that isolate egress, in policy order.
     egress: Vec<u32>,
+    /// Cluster-wide policies whose subject it is, in evaluation order (indexes into `tier_policies`).
+    tiers: Vec<u32>,
     /// Peers matching it, sorted.
     peers: Vec<u32>,
     /// Its container ports, for named ports.
@@ -153,14 +271,17 @@ pub struct Grounds {
     pub ingress_allowing: Vec<RuleRef>,
 }
 
-/// All NetworkPolicies of a cluster, compiled, with each pod's identity precomputed.
+/// All NetworkPolicies and cluster-wide policies of a cluster, compiled, with each pod's identity precomputed.
 #[derive(Debug)]
 pub struct PolicySet {
     id: u64,
     cluster: Arc<ClusterState>,
     policies: Vec<CompiledPolicy>,
+    tier_policies: Vec<TierPolicy>,
     peers: Vec<Peer>,
     ip_block_peers: Vec<u32>,
+    node_peers: Vec<u32>,
+    ambiguities: Vec<Ambiguity>,
     identities: Vec<Identity>,
     identity_index: Map<Identity, u32>,
     /// Every pod and node address with what it is and its identity: the one probe per address on the hot path.
@@ -170,6 +291,21 @@ pub struct PolicySet {
 }
 
 static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Two cluster-wide policies of one tier at one priority that both apply to some pod and have rules of different
+/// actions in one direction. Where both match a connection, the API leaves the choice to the implementation;
+/// weir takes `first` (kind, then name, in order), and says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ambiguity {
+    /// The policy weir evaluates first (index into [`PolicySet::tier_policies`]).
+    pub first: u32,
+    /// The other.
+    pub second: u32,
+    /// The direction.
+    pub direction: Direction,
+    /// A pod both apply to.
+    pub example: PodId,
+}
 
 /// Memoized verdicts (and identities of addresses outside the cluster) for one worker.
 #[derive(Debug, Default)]
@@ -194,7 +330,7 @@ pub struct CacheStats {
     pub resets: u64,
 }
 
-/// The cache empties itself past this many verdicts (about 40 MB), so memory stays bounded whatever the
+/// The cache empties itself past this many verdicts (about 80 MB), so memory stays bounded whatever the
 /// traffic; a reset only costs recomputation.
 const MAX_CACHED_VERDICTS: usize = 1 << 20;
 const MAX_CACHED_EXTERNAL: usize = 1 << 18;
@@ -231,7 +367,7 @@ impl VerdictCache {
 }
 
 impl PolicySet {
-    /// Compiles every NetworkPolicy of the cluster and computes each pod's identity.
+    /// Compiles every NetworkPolicy and cluster-wide policy of the cluster and computes each pod's identity.
     pub fn new(cluster: Arc<ClusterState>) -> Result<PolicySet, PolicyError> {
         let mut peers = Vec::new();
         let policies = cluster
@@ -239,18 +375,30 @@ impl PolicySet {
             .iter()
             .map(|p| compile::compile(p, &mut peers))
             .collect::<Result<Vec<_>, _>>()?;
-        let ip_block_peers = peers
+        let tier_policies = cluster
+            .cluster_policies()
             .iter()
-            .enumerate()
-            .filter(|(_, p)| matches!(p, Peer::IpBlock { .. }))
-            .map(|(i, _)| i as u32)
-            .collect();
+            .map(|p| tier::compile(p, &mut peers))
+            .collect::<Result<Vec<_>, _>>()?;
+        let of_kind = |keep: fn(&Peer) -> bool| {
+            peers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| keep(p))
+                .map(|(i, _)| i as u32)
+                .collect::<Vec<u32>>()
+        };
+        let ip_block_peers = of_kind(Peer::by_address);
+        let node_peers = of_kind(|p| matches!(p, Peer::Nodes(_)));
         let mut set = PolicySet {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             cluster,
             policies,
+            tier_policies,
             peers,
             ip_block_peers,
+            node_peers,
+            ambiguities: Vec::new(),
             identities: Vec::new(),
             identity_index: Map::default(),
             addresses: Map::default(),
@@ -279,6 +427,32 @@ impl PolicySet {
             .collect()
     }
 
+    /// The `nodes` peers an address matches: the node's labels match and the API lists the address as the
+    /// node's (`status.addresses`, which its host-network pods share).
+    fn node_matches(&self, ip: Option<IpAddr>, node: Option<NodeId>) -> Vec<u32> {
+        let (Some(ip), Some(node)) = (ip, node) else {
+            return Vec::new();
+        };
+        let node = self.cluster.node(node);
+        let listed = node.addresses.iter().any(|a| {
+            a.ip == ip
+                && matches!(
+                    a.source,
+                    NodeAddressSource::Status(_) | NodeAddressSource::HostNetworkPod
+                )
+        });
+        if !listed {
+            return Vec::new();
+        }
+        self.node_peers
+            .iter()
+            .copied()
+            .filter(
+                |&id| matches!(&self.peers[id as usize], Peer::Nodes(s) if s.matches(&node.labels)),
+            )
+            .collect()
+    }
+
     fn compute_identities(&mut self) {
         let cluster = self.cluster.clone();
         let namespaces = cluster.namespaces();
@@ -297,7 +471,7 @@ impl PolicySet {
                         compile::NamespaceScope::Matching(s) => s.matches(&ns.labels),
                     })
                     .collect(),
-                Peer::IpBlock { .. } => Vec::new(),
+                _ => Vec::new(),
             })
             .collect();
         // Pods with the same namespace and labels match the same selectors: evaluate each group once.
@@ -314,9 +488,9 @@ impl PolicySet {
             let mut per_ip = Vec::with_capacity(ips.len());
             for ip in ips {
                 let identity = if pod.host_network {
-                    self.address_identity(ip)
+                    self.address_identity(ip, pod.node)
                 } else {
-                    let (ingress, egress, selector_peers) = groups
+                    let facts = groups
                         .entry((pod.namespace.as_str(), &pod.labels))
                         .or_insert_with(|| {
                             let ns = ns_index(&pod.namespace);
@@ -334,6 +508,19 @@ impl PolicySet {
                                     }
                                 }
                             }
+                            // Host-network pods are never a cluster-wide policy's subject (they took the
+                            // other branch).
+                            let ns_labels = ns.map(|ns| &namespaces[ns].labels);
+                            let tiers = self
+                                .tier_policies
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, p)| {
+                                    ns_labels.is_some_and(|l| p.namespaces.matches(l))
+                                        && p.pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+                                })
+                                .map(|(i, _)| i as u32)
+                                .collect();
                             let selector_peers = self
                                 .peers
                                 .iter()
@@ -343,14 +530,19 @@ impl PolicySet {
                                         ns.is_some_and(|ns| peer_namespaces[*i][ns])
                                             && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
                                     }
-                                    Peer::IpBlock { .. } => false,
+                                    _ => false,
                                 })
                                 .map(|(i, _)| i as u32)
                                 .collect();
-                            (ingress, egress, selector_peers)
+                            GroupFacts {
+                                ingress,
+                                egress,
+                                tiers,
+                                selector_peers,
+                            }
                         })
                         .clone();
-                    let mut peers = selector_peers;
+                    let mut peers = facts.selector_peers;
                     peers.extend(self.ip_block_matches(ip));
                     peers.sort_unstable();
                     let mut ports = pod.ports.clone();
@@ -358,8 +550,9 @@ impl PolicySet {
                     ports.dedup();
                     Identity {
                         subject: true,
-                        ingress,
-                        egress,
+                        ingress: facts.ingress,
+                        egress: facts.egress,
+                        tiers: facts.tiers,
                         peers,
                         ports,
                     }
@@ -374,25 +567,89 @@ impl PolicySet {
             pod_identities.push(per_ip);
         }
         for (index, node) in cluster.nodes().iter().enumerate() {
+            let id = NodeId(index as u32);
             for ip in node.addresses.iter().map(|a| a.ip) {
-                let identity = self.intern(self.address_identity(Some(ip)));
-                if cluster.owner_of(ip) == Some(IpOwner::Node(NodeId(index as u32))) {
-                    self.addresses
-                        .insert(ip, (Endpoint::Node(NodeId(index as u32)), identity));
+                let identity = self.intern(self.address_identity(Some(ip), Some(id)));
+                if cluster.owner_of(ip) == Some(IpOwner::Node(id)) {
+                    self.addresses.insert(ip, (Endpoint::Node(id), identity));
                 }
             }
         }
         self.pod_identities = pod_identities;
+        self.ambiguities = self.find_ambiguities();
     }
 
-    fn address_identity(&self, ip: Option<IpAddr>) -> Identity {
+    /// The identity of an address that is not a pod subject to policy: a node's (`node` given), a host-network
+    /// pod's (its node), or one outside the cluster.
+    fn address_identity(&self, ip: Option<IpAddr>, node: Option<NodeId>) -> Identity {
+        let mut peers = self.ip_block_matches(ip);
+        peers.extend(self.node_matches(ip, node));
+        peers.sort_unstable();
         Identity {
             subject: false,
             ingress: Vec::new(),
             egress: Vec::new(),
-            peers: self.ip_block_matches(ip),
+            tiers: Vec::new(),
+            peers,
             ports: Vec::new(),
         }
+    }
+
+    /// The cluster-wide policies, in evaluation order (tier, priority, then kind and name).
+    pub fn tier_policies(&self) -> &[TierPolicy] {
+        &self.tier_policies
+    }
+
+    /// Pairs of cluster-wide policies of one tier at one priority that apply to a common pod in a direction
+    /// where their actions differ (see [`Ambiguity`]).
+    pub fn ambiguities(&self) -> &[Ambiguity] {
+        &self.ambiguities
+    }
+
+    fn find_ambiguities(&self) -> Vec<Ambiguity> {
+        let mut found: Vec<Ambiguity> = Vec::new();
+        let mut seen_identities = std::collections::HashSet::new();
+        for (index, ids) in self.pod_identities.iter().enumerate() {
+            let Some(&id) = ids.first() else { continue };
+            if !seen_identities.insert(id) {
+                continue;
+            }
+            let tiers = &self.identities[id as usize].tiers;
+            for (i, &a) in tiers.iter().enumerate() {
+                for &b in &tiers[i + 1..] {
+                    let (pa, pb) = (
+                        &self.tier_policies[a as usize],
+                        &self.tier_policies[b as usize],
+                    );
+                    if pa.tier != pb.tier || pa.priority != pb.priority {
+                        continue;
+                    }
+                    for direction in [Direction::Ingress, Direction::Egress] {
+                        let actions = |p: &TierPolicy| {
+                            p.rules(direction)
+                                .iter()
+                                .map(|r| r.action)
+                                .collect::<Vec<_>>()
+                        };
+                        let (xa, xb) = (actions(pa), actions(pb));
+                        let differ = xa.iter().any(|x| xb.iter().any(|y| x != y));
+                        if differ
+                            && !found
+                                .iter()
+                                .any(|f| f.first == a && f.second == b && f.direction == direction)
+                        {
+                            found.push(Ambiguity {
+                                first: a,
+                                second: b,
+                                direction,
+                                example: PodId(index as u32),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// The cluster the set was built from.
@@ -452,6 +709,102 @@ impl PolicySet {
             "{} {direction} rule #{rule} ({peers}; {ports})",
             compiled.key()
         )
+    }
+
+    /// One cluster-wide rule in a line: `Admin sec-ops egress rule #0 "allow-monitoring" (to namespaces
+    /// [team=monitoring]; 9090/TCP) Accept`.
+    pub fn describe_tier_rule(&self, direction: Direction, r: &TierRuleRef) -> String {
+        let policy = &self.tier_policies[r.policy as usize];
+        let Some(rule) = policy.rules(direction).get(usize::from(r.rule)) else {
+            return format!("{} {direction} rule #{}", policy.label(), r.rule);
+        };
+        let name = rule
+            .name
+            .as_deref()
+            .map_or(String::new(), |n| format!(" {n:?}"));
+        let list = match direction {
+            Direction::Ingress => "from",
+            Direction::Egress => "to",
+        };
+        let peers: Vec<String> = rule
+            .peers
+            .iter()
+            .map(|p| match p {
+                TierPeer::Matched(id) => self.peer(*id).to_string(),
+                TierPeer::DomainNames(names) => format!("domainNames {}", names.join(", ")),
+                TierPeer::Unknown => "a peer of unknown shape".to_owned(),
+            })
+            .collect();
+        let ports = if rule.ports.is_empty() {
+            "any port".to_owned()
+        } else {
+            let list: Vec<String> = rule.ports.iter().map(tier::describe_port).collect();
+            list.join(", ")
+        };
+        let failed = match rule.effect {
+            Effect::AsWritten => "",
+            Effect::MatchesNothing => ", failed closed: matches nothing",
+            Effect::DeniesAll => ", failed closed: denies all",
+        };
+        format!(
+            "{} {direction} rule #{}{name} ({list} {}; {ports}{failed}) {}",
+            policy.label(),
+            r.rule,
+            peers.join(" | "),
+            r.action.name()
+        )
+    }
+
+    /// The chain of tiers that decided one direction, in one line: `Admin sec-ops rule #2 "delegate" Pass →
+    /// NetworkPolicy shop/default-deny isolates, shop/api rule #1 allows`. `isolating` are the NetworkPolicies
+    /// isolating the end in that direction (from [`Grounds`]); they name what denied.
+    pub fn chain(&self, direction: Direction, verdict: &Verdict, isolating: &[u32]) -> String {
+        let (decision, pass) = verdict.side(direction);
+        let short = |r: &TierRuleRef| {
+            let policy = &self.tier_policies[r.policy as usize];
+            let name = policy
+                .rules(direction)
+                .get(usize::from(r.rule))
+                .and_then(|rule| rule.name.as_deref())
+                .map_or(String::new(), |n| format!(" {n:?}"));
+            format!("{} rule #{}{name}", policy.label(), r.rule)
+        };
+        let keys = |ids: &[u32]| {
+            ids.iter()
+                .map(|&p| self.policies[p as usize].key())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = pass.map_or(String::new(), |p| format!("{} Pass → ", short(&p)));
+        let rest = match decision {
+            Decision::NotApplicable => "not subject to policy".to_owned(),
+            Decision::NotIsolated if pass.is_some() => {
+                "no NetworkPolicy isolates it, no Baseline rule matches: allowed by default"
+                    .to_owned()
+            }
+            Decision::NotIsolated => "not isolated".to_owned(),
+            Decision::AllowedBy(r) => format!(
+                "NetworkPolicy {} isolates, {} rule #{} allows",
+                keys(isolating),
+                self.policies[r.policy as usize].key(),
+                r.rule
+            ),
+            Decision::Denied => {
+                format!("NetworkPolicy {} isolates, no rule allows", keys(isolating))
+            }
+            Decision::SamePod => "a pod may always reach itself".to_owned(),
+            Decision::OwnNode => "a pod and its own node may always connect".to_owned(),
+            Decision::Tier(r) if r.action == Action::Pass => {
+                format!("{} Pass → allowed by default", short(&r))
+            }
+            Decision::Tier(r) => format!("{} {}", short(&r), r.action.name()),
+            Decision::Undecided(r) => format!(
+                "{} Accept if the destination was one of its domainNames (not known from a flow), denied otherwise",
+                short(&r)
+            ),
+        };
+        text.push_str(&rest);
+        text
     }
 
     /// How many distinct identities the cluster's pods and nodes have.
@@ -516,7 +869,7 @@ impl PolicySet {
             return id;
         }
         let id = cache.external.len() as u32;
-        cache.external.push(self.address_identity(None));
+        cache.external.push(self.address_identity(None, None));
         if let Some(last) = cache.external.last_mut() {
             last.peers = peers.clone();
         }
@@ -624,33 +977,55 @@ impl PolicySet {
         self.exceptions(src, dst, verdict)
     }
 
-    /// The two connections no policy can block: a pod to itself, and a pod and its own node.
+    /// The connections policy does not block. A pod may always reach itself at its own address: NetworkPolicy
+    /// cannot isolate a pod from itself, and cluster-wide policies do not apply to that hairpin traffic at all
+    /// (the network-policy-api's overview). A pod and its own node may always reach each other under
+    /// NetworkPolicy; cluster-wide policies have no such exception (their `nodes` peers can deny it).
     fn exceptions(&self, src: &Address, dst: &Address, mut verdict: Verdict) -> Verdict {
-        if verdict.allowed() {
+        if verdict.allowed() && verdict.decided() {
             return verdict;
         }
+        let (same_pod, own_node_in, own_node_out) = self.exception_kinds(src, dst);
+        if same_pod {
+            let hairpin = |d: Decision| match d {
+                Decision::Denied | Decision::Tier(_) | Decision::Undecided(_)
+                    if !d.allowed() || !d.decided() =>
+                {
+                    Decision::SamePod
+                }
+                d => d,
+            };
+            verdict.egress = hairpin(verdict.egress);
+            verdict.ingress = hairpin(verdict.ingress);
+        }
+        let rescue = |d: Decision| {
+            if d == Decision::Denied {
+                Decision::OwnNode
+            } else {
+                d
+            }
+        };
+        if own_node_in {
+            verdict.ingress = rescue(verdict.ingress);
+        }
+        if own_node_out {
+            verdict.egress = rescue(verdict.egress);
+        }
+        verdict
+    }
+
+    /// (a pod to itself, a node to its own pod, a pod to its own node).
+    fn exception_kinds(&self, src: &Address, dst: &Address) -> (bool, bool, bool) {
         let node_of = |a: &Address| match a.endpoint {
             Endpoint::Pod(p) => self.cluster.pod(p).node,
             _ => None,
         };
-        let (same_pod, own_node_in, own_node_out) = match (src.endpoint, dst.endpoint) {
+        match (src.endpoint, dst.endpoint) {
             (Endpoint::Pod(a), Endpoint::Pod(b)) => (a == b, false, false),
             (Endpoint::Node(n), Endpoint::Pod(_)) => (false, node_of(dst) == Some(n), false),
             (Endpoint::Pod(_), Endpoint::Node(n)) => (false, false, node_of(src) == Some(n)),
             _ => (false, false, false),
-        };
-        let rescue = |d: Decision, why: Decision| if d == Decision::Denied { why } else { d };
-        if same_pod {
-            verdict.egress = rescue(verdict.egress, Decision::SamePod);
-            verdict.ingress = rescue(verdict.ingress, Decision::SamePod);
         }
-        if own_node_in {
-            verdict.ingress = rescue(verdict.ingress, Decision::OwnNode);
-        }
-        if own_node_out {
-            verdict.egress = rescue(verdict.egress, Decision::OwnNode);
-        }
-        verdict
     }
 
     fn evaluate(
@@ -665,16 +1040,103 @@ impl PolicySet {
             protocol,
             dst_ports: &dst.ports,
         };
+        let (egress, egress_pass) = self.side(Direction::Egress, src, dst, &traffic);
+        let (ingress, ingress_pass) = self.side(Direction::Ingress, dst, src, &traffic);
         Verdict {
-            egress: match src.subject {
-                false => Decision::NotApplicable,
-                true => self.decide(Direction::Egress, &src.egress, dst, &traffic),
-            },
-            ingress: match dst.subject {
-                false => Decision::NotApplicable,
-                true => self.decide(Direction::Ingress, &dst.ingress, src, &traffic),
-            },
+            egress,
+            ingress,
+            egress_pass,
+            ingress_pass,
         }
+    }
+
+    /// One direction, through the tiers: the Admin tier (the first matching rule of the policies in priority
+    /// order decides; a Pass skips the rest of the tier), then NetworkPolicy where it isolates the pod, else the
+    /// Baseline tier, else the default (allowed). Returns the decision and the Admin Pass on the way, if any.
+    fn side(
+        &self,
+        direction: Direction,
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+    ) -> (Decision, Option<TierRuleRef>) {
+        if !subject.subject {
+            return (Decision::NotApplicable, None);
+        }
+        let mut undecided = None;
+        let mut pass = None;
+        let decision = match self.tier_decide(
+            Tier::Admin,
+            direction,
+            subject,
+            other,
+            traffic,
+            &mut undecided,
+        ) {
+            Some(r) if r.action == Action::Pass => {
+                pass = Some(r);
+                None
+            }
+            Some(r) => Some(Decision::Tier(r)),
+            None => None,
+        };
+        let decision = decision.unwrap_or_else(|| {
+            let isolating = subject.isolating(direction);
+            if isolating.is_empty() {
+                self.tier_decide(
+                    Tier::Baseline,
+                    direction,
+                    subject,
+                    other,
+                    traffic,
+                    &mut undecided,
+                )
+                .map_or(Decision::NotIsolated, Decision::Tier)
+            } else {
+                self.decide(direction, isolating, other, traffic)
+            }
+        });
+        match undecided {
+            Some(r) if !decision.allowed() => (Decision::Undecided(r), pass),
+            _ => (decision, pass),
+        }
+    }
+
+    /// The first rule of `tier` among the cluster-wide policies of the subject (in evaluation order) that
+    /// matches; a `domainNames` rule that might match is noted in `undecided` (the first one) and passed over.
+    fn tier_decide(
+        &self,
+        tier: Tier,
+        direction: Direction,
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+        undecided: &mut Option<TierRuleRef>,
+    ) -> Option<TierRuleRef> {
+        for &policy in &subject.tiers {
+            let compiled = &self.tier_policies[policy as usize];
+            if compiled.tier != tier {
+                continue;
+            }
+            for (index, rule) in compiled.rules(direction).iter().enumerate() {
+                let at = |(peer, port): (u8, u8)| TierRuleRef {
+                    policy,
+                    rule: index as u8,
+                    tier,
+                    action: rule.action,
+                    peer,
+                    port,
+                };
+                match tier_rule_match(rule, other, traffic) {
+                    TierMatch::Yes(m) => return Some(at(m)),
+                    TierMatch::Undecided(m) => {
+                        undecided.get_or_insert(at(m));
+                    }
+                    TierMatch::No { .. } => {}
+                }
+            }
+        }
+        None
     }
 
     /// The first rule, in policy order, of the policies isolating the subject that allows the traffic.
@@ -741,6 +1203,14 @@ impl PolicySet {
                 isolating: isolating.to_vec(),
                 allowed_by,
                 misses,
+                tier_rules: self.tier_checks(direction, subject, other, &traffic),
+                ambiguous_with: self.ambiguous_with(
+                    direction,
+                    verdict.side(direction),
+                    subject,
+                    other,
+                    &traffic,
+                ),
             }
         };
         Explanation {
@@ -748,6 +1218,83 @@ impl PolicySet {
             egress: detail(Direction::Egress, s, d),
             ingress: detail(Direction::Ingress, d, s),
         }
+    }
+
+    fn tier_checks(
+        &self,
+        direction: Direction,
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+    ) -> Vec<TierCheck> {
+        let mut checks = Vec::new();
+        if !subject.subject {
+            return checks;
+        }
+        for &policy in &subject.tiers {
+            let compiled = &self.tier_policies[policy as usize];
+            for (index, rule) in compiled.rules(direction).iter().enumerate() {
+                let (outcome, (peer, port)) = match tier_rule_match(rule, other, traffic) {
+                    TierMatch::Yes(m) => (TierOutcome::Matched, m),
+                    TierMatch::Undecided(m) => (TierOutcome::Undecided, m),
+                    TierMatch::No { peer, port } => (
+                        TierOutcome::Missed {
+                            peer_matched: peer,
+                            port_matched: port,
+                        },
+                        (ALL8, ALL8),
+                    ),
+                };
+                checks.push(TierCheck {
+                    rule: TierRuleRef {
+                        policy,
+                        rule: index as u8,
+                        tier: compiled.tier,
+                        action: rule.action,
+                        peer,
+                        port,
+                    },
+                    outcome,
+                });
+            }
+        }
+        checks
+    }
+
+    fn ambiguous_with(
+        &self,
+        direction: Direction,
+        (decision, pass): (Decision, Option<TierRuleRef>),
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+    ) -> Vec<u32> {
+        let deciding: Vec<TierRuleRef> = match decision {
+            Decision::Tier(r) => pass.into_iter().chain([r]).collect(),
+            _ => pass.into_iter().collect(),
+        };
+        let mut found = Vec::new();
+        for r in deciding {
+            let at = &self.tier_policies[r.policy as usize];
+            for &other_policy in &subject.tiers {
+                let candidate = &self.tier_policies[other_policy as usize];
+                if other_policy == r.policy
+                    || candidate.tier != at.tier
+                    || candidate.priority != at.priority
+                {
+                    continue;
+                }
+                let conflicting = candidate.rules(direction).iter().find(|rule| {
+                    matches!(tier_rule_match(rule, other, traffic), TierMatch::Yes(_))
+                });
+                if conflicting.is_some_and(|rule| rule.action != r.action)
+                    && !found.contains(&other_policy)
+                {
+                    found.push(other_policy);
+                }
+            }
+        }
+        found
     }
 
     /// Every rule of the `isolating` policies that allows the traffic, in policy and rule order; with
@@ -822,22 +1369,17 @@ impl PolicySet {
             protocol,
             dst_ports: &d.ports,
         };
-        let egress = self.allowing_rules(Direction::Egress, &s.egress, d, &traffic, None);
-        let ingress = self.allowing_rules(Direction::Ingress, &d.ingress, s, &traffic, None);
-        // The first allowing rule in policy order is the one `judge` reports: derive the verdict, don't redo it.
-        let decision = |subject: bool, isolating: &[u32], allowing: &[RuleRef]| match (
-            subject,
-            isolating,
-            allowing.first(),
-        ) {
-            (false, _, _) => Decision::NotApplicable,
-            (true, [], _) => Decision::NotIsolated,
-            (true, _, Some(rule)) => Decision::AllowedBy(*rule),
-            (true, _, None) => Decision::Denied,
+        let verdict = self.evaluate(s, d, port, protocol);
+        // NetworkPolicy rules count as allowing only where NetworkPolicy decided: a connection an Admin rule
+        // decides never reaches them.
+        let consulted = |decision: Decision| decision.tier() == DecidingTier::NetworkPolicy;
+        let egress = match consulted(verdict.egress) {
+            true => self.allowing_rules(Direction::Egress, &s.egress, d, &traffic, None),
+            false => Vec::new(),
         };
-        let verdict = Verdict {
-            egress: decision(s.subject, &s.egress, &egress),
-            ingress: decision(d.subject, &d.ingress, &ingress),
+        let ingress = match consulted(verdict.ingress) {
+            true => self.allowing_rules(Direction::Ingress, &d.ingress, s, &traffic, None),
+            false => Vec::new(),
         };
         let grounds = Arc::new(Grounds {
             egress_isolating: s.egress.clone(),
@@ -884,19 +1426,19 @@ impl PolicySet {
             .collect();
         let k = distinct.len();
         let mut table = vec![0u8; k * k];
+        let number = |dst: &Identity| match port {
+            ProbePort::Number(n) => Some(*n),
+            ProbePort::Name(name) => dst
+                .ports
+                .iter()
+                .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+                .map(|p| p.port),
+        };
         for (si, &s) in distinct.iter().enumerate() {
             let src = self.identity(&cache, s);
             for (di, &d) in distinct.iter().enumerate() {
                 let dst = self.identity(&cache, d);
-                let number = match port {
-                    ProbePort::Number(n) => Some(*n),
-                    ProbePort::Name(name) => dst
-                        .ports
-                        .iter()
-                        .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-                        .map(|p| p.port),
-                };
-                table[si * k + di] = pack(&self.evaluate(src, dst, number, protocol));
+                table[si * k + di] = pack(&self.evaluate(src, dst, number(dst), protocol));
             }
         }
         let n = pods.len();
@@ -915,10 +1457,16 @@ impl PolicySet {
             }
         }
         let mut fix = |i: usize, j: usize| {
-            let cell = &mut cells[i * n + j];
-            if *cell & BOTH != BOTH {
-                let v = self.exceptions(&addresses[i], &addresses[j], unpack(*cell));
-                *cell = pack(&v);
+            let (a, b, c) = self.exception_kinds(&addresses[i], &addresses[j]);
+            if a || b || c {
+                let dst = number(self.identity(&cache, ids[j]));
+                let evaluated = self.evaluate(
+                    self.identity(&cache, ids[i]),
+                    self.identity(&cache, ids[j]),
+                    dst,
+                    protocol,
+                );
+                cells[i * n + j] = pack(&self.exceptions(&addresses[i], &addresses[j], evaluated));
             }
         };
         for i in 0..n {
@@ -940,29 +1488,42 @@ impl PolicySet {
     }
 }
 
-/// Per (namespace, labels): isolating ingress policies, isolating egress policies, matching selector peers.
-type GroupFacts = (Vec<u32>, Vec<u32>, Vec<u32>);
+/// What pods with one namespace and one label set share.
+#[derive(Clone)]
+struct GroupFacts {
+    /// NetworkPolicies isolating them for ingress.
+    ingress: Vec<u32>,
+    /// NetworkPolicies isolating them for egress.
+    egress: Vec<u32>,
+    /// Cluster-wide policies whose subject they are.
+    tiers: Vec<u32>,
+    /// Selector peers matching them.
+    selector_peers: Vec<u32>,
+}
 
 const EGRESS_OK: u8 = 1;
 const INGRESS_OK: u8 = 2;
 const BOTH: u8 = EGRESS_OK | INGRESS_OK;
+const EGRESS_TIER: u8 = 2;
+const INGRESS_TIER: u8 = 4;
+const UNDECIDED: u8 = 64;
 
+/// A matrix cell: whether each direction allows, which tier decided each, and whether one was undecided.
 fn pack(v: &Verdict) -> u8 {
-    (u8::from(v.egress.allowed()) * EGRESS_OK) | (u8::from(v.ingress.allowed()) * INGRESS_OK)
+    let tier = |d: Decision| d.tier() as u8;
+    (u8::from(v.egress.allowed()) * EGRESS_OK)
+        | (u8::from(v.ingress.allowed()) * INGRESS_OK)
+        | (tier(v.egress) << EGRESS_TIER)
+        | (tier(v.ingress) << INGRESS_TIER)
+        | (u8::from(!v.decided()) * UNDECIDED)
 }
 
-/// Only the allowed bits survive packing; the exceptions only look at whether a direction was denied.
-fn unpack(cell: u8) -> Verdict {
-    let d = |ok: bool| {
-        if ok {
-            Decision::NotIsolated
-        } else {
-            Decision::Denied
-        }
-    };
-    Verdict {
-        egress: d(cell & EGRESS_OK != 0),
-        ingress: d(cell & INGRESS_OK != 0),
+fn unpack_tier(bits: u8) -> DecidingTier {
+    match bits & 3 {
+        0 => DecidingTier::Default,
+        1 => DecidingTier::Admin,
+        2 => DecidingTier::NetworkPolicy,
+        _ => DecidingTier::Baseline,
     }
 }
 
@@ -980,6 +1541,26 @@ impl Traffic<'_> {
         ports.iter().position(|p| self.matches(p)).map(|i| i as u16)
     }
 
+    /// A cluster-wide rule's protocol entry: a protocol with a port or range (or every port), or a container
+    /// port name of the destination pod (any protocol it declares the name for).
+    fn tier_port_matches(&self, p: &cnp::PortMatch) -> bool {
+        match p {
+            cnp::PortMatch::Port { protocol, range } => {
+                *protocol == self.protocol
+                    && match (range, self.port) {
+                        (None, _) => true,
+                        (Some((first, last)), Some(port)) => (*first..=*last).contains(&port),
+                        (Some(_), None) => false,
+                    }
+            }
+            cnp::PortMatch::Named(name) => self.port.is_some_and(|port| {
+                self.dst_ports.iter().any(|c| {
+                    c.protocol == self.protocol && c.port == port && c.name.as_deref() == Some(name)
+                })
+            }),
+        }
+    }
+
     fn matches(&self, p: &PortMatch) -> bool {
         if p.protocol != self.protocol {
             return false;
@@ -992,6 +1573,61 @@ impl Traffic<'_> {
             }),
             (_, None) => false,
         }
+    }
+}
+
+/// How a cluster-wide rule meets a connection; the indexes are the matching peer and protocol entries
+/// ([`ALL8`]: every one).
+enum TierMatch {
+    Yes((u8, u8)),
+    /// Only a `domainNames` peer could match.
+    Undecided((u8, u8)),
+    No {
+        peer: bool,
+        port: bool,
+    },
+}
+
+fn tier_rule_match(rule: &TierRule, other: &Identity, traffic: &Traffic) -> TierMatch {
+    match rule.effect {
+        Effect::MatchesNothing => {
+            return TierMatch::No {
+                peer: false,
+                port: false,
+            };
+        }
+        Effect::DeniesAll => return TierMatch::Yes((ALL8, ALL8)),
+        Effect::AsWritten => {}
+    }
+    let port = if rule.ports.is_empty() {
+        Some(ALL8)
+    } else {
+        rule.ports
+            .iter()
+            .position(|p| traffic.tier_port_matches(p))
+            .map(|i| i as u8)
+    };
+    let mut domain = None;
+    let mut peer = None;
+    for (j, candidate) in rule.peers.iter().enumerate() {
+        match candidate {
+            TierPeer::Matched(id) if other.peers.binary_search(id).is_ok() => {
+                peer = Some(j as u8);
+                break;
+            }
+            TierPeer::DomainNames(_) => {
+                domain.get_or_insert(j as u8);
+            }
+            _ => {}
+        }
+    }
+    match (peer, domain, port) {
+        (Some(peer), _, Some(port)) => TierMatch::Yes((peer, port)),
+        (None, Some(peer), Some(port)) => TierMatch::Undecided((peer, port)),
+        (peer, _, port) => TierMatch::No {
+            peer: peer.is_some(),
+            port: port.is_some(),
+        },
     }
 }
 
@@ -1029,23 +1665,69 @@ impl ReachMatrix {
         (cell & EGRESS_OK != 0, cell & INGRESS_OK != 0)
     }
 
+    /// The tiers that decided (egress, ingress) from pod `from` to pod `to`.
+    pub fn tiers(&self, from: usize, to: usize) -> (DecidingTier, DecidingTier) {
+        let cell = self.cells[from * self.pods.len() + to];
+        (
+            unpack_tier(cell >> EGRESS_TIER),
+            unpack_tier(cell >> INGRESS_TIER),
+        )
+    }
+
+    /// Whether a direction from `from` to `to` is [`Decision::Undecided`].
+    pub fn undecided(&self, from: usize, to: usize) -> bool {
+        self.cells[from * self.pods.len() + to] & UNDECIDED != 0
+    }
+
     /// How many ordered pairs are allowed in both directions.
     pub fn allowed_pairs(&self) -> usize {
-        self.cells.iter().filter(|&&c| c == BOTH).count()
+        self.cells.iter().filter(|&&c| c & BOTH == BOTH).count()
     }
 }
 
 /// Why one direction decided as it did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectionDetail {
-    /// Whether the end judged in this direction is subject to NetworkPolicy at all.
+    /// Whether the end judged in this direction is subject to policy at all.
     pub subject: bool,
-    /// The policies that select it and isolate it in this direction (empty: not isolated).
+    /// The NetworkPolicies that select it and isolate it in this direction (empty: not isolated).
     pub isolating: Vec<u32>,
-    /// Every rule that allows the connection.
+    /// Every NetworkPolicy rule that allows the connection.
     pub allowed_by: Vec<RuleRef>,
     /// Every other rule of the isolating policies, with what failed.
     pub misses: Vec<RuleMiss>,
+    /// Every rule of the cluster-wide policies whose subject the end is, in evaluation order, with how it met
+    /// the connection (those after the deciding one included: they are what the decision shadows).
+    pub tier_rules: Vec<TierCheck>,
+    /// Cluster-wide policies of the deciding (or passing) rule's tier and priority with a rule that matches the
+    /// connection with another action: the API leaves the choice between them to the implementation, so the
+    /// datapath may decide otherwise than weir (which takes them in order of kind, then name).
+    pub ambiguous_with: Vec<u32>,
+}
+
+/// How one cluster-wide rule met a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierCheck {
+    /// The rule.
+    pub rule: TierRuleRef,
+    /// Whether it matched.
+    pub outcome: TierOutcome,
+}
+
+/// Whether a cluster-wide rule matched a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierOutcome {
+    /// It matches.
+    Matched,
+    /// Only its `domainNames` could match, which a flow does not tell.
+    Undecided,
+    /// It does not match.
+    Missed {
+        /// Whether some peer of the rule matched the other end.
+        peer_matched: bool,
+        /// Whether some protocol entry matched the traffic.
+        port_matched: bool,
+    },
 }
 
 /// A rule that did not allow a connection.

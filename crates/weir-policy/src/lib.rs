@@ -23,13 +23,17 @@
 mod compile;
 mod engine;
 mod selector;
+mod tier;
 
 pub use compile::{
     CompiledPolicy, Direction, NamespaceScope, Peer, PolicyError, PortMatch, PortSpec, Rule,
 };
 pub use engine::{
-    Address, CacheStats, Decision, DirectionDetail, Endpoint, Explanation, Grounds, PolicySet,
-    ProbePort, ReachMatrix, RuleMiss, RuleRef, Verdict, VerdictCache,
+    Address, Ambiguity, CacheStats, DecidingTier, Decision, DirectionDetail, Endpoint, Explanation,
+    Grounds, PolicySet, ProbePort, ReachMatrix, RuleMiss, RuleRef, TierCheck, TierOutcome,
+    TierRuleRef, Verdict, VerdictCache,
 };
 pub use selector::Selector;
+pub use tier::{Effect, TierPeer, TierPolicy, TierRule};
+pub use weir_cluster::cnp::{Action, Tier};
 pub use weir_model::Cidr;

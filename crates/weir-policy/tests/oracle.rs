@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use weir_cluster::{ClusterState, Pod, SnapshotLoader};
 use weir_model::Protocol;
 use weir_policy::{PolicySet, ProbePort, VerdictCache};
@@ -196,16 +196,20 @@ fn node_ip(node: usize) -> String {
 
 /// Builds a `kubectl get -o json` style List and loads it.
 fn load(pods: &[PodSpec], policies: &[NetworkPolicy]) -> Arc<ClusterState> {
+    load_with(pods, policies, &[])
+}
+
+/// The same, with more objects (cluster-wide policies) in the List.
+fn load_with(pods: &[PodSpec], policies: &[NetworkPolicy], extra: &[Value]) -> Arc<ClusterState> {
     let mut items = Vec::new();
     for (i, ns) in NAMESPACES.iter().enumerate() {
         items.push(json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns, "app": VALUES[i]}}}));
     }
     for node in 0..2 {
-        items.push(
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{node}")},
-            "status": {"addresses": [{"type": "InternalIP", "address": node_ip(node)}]}}),
-        );
+        items.push(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("node-{node}"), "labels": {"zone": format!("z{node}")}},
+            "status": {"addresses": [{"type": "InternalIP", "address": node_ip(node)}]}}));
     }
     for (i, pod) in pods.iter().enumerate() {
         let ip = if pod.host_network {
@@ -232,6 +236,7 @@ fn load(pods: &[PodSpec], policies: &[NetworkPolicy]) -> Arc<ClusterState> {
         value["metadata"]["name"] = json!(format!("np{i}"));
         items.push(value);
     }
+    items.extend(extra.iter().cloned());
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     let mut loader = SnapshotLoader::default();
     loader
@@ -568,5 +573,402 @@ proptest! {
         let ids: Vec<_> = (0..pods.len() as u32).map(weir_cluster::PodId).collect();
         let matrix = set.reach_matrix(&ids, &ProbePort::Number(port), Protocol::TCP);
         prop_assert_eq!(matrix.allowed_pairs(), ids.len() * ids.len());
+    }
+}
+
+// ---- Cluster-wide policies: random ClusterNetworkPolicies (raw JSON, as a snapshot holds them) and an oracle
+// written from the v1alpha2 API's comments over that raw JSON. ----
+
+fn selector_json() -> impl Strategy<Value = Value> {
+    selector().prop_map(|s| serde_json::to_value(s).unwrap())
+}
+
+fn cnp_peer(egress: bool) -> impl Strategy<Value = Value> {
+    let pods = prop_oneof![
+        selector_json().prop_map(|ns| json!({"namespaces": ns})),
+        (selector_json(), selector_json())
+            .prop_map(|(ns, p)| json!({"pods": {"namespaceSelector": ns, "podSelector": p}})),
+    ];
+    if !egress {
+        return pods.boxed();
+    }
+    let cidrs = prop::collection::vec(
+        prop::sample::select(vec![
+            "10.0.0.0/16",
+            "10.0.0.0/30",
+            "192.168.0.0/24",
+            "192.168.0.2/32",
+            "0.0.0.0/0",
+            "8.8.0.0/16",
+        ]),
+        1..3,
+    );
+    prop_oneof![
+        3 => pods,
+        1 => selector_json().prop_map(|s| json!({"nodes": s})),
+        1 => cidrs.prop_map(|c| json!({"networks": c})),
+    ]
+    .boxed()
+}
+
+fn cnp_protocol(named: bool) -> impl Strategy<Value = Value> {
+    let port = prop_oneof![
+        Just(Value::Null),
+        (79..84i64).prop_map(|n| json!({"number": n})),
+        (79..82i64, 1..3i64).prop_map(|(s, w)| json!({"range": {"start": s, "end": s + w}})),
+    ];
+    let numbered =
+        (prop::sample::select(vec!["tcp", "udp", "sctp"]), port).prop_map(|(p, port)| {
+            if port.is_null() {
+                // A protocol entry needs at least one property; an empty one is invalid, so name a wide range.
+                json!({p: {"destinationPort": {"range": {"start": 1, "end": 65535}}}})
+            } else {
+                json!({p: {"destinationPort": port}})
+            }
+        });
+    if named {
+        prop_oneof![
+            3 => numbered,
+            1 => prop::sample::select(PORT_NAMES.to_vec()).prop_map(|n| json!({"destinationNamedPort": n})),
+        ]
+        .boxed()
+    } else {
+        numbered.boxed()
+    }
+}
+
+fn cnp_rule(egress: bool) -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["Accept", "Deny", "Pass"]),
+        prop::collection::vec(cnp_peer(egress), 1..3),
+        any::<bool>(),
+        prop::collection::vec(cnp_protocol(true), 1..3),
+        prop::collection::vec(cnp_protocol(false), 1..3),
+    )
+        .prop_map(move |(action, peers, with_ports, named, plain)| {
+            let list = if egress { "to" } else { "from" };
+            let address_peers = peers
+                .iter()
+                .any(|p| p.get("nodes").is_some() || p.get("networks").is_some());
+            let mut rule = json!({"action": action, list: peers});
+            if with_ports {
+                rule["protocols"] = json!(if address_peers { plain } else { named });
+            }
+            rule
+        })
+}
+
+fn cnp() -> impl Strategy<Value = Value> {
+    (
+        any::<bool>(),
+        0..3i64,
+        prop_oneof![
+            selector_json().prop_map(|ns| json!({"namespaces": ns})),
+            (selector_json(), selector_json())
+                .prop_map(|(ns, p)| json!({"pods": {"namespaceSelector": ns, "podSelector": p}})),
+        ],
+        prop::collection::vec(cnp_rule(false), 0..4),
+        prop::collection::vec(cnp_rule(true), 0..4),
+    )
+        .prop_map(|(admin, priority, subject, ingress, egress)| {
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                   "metadata": {"name": "unnamed"},
+                   "spec": {"tier": if admin {"Admin"} else {"Baseline"}, "priority": priority,
+                            "subject": subject, "ingress": ingress, "egress": egress}})
+        })
+}
+
+fn named(mut cnps: Vec<Value>) -> Vec<Value> {
+    for (i, c) in cnps.iter_mut().enumerate() {
+        c["metadata"]["name"] = json!(format!("cnp{i}"));
+    }
+    cnps
+}
+
+fn json_selector_matches(s: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let s: LabelSelector = serde_json::from_value(s.clone()).unwrap();
+    selector_matches(&s, labels)
+}
+
+/// Whether one peer of a cluster-wide rule matches the other end (host-network pods are never pods or
+/// namespaces peers; `nodes` matches the addresses the nodes' status lists, `networks` any address in range).
+fn cnp_peer_matches(cluster: &ClusterState, peer: &Value, other: &End) -> bool {
+    let subject_pod = other.pod.filter(|_| other.is_subject());
+    let ns_labels = |pod: &Pod| cluster.namespace(&pod.namespace).unwrap().labels.clone();
+    if let Some(ns) = peer.get("namespaces") {
+        return subject_pod.is_some_and(|p| json_selector_matches(ns, &ns_labels(p)));
+    }
+    if let Some(pods) = peer.get("pods") {
+        return subject_pod.is_some_and(|p| {
+            json_selector_matches(&pods["namespaceSelector"], &ns_labels(p))
+                && json_selector_matches(&pods["podSelector"], &p.labels)
+        });
+    }
+    if let Some(nodes) = peer.get("nodes") {
+        return cluster.nodes().iter().any(|n| {
+            n.addresses.iter().any(|a| {
+                a.ip == other.ip && matches!(a.source, weir_cluster::NodeAddressSource::Status(_))
+            }) && json_selector_matches(nodes, &n.labels)
+        });
+    }
+    if let Some(networks) = peer.get("networks") {
+        return networks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| cidr_contains(c.as_str().unwrap(), other.ip));
+    }
+    unreachable!("{peer}")
+}
+
+fn cnp_ports_match(rule: &Value, dst: &End, port: Option<u16>, protocol: &str) -> bool {
+    let Some(protocols) = rule.get("protocols").and_then(Value::as_array) else {
+        return true;
+    };
+    protocols.iter().any(|p| {
+        if let Some(name) = p.get("destinationNamedPort").and_then(Value::as_str) {
+            return dst.pod.filter(|_| dst.is_subject()).is_some_and(|d| {
+                d.ports.iter().any(|c| {
+                    c.name.as_deref() == Some(name)
+                        && Some(c.port) == port
+                        && c.protocol.name() == Some(protocol)
+                })
+            });
+        }
+        let (name, spec) = p.as_object().unwrap().iter().next().unwrap();
+        if !name.eq_ignore_ascii_case(protocol) {
+            return false;
+        }
+        let Some(port) = port else { return false };
+        let d = &spec["destinationPort"];
+        if let Some(n) = d.get("number") {
+            return n.as_u64() == Some(u64::from(port));
+        }
+        let r = &d["range"];
+        (r["start"].as_u64().unwrap()..=r["end"].as_u64().unwrap()).contains(&u64::from(port))
+    })
+}
+
+/// One direction through the tiers, per the API: Admin (priority order, first matching rule; Accept and Deny
+/// final, Pass skips the rest of the tier), then NetworkPolicy where it isolates the pod (the `np` answer,
+/// exceptions included), then Baseline, then allowed. A pod reaching itself is never subject to cluster-wide
+/// policies.
+#[allow(clippy::too_many_arguments)]
+fn tiers_oracle(
+    cluster: &ClusterState,
+    cnps: &[Value],
+    egress: bool,
+    src: &End,
+    dst: &End,
+    port: Option<u16>,
+    protocol: &str,
+    np: (bool, bool),
+) -> bool {
+    let (subject, other) = if egress { (src, dst) } else { (dst, src) };
+    let Some(pod) = subject.pod.filter(|_| subject.is_subject()) else {
+        return true;
+    };
+    if src.is_subject() && dst.is_subject() && src.ip == dst.ip {
+        return true;
+    }
+    let ns_labels = cluster.namespace(&pod.namespace).unwrap().labels.clone();
+    let applies = |c: &Value| {
+        let s = &c["spec"]["subject"];
+        match s.get("namespaces") {
+            Some(ns) => json_selector_matches(ns, &ns_labels),
+            None => {
+                json_selector_matches(&s["pods"]["namespaceSelector"], &ns_labels)
+                    && json_selector_matches(&s["pods"]["podSelector"], &pod.labels)
+            }
+        }
+    };
+    let mut ordered: Vec<&Value> = cnps.iter().filter(|c| applies(c)).collect();
+    ordered.sort_by_key(|c| {
+        (
+            c["spec"]["priority"].as_i64().unwrap(),
+            c["metadata"]["name"].as_str().unwrap().to_owned(),
+        )
+    });
+    let direction = if egress { "egress" } else { "ingress" };
+    let list = if egress { "to" } else { "from" };
+    let first_match = |tier: &str| -> Option<String> {
+        for c in ordered.iter().filter(|c| c["spec"]["tier"] == tier) {
+            for rule in c["spec"][direction].as_array().unwrap() {
+                let peers = rule[list].as_array().unwrap();
+                if peers.iter().any(|p| cnp_peer_matches(cluster, p, other))
+                    && cnp_ports_match(rule, dst, port, protocol)
+                {
+                    return Some(rule["action"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        None
+    };
+    match first_match("Admin").as_deref() {
+        Some("Accept") => return true,
+        Some("Deny") => return false,
+        _ => {}
+    }
+    let isolated = cluster.policies().iter().any(|p| {
+        selects(&p.policy, pod)
+            && if egress {
+                types(&p.policy).1
+            } else {
+                types(&p.policy).0
+            }
+    });
+    if isolated {
+        return if egress { np.0 } else { np.1 };
+    }
+    first_match("Baseline").as_deref() != Some("Deny")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn tiers_agree_with_the_oracle(
+        pods in prop::collection::vec(pod_spec(), 1..7),
+        policies in prop::collection::vec(policy(), 0..3),
+        cnps in prop::collection::vec(cnp(), 0..4),
+        port in prop::option::of(79..84u16),
+        proto in prop::sample::select(vec!["TCP", "UDP", "SCTP"]),
+    ) {
+        let cnps = named(cnps);
+        let cluster = load_with(&pods, &policies, &cnps);
+        let set = PolicySet::new(cluster.clone()).unwrap();
+        let protocol = Protocol::from_kubernetes(Some(proto)).unwrap();
+        let mut cache = VerdictCache::new();
+        let ends = ends(&cluster);
+        for src in &ends {
+            for dst in &ends {
+                let np = oracle(&cluster, src, dst, port, proto);
+                let expected = (
+                    tiers_oracle(&cluster, &cnps, true, src, dst, port, proto, np),
+                    tiers_oracle(&cluster, &cnps, false, src, dst, port, proto, np),
+                );
+                let v = set.judge(&mut cache, src.ip, dst.ip, port, protocol);
+                prop_assert_eq!((v.egress.allowed(), v.ingress.allowed()), expected,
+                    "{} -> {} port {:?}/{}: {:?}", src.ip, dst.ip, port, proto, v);
+                prop_assert!(v.decided());
+                let (a, b) = (set.address_of_ip(src.ip), set.address_of_ip(dst.ip));
+                prop_assert_eq!(set.explain(&a, &b, port, protocol).verdict, v);
+                prop_assert_eq!(set.judge_with_grounds(&mut cache, &a, &b, port, protocol).0, v);
+            }
+        }
+        if let Some(port) = port {
+            let ids: Vec<_> = (0..cluster.pods().len() as u32).map(weir_cluster::PodId).collect();
+            let matrix = set.reach_matrix(&ids, &ProbePort::Number(port), protocol);
+            for (i, src) in ends.iter().take(ids.len()).enumerate() {
+                for (j, dst) in ends.iter().take(ids.len()).enumerate() {
+                    let v = set.judge(&mut cache, src.ip, dst.ip, Some(port), protocol);
+                    prop_assert_eq!(matrix.get(i, j), (v.egress.allowed(), v.ingress.allowed()));
+                    prop_assert_eq!(matrix.tiers(i, j), (v.egress.tier(), v.ingress.tier()));
+                }
+            }
+        }
+    }
+
+    /// With only Baseline policies, and where NetworkPolicy isolates both ends, cluster-wide policies change
+    /// nothing: every verdict equals the one without them.
+    #[test]
+    fn without_admin_policies_isolated_pods_keep_their_verdicts(
+        pods in prop::collection::vec(pod_spec(), 1..7),
+        policies in prop::collection::vec(policy(), 0..4),
+        cnps in prop::collection::vec(cnp(), 0..4),
+        port in 79..84u16,
+    ) {
+        let baseline: Vec<Value> = named(cnps).into_iter().filter(|c| c["spec"]["tier"] == "Baseline").collect();
+        let plain = PolicySet::new(load(&pods, &policies)).unwrap();
+        let tiered = PolicySet::new(load_with(&pods, &policies, &baseline)).unwrap();
+        let (mut c1, mut c2) = (VerdictCache::new(), VerdictCache::new());
+        let cluster = plain.cluster();
+        for src in ends(cluster) {
+            for dst in ends(cluster) {
+                let a = plain.judge(&mut c1, src.ip, dst.ip, Some(port), Protocol::TCP);
+                let b = tiered.judge(&mut c2, src.ip, dst.ip, Some(port), Protocol::TCP);
+                if a.egress.tier() != weir_policy::DecidingTier::Default {
+                    prop_assert_eq!(a.egress, b.egress);
+                }
+                if a.ingress.tier() != weir_policy::DecidingTier::Default {
+                    prop_assert_eq!(a.ingress, b.ingress);
+                }
+            }
+        }
+    }
+
+    /// An Admin policy at the first priority that Accepts (or Denies) everything from and to every pod and
+    /// every address decides every direction of every pod, whatever else is in force (a pod reaching itself
+    /// aside).
+    #[test]
+    fn an_admin_rule_for_everything_decides_everything(
+        pods in prop::collection::vec(pod_spec(), 1..7),
+        policies in prop::collection::vec(policy(), 0..4),
+        cnps in prop::collection::vec(cnp(), 0..4),
+        deny in any::<bool>(),
+        port in 79..84u16,
+    ) {
+        let action = if deny { "Deny" } else { "Accept" };
+        let mut cnps = named(cnps);
+        for c in &mut cnps {
+            c["spec"]["priority"] = json!(1);
+        }
+        cnps.push(json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "everything"},
+            "spec": {"tier": "Admin", "priority": 0, "subject": {"namespaces": {}},
+                "ingress": [{"action": action, "from": [{"namespaces": {}}]}],
+                "egress": [{"action": action, "to": [{"namespaces": {}}, {"networks": ["0.0.0.0/0", "::/0"]}]}]}}));
+        let set = PolicySet::new(load_with(&pods, &policies, &cnps)).unwrap();
+        let mut cache = VerdictCache::new();
+        let cluster = set.cluster();
+        for src in ends(cluster) {
+            for dst in ends(cluster) {
+                let v = set.judge(&mut cache, src.ip, dst.ip, Some(port), Protocol::TCP);
+                let same_pod = src.is_subject() && dst.is_subject() && src.ip == dst.ip;
+                if same_pod {
+                    prop_assert!(v.allowed());
+                    continue;
+                }
+                if src.is_subject() {
+                    prop_assert!(matches!(v.egress, weir_policy::Decision::Tier(r) if r.tier == weir_policy::Tier::Admin), "{:?}", v);
+                    prop_assert_eq!(v.egress.allowed(), !deny);
+                }
+                // Ingress peers are pods only: traffic from a node or the outside is not matched.
+                if dst.is_subject() && src.is_subject() {
+                    prop_assert!(matches!(v.ingress, weir_policy::Decision::Tier(r) if r.tier == weir_policy::Tier::Admin), "{:?}", v);
+                    prop_assert_eq!(v.ingress.allowed(), !deny);
+                }
+            }
+        }
+    }
+
+    /// A Pass for everything at the first priority makes the Admin tier as good as absent.
+    #[test]
+    fn passing_everything_equals_no_admin_tier(
+        pods in prop::collection::vec(pod_spec(), 1..7),
+        policies in prop::collection::vec(policy(), 0..4),
+        cnps in prop::collection::vec(cnp(), 0..4),
+        port in 79..84u16,
+    ) {
+        let cnps = named(cnps);
+        let without_admin: Vec<Value> = cnps.iter().filter(|c| c["spec"]["tier"] == "Baseline").cloned().collect();
+        let mut with_pass = cnps.clone();
+        with_pass.push(json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "aaa-pass-all"},
+            "spec": {"tier": "Admin", "priority": 0, "subject": {"namespaces": {}},
+                "ingress": [{"action": "Pass", "from": [{"namespaces": {}}]}],
+                "egress": [{"action": "Pass", "to": [{"namespaces": {}}, {"networks": ["0.0.0.0/0", "::/0"]}]}]}}));
+        let a = PolicySet::new(load_with(&pods, &policies, &without_admin)).unwrap();
+        let b = PolicySet::new(load_with(&pods, &policies, &with_pass)).unwrap();
+        let (mut c1, mut c2) = (VerdictCache::new(), VerdictCache::new());
+        let cluster = a.cluster();
+        for src in ends(cluster) {
+            for dst in ends(cluster) {
+                let x = a.judge(&mut c1, src.ip, dst.ip, Some(port), Protocol::TCP);
+                let y = b.judge(&mut c2, src.ip, dst.ip, Some(port), Protocol::TCP);
+                prop_assert_eq!((x.egress.allowed(), x.ingress.allowed()), (y.egress.allowed(), y.ingress.allowed()),
+                    "{} -> {}: {:?} / {:?}", src.ip, dst.ip, x, y);
+            }
+        }
     }
 }

@@ -360,11 +360,14 @@ fn write_direction(
             "    not a pod subject to policy (outside the cluster, a node, or hostNetwork)"
         );
     }
-    writeln!(
-        out,
-        "    decision: {}",
-        set.chain(direction, verdict, &detail.isolating)
-    )?;
+    // Without cluster-wide policies the chain is NetworkPolicy alone, which the lines below say in full.
+    if !set.tier_policies().is_empty() {
+        writeln!(
+            out,
+            "    decision: {}",
+            set.chain(direction, verdict, &detail.isolating)
+        )?;
+    }
     if !detail.tier_rules.is_empty() {
         write_tier_rules(out, set, direction, other, decision, pass, detail)?;
     }
@@ -515,10 +518,19 @@ fn write_tier_rules(
     };
     for (check, reached) in detail.tier_rules.iter().zip(reached) {
         let how = match (check.outcome, reached) {
+            (TierOutcome::Matched, true)
+                if deciding(check) && check.rule.action == Action::Pass =>
+            {
+                match check.rule.tier {
+                    Tier::Admin => "matches: passes to NetworkPolicy".to_owned(),
+                    Tier::Baseline => "matches: passes to the default (allowed)".to_owned(),
+                }
+            }
             (TierOutcome::Matched, true) if deciding(check) => "matches: decides".to_owned(),
             (TierOutcome::Matched, true) => "matches".to_owned(),
-            (TierOutcome::Matched, false) => "would match, not reached".to_owned(),
-            (TierOutcome::Undecided, _) => format!(
+            (TierOutcome::Matched, false) => "not reached (it would match)".to_owned(),
+            (_, false) => "not reached".to_owned(),
+            (TierOutcome::Undecided, true) => format!(
                 "matches only if {other} was reached by one of its domainNames, which a flow does not tell"
             ),
             (

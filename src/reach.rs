@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use weir_cluster::PodId;
 use weir_model::Protocol;
-use weir_policy::{PolicySet, ProbePort, ReachMatrix};
+use weir_policy::{DecidingTier, PolicySet, ProbePort, ReachMatrix};
 
 use crate::snapshot::{self, KubeArgs};
 
@@ -162,15 +162,18 @@ fn write_json(
     for i in 0..n {
         for j in 0..n {
             let (egress, ingress) = matrix.get(i, j);
+            let (egress_tier, ingress_tier) = matrix.tiers(i, j);
             if i + j > 0 {
                 out.write_all(b",")?;
             }
             write!(
                 out,
-                "{{\"from\":{},\"to\":{},\"allowed\":{},\"egress_allowed\":{egress},\"ingress_allowed\":{ingress}}}",
+                "{{\"from\":{},\"to\":{},\"allowed\":{},\"egress_allowed\":{egress},\"ingress_allowed\":{ingress},\"egress_tier\":\"{}\",\"ingress_tier\":\"{}\"}}",
                 names[i],
                 names[j],
-                egress && ingress
+                egress && ingress,
+                egress_tier.name(),
+                ingress_tier.name()
             )?;
         }
     }
@@ -207,7 +210,12 @@ fn write_table(
         .max()
         .unwrap_or(0)
         .max(4);
-    let widths: Vec<usize> = names.iter().map(|s| s.chars().count().max(1)).collect();
+    let tiered = !set.tier_policies().is_empty();
+    let cell_width = if tiered { 2 } else { 1 };
+    let widths: Vec<usize> = names
+        .iter()
+        .map(|s| s.chars().count().max(cell_width))
+        .collect();
     let rule = {
         let mut line = format!("+{}+", "-".repeat(first + 2));
         for w in &widths {
@@ -226,18 +234,28 @@ fn write_table(
     for (i, name) in names.iter().enumerate() {
         write!(out, "| {name:<first$} |")?;
         for (j, w) in widths.iter().enumerate() {
-            let cell = match matrix.get(i, j) {
+            let verdict = match matrix.get(i, j) {
                 (true, true) => ".",
                 (false, true) => "E",
                 (true, false) => "I",
                 (false, false) => "X",
             };
-            let left = (w - 1) / 2;
+            // With cluster-wide policies, which tier decided: `a` when an Admin rule decided a direction, `b`
+            // when a Baseline rule did (and no Admin rule).
+            let tier = match matrix.tiers(i, j) {
+                (DecidingTier::Admin, _) | (_, DecidingTier::Admin) => "a",
+                (DecidingTier::Baseline, _) | (_, DecidingTier::Baseline) => "b",
+                _ if tiered => " ",
+                _ => "",
+            };
+            let cell = format!("{verdict}{tier}");
+            let len = cell.chars().count();
+            let left = w.saturating_sub(len) / 2;
             write!(
                 out,
                 " {}{cell}{} |",
                 " ".repeat(left),
-                " ".repeat(w - 1 - left)
+                " ".repeat(w.saturating_sub(len + left))
             )?;
         }
         writeln!(out)?;
@@ -246,5 +264,12 @@ fn write_table(
     writeln!(
         out,
         ". allowed   E denied by the source's egress   I denied by the destination's ingress   X denied by both"
-    )
+    )?;
+    if tiered {
+        writeln!(
+            out,
+            "a an Admin-tier rule decided a direction   b a Baseline-tier rule did (weir explain says which)"
+        )?;
+    }
+    Ok(())
 }

@@ -69,7 +69,7 @@ pub fn load_with(
 /// The cluster of `set` with the NetworkPolicies in `files` in force instead of its own.
 pub fn with_policies(set: &PolicySet, files: PolicyFiles) -> Result<PolicySet> {
     let cluster = set.cluster().with_policies(load_policies(files)?);
-    PolicySet::new(Arc::new(cluster)).context("cannot use the given NetworkPolicies")
+    PolicySet::new(Arc::new(cluster)).context("cannot use the given policies")
 }
 
 fn load_cluster(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
@@ -107,7 +107,37 @@ fn load_cluster(paths: &[PathBuf], kube: &KubeArgs) -> Result<PolicySet> {
             cluster.ip_conflicts()
         );
     }
-    PolicySet::new(Arc::new(cluster)).context("cannot use the cluster's NetworkPolicies")
+    let set =
+        PolicySet::new(Arc::new(cluster)).context("cannot use the cluster's network policies")?;
+    for line in ambiguity_warnings(&set) {
+        eprintln!("weir: warning: {line}");
+    }
+    Ok(set)
+}
+
+/// One line per pair of cluster-wide policies whose order the API leaves to the implementation.
+pub fn ambiguity_warnings(set: &PolicySet) -> Vec<String> {
+    set.ambiguities()
+        .iter()
+        .map(|a| {
+            let (first, second) = (
+                &set.tier_policies()[a.first as usize],
+                &set.tier_policies()[a.second as usize],
+            );
+            let pod = set.cluster().pod(a.example).key();
+            format!(
+                "{} and {} have the same tier and priority ({}), both apply to {pod} (and maybe more pods) and \
+                 have {} rules with different actions: where both match a connection the API leaves the choice to \
+                 the implementation; weir applies {} first (policies of equal priority in order of kind, then \
+                 name), and the datapath may not",
+                first.label(),
+                second.label(),
+                first.priority,
+                a.direction,
+                first.key()
+            )
+        })
+        .collect()
 }
 
 /// What every command that judges says when the cluster holds network policies weir does not evaluate.
@@ -119,7 +149,7 @@ pub fn unevaluated_warning(kinds: &std::collections::BTreeMap<String, usize>) ->
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "verdicts are NetworkPolicy only: {total} network policies of kinds weir does not evaluate are in the \
+        "verdicts are NetworkPolicy and ClusterNetworkPolicy only: {total} network policies of kinds weir does not evaluate are in the \
          cluster ({list}); what they allow or deny is judged as if they were absent"
     )
 }

@@ -398,10 +398,9 @@ items:
     ]);
     let header: Vec<&str> = text.lines().take(4).collect();
     assert!(
-        header
-            .iter()
-            .any(|l| l.contains("warning: verdicts are NetworkPolicy only")
-                && l.contains("NetworkPolicy (projectcalico.org) 1")),
+        header.iter().any(|l| l
+            .contains("warning: verdicts are NetworkPolicy and ClusterNetworkPolicy only")
+            && l.contains("NetworkPolicy (projectcalico.org) 1")),
         "{header:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

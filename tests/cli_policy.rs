@@ -58,11 +58,11 @@ fn reach_json_has_every_ordered_pair_in_the_documented_shape() {
     assert_eq!(results.len(), 7 * 7, "7 live pods, self pairs included");
     // Key order is part of the format.
     assert!(
-        out.contains(r#"{"from":"shop/frontend-7c9d8f6b5-x2x9k","to":"shop/cart-66b7f9d4c8-mq4tn","allowed":true,"egress_allowed":true,"ingress_allowed":true}"#),
+        out.contains(r#"{"from":"shop/frontend-7c9d8f6b5-x2x9k","to":"shop/cart-66b7f9d4c8-mq4tn","allowed":true,"egress_allowed":true,"ingress_allowed":true,"egress_tier":"networkpolicy","ingress_tier":"networkpolicy"}"#),
         "{out}"
     );
     assert!(out.contains(
-        r#"{"from":"shop/cart-66b7f9d4c8-mq4tn","to":"payments/postgres-0","allowed":false,"egress_allowed":false,"ingress_allowed":false}"#
+        r#"{"from":"shop/cart-66b7f9d4c8-mq4tn","to":"payments/postgres-0","allowed":false,"egress_allowed":false,"ingress_allowed":false,"egress_tier":"networkpolicy","ingress_tier":"networkpolicy"}"#
     ));
     // The DNS probe: every shop pod may query CoreDNS by its port name.
     let dns = probes[1]["results"]
@@ -307,4 +307,83 @@ fn bad_input_gets_a_clear_error() {
     ]);
     assert!(err.contains("missing.yaml: No such file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Cluster-wide policies on the demo cluster (`pcaps/demo.tiers.yaml`): an egress through an Admin Pass to the
+/// namespace's NetworkPolicies, an ingress an Admin Accept decides before NetworkPolicy, an Admin Deny to the
+/// metadata address, and a Baseline Deny where no NetworkPolicy isolates the pod.
+#[test]
+fn explain_through_the_tiers() {
+    let cases: [(&str, &[&str]); 5] = [
+        (
+            "demo.tiers.explain-pass.txt",
+            &[
+                "--from",
+                "shop/frontend-5f7c9d8b6-h2x9k",
+                "--to",
+                "shop/api-6d4b8c7f9-klm2n",
+                "--port",
+                "8080",
+            ],
+        ),
+        (
+            "demo.tiers.explain-pass.json",
+            &[
+                "--from",
+                "shop/frontend-5f7c9d8b6-h2x9k",
+                "--to",
+                "shop/api-6d4b8c7f9-klm2n",
+                "--port",
+                "8080",
+                "--format",
+                "json",
+            ],
+        ),
+        (
+            "demo.tiers.explain-admin-accept.txt",
+            &[
+                "--from",
+                "monitoring/prometheus-0",
+                "--to",
+                "shop/api-6d4b8c7f9-klm2n",
+                "--port",
+                "9100",
+            ],
+        ),
+        (
+            "demo.tiers.explain-admin-deny.txt",
+            &[
+                "--from",
+                "shop/api-6d4b8c7f9-klm2n",
+                "--to",
+                "169.254.169.254",
+                "--port",
+                "80",
+            ],
+        ),
+        (
+            "demo.tiers.explain-baseline-deny.txt",
+            &[
+                "--from",
+                "shop/frontend-5f7c9d8b6-h2x9k",
+                "--to",
+                "monitoring/prometheus-0",
+                "--port",
+                "9090",
+            ],
+        ),
+    ];
+    let cluster = root().join("pcaps/demo.cluster.yaml");
+    let tiers = root().join("pcaps/demo.tiers.yaml");
+    for (name, args) in cases {
+        let mut all = vec![
+            "explain",
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--cluster",
+            tiers.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        check_golden(&golden(name), &weir(&all));
+    }
 }

@@ -212,6 +212,25 @@ pub struct Report {
     pub book: Vec<EdgeStats>,
 }
 
+/// Marks an index into [`PolicySet::tier_policies`] among NetworkPolicy indexes in an edge's policy lists.
+const TIER_POLICY: u32 = 1 << 31;
+
+/// The cluster-wide policy that decided a direction, as an edge's policy lists hold it.
+fn tier_policy(decision: Decision) -> Option<u32> {
+    match decision {
+        Decision::Tier(r) | Decision::Undecided(r) => Some(r.policy | TIER_POLICY),
+        _ => None,
+    }
+}
+
+/// The policies behind a denial: the cluster-wide one whose rule denied, or the NetworkPolicies isolating the end.
+fn deciding(decision: Decision, isolating: &[u32]) -> Vec<u32> {
+    match tier_policy(decision) {
+        Some(id) => vec![id],
+        None => isolating.to_vec(),
+    }
+}
+
 /// Whether a flow got an answer that was not a reset.
 fn answered(flow: &JudgedFlow) -> bool {
     flow.record.outcome().answered()
@@ -223,7 +242,11 @@ pub fn class_of(judgement: &Judgement) -> EdgeVerdict {
     match judgement {
         Judgement::Judged { verdict, .. } if !verdict.allowed() => EdgeVerdict::Denied,
         Judgement::Judged { verdict, .. } => {
-            let by_rule = |d: Decision| matches!(d, Decision::AllowedBy(_));
+            let by_rule = |d: Decision| match d {
+                Decision::AllowedBy(_) => true,
+                Decision::Tier(r) => r.action == weir_policy::Action::Accept,
+                _ => false,
+            };
             let open = |d: Decision| d == Decision::NotIsolated;
             if !by_rule(verdict.egress)
                 && !by_rule(verdict.ingress)
@@ -358,14 +381,14 @@ impl EdgeAcc {
                 self.egress_denied = true;
                 union(
                     &mut self.egress_policies,
-                    grounds.egress_isolating.iter().copied(),
+                    deciding(verdict.egress, &grounds.egress_isolating),
                 );
             }
             if !verdict.ingress.allowed() {
                 self.ingress_denied = true;
                 union(
                     &mut self.ingress_policies,
-                    grounds.ingress_isolating.iter().copied(),
+                    deciding(verdict.ingress, &grounds.ingress_isolating),
                 );
             }
         };
@@ -379,14 +402,27 @@ impl EdgeAcc {
                 _ => {
                     union(
                         &mut self.egress_policies,
-                        grounds.egress_allowing.iter().map(|r| r.policy),
+                        grounds
+                            .egress_allowing
+                            .iter()
+                            .map(|r| r.policy)
+                            .chain(tier_policy(verdict.egress)),
                     );
                     union(
                         &mut self.ingress_policies,
-                        grounds.ingress_allowing.iter().map(|r| r.policy),
+                        grounds
+                            .ingress_allowing
+                            .iter()
+                            .map(|r| r.policy)
+                            .chain(tier_policy(verdict.ingress)),
                     );
                     let sides = [verdict.egress, verdict.ingress];
-                    if !sides.iter().any(|d| matches!(d, Decision::AllowedBy(_))) {
+                    if !sides.iter().any(|d| {
+                        matches!(
+                            d,
+                            Decision::AllowedBy(_) | Decision::Tier(_) | Decision::Undecided(_)
+                        )
+                    }) {
                         let why = if sides.contains(&Decision::SamePod) {
                             "a pod may always reach itself"
                         } else if sides.contains(&Decision::OwnNode) {
@@ -799,7 +835,10 @@ impl<'a> ReportBuilder<'a> {
         let keys = |ids: &[u32]| -> Vec<String> {
             let mut keys: Vec<String> = ids
                 .iter()
-                .map(|&i| set.policies()[i as usize].key())
+                .map(|&i| match i & TIER_POLICY {
+                    0 => set.policies()[i as usize].key(),
+                    _ => set.tier_policies()[(i & !TIER_POLICY) as usize].key(),
+                })
                 .collect();
             keys.sort_unstable();
             keys

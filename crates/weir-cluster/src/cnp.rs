@@ -695,7 +695,7 @@ spec:
     from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
   egress:
   - action: Deny
-    to: [{networks: [10.0.0.0/8, 'fd00::/8']}]
+    to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}}]
     protocols:
     - tcp: {destinationPort: {number: 5432}}
     - udp: {destinationPort: {range: {start: 53, end: 54}}}
@@ -729,6 +729,26 @@ spec:
             p.egress[1].peers,
             [Peer::DomainNames(vec!["*.example.com".into()])]
         );
+    }
+
+    #[test]
+    fn a_named_port_with_address_peers_is_refused_as_the_api_does() {
+        let err = read_yaml(
+            Origin::ClusterNetworkPolicy,
+            "
+metadata: {name: p}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress:
+  - action: Deny
+    to: [{networks: [10.0.0.0/8]}]
+    protocols: [{destinationNamedPort: http}]
+",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.egress[0].protocols");
     }
 
     #[test]

@@ -982,19 +982,19 @@ impl PolicySet {
     /// (the network-policy-api's overview). A pod and its own node may always reach each other under
     /// NetworkPolicy; cluster-wide policies have no such exception (their `nodes` peers can deny it).
     fn exceptions(&self, src: &Address, dst: &Address, mut verdict: Verdict) -> Verdict {
-        if verdict.allowed() && verdict.decided() {
+        let tiered = |d: Decision| matches!(d, Decision::Tier(_) | Decision::Undecided(_));
+        if verdict.allowed() && !tiered(verdict.egress) && !tiered(verdict.ingress) {
             return verdict;
         }
         let (same_pod, own_node_in, own_node_out) = self.exception_kinds(src, dst);
         if same_pod {
+            // Whatever a cluster-wide rule said does not apply to hairpin traffic.
             let hairpin = |d: Decision| match d {
-                Decision::Denied | Decision::Tier(_) | Decision::Undecided(_)
-                    if !d.allowed() || !d.decided() =>
-                {
-                    Decision::SamePod
-                }
+                Decision::Denied | Decision::Tier(_) | Decision::Undecided(_) => Decision::SamePod,
                 d => d,
             };
+            verdict.egress_pass = None;
+            verdict.ingress_pass = None;
             verdict.egress = hairpin(verdict.egress);
             verdict.ingress = hairpin(verdict.ingress);
         }

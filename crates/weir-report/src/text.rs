@@ -243,7 +243,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
         kind: SectionKind::Denied,
         tone: Tone::Bad,
         note: format!(
-            "{flows} observed flows on {edges} edges that the NetworkPolicies deny: either an attack, or traffic the policies would break"
+            "{flows} observed flows on {edges} edges that the policies in force deny: either an attack, or traffic the policies would break"
         ),
         empty: "no observed flow is denied",
         columns: &["FROM", "TO", "VIA", "PORT", "FLOWS", "ANSWERED", "SEEN", "DENIED BY"],
@@ -377,7 +377,7 @@ pub fn sections(report: &Report, top: usize) -> Vec<Section> {
     out.push(Section {
         kind: SectionKind::WithoutPolicy,
         tone: Tone::Warn,
-        note: "everything may reach these pods, and they may reach everything".to_owned(),
+        note: "no NetworkPolicy selects these pods: unless a cluster-wide policy decides, everything may reach them and they may reach everything".to_owned(),
         empty: "every pod is selected by a policy",
         columns: &["KIND", "NAME", "DETAIL"],
         rows,
@@ -556,7 +556,7 @@ pub fn header(report: &Report, context: &Context, style: Style) -> Vec<String> {
             .collect::<Vec<_>>()
             .join(", ");
         let warning = format!(
-            "warning: verdicts are NetworkPolicy only: the cluster also holds policies weir does not evaluate \
+            "warning: verdicts are NetworkPolicy and ClusterNetworkPolicy only: the cluster also holds policies weir does not evaluate \
              ({kinds}); what they allow or deny is judged as if they were absent"
         );
         lines.push(match style {

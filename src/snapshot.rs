@@ -213,7 +213,8 @@ enum SnapshotFormat {
 }
 
 /// `weir snapshot`: the objects `kubectl get namespaces,nodes,pods,services,endpointslices,replicasets,jobs,
-/// networkpolicies -A -o yaml` prints, as one `List`, checked by loading it as `--cluster` would.
+/// networkpolicies -A -o yaml` prints, and the network-policy-api's cluster-wide policies where the API server
+/// serves them, as one `List`, checked by loading it as `--cluster` would.
 pub fn run_snapshot(args: SnapshotArgs, kube: &KubeArgs) -> Result<ExitCode> {
     let namespace = args.namespace.filter(|_| !args.all_namespaces);
     let (objects, server) = list_live(kube, namespace.as_deref())?;

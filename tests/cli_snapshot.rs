@@ -26,7 +26,7 @@ const TOKEN: &str = "scripted-token";
 const PAGE: usize = 7;
 
 /// (group-version prefix, resource) → kind, for the kinds weir reads.
-const RESOURCES: [(&str, &str, &str); 8] = [
+const RESOURCES: [(&str, &str, &str); 9] = [
     ("/api/v1", "namespaces", "Namespace"),
     ("/api/v1", "nodes", "Node"),
     ("/api/v1", "pods", "Pod"),
@@ -43,7 +43,24 @@ const RESOURCES: [(&str, &str, &str); 8] = [
         "networkpolicies",
         "NetworkPolicy",
     ),
+    // The network-policy-api's v1alpha2 CRD is installed; its v1alpha1 ones are not (404, as an API server
+    // without them answers).
+    (
+        "/apis/policy.networking.k8s.io/v1alpha2",
+        "clusternetworkpolicies",
+        "ClusterNetworkPolicy",
+    ),
 ];
+
+/// The demo cluster's cluster-wide policies (`pcaps/demo.tiers.yaml`).
+fn demo_tiers() -> Vec<Value> {
+    let text = std::fs::read_to_string(root().join("pcaps/demo.tiers.yaml")).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
 
 struct Api {
     objects: BTreeMap<&'static str, Vec<Value>>,
@@ -155,7 +172,8 @@ async fn serve_api(State(api): State<Shared>, req: Request) -> Response {
 fn demo_objects() -> BTreeMap<&'static str, Vec<Value>> {
     let list = weir_synth::demo_cluster();
     let mut objects: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
-    for mut item in list["items"].as_array().unwrap().clone() {
+    let items = list["items"].as_array().unwrap().iter().cloned();
+    for mut item in items.chain(demo_tiers()) {
         let kind = RESOURCES
             .iter()
             .find(|(_, _, k)| item["kind"] == *k)
@@ -263,11 +281,11 @@ fn ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// The JSON report of the demo capture against a cluster (a path, or nothing for the live one).
-fn demo_report(cluster: Option<&Path>, kube: &[&str]) -> Value {
+/// The JSON report of the demo capture against a cluster (paths, or none for the live one).
+fn demo_report(cluster: &[&Path], kube: &[&str]) -> Value {
     let demo = root().join("pcaps/demo.pcap");
     let mut args = vec!["analyze", demo.to_str().unwrap(), "--format", "json"];
-    if let Some(path) = cluster {
+    for path in cluster {
         args.extend(["--cluster", path.to_str().unwrap()]);
     }
     args.extend(kube);
@@ -320,14 +338,36 @@ fn a_snapshot_of_the_live_cluster_gives_the_same_analysis_as_the_bundled_one() {
         "no second page of pods: {log:#?}"
     );
 
-    // The snapshot loads, and judges the demo capture exactly as the bundled snapshot does.
-    let bundled = demo_report(Some(&root().join("pcaps/demo.cluster.yaml")), &[]);
-    let taken = demo_report(Some(&out), &[]);
+    // The cluster-wide policies were listed too, and the kinds whose CRDs are not installed were no error.
+    assert!(
+        text.contains("kind: ClusterNetworkPolicy"),
+        "no ClusterNetworkPolicy taken"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies?")),
+        "{log:#?}"
+    );
+
+    // The snapshot loads, and judges the demo capture exactly as the bundled snapshot (with the same
+    // cluster-wide policies) does.
+    let (cluster, tiers) = (
+        root().join("pcaps/demo.cluster.yaml"),
+        root().join("pcaps/demo.tiers.yaml"),
+    );
+    let bundled = demo_report(&[&cluster, &tiers], &[]);
+    let taken = demo_report(&[&out], &[]);
     assert_eq!(bundled["summary"], taken["summary"]);
     assert_eq!(bundled["flows"], taken["flows"]);
+    assert!(
+        bundled["flows"]
+            .to_string()
+            .contains("ClusterNetworkPolicy/sec-ops"),
+        "the cluster-wide policies decide nothing"
+    );
 
     // Without --cluster, analyze reads the live cluster itself; JSON output is the same snapshot again.
-    let live = demo_report(None, &["--kubeconfig", kc, "--context", "scripted"]);
+    let live = demo_report(&[], &["--kubeconfig", kc, "--context", "scripted"]);
     assert_eq!(bundled["summary"], live["summary"]);
     let json = ok(&weir(
         &[
@@ -349,6 +389,7 @@ fn a_snapshot_of_the_live_cluster_gives_the_same_analysis_as_the_bundled_one() {
             .as_array()
             .unwrap()
             .len()
+            + demo_tiers().len()
     );
     assert!(
         json["items"]
@@ -371,8 +412,8 @@ fn kubeconfig_context_and_namespace_are_honoured() {
     let err = String::from_utf8_lossy(&nowhere.stderr);
     assert!(err.contains("127.0.0.1:1"), "{err}");
 
-    // $KUBECONFIG is read like kubectl reads it; -n takes one namespace's objects (and every namespace and
-    // node, which selectors and addresses need).
+    // $KUBECONFIG is read like kubectl reads it; -n takes one namespace's objects (and every namespace, node
+    // and cluster-wide policy, which selectors, addresses and every pod's verdicts need).
     let scoped = weir(
         &[
             "snapshot",
@@ -393,10 +434,10 @@ fn kubeconfig_context_and_namespace_are_honoured() {
             .any(|i| i["kind"] == "Namespace" && i["metadata"]["name"] != "shop")
     );
     assert!(items.iter().any(|i| i["kind"] == "Pod"));
-    for item in items
-        .iter()
-        .filter(|i| i["kind"] != "Namespace" && i["kind"] != "Node")
-    {
+    assert!(items.iter().any(|i| i["kind"] == "ClusterNetworkPolicy"));
+    for item in items.iter().filter(|i| {
+        !["Namespace", "Node", "ClusterNetworkPolicy"].contains(&i["kind"].as_str().unwrap_or(""))
+    }) {
         assert_eq!(item["metadata"]["namespace"], "shop", "{item:#}");
     }
     let log = server.api.lock().unwrap().log.clone();

@@ -97,8 +97,12 @@ struct StatusView<'a> {
     /// give to someone are the node's).
     node_addresses: BTreeMap<String, Vec<InterfaceAddress>>,
     /// Network policies of kinds weir does not evaluate in the snapshot in force, by `Kind (group)`: verdicts
-    /// are NetworkPolicy's alone.
+    /// are NetworkPolicy's and ClusterNetworkPolicy's alone.
     policies_not_evaluated: BTreeMap<String, usize>,
+    /// Cluster-wide policies in force (`Kind/name` with tier and priority), in evaluation order.
+    cluster_policies: Vec<String>,
+    /// Pairs of cluster-wide policies whose order the API leaves to the implementation (see `weir explain`).
+    cluster_policy_ambiguities: Vec<String>,
 }
 
 pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, ApiError> {
@@ -118,14 +122,30 @@ pub(crate) async fn status(State(s): State<Arc<Shared>>) -> Result<Response, Api
         .ok_or_else(|| internal("lock poisoned"))?;
     let now = Timestamp::now();
     let totals = core.engine.totals();
-    let policies_not_evaluated = core
-        .engine
-        .policy_set()
-        .cluster()
-        .unevaluated_policies()
-        .clone();
+    let set = core.engine.policy_set();
+    let policies_not_evaluated = set.cluster().unevaluated_policies().clone();
+    let cluster_policies = set
+        .tier_policies()
+        .iter()
+        .map(|p| format!("{} ({} {})", p.key(), p.tier.name(), p.priority))
+        .collect();
+    let cluster_policy_ambiguities = set
+        .ambiguities()
+        .iter()
+        .map(|a| {
+            let name = |i: u32| set.tier_policies()[i as usize].key();
+            format!(
+                "{} and {} ({}; weir applies the first)",
+                name(a.first),
+                name(a.second),
+                a.direction
+            )
+        })
+        .collect();
     let view = StatusView {
         policies_not_evaluated,
+        cluster_policies,
+        cluster_policy_ambiguities,
         node_addresses,
         ready: s.ready.load(Ordering::Acquire),
         cluster,

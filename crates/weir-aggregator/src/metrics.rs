@@ -130,6 +130,15 @@ impl Collector for ScrapeCollector {
                     .map(|k| (label("kind", k), 1)),
             )?;
             r.gauges(
+                "cluster_kinds_not_served",
+                "Cluster-wide policy kinds the API server does not serve (1: their CRD is not installed, so none is \
+                 in force)",
+                cluster
+                    .not_served
+                    .iter()
+                    .map(|k| (label("kind", k), 1)),
+            )?;
+            r.gauges(
                 "cluster_rejected_objects",
                 "Objects the loader refused at the last rebuild (left out of the cluster state), by kind",
                 cluster

@@ -125,7 +125,15 @@ async fn api(State(api): State<Arc<Mutex<Api>>>, req: Request) -> Response {
         | "/apis/apps/v1/replicasets"
         | "/apis/batch/v1/jobs"
         | "/apis/networking.k8s.io/v1/networkpolicies" => ("List", Vec::new()),
-        _ => return json_response(404, json!({})),
+        // A resource the server does not serve (the network-policy-api's CRDs are not installed here).
+        _ => {
+            return json_response(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "the server could not find the requested resource",
+                       "reason": "NotFound", "details": {}, "code": 404}),
+            );
+        }
     };
     if watching {
         // A watch that stays open with nothing to say.

@@ -74,6 +74,10 @@ fn resource(path: &str) -> Option<(&'static str, &'static str)> {
         "/apis/apps/v1/replicasets" => ("replicasets", "ReplicaSetList"),
         "/apis/batch/v1/jobs" => ("jobs", "JobList"),
         "/apis/networking.k8s.io/v1/networkpolicies" => ("networkpolicies", "NetworkPolicyList"),
+        // The network-policy-api's v1alpha2 CRD is installed here; its v1alpha1 ones are not (404).
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies" => {
+            ("clusternetworkpolicies", "ClusterNetworkPolicyList")
+        }
         _ => return None,
     })
 }
@@ -82,9 +86,15 @@ async fn api(State(script): State<Shared>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let Some((name, list_kind)) = resource(&path) else {
+        // What an API server answers for a resource it does not serve (a CRD not installed).
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "the server could not find the requested resource", "reason": "NotFound",
+            "details": {}, "code": 404});
+        script.lock().unwrap().log.push(format!("404 {path}"));
         return Response::builder()
             .status(404)
-            .body(Body::from("{}"))
+            .header("content-type", "application/json")
+            .body(Body::from(status.to_string()))
             .unwrap();
     };
     let watching = query
@@ -339,4 +349,82 @@ async fn watchers_follow_changes_dropped_watches_and_gone_relists() {
         status.generation >= 2 && status.generation < 10,
         "{status:?}"
     );
+}
+
+fn admin_policy(action: &str, rv: u32) -> Value {
+    json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "sec-ops", "uid": "uid-cnp", "resourceVersion": rv.to_string()},
+        "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {}},
+                 "ingress": [{"name": "web", "action": action,
+                              "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "client"}}}}]}]}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policies_are_watched_and_missing_crds_are_no_error() {
+    let mut script = Script::default();
+    script.lists.insert(
+        "pods",
+        vec![(
+            vec![
+                pod("web", "10.0.0.5", "web", 10),
+                pod("client", "10.0.0.6", "client", 11),
+            ],
+            11,
+        )],
+    );
+    script.lists.insert(
+        "clusternetworkpolicies",
+        vec![(vec![admin_policy("Deny", 20)], 20)],
+    );
+    // The Admin Deny becomes a Pass mid-watch.
+    script.watches.insert(
+        "clusternetworkpolicies",
+        vec![(vec![event("MODIFIED", admin_policy("Pass", 21))], true)],
+    );
+    let script: Shared = Arc::new(Mutex::new(script));
+    let (status, sets) = watching(&script).await;
+    let judge = |set: &PolicySet| {
+        set.judge(
+            &mut weir_policy::VerdictCache::new(),
+            "10.0.0.6".parse().unwrap(),
+            "10.0.0.5".parse().unwrap(),
+            Some(80),
+            weir_model::Protocol::TCP,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut denied_first = false;
+    loop {
+        if let Some(set) = latest(&sets) {
+            let v = judge(&set);
+            if !v.allowed() {
+                denied_first = true;
+                assert_eq!(set.tier_policies().len(), 1);
+            } else if denied_first {
+                // The Pass reaches NetworkPolicy (none isolates web): allowed, and the chain says so.
+                assert!(v.ingress_pass.is_some(), "{v:?}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster-wide policy was not followed; status: {:?}",
+            status.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.lock().unwrap().clone();
+    // The kinds whose CRDs are not installed: said, not errors, and they held nothing back.
+    assert_eq!(
+        status
+            .not_served
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["AdminNetworkPolicy", "BaselineAdminNetworkPolicy"]
+    );
+    assert!(status.watch_errors.is_empty(), "{status:?}");
+    assert_eq!(status.objects.get("ClusterNetworkPolicy"), Some(&1));
 }

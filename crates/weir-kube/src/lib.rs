@@ -25,7 +25,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::ListParams;
+use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -38,7 +38,7 @@ use weir_model::Timestamp;
 use weir_policy::PolicySet;
 
 /// The kinds weir reads, in the order they are loaded.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 11] = [
     "Namespace",
     "Node",
     "Pod",
@@ -47,7 +47,43 @@ pub const KINDS: [&str; 8] = [
     "ReplicaSet",
     "Job",
     "NetworkPolicy",
+    "ClusterNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
 ];
+
+/// The network-policy-api's cluster-wide kinds, served only where their CRDs are installed: (kind, group,
+/// version, plural). An API server without one answers 404, which is normal (none is in force) and said once.
+pub const CLUSTER_POLICY_KINDS: [(&str, &str, &str, &str); 3] = [
+    (
+        "ClusterNetworkPolicy",
+        weir_cluster::cnp::GROUP,
+        "v1alpha2",
+        "clusternetworkpolicies",
+    ),
+    (
+        "AdminNetworkPolicy",
+        weir_cluster::cnp::GROUP,
+        "v1alpha1",
+        "adminnetworkpolicies",
+    ),
+    (
+        "BaselineAdminNetworkPolicy",
+        weir_cluster::cnp::GROUP,
+        "v1alpha1",
+        "baselineadminnetworkpolicies",
+    ),
+];
+
+fn api_resource((kind, group, version, plural): (&str, &str, &str, &str)) -> ApiResource {
+    ApiResource {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.to_owned(),
+        plural: plural.to_owned(),
+    }
+}
 
 /// The kinds without which no verdict can be trusted: the aggregator is not ready while one of them is not
 /// listed. The others may be refused by RBAC: weir then goes on without them (pods named by themselves instead
@@ -90,6 +126,9 @@ pub struct ClusterStatus {
     /// The last refused object and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_rejected: Option<String>,
+    /// Cluster-wide policy kinds the API server does not serve (their CRD is not installed): none is in force.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub not_served: BTreeSet<String>,
 }
 
 impl ClusterStatus {
@@ -111,6 +150,8 @@ enum Change {
     Error(&'static str, String),
     /// Listing or watching the kind was refused (403).
     Forbidden(&'static str, String),
+    /// The API server does not serve the kind (404: a CRD not installed).
+    NotServed(&'static str),
 }
 
 /// The objects of a watched cluster.
@@ -121,6 +162,8 @@ struct Objects {
     synced: HashSet<&'static str>,
     /// Kinds refused with 403 and not listed since.
     forbidden: HashSet<&'static str>,
+    /// Kinds answered 404 and not listed since.
+    not_served: HashSet<&'static str>,
     deleted_pods: BTreeMap<(String, String), (Value, Timestamp)>,
 }
 
@@ -169,7 +212,24 @@ impl Objects {
                     status.forbidden.remove(kind);
                     tracing::info!("{kind}s can be listed again");
                 }
+                if self.not_served.remove(kind) {
+                    status.not_served.remove(kind);
+                    tracing::info!("the API server now serves {kind}s: they are evaluated");
+                }
                 true
+            }
+            Change::NotServed(kind) => {
+                // Said once, not per retry: a cluster without the CRD simply has none in force.
+                if self.not_served.insert(kind) {
+                    status.not_served.insert(kind.to_owned());
+                    tracing::info!(
+                        kind,
+                        "the API server does not serve {kind}s (no CRD installed): none is in force"
+                    );
+                }
+                let had = self.live.remove(kind).is_some_and(|m| !m.is_empty());
+                let first = self.synced.insert(kind);
+                had || first
             }
             Change::Error(kind, message) => {
                 *status.watch_errors.entry(kind.to_owned()).or_default() += 1;
@@ -202,7 +262,9 @@ impl Objects {
 
     fn synced(&self) -> bool {
         KINDS.iter().all(|k| {
-            self.synced.contains(k) || (self.forbidden.contains(k) && !REQUIRED_KINDS.contains(k))
+            self.synced.contains(k)
+                || self.not_served.contains(k)
+                || (self.forbidden.contains(k) && !REQUIRED_KINDS.contains(k))
         })
     }
 
@@ -213,7 +275,7 @@ impl Objects {
         &mut self,
         rejected: &mut BTreeMap<String, u64>,
         last: &mut Option<String>,
-        left_out: &HashSet<(String, String)>,
+        left_out: &HashSet<(&'static str, String, String)>,
     ) -> ClusterState {
         let horizon = Timestamp::now().0 - DELETED_POD_GRACE.as_nanos() as i64;
         self.deleted_pods.retain(|_, (_, at)| at.0 >= horizon);
@@ -223,7 +285,7 @@ impl Objects {
                 continue;
             };
             for ((ns, name), value) in objects {
-                if kind == "NetworkPolicy" && left_out.contains(&(ns.clone(), name.clone())) {
+                if left_out.contains(&(kind, ns.clone(), name.clone())) {
                     continue;
                 }
                 if let Err(e) = loader.add_value(&format!("watch:{kind}"), value.clone()) {
@@ -259,20 +321,23 @@ impl Objects {
                 Ok(set) => return Ok(set),
                 Err(e) => e,
             };
-            let key = match e.policy.split_once('/') {
+            let Some(kind) = KINDS.iter().copied().find(|k| *k == e.kind) else {
+                return Err(e.into());
+            };
+            let (ns, name) = match e.policy.split_once('/') {
                 Some((ns, name)) => (ns.to_owned(), name.to_owned()),
                 None => (String::new(), e.policy.clone()),
             };
             // No progress (the error names no policy held): give up on this rebuild.
             if !self
                 .live
-                .get("NetworkPolicy")
-                .is_some_and(|m| m.contains_key(&key))
-                || !left_out.insert(key)
+                .get(kind)
+                .is_some_and(|m| m.contains_key(&(ns.clone(), name.clone())))
+                || !left_out.insert((kind, ns, name))
             {
                 return Err(e.into());
             }
-            *rejected.entry("NetworkPolicy".to_owned()).or_default() += 1;
+            *rejected.entry(kind.to_owned()).or_default() += 1;
             let what = e.to_string();
             tracing::warn!("left out of the cluster state: {what}");
             *last = Some(what);
@@ -368,6 +433,69 @@ where
             }
         }
     });
+}
+
+/// Watches one of [`CLUSTER_POLICY_KINDS`], which the API server serves only when its CRD is installed.
+fn send_dynamic(
+    client: Client,
+    spec: (&'static str, &'static str, &'static str, &'static str),
+    tx: mpsc::UnboundedSender<Change>,
+) {
+    let kind = spec.0;
+    let resource = api_resource(spec);
+    tokio::spawn(async move {
+        let api: Api<DynamicObject> = Api::all_with(client, &resource);
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let value = |obj: &DynamicObject| dynamic_value(&resource, obj);
+        let key = |obj: &DynamicObject| (String::new(), obj.name_any());
+        loop {
+            let change = match stream.try_next().await {
+                Ok(None) => return,
+                Ok(Some(event)) => match event {
+                    Event::Init => Change::Restart(kind),
+                    Event::InitApply(obj) => Change::Add(kind, key(&obj), value(&obj), true),
+                    Event::Apply(obj) => Change::Add(kind, key(&obj), value(&obj), false),
+                    Event::Delete(obj) => Change::Delete(kind, key(&obj)),
+                    Event::InitDone => Change::Done(kind),
+                },
+                Err(e) if status_code(&e) == Some(404) => Change::NotServed(kind),
+                Err(e) if forbidden(&e) => Change::Forbidden(kind, e.to_string()),
+                Err(e) => Change::Error(kind, e.to_string()),
+            };
+            if tx.send(change).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// An object of a dynamic kind as `kubectl get -o json` shows it (see [`object_value`]).
+fn dynamic_value(resource: &ApiResource, obj: &DynamicObject) -> Value {
+    let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("kind".into(), Value::String(resource.kind.clone()));
+        map.insert(
+            "apiVersion".into(),
+            Value::String(resource.api_version.clone()),
+        );
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.remove("managedFields");
+        }
+    }
+    value
+}
+
+/// The HTTP status of a watcher's API error, if it has one.
+fn status_code(e: &watcher::Error) -> Option<u16> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
 }
 
 /// Whether a watcher's error is the API server refusing the request (403).
@@ -519,6 +647,37 @@ pub async fn list_objects(
         &mut out,
     )
     .await?;
+    // Cluster-wide policies apply in every namespace, so they are listed whole. A kind the API server does not
+    // serve (no CRD) has none in force.
+    for spec in CLUSTER_POLICY_KINDS {
+        let resource = api_resource(spec);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut params = ListParams::default().limit(PAGE_SIZE);
+        loop {
+            let page = match api.list(&params).await {
+                Ok(page) => page,
+                Err(kube::Error::Api(status)) if status.code == 404 => break,
+                Err(kube::Error::Api(status)) if status.code == 403 => {
+                    return Err(KubeError::Forbidden {
+                        kind: spec.0,
+                        message: status.message.clone(),
+                        needs: KINDS.join(", "),
+                    });
+                }
+                Err(source) => {
+                    return Err(KubeError::List {
+                        kind: spec.0,
+                        source,
+                    });
+                }
+            };
+            out.extend(page.items.iter().map(|obj| dynamic_value(&resource, obj)));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -538,7 +697,11 @@ pub async fn watch(
     send_kind::<EndpointSlice>(client.clone(), "EndpointSlice", tx.clone());
     send_kind::<ReplicaSet>(client.clone(), "ReplicaSet", tx.clone());
     send_kind::<Job>(client.clone(), "Job", tx.clone());
-    send_kind::<NetworkPolicy>(client, "NetworkPolicy", tx);
+    send_kind::<NetworkPolicy>(client.clone(), "NetworkPolicy", tx.clone());
+    for spec in CLUSTER_POLICY_KINDS {
+        send_dynamic(client.clone(), spec, tx.clone());
+    }
+    drop(tx);
     let mut objects = Objects::default();
     let mut dirty = false;
     let mut dirty_since: Option<Instant> = None;

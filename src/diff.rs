@@ -107,7 +107,7 @@ pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 },
             ),
             None => PolicySet::new(std::sync::Arc::new(base.cluster().clone()))
-                .context("cannot use the cluster's NetworkPolicies"),
+                .context("cannot use the cluster's policies"),
         }
     };
     let before = side(given(&args.policies_before)).context("the policies before")?;
@@ -127,7 +127,15 @@ pub fn run(args: DiffArgs, kube: &KubeArgs) -> Result<ExitCode> {
 
     let describe = |paths: &[PathBuf], set: &PolicySet| {
         let n = set.policies().len();
-        let count = format!("{n} polic{}", if n == 1 { "y" } else { "ies" });
+        let mut count = format!("{n} polic{}", if n == 1 { "y" } else { "ies" });
+        let tiers = set.tier_policies().len();
+        if tiers > 0 {
+            count = format!(
+                "{n} NetworkPolic{} and {tiers} cluster-wide polic{}",
+                if n == 1 { "y" } else { "ies" },
+                if tiers == 1 { "y" } else { "ies" }
+            );
+        }
         if paths.is_empty() {
             format!("the snapshot's {count}")
         } else {

@@ -44,13 +44,13 @@ pub struct PolicyFiles<'a> {
 }
 
 /// The NetworkPolicies in files or directories (anything else in them is ignored).
-pub fn load_policies(files: PolicyFiles) -> Result<Vec<weir_cluster::PolicyObject>> {
+/// The policies of a set of policy files, as a cluster state holding only them.
+fn load_policy_set(files: PolicyFiles) -> Result<ClusterState> {
     let loaded = match files.namespace {
         Some(namespace) => ClusterState::load_in(files.paths, namespace),
         None => ClusterState::load(files.paths),
     };
-    let (state, _) = loaded.context("cannot load the policies")?;
-    Ok(state.policies().to_vec())
+    Ok(loaded.context("cannot load the policies")?.0)
 }
 
 /// [`load`], with the policies of `policies` (when given) in force instead of the snapshot's own.
@@ -66,9 +66,10 @@ pub fn load_with(
     }
 }
 
-/// The cluster of `set` with the NetworkPolicies in `files` in force instead of its own.
+/// The cluster of `set` with the policies in `files` in force instead of its own (see
+/// [`ClusterState::with_proposed`]).
 pub fn with_policies(set: &PolicySet, files: PolicyFiles) -> Result<PolicySet> {
-    let cluster = set.cluster().with_policies(load_policies(files)?);
+    let cluster = set.cluster().with_proposed(&load_policy_set(files)?);
     PolicySet::new(Arc::new(cluster)).context("cannot use the given policies")
 }
 

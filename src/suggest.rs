@@ -95,30 +95,42 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
         )?,
     }
     let u = &suggestion.uncovered;
-    for (n, what) in [
+    let not = "not allowed";
+    for (n, verb, what) in [
         (
             u.failed,
+            not,
             "failed TCP attempts (refused or unanswered; --include-failed allows them)",
         ),
         (
             u.icmp,
+            not,
             "ICMP flows (NetworkPolicy allows ICMP only by allowing every port)",
         ),
         (
             u.unattributed,
+            not,
             "flows with an end nobody in the snapshot held",
         ),
         (
             u.unjudged,
+            not,
             "flows to Services without backends for their port",
         ),
         (
             u.no_selector,
+            not,
             "flows of workloads without a stable selector (below)",
+        ),
+        (
+            u.admin_decided,
+            "left to the Admin tier",
+            "flows it decides (an Admin Deny blocks them, or Admin Accepts allow them whatever NetworkPolicy \
+             says): no NetworkPolicy rule is written for them",
         ),
     ] {
         if n > 0 {
-            writeln!(err, "  not allowed: {n} {what}")?;
+            writeln!(err, "  {verb}: {n} {what}")?;
         }
     }
     for w in &suggestion.unsuggested {

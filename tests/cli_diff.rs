@@ -233,3 +233,64 @@ fn namespace_less_policy_files_go_where_n_says() {
     assert!(stdout(&analyzed).contains("shop/lockdown"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A new Admin policy is the most dangerous change: a file of only cluster-wide policies keeps the
+/// NetworkPolicies in force and shows what it would break. `networks: 0.0.0.0/0` covers pod addresses too, so
+/// the payments pods lose cluster DNS as well as the outside.
+#[test]
+fn a_new_admin_policy_shows_what_it_would_break() {
+    let dir = std::env::temp_dir().join(format!("weir-diff-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("no-internet.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-internet}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: payments}}}
+  egress:
+  - {name: deny-outside, action: Deny, to: [{networks: [0.0.0.0/0]}]}
+",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "diff",
+            "pcaps/demo.pcap",
+            "--cluster",
+            "pcaps/demo.cluster.yaml",
+            "--policies-after",
+        ])
+        .arg(&file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("(9 NetworkPolicies and 1 cluster-wide policy)"),
+        "{text}"
+    );
+    let broken = text
+        .lines()
+        .find(|l| l.contains("payments/payments-api  192.0.2.80"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        broken.contains("egress ClusterNetworkPolicy/no-internet"),
+        "{broken}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("payments/payments-api") && l.contains("kube-system/coredns")),
+        "{text}"
+    );
+}

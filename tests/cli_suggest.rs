@@ -140,3 +140,26 @@ fn the_proof_attributes_with_the_same_cluster_ranges() {
         "{summary}"
     );
 }
+
+/// Under an Admin tier (`pcaps/demo.tiers.yaml`), traffic an Admin rule decides gets no NetworkPolicy rule and
+/// the policy says why; the proof still holds with the cluster-wide policies in force.
+#[test]
+fn traffic_the_admin_tier_decides_gets_no_rule() {
+    let (yaml, summary) = suggest(&["--cluster", "pcaps/demo.tiers.yaml"]);
+    assert!(
+        yaml.contains(
+            "# note: ingress from StatefulSet monitoring/prometheus needs no rule: the Admin tier decides it \
+             (Admin sec-ops rule #0 \"allow-monitoring\" Accept)"
+        ),
+        "{yaml}"
+    );
+    // Without the tiers, the scrapes of the API's metrics port get an ingress rule; with them, none.
+    let (plain, _) = suggest(&[]);
+    let scrape_rule = "# 8 flows from StatefulSet monitoring/prometheus";
+    assert!(plain.contains(scrape_rule), "{plain}");
+    assert!(!yaml.contains(scrape_rule), "{yaml}");
+    assert!(
+        summary.contains("proof: the suggested policies alone allow all"),
+        "{summary}"
+    );
+}

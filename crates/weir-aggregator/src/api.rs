@@ -610,12 +610,12 @@ pub(crate) async fn diff(State(s): State<Arc<Shared>>, body: Bytes) -> Result<Re
             .add_bytes(std::path::Path::new("request body"), &body)
             .map_err(|e| bad(e.to_string()))?;
         let (proposed, _) = loader.finish();
-        if proposed.policies().is_empty() {
+        if proposed.policies().is_empty() && proposed.cluster_policies().is_empty() {
             return Err(bad(
-                "the body holds no NetworkPolicy (YAML or JSON, one or many)",
+                "the body holds no NetworkPolicy or ClusterNetworkPolicy (YAML or JSON, one or many)",
             ));
         }
-        let after_state = set.cluster().with_policies(proposed.policies().to_vec());
+        let after_state = set.cluster().with_proposed(&proposed);
         let after = PolicySet::new(Arc::new(after_state)).map_err(|e| bad(e.to_string()))?;
         let d = observed_diff(&set, &after, records, &ranges);
         let mut broken = Vec::new();

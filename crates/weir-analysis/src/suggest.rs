@@ -7,9 +7,9 @@ use std::net::IpAddr;
 
 use weir_cluster::{ClusterState, Labels, PodId, ServiceId, Workload};
 use weir_model::{Cidr, FlowRecord, Protocol, Timestamp};
-use weir_policy::PolicySet;
+use weir_policy::{Action, Decision, Direction, PolicySet, Tier, TierRuleRef, Verdict};
 
-use crate::analyze::JudgedFlow;
+use crate::analyze::{JudgedFlow, Judgement};
 use crate::attribute::Party;
 
 /// Labels a controller sets per revision, per pod or per run: a selector on them breaks at the next rollout.
@@ -213,6 +213,9 @@ pub struct Uncovered {
     /// An end's workload has no selector that survives rollouts and tells it apart (see
     /// [`Suggestion::unsuggested`]).
     pub no_selector: u64,
+    /// The Admin tier decides it (an Admin Deny blocks it, or Admin Accepts decide every direction a
+    /// NetworkPolicy could): no NetworkPolicy rule can change that, so none is written.
+    pub admin_decided: u64,
 }
 
 impl Uncovered {
@@ -224,6 +227,7 @@ impl Uncovered {
             Coverage::Unattributed => self.unattributed += 1,
             Coverage::Unjudged => self.unjudged += 1,
             Coverage::NoSelector => self.no_selector += 1,
+            Coverage::AdminDecided => self.admin_decided += 1,
             Coverage::Covered | Coverage::OutOfScope => {}
         }
     }
@@ -406,8 +410,49 @@ pub(crate) enum Coverage {
     Unjudged,
     /// An end's workload has no stable selector.
     NoSelector,
+    /// The Admin tier decides it (see [`Uncovered::admin_decided`]).
+    AdminDecided,
     /// Neither end is a workload in scope.
     OutOfScope,
+}
+
+/// The Admin-tier rule that decided a direction of a flow toward `pod` (the destination pod, or one of a
+/// Service's backends), if one did.
+fn admin_rule(flow: &JudgedFlow, direction: Direction, pod: Option<PodId>) -> Option<TierRuleRef> {
+    let verdict = match &flow.judgement {
+        Judgement::Judged { verdict, .. } => Some(*verdict),
+        Judgement::Mixed(backends) => backends
+            .iter()
+            .find(|b| pod.is_some() && b.pod == pod)
+            .map(|b| b.verdict),
+        Judgement::Unjudged(_) => None,
+    }?;
+    match verdict.side(direction).0 {
+        Decision::Tier(r) if r.tier == Tier::Admin => Some(r),
+        _ => None,
+    }
+}
+
+/// Whether the Admin tier settles a flow whatever NetworkPolicy says: an Admin Deny in a direction, or Admin
+/// Accepts in every direction that has a pod subject to policy.
+fn admin_settles(cluster: &ClusterState, flow: &JudgedFlow) -> bool {
+    let destinations = destination_pods(cluster, flow);
+    let pods: Vec<Option<PodId>> = if destinations.is_empty() {
+        vec![None]
+    } else {
+        destinations.into_iter().map(Some).collect()
+    };
+    pods.iter().all(|&pod| {
+        let egress = admin_rule(flow, Direction::Egress, pod);
+        let ingress = admin_rule(flow, Direction::Ingress, pod);
+        let denies = |r: Option<TierRuleRef>| r.is_some_and(|r| r.action == Action::Deny);
+        let subject = |party: Party| matches!(party, Party::Pod(p) if !cluster.pod(p).host_network);
+        let egress_open = subject(flow.source) && egress.is_none();
+        let ingress_open = pod.is_some_and(|p| !cluster.pod(p).host_network) && ingress.is_none();
+        denies(egress)
+            || denies(ingress)
+            || (!egress_open && !ingress_open && (egress.is_some() || ingress.is_some()))
+    })
 }
 
 /// A TCP attempt the responder did not take (refused or unanswered): not evidence of a need. Other protocols
@@ -476,6 +521,9 @@ pub(crate) fn coverage(
     if !options.include_failed && failed(&flow.record) {
         return Coverage::Failed;
     }
+    if admin_settles(cluster, flow) {
+        return Coverage::AdminDecided;
+    }
     // A rule naming a pod end needs a selector for its workload; a workload without one gets no policy.
     let source_in_scope = in_scope_pod(cluster, flow.source, options);
     let mut ends: Vec<(PodId, bool)> = destination_pods(cluster, flow)
@@ -494,6 +542,22 @@ pub(crate) fn coverage(
         }
     }
     Coverage::Covered
+}
+
+/// The verdict of a flow toward one destination pod (a Service's backend, when its backends disagree).
+fn verdict_toward(flow: &JudgedFlow, pod: Option<PodId>) -> Verdict {
+    match &flow.judgement {
+        Judgement::Judged { verdict, .. } => *verdict,
+        Judgement::Mixed(backends) => backends
+            .iter()
+            .find(|b| b.pod == pod)
+            .or(backends.first())
+            .map_or(
+                Verdict::new(Decision::NotApplicable, Decision::NotApplicable),
+                |b| b.verdict,
+            ),
+        Judgement::Unjudged(_) => Verdict::new(Decision::NotApplicable, Decision::NotApplicable),
+    }
 }
 
 /// Rules of one direction of one policy while flows are added: peer → ports with evidence.
@@ -574,8 +638,25 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
         // The destination pods the connection may have reached (every backend when the capture does not say).
         let destinations = destination_pods(cluster, flow);
 
-        // Egress of the source's workload.
-        if let Party::Pod(src) = flow.source
+        // Egress of the source's workload, unless the Admin tier decides it (NetworkPolicy is not consulted).
+        let admin_egress = destinations.first().copied().map_or_else(
+            || admin_rule(flow, Direction::Egress, None),
+            |d| admin_rule(flow, Direction::Egress, Some(d)),
+        );
+        if let (Party::Pod(src), Some(_)) = (flow.source, admin_egress)
+            && in_scope_pod(cluster, flow.source, options)
+        {
+            let draft = drafts.entry(cluster.pod(src).workload.clone()).or_default();
+            draft.notes.insert(format!(
+                "egress to {} needs no rule: the Admin tier decides it ({})",
+                describe(flow.destination, destination_ip),
+                set.chain(
+                    Direction::Egress,
+                    &verdict_toward(flow, destinations.first().copied()),
+                    &[]
+                )
+            ));
+        } else if let Party::Pod(src) = flow.source
             && in_scope_pod(cluster, flow.source, options)
         {
             let src_pod = cluster.pod(src);
@@ -653,6 +734,14 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
                 .filter(|&p| cluster.pod(p).workload == workload)
                 .collect();
             let rule_port = backend_port(cluster, flow, &pods, port, proto);
+            if admin_rule(flow, Direction::Ingress, Some(d)).is_some() {
+                let draft = drafts.entry(workload).or_default();
+                draft.notes.insert(format!(
+                    "ingress from {source_name} needs no rule: the Admin tier decides it ({})",
+                    set.chain(Direction::Ingress, &verdict_toward(flow, Some(d)), &[])
+                ));
+                continue;
+            }
             let mut note = None;
             let peer = match flow.source {
                 Party::Pod(s) => {

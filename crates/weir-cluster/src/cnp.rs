@@ -658,6 +658,20 @@ pub(crate) fn read(
     })
 }
 
+/// Sorts policies in the order of evaluation: tier, priority, then (for equal priorities, which the API leaves
+/// to the implementation) kind and name, so that the order is the same everywhere.
+pub fn in_evaluation_order(mut policies: Vec<ClusterPolicy>) -> Vec<ClusterPolicy> {
+    policies.sort_by(|a, b| {
+        (a.tier, a.priority, a.origin.kind(), &a.name).cmp(&(
+            b.tier,
+            b.priority,
+            b.origin.kind(),
+            &b.name,
+        ))
+    });
+    policies
+}
+
 /// The origin of a kind in the network-policy-api's group at `version`, if weir reads it.
 pub(crate) fn origin_of(kind: &str, version: &str) -> Option<Origin> {
     match (kind, version) {

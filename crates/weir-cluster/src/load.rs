@@ -551,20 +551,7 @@ impl SnapshotLoader {
             services: services.into_values().collect(),
             policies: policies.into_values().collect(),
             unevaluated_policies: report.unevaluated_policies.clone(),
-            cluster_policies: {
-                let mut p: Vec<ClusterPolicy> = cluster_policies.into_values().collect();
-                // The order of evaluation: tier, priority, then (for equal priorities, which the API leaves to
-                // the implementation) the kind and name, so that the order is the same everywhere.
-                p.sort_by(|a, b| {
-                    (a.tier, a.priority, a.origin.kind(), &a.name).cmp(&(
-                        b.tier,
-                        b.priority,
-                        b.origin.kind(),
-                        &b.name,
-                    ))
-                });
-                p
-            },
+            cluster_policies: cnp::in_evaluation_order(cluster_policies.into_values().collect()),
             ..ClusterState::default()
         };
         for (index, pod) in state.pods.iter().enumerate() {

@@ -583,6 +583,31 @@ impl ClusterState {
         }
     }
 
+    /// The same cluster with a proposed set of policies in force (what `weir diff --policies-after` and the
+    /// aggregator's diff judge): the proposal's NetworkPolicies replace the cluster's, and its cluster-wide
+    /// policies replace the cluster's cluster-wide policies. A proposal of only NetworkPolicies keeps the
+    /// cluster-wide policies in force, so a NetworkPolicy change is judged under the Admin tier that applies; a
+    /// proposal of only cluster-wide policies keeps the NetworkPolicies, so a new Admin policy is judged against
+    /// the NetworkPolicies in force.
+    pub fn with_proposed(&self, proposed: &ClusterState) -> ClusterState {
+        let mut state = self.clone();
+        if !proposed.policies.is_empty() || proposed.cluster_policies.is_empty() {
+            state = state.with_policies(proposed.policies.clone());
+        }
+        if !proposed.cluster_policies.is_empty() {
+            state.cluster_policies = proposed.cluster_policies.clone();
+        }
+        state
+    }
+
+    /// The same cluster with these cluster-wide policies in force instead of its own.
+    pub fn with_cluster_policies(&self, policies: Vec<crate::cnp::ClusterPolicy>) -> ClusterState {
+        ClusterState {
+            cluster_policies: crate::cnp::in_evaluation_order(policies),
+            ..self.clone()
+        }
+    }
+
     /// The same cluster with the interface addresses nodes' agents report (by node name) as those nodes'
     /// own, where nothing else holds them: not a pod (now or before), a Service, or another node. An address
     /// more than one node reports (`docker0`'s 172.17.0.1 on every node) tells no node apart and is left out;

@@ -111,79 +111,133 @@ fn main() {
         .map(|_| rng.below(pool.len()) as u32)
         .collect();
 
-    let (cold, allowed) = best_of(3, || {
-        let mut cache = VerdictCache::new();
-        pool.iter()
-            .filter(|&&(s, d, p, proto)| set.judge(&mut cache, s, d, Some(p), proto).allowed())
-            .count()
-    });
-    let mut cache = VerdictCache::new();
-    for &(s, d, p, proto) in &pool {
-        set.judge(&mut cache, s, d, Some(p), proto);
-    }
-    let (warm, _) = best_of(3, || {
-        let mut allowed = 0usize;
-        for &i in &stream {
-            let (s, d, p, proto) = pool[i as usize];
-            allowed += usize::from(set.judge(&mut cache, s, d, Some(p), proto).allowed());
-        }
-        black_box(allowed)
-    });
-    let memo: HashMap<(IpAddr, IpAddr, u16, u8), bool, foldhash::fast::FixedState> = pool
-        .iter()
-        .map(|&(s, d, p, proto)| ((s, d, p, proto.0), true))
-        .collect();
-    let (baseline, _) = best_of(3, || {
-        let mut allowed = 0usize;
-        for &i in &stream {
-            let (s, d, p, proto) = pool[i as usize];
-            allowed += usize::from(memo.get(&(s, d, p, proto.0)).copied().unwrap_or(false));
-        }
-        black_box(allowed)
-    });
-    let per_sec = |n: usize, t: Duration| n as f64 / t.as_secs_f64() / 1e6;
-    println!(
-        "verdicts, cold (all computed): {:.2} M/s ({} of {} flows allowed)",
-        per_sec(pool.len(), cold),
-        allowed,
-        pool.len()
-    );
-    println!(
-        "verdicts, warm cache: {:.2} M/s, {:.0} ns each; baseline hash lookup of the same flows {:.2} M/s → weir {:.2}× the baseline's time",
-        per_sec(stream.len(), warm),
-        warm.as_nanos() as f64 / stream.len() as f64,
-        per_sec(stream.len(), baseline),
-        warm.as_secs_f64() / baseline.as_secs_f64()
-    );
+    let runs = Runs {
+        pool: &pool,
+        stream: &stream,
+        quick,
+    };
+    let plain = runs.measure("NetworkPolicy only", &set);
 
-    let pods: Vec<PodId> = (0..cluster.pods().len() as u32).map(PodId).collect();
-    let (matrix_time, matrix) = best_of(if quick { 1 } else { 3 }, || {
-        set.reach_matrix(&pods, &ProbePort::Number(80), Protocol::TCP)
-    });
-    let (pairwise, pairwise_allowed) = best_of(1, || {
-        let mut cache = VerdictCache::new();
-        let addresses: Vec<_> = pods.iter().map(|&p| set.address_of_pod(p)).collect();
-        let mut allowed = 0usize;
-        for a in &addresses {
-            for b in &addresses {
-                allowed += usize::from(
-                    set.judge_addresses(&mut cache, a, b, Some(80), Protocol::TCP)
-                        .allowed(),
-                );
-            }
-        }
-        allowed
-    });
-    assert_eq!(
-        matrix.allowed_pairs(),
-        pairwise_allowed,
-        "matrix and pairwise verdicts disagree"
-    );
-    let pairs = pods.len() * pods.len();
+    // The same cluster with 50 ClusterNetworkPolicies beside its NetworkPolicies (Admin and Baseline tiers).
+    let extra = weir_synth::synthetic_cluster_policies(if quick { 10 } else { 50 }, namespaces);
+    let mut loader = SnapshotLoader::default();
+    loader
+        .add_bytes(Path::new("synthetic.json"), synthetic.json.as_bytes())
+        .unwrap();
+    for (i, policy) in extra.into_iter().enumerate() {
+        loader.add_value(&format!("cnp-{i}"), policy).unwrap();
+    }
+    let tiered_cluster = Arc::new(loader.finish().0);
+    let (compile, tiered) = best_of(1, || PolicySet::new(tiered_cluster.clone()).unwrap());
     println!(
-        "80/TCP matrix: {pairs} pairs in {matrix_time:.2?} ({:.0} M pairs/s, {} allowed); pairwise judging through the cache {pairwise:.2?} → matrix {:.1}× faster",
-        pairs as f64 / matrix_time.as_secs_f64() / 1e6,
-        matrix.allowed_pairs(),
-        pairwise.as_secs_f64() / matrix_time.as_secs_f64()
+        "with {} ClusterNetworkPolicies: compile + identities {compile:.2?}, {} distinct identities",
+        tiered.tier_policies().len(),
+        tiered.identity_count()
     );
+    let with_tiers = runs.measure("with ClusterNetworkPolicies", &tiered);
+    println!(
+        "ClusterNetworkPolicies cost: warm verdicts {:.2}× the time, cold {:.2}×, 80/TCP matrix {:.2}× (target: at most 1.5×)",
+        with_tiers.warm.as_secs_f64() / plain.warm.as_secs_f64(),
+        with_tiers.cold.as_secs_f64() / plain.cold.as_secs_f64(),
+        with_tiers.matrix.as_secs_f64() / plain.matrix.as_secs_f64()
+    );
+}
+
+struct Runs<'a> {
+    pool: &'a [(IpAddr, IpAddr, u16, Protocol)],
+    stream: &'a [u32],
+    quick: bool,
+}
+
+struct Timings {
+    cold: Duration,
+    warm: Duration,
+    matrix: Duration,
+}
+
+impl Runs<'_> {
+    fn measure(&self, label: &str, set: &PolicySet) -> Timings {
+        let (pool, stream, quick) = (self.pool, self.stream, self.quick);
+        println!("-- {label}");
+        let (cold, allowed) = best_of(3, || {
+            let mut cache = VerdictCache::new();
+            pool.iter()
+                .filter(|&&(s, d, p, proto)| set.judge(&mut cache, s, d, Some(p), proto).allowed())
+                .count()
+        });
+        let mut cache = VerdictCache::new();
+        for &(s, d, p, proto) in pool {
+            set.judge(&mut cache, s, d, Some(p), proto);
+        }
+        let (warm, _) = best_of(3, || {
+            let mut allowed = 0usize;
+            for &i in stream {
+                let (s, d, p, proto) = pool[i as usize];
+                allowed += usize::from(set.judge(&mut cache, s, d, Some(p), proto).allowed());
+            }
+            black_box(allowed)
+        });
+        let memo: HashMap<(IpAddr, IpAddr, u16, u8), bool, foldhash::fast::FixedState> = pool
+            .iter()
+            .map(|&(s, d, p, proto)| ((s, d, p, proto.0), true))
+            .collect();
+        let (baseline, _) = best_of(3, || {
+            let mut allowed = 0usize;
+            for &i in stream {
+                let (s, d, p, proto) = pool[i as usize];
+                allowed += usize::from(memo.get(&(s, d, p, proto.0)).copied().unwrap_or(false));
+            }
+            black_box(allowed)
+        });
+        let per_sec = |n: usize, t: Duration| n as f64 / t.as_secs_f64() / 1e6;
+        println!(
+            "verdicts, cold (all computed): {:.2} M/s ({} of {} flows allowed)",
+            per_sec(pool.len(), cold),
+            allowed,
+            pool.len()
+        );
+        println!(
+            "verdicts, warm cache: {:.2} M/s, {:.0} ns each; baseline hash lookup of the same flows {:.2} M/s → weir {:.2}× the baseline's time",
+            per_sec(stream.len(), warm),
+            warm.as_nanos() as f64 / stream.len() as f64,
+            per_sec(stream.len(), baseline),
+            warm.as_secs_f64() / baseline.as_secs_f64()
+        );
+
+        let pods: Vec<PodId> = (0..set.cluster().pods().len() as u32).map(PodId).collect();
+        let (matrix_time, matrix) = best_of(if quick { 1 } else { 3 }, || {
+            set.reach_matrix(&pods, &ProbePort::Number(80), Protocol::TCP)
+        });
+        let (pairwise, pairwise_allowed) = best_of(1, || {
+            let mut cache = VerdictCache::new();
+            let addresses: Vec<_> = pods.iter().map(|&p| set.address_of_pod(p)).collect();
+            let mut allowed = 0usize;
+            for a in &addresses {
+                for b in &addresses {
+                    allowed += usize::from(
+                        set.judge_addresses(&mut cache, a, b, Some(80), Protocol::TCP)
+                            .allowed(),
+                    );
+                }
+            }
+            allowed
+        });
+        assert_eq!(
+            matrix.allowed_pairs(),
+            pairwise_allowed,
+            "matrix and pairwise verdicts disagree"
+        );
+        let pairs = pods.len() * pods.len();
+        println!(
+            "80/TCP matrix: {pairs} pairs in {matrix_time:.2?} ({:.0} M pairs/s, {} allowed); pairwise judging through the cache {pairwise:.2?} → matrix {:.1}× faster",
+            pairs as f64 / matrix_time.as_secs_f64() / 1e6,
+            matrix.allowed_pairs(),
+            pairwise.as_secs_f64() / matrix_time.as_secs_f64()
+        );
+        Timings {
+            cold,
+            warm,
+            matrix: matrix_time,
+        }
+    }
 }

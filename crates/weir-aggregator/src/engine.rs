@@ -672,13 +672,16 @@ impl Engine {
         let not_isolated =
             weir_analysis::class_of(&flow.judgement) == weir_analysis::EdgeVerdict::NotIsolated;
         let policies = policy_names(set, &flow.judgement);
-        let reason = format!(
-            "egress {}{}; ingress {}{}",
-            egress.verdict,
-            bracket(&egress.policies),
-            ingress.verdict,
-            bracket(&ingress.policies)
-        );
+        // Where a cluster-wide policy took part, the decision chain (`Admin sec-ops rule #1 Pass → ...`) says
+        // more than the policy names.
+        let side = |dir: &str, view: &weir_analysis::DirectionView| {
+            if matches!(view.tier, "admin" | "baseline") || view.chain.contains(" Pass → ") {
+                format!("{dir} {}: {}", view.verdict, view.chain)
+            } else {
+                format!("{dir} {}{}", view.verdict, bracket(&view.policies))
+            }
+        };
+        let reason = format!("{}; {}", side("egress", &egress), side("ingress", &ingress));
         let edge_key = EdgeKey {
             src: src.clone(),
             dst: dst.clone(),

@@ -58,7 +58,24 @@ fn node_of(group: &Group) -> MapNode {
 fn explanation(edge: &Edge) -> Vec<String> {
     let mut lines = Vec::new();
     let list = |policies: &[String]| policies.join(", ");
-    if edge.egress_denied {
+    // A cluster-wide policy among the deciding ones denied by a rule of its own (`Kind/name` keys).
+    let cluster_wide = |policies: &[String]| {
+        policies.iter().any(|p| {
+            [
+                "ClusterNetworkPolicy/",
+                "AdminNetworkPolicy/",
+                "BaselineAdminNetworkPolicy/",
+            ]
+            .iter()
+            .any(|kind| p.starts_with(kind))
+        })
+    };
+    if edge.egress_denied && cluster_wide(&edge.egress_policies) {
+        lines.push(format!(
+            "Egress denied by a rule of the cluster-wide {} (Admin or Baseline tier; weir explain shows the chain).",
+            list(&edge.egress_policies)
+        ));
+    } else if edge.egress_denied {
         lines.push(format!(
             "The source is isolated for egress by {} and no egress rule of them allows this.",
             list(&edge.egress_policies)
@@ -69,7 +86,12 @@ fn explanation(edge: &Edge) -> Vec<String> {
             list(&edge.egress_policies)
         ));
     }
-    if edge.ingress_denied {
+    if edge.ingress_denied && cluster_wide(&edge.ingress_policies) {
+        lines.push(format!(
+            "Ingress denied by a rule of the cluster-wide {} (Admin or Baseline tier; weir explain shows the chain).",
+            list(&edge.ingress_policies)
+        ));
+    } else if edge.ingress_denied {
         lines.push(format!(
             "The destination is isolated for ingress by {} and no ingress rule of them allows this.",
             list(&edge.ingress_policies)
@@ -85,10 +107,10 @@ fn explanation(edge: &Edge) -> Vec<String> {
             "Allowed only because no policy isolates either end: nothing restricts this traffic.".into(),
         ),
         (true, false) => lines.push(
-            "The source is not isolated for egress: no policy selects it, so its egress is open.".into(),
+            "The source is not isolated for egress: no NetworkPolicy selects it (and no cluster-wide rule decided), so its egress is open.".into(),
         ),
         (false, true) => lines.push(
-            "The destination is not isolated for ingress: no policy selects it, so anything may reach it."
+            "The destination is not isolated for ingress: no NetworkPolicy selects it (and no cluster-wide rule decided), so anything may reach it."
                 .into(),
         ),
         (false, false) => {}
@@ -170,6 +192,9 @@ impl PodFacts {
             let policy = &set.policies()[i as usize];
             self.policies
                 .insert(format!("{}/{}", policy.namespace, policy.name));
+        }
+        for &i in set.cluster_policies_of(pod) {
+            self.policies.insert(set.tier_policies()[i as usize].key());
         }
     }
 

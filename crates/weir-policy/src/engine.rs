@@ -281,6 +281,10 @@ pub struct PolicySet {
     peers: Vec<Peer>,
     ip_block_peers: Vec<u32>,
     node_peers: Vec<u32>,
+    /// Peers of cluster-wide rules have ids from here on (NetworkPolicies are compiled first).
+    first_tier_peer: u32,
+    /// Whether a cluster-wide rule names a container port (then a destination's ports matter to the tiers).
+    tier_named_ports: bool,
     ambiguities: Vec<Ambiguity>,
     identities: Vec<Identity>,
     identity_index: Map<Identity, u32>,
@@ -375,11 +379,19 @@ impl PolicySet {
             .iter()
             .map(|p| compile::compile(p, &mut peers))
             .collect::<Result<Vec<_>, _>>()?;
+        let first_tier_peer = peers.len() as u32;
         let tier_policies = cluster
             .cluster_policies()
             .iter()
             .map(|p| tier::compile(p, &mut peers))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<TierPolicy>, _>>()?;
+        let tier_named_ports = tier_policies.iter().any(|p| {
+            p.ingress.iter().chain(&p.egress).any(|r| {
+                r.ports
+                    .iter()
+                    .any(|port| matches!(port, cnp::PortMatch::Named(_)))
+            })
+        });
         let of_kind = |keep: fn(&Peer) -> bool| {
             peers
                 .iter()
@@ -398,6 +410,8 @@ impl PolicySet {
             peers,
             ip_block_peers,
             node_peers,
+            first_tier_peer,
+            tier_named_ports,
             ambiguities: Vec::new(),
             identities: Vec::new(),
             identity_index: Map::default(),
@@ -679,6 +693,16 @@ impl PolicySet {
             Some(i) if i.subject => (&i.ingress, &i.egress),
             _ => (&[], &[]),
         }
+    }
+
+    /// The cluster-wide policies whose subject a pod is (indexes into [`PolicySet::tier_policies`], in evaluation
+    /// order); empty for a hostNetwork pod, which they never apply to.
+    pub fn cluster_policies_of(&self, pod: PodId) -> &[u32] {
+        self.pod_identities
+            .get(pod.0 as usize)
+            .and_then(|ids| ids.first())
+            .and_then(|&id| self.identities.get(id as usize))
+            .map_or(&[], |i| &i.tiers)
     }
 
     /// One rule in a line: `shop/api ingress rule #0 (from pods [app=frontend] in namespace shop; ports 8080/TCP)`.
@@ -1060,19 +1084,34 @@ impl PolicySet {
         other: &Identity,
         traffic: &Traffic,
     ) -> (Decision, Option<TierRuleRef>) {
+        self.side_with(direction, subject, other, traffic, |tier| {
+            self.tier_phase(tier, direction, subject, other, traffic)
+        })
+    }
+
+    /// [`PolicySet::side`], with what each tier says given by `phase` (memoized by the matrix).
+    fn side_with(
+        &self,
+        direction: Direction,
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+        mut phase: impl FnMut(Tier) -> TierPhase,
+    ) -> (Decision, Option<TierRuleRef>) {
         if !subject.subject {
             return (Decision::NotApplicable, None);
         }
-        let mut undecided = None;
+        if subject.tiers.is_empty() {
+            let isolating = subject.isolating(direction);
+            return match isolating.is_empty() {
+                true => (Decision::NotIsolated, None),
+                false => (self.decide(direction, isolating, other, traffic), None),
+            };
+        }
+        let admin = phase(Tier::Admin);
+        let mut undecided = admin.undecided;
         let mut pass = None;
-        let decision = match self.tier_decide(
-            Tier::Admin,
-            direction,
-            subject,
-            other,
-            traffic,
-            &mut undecided,
-        ) {
+        let decision = match admin.rule {
             Some(r) if r.action == Action::Pass => {
                 pass = Some(r);
                 None
@@ -1083,15 +1122,9 @@ impl PolicySet {
         let decision = decision.unwrap_or_else(|| {
             let isolating = subject.isolating(direction);
             if isolating.is_empty() {
-                self.tier_decide(
-                    Tier::Baseline,
-                    direction,
-                    subject,
-                    other,
-                    traffic,
-                    &mut undecided,
-                )
-                .map_or(Decision::NotIsolated, Decision::Tier)
+                let baseline = phase(Tier::Baseline);
+                undecided = undecided.or(baseline.undecided);
+                baseline.rule.map_or(Decision::NotIsolated, Decision::Tier)
             } else {
                 self.decide(direction, isolating, other, traffic)
             }
@@ -1100,6 +1133,20 @@ impl PolicySet {
             Some(r) if !decision.allowed() => (Decision::Undecided(r), pass),
             _ => (decision, pass),
         }
+    }
+
+    /// What one tier says about one direction.
+    fn tier_phase(
+        &self,
+        tier: Tier,
+        direction: Direction,
+        subject: &Identity,
+        other: &Identity,
+        traffic: &Traffic,
+    ) -> TierPhase {
+        let mut undecided = None;
+        let rule = self.tier_decide(tier, direction, subject, other, traffic, &mut undecided);
+        TierPhase { rule, undecided }
     }
 
     /// The first rule of `tier` among the cluster-wide policies of the subject (in evaluation order) that
@@ -1412,33 +1459,44 @@ impl PolicySet {
             .iter()
             .map(|a| self.identity_of(&mut cache, a))
             .collect();
-        // Compact the identities that occur so the verdict table is dense.
-        let mut compact: Map<u32, u32> = Map::default();
+        // The probe's port at each pod: a name resolves on the pod's own declaration (a host-network pod's too,
+        // though its identity is its node's).
+        let numbers: Vec<Option<u16>> = pods
+            .iter()
+            .map(|&p| match port {
+                ProbePort::Number(n) => Some(*n),
+                ProbePort::Name(name) => self.cluster.pod(p).named_port(name, protocol),
+            })
+            .collect();
+        // Compact the (identity, port) pairs that occur so the verdict table is dense.
+        let mut compact: Map<(u32, Option<u16>), u32> = Map::default();
         let mut distinct = Vec::new();
         let slots: Vec<u32> = ids
             .iter()
-            .map(|&id| {
-                *compact.entry(id).or_insert_with(|| {
-                    distinct.push(id);
+            .zip(&numbers)
+            .map(|(&id, &number)| {
+                *compact.entry((id, number)).or_insert_with(|| {
+                    distinct.push((id, number));
                     distinct.len() as u32 - 1
                 })
             })
             .collect();
         let k = distinct.len();
         let mut table = vec![0u8; k * k];
-        let number = |dst: &Identity| match port {
-            ProbePort::Number(n) => Some(*n),
-            ProbePort::Name(name) => dst
-                .ports
-                .iter()
-                .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-                .map(|p| p.port),
-        };
-        for (si, &s) in distinct.iter().enumerate() {
-            let src = self.identity(&cache, s);
-            for (di, &d) in distinct.iter().enumerate() {
-                let dst = self.identity(&cache, d);
-                table[si * k + di] = pack(&self.evaluate(src, dst, number(dst), protocol));
+        let identities: Vec<&Identity> = distinct
+            .iter()
+            .map(|&(id, _)| self.identity(&cache, id))
+            .collect();
+        let slot_numbers: Vec<Option<u16>> = distinct.iter().map(|&(_, n)| n).collect();
+        let mut memo = TierMemo::new(self, &identities, &slot_numbers);
+        for (si, src) in identities.iter().enumerate() {
+            for (di, dst) in identities.iter().enumerate() {
+                let number = slot_numbers[di];
+                let verdict = match memo.as_mut() {
+                    Some(memo) => memo.evaluate(self, &identities, si, di, number, protocol),
+                    None => self.evaluate(src, dst, number, protocol),
+                };
+                table[si * k + di] = pack(&verdict);
             }
         }
         let n = pods.len();
@@ -1459,7 +1517,7 @@ impl PolicySet {
         let mut fix = |i: usize, j: usize| {
             let (a, b, c) = self.exception_kinds(&addresses[i], &addresses[j]);
             if a || b || c {
-                let dst = number(self.identity(&cache, ids[j]));
+                let dst = numbers[j];
                 let evaluated = self.evaluate(
                     self.identity(&cache, ids[i]),
                     self.identity(&cache, ids[j]),
@@ -1574,6 +1632,109 @@ impl Traffic<'_> {
             (_, None) => false,
         }
     }
+}
+
+/// How an identity looks to cluster-wide egress rules: its cluster-wide peers, its ports (when a rule names
+/// one) and the probe's port at it.
+type EgressClass = (Vec<u32>, Vec<ContainerPort>, Option<u16>);
+
+/// The matrix's memo of what the tiers say. Cluster-wide rules see the other end of a connection only through
+/// the cluster-wide peers it matches (and, for named ports, its container ports, and the probe's port at it):
+/// identities that look alike to them form one class, and each tier is evaluated once per (subject, class)
+/// instead of once per pair.
+struct TierMemo {
+    /// Per identity: its class as the destination of an egress, and as the source of an ingress.
+    egress_class: Vec<u32>,
+    ingress_class: Vec<u32>,
+    egress_classes: usize,
+    ingress_classes: usize,
+    /// [subject × class] → (Admin, Baseline).
+    egress: Vec<[Option<TierPhase>; 2]>,
+    ingress: Vec<[Option<TierPhase>; 2]>,
+}
+
+impl TierMemo {
+    /// None when there is nothing to save: no cluster-wide policy, or classes about as many as identities.
+    fn new(set: &PolicySet, identities: &[&Identity], numbers: &[Option<u16>]) -> Option<TierMemo> {
+        if set.tier_policies.is_empty() {
+            return None;
+        }
+        let tail = |i: &Identity| {
+            let at = i.peers.partition_point(|&p| p < set.first_tier_peer);
+            i.peers[at..].to_vec()
+        };
+        let mut egress_keys: Map<EgressClass, u32> = Map::default();
+        let mut ingress_keys: Map<Vec<u32>, u32> = Map::default();
+        let mut egress_class = Vec::with_capacity(identities.len());
+        let mut ingress_class = Vec::with_capacity(identities.len());
+        for (i, &number) in identities.iter().zip(numbers) {
+            let ports = if set.tier_named_ports {
+                i.ports.clone()
+            } else {
+                Vec::new()
+            };
+            let next = egress_keys.len() as u32;
+            egress_class.push(*egress_keys.entry((tail(i), ports, number)).or_insert(next));
+            let next = ingress_keys.len() as u32;
+            ingress_class.push(*ingress_keys.entry(tail(i)).or_insert(next));
+        }
+        let (ce, ci, k) = (egress_keys.len(), ingress_keys.len(), identities.len());
+        if ce.max(ci) * 2 > k {
+            return None;
+        }
+        Some(TierMemo {
+            egress_class,
+            ingress_class,
+            egress_classes: ce,
+            ingress_classes: ci,
+            egress: vec![[None; 2]; k * ce],
+            ingress: vec![[None; 2]; k * ci],
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        set: &PolicySet,
+        identities: &[&Identity],
+        si: usize,
+        di: usize,
+        port: Option<u16>,
+        protocol: Protocol,
+    ) -> Verdict {
+        let (src, dst) = (identities[si], identities[di]);
+        let traffic = Traffic {
+            port,
+            protocol,
+            dst_ports: &dst.ports,
+        };
+        let slot = |tier: Tier| usize::from(tier == Tier::Baseline);
+        let e_at = si * self.egress_classes + self.egress_class[di] as usize;
+        let (egress, egress_pass) = set.side_with(Direction::Egress, src, dst, &traffic, |tier| {
+            *self.egress[e_at][slot(tier)]
+                .get_or_insert_with(|| set.tier_phase(tier, Direction::Egress, src, dst, &traffic))
+        });
+        let i_at = di * self.ingress_classes + self.ingress_class[si] as usize;
+        let (ingress, ingress_pass) =
+            set.side_with(Direction::Ingress, dst, src, &traffic, |tier| {
+                *self.ingress[i_at][slot(tier)].get_or_insert_with(|| {
+                    set.tier_phase(tier, Direction::Ingress, dst, src, &traffic)
+                })
+            });
+        Verdict {
+            egress,
+            ingress,
+            egress_pass,
+            ingress_pass,
+        }
+    }
+}
+
+/// What one tier says about one direction of a connection: its first matching rule, and the first `domainNames`
+/// rule passed over on the way.
+#[derive(Clone, Copy, Debug, Default)]
+struct TierPhase {
+    rule: Option<TierRuleRef>,
+    undecided: Option<TierRuleRef>,
 }
 
 /// How a cluster-wide rule meets a connection; the indexes are the matching peer and protocol entries

@@ -972,3 +972,46 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// On larger clusters the matrix evaluates the tiers once per class of look-alike identities; it must still
+    /// agree with judging each pair.
+    #[test]
+    fn the_matrix_agrees_with_pairwise_judging_under_tiers(
+        pods in prop::collection::vec(pod_spec(), 12..30),
+        policies in prop::collection::vec(policy(), 0..3),
+        cnps in prop::collection::vec(cnp(), 1..5),
+        port in 79..84u16,
+        named in any::<bool>(),
+    ) {
+        // Port names are unique within a pod (the API validates it), so a name resolves to one number.
+        prop_assume!(pods.iter().all(|p| {
+            let names: Vec<_> = p.ports.iter().map(|&(name, _, udp)| (name, udp)).collect();
+            names.iter().collect::<std::collections::BTreeSet<_>>().len() == names.len()
+        }));
+        let cluster = load_with(&pods, &policies, &named_policies(cnps));
+        let set = PolicySet::new(cluster.clone()).unwrap();
+        let ids: Vec<_> = (0..cluster.pods().len() as u32).map(weir_cluster::PodId).collect();
+        let probe = if named { ProbePort::Name("web".into()) } else { ProbePort::Number(port) };
+        let matrix = set.reach_matrix(&ids, &probe, Protocol::TCP);
+        let mut cache = VerdictCache::new();
+        for (i, &a) in ids.iter().enumerate() {
+            for (j, &b) in ids.iter().enumerate() {
+                let (src, dst) = (set.address_of_pod(a), set.address_of_pod(b));
+                let number = match &probe {
+                    ProbePort::Number(n) => Some(*n),
+                    ProbePort::Name(name) => cluster.pod(b).named_port(name, Protocol::TCP),
+                };
+                let v = set.judge_addresses(&mut cache, &src, &dst, number, Protocol::TCP);
+                prop_assert_eq!(matrix.get(i, j), (v.egress.allowed(), v.ingress.allowed()), "{} -> {}: {:?}", i, j, v);
+                prop_assert_eq!(matrix.tiers(i, j), (v.egress.tier(), v.ingress.tier()));
+            }
+        }
+    }
+}
+
+fn named_policies(cnps: Vec<Value>) -> Vec<Value> {
+    named(cnps)
+}

@@ -135,3 +135,68 @@ pub fn synthetic_cluster_with(
         pod_ips,
     }
 }
+
+/// `count` ClusterNetworkPolicies for a [`synthetic_cluster`] of `namespaces` namespaces, as a platform team
+/// would layer them: three in five in the Admin tier (Pass to delegate in-namespace traffic, Deny between teams,
+/// Accept for monitoring scrapes, Deny to outside ranges), the rest Baseline (deny across teams, accept same
+/// team), with subjects by team, environment and tier labels and priorities that mostly differ.
+pub fn synthetic_cluster_policies(count: usize, namespaces: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            let team = format!("team-{}", i % 10);
+            let other = format!("team-{}", (i + 3) % 10);
+            let ns = format!("ns-{:03}", i % namespaces.max(1));
+            let admin = i % 5 < 3;
+            let tier_label = ["web", "api", "db"][i % 3];
+            let subject = match i % 3 {
+                0 => json!({"namespaces": {"matchLabels": {"team": team}}}),
+                1 => json!({"pods": {"namespaceSelector": {"matchLabels": {"env": "prod"}},
+                                     "podSelector": {"matchLabels": {"tier": tier_label}}}}),
+                _ => json!({"namespaces": {"matchExpressions": [{"key": "kubernetes.io/metadata.name",
+                                                                 "operator": "NotIn", "values": [ns]}]}}),
+            };
+            let (ingress, egress) = if admin {
+                (
+                    json!([
+                        {"name": "monitoring", "action": "Accept",
+                         "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": "team-0"}},
+                                            "podSelector": {"matchLabels": {"tier": "api"}}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 9100}}}]},
+                        {"name": "other-team", "action": "Deny",
+                         "from": [{"namespaces": {"matchLabels": {"team": other}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"range": {"start": 5000, "end": 6500}}}}]},
+                        {"name": "delegate", "action": "Pass", "from": [{"namespaces": {}}]}
+                    ]),
+                    json!([
+                        {"name": "no-metadata", "action": "Deny", "to": [{"networks": ["169.254.169.254/32"]}]},
+                        {"name": "named", "action": "Accept",
+                         "to": [{"pods": {"namespaceSelector": {"matchLabels": {"team": team}},
+                                          "podSelector": {}}}],
+                         "protocols": [{"destinationNamedPort": "metrics"}]},
+                        {"name": "delegate", "action": "Pass",
+                         "to": [{"namespaces": {}}, {"networks": ["10.0.0.0/8"]}]},
+                        {"name": "outside", "action": "Deny",
+                         "to": [{"networks": [format!("{}.0.0.0/8", 1 + i % 200)]}]}
+                    ]),
+                )
+            } else {
+                (
+                    json!([
+                        {"name": "same-team", "action": "Accept",
+                         "from": [{"namespaces": {"matchLabels": {"team": team}}}]},
+                        {"name": "rest", "action": "Deny", "from": [{"namespaces": {}}]}
+                    ]),
+                    json!([
+                        {"name": "dns", "action": "Accept",
+                         "to": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+                         "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}
+                    ]),
+                )
+            };
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": format!("cnp-{i:03}")},
+                "spec": {"tier": if admin { "Admin" } else { "Baseline" }, "priority": (i * 7) % 1000,
+                         "subject": subject, "ingress": ingress, "egress": egress}})
+        })
+        .collect()
+}

@@ -14,7 +14,9 @@ mod scenarios;
 mod synth;
 mod writer;
 
-pub use cluster::{SyntheticCluster, synthetic_cluster, synthetic_cluster_with};
+pub use cluster::{
+    SyntheticCluster, synthetic_cluster, synthetic_cluster_policies, synthetic_cluster_with,
+};
 pub use demo::{demo_cluster, demo_traffic};
 pub use scenarios::{EPOCH, bench_mix, bench_pod_address, pod_traffic, write_bundled_pcaps};
 pub use synth::{Capture, Close, ExpectedFlow, Link, Synth, SynthPacket, TcpSpec};

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use weir_analysis::{
-    Analyzer, SuggestOptions, Synthesis, policy_yaml, suggestion_yaml, synthesize,
+    Analyzer, SuggestOptions, Synthesis, baseline_yaml, policy_yaml, suggestion_yaml, synthesize,
 };
 use weir_model::Cidr;
 
@@ -44,6 +44,11 @@ pub struct SuggestArgs {
     /// Address ranges of the cluster besides the nodes' pod ranges (see `weir analyze`).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     cluster_cidr: Vec<Cidr>,
+    /// Also write a Baseline-tier ClusterNetworkPolicy that denies, in the namespaces in scope, the traffic no
+    /// NetworkPolicy governs (workloads without observed traffic or without a stable selector become
+    /// default-deny too); the proof judges it with the suggested NetworkPolicies.
+    #[arg(long)]
+    baseline_deny: bool,
     /// Worker threads per capture.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -58,6 +63,7 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
         ipv4_prefix: args.ipv4_prefix,
         ipv6_prefix: args.ipv6_prefix,
         include_failed: args.include_failed,
+        baseline_deny: args.baseline_deny,
         cluster_ranges: args.cluster_cidr.clone(),
         ..SuggestOptions::default()
     };
@@ -87,6 +93,13 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
         analysis.flows.len(),
         inputs.names.join(", ")
     )?;
+    if let Some(baseline) = &suggestion.baseline {
+        writeln!(
+            err,
+            "  and ClusterNetworkPolicy {} (Baseline tier): default deny wherever no NetworkPolicy isolates a pod",
+            baseline.name
+        )?;
+    }
     match &suggestion.dns {
         Some(dns) => writeln!(err, "  cluster DNS: {dns} (every policy allows it)")?,
         None => writeln!(
@@ -171,10 +184,15 @@ pub fn run(args: SuggestArgs, kube: &KubeArgs) -> Result<ExitCode> {
                 std::fs::write(&path, policy_yaml(p))
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
+            if let Some(baseline) = &suggestion.baseline {
+                let path = dir.join(format!("cluster.{}.yaml", baseline.name));
+                std::fs::write(&path, baseline_yaml(baseline))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
             writeln!(
                 err,
                 "wrote {} files to {}",
-                suggestion.policies.len(),
+                suggestion.policies.len() + usize::from(suggestion.baseline.is_some()),
                 dir.display()
             )?;
         }

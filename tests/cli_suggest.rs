@@ -163,3 +163,49 @@ fn traffic_the_admin_tier_decides_gets_no_rule() {
         "{summary}"
     );
 }
+
+/// `--baseline-deny` adds a Baseline-tier default deny for the namespaces in scope; the proof holds with it, and
+/// the capture judged against the suggestion with it is judged as without it (every workload in scope that had
+/// traffic got a NetworkPolicy, which overrides the Baseline tier).
+#[test]
+fn a_baseline_default_deny_on_request() {
+    let (yaml, summary) = suggest(&["--baseline-deny"]);
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let last = documents.last().unwrap();
+    assert_eq!(last["kind"], "ClusterNetworkPolicy");
+    assert_eq!(last["spec"]["tier"], "Baseline");
+    assert_eq!(
+        last["spec"]["subject"]["namespaces"]["matchExpressions"][0]["values"],
+        serde_json::json!(["monitoring", "payments", "shop"])
+    );
+    assert!(
+        summary.contains("and ClusterNetworkPolicy weir-baseline-deny (Baseline tier)"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("proof: the suggested policies alone allow all"),
+        "{summary}"
+    );
+    let dir = tempdir("baseline-deny");
+    let with = dir.join("with.yaml");
+    std::fs::write(&with, &yaml).unwrap();
+    let (plain, _) = suggest(&[]);
+    let without = dir.join("without.yaml");
+    std::fs::write(&without, &plain).unwrap();
+    let verdicts = |policies: &std::path::Path| {
+        let (json, _) = run(&[
+            "analyze",
+            CAPTURE,
+            "--cluster",
+            CLUSTER,
+            "--policies",
+            policies.to_str().unwrap(),
+            "--format",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        v["summary"]["verdicts"].clone()
+    };
+    assert_eq!(verdicts(&with), verdicts(&without));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,6 +59,6 @@ pub use suggest::{
     Evidence, NoSelector, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
     SuggestedRule, Suggestion, Uncovered, Unsuggested, suggest,
 };
-pub use suggest_yaml::{policy_yaml, suggestion_yaml};
+pub use suggest_yaml::{baseline_yaml, policy_yaml, suggestion_yaml};
 pub use synthesis::{Proof, ProofError, Synthesis, WouldDeny, policy_objects, prove, synthesize};
 pub use weir_model::EdgeVerdict;

@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use weir_cluster::cnp::{
+    ClusterPolicy, Origin, Peer as CnpPeer, Rule as CnpRule, Subject as CnpSubject,
+};
 use weir_cluster::{ClusterState, Labels, PodId, ServiceId, Workload};
 use weir_model::{Cidr, FlowRecord, Protocol, Timestamp};
 use weir_policy::{Action, Decision, Direction, PolicySet, Tier, TierRuleRef, Verdict};
@@ -54,6 +57,10 @@ pub struct SuggestOptions {
     /// Records that stand for more than themselves, by Community ID: the aggregator keeps one sample record per
     /// edge, and the evidence should count the edge's connections and span, not the sample. Empty offline.
     pub sample_weights: HashMap<String, SampleWeight>,
+    /// Also suggest a Baseline-tier ClusterNetworkPolicy that denies traffic between pods (and egress anywhere)
+    /// in the namespaces in scope wherever no NetworkPolicy isolates a pod: the workloads weir saw no traffic of,
+    /// or found no selector for, are then default-deny too.
+    pub baseline_deny: bool,
 }
 
 /// What a sample record stands for in the evidence.
@@ -76,6 +83,7 @@ impl Default for SuggestOptions {
             include_failed: false,
             cluster_ranges: Vec::new(),
             sample_weights: HashMap::new(),
+            baseline_deny: false,
         }
     }
 }
@@ -244,6 +252,53 @@ pub struct Suggestion {
     pub uncovered: Uncovered,
     /// The cluster DNS Service the DNS rule points at.
     pub dns: Option<String>,
+    /// The Baseline-tier default deny (with [`SuggestOptions::baseline_deny`]).
+    pub baseline: Option<ClusterPolicy>,
+}
+
+/// The name of the suggested Baseline-tier default deny.
+pub const BASELINE_DENY_NAME: &str = "weir-baseline-deny";
+
+/// The Baseline-tier default deny for `namespaces`: at the last priority (so any Baseline policy already in force
+/// comes first), ingress from every pod and egress to every pod and address denied, for pods no NetworkPolicy
+/// isolates in that direction. Traffic from nodes and the outside is not a pod peer, so kubelet probes and
+/// ingress from outside stay as they were.
+fn baseline_deny(namespaces: Vec<String>) -> ClusterPolicy {
+    let rule = |peers: Vec<CnpPeer>| CnpRule {
+        name: Some("deny-the-rest".to_owned()),
+        action: Action::Deny,
+        peers,
+        ports: Vec::new(),
+    };
+    let all = || k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector::default();
+    let everywhere = ["0.0.0.0/0", "::/0"]
+        .iter()
+        .filter_map(|c| Cidr::parse(c))
+        .collect();
+    ClusterPolicy {
+        name: BASELINE_DENY_NAME.to_owned(),
+        tier: Tier::Baseline,
+        priority: 1000,
+        subject: CnpSubject::Namespaces(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_expressions: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                        key: weir_cluster::NAMESPACE_NAME_LABEL.to_owned(),
+                        operator: "In".to_owned(),
+                        values: Some(namespaces),
+                    },
+                ]),
+                match_labels: None,
+            },
+        ),
+        ingress: vec![rule(vec![CnpPeer::Namespaces(all())])],
+        egress: vec![rule(vec![
+            CnpPeer::Namespaces(all()),
+            CnpPeer::Networks(everywhere),
+        ])],
+        origin: Origin::ClusterNetworkPolicy,
+        source: std::sync::Arc::from("weir suggest"),
+    }
 }
 
 /// The pods of each workload.
@@ -850,6 +905,18 @@ pub fn suggest(set: &PolicySet, flows: &[JudgedFlow], options: &SuggestOptions) 
     suggestion
         .policies
         .sort_by(|a, b| (&a.workload.namespace, &a.name).cmp(&(&b.workload.namespace, &b.name)));
+    if options.baseline_deny {
+        // Every namespace in scope with pods subject to policy, whether or not weir saw their traffic.
+        let namespaces: BTreeSet<String> = cluster
+            .running_pods()
+            .map(|p| cluster.pod(p))
+            .filter(|p| !p.host_network && options.in_scope(&p.namespace))
+            .map(|p| p.namespace.clone())
+            .collect();
+        if !namespaces.is_empty() {
+            suggestion.baseline = Some(baseline_deny(namespaces.into_iter().collect()));
+        }
+    }
     suggestion
 }
 

@@ -239,7 +239,7 @@ pub fn policy_yaml(p: &SuggestedPolicy) -> String {
     out
 }
 
-/// Every suggested policy as one multi-document YAML stream.
+/// Every suggested policy as one multi-document YAML stream (the Baseline default deny last, when asked for).
 pub fn suggestion_yaml(s: &Suggestion) -> String {
     let mut out = String::new();
     for (i, p) in s.policies.iter().enumerate() {
@@ -248,5 +248,61 @@ pub fn suggestion_yaml(s: &Suggestion) -> String {
         }
         out.push_str(&policy_yaml(p));
     }
+    if let Some(baseline) = &s.baseline {
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&baseline_yaml(baseline));
+    }
+    out
+}
+
+/// The suggested Baseline-tier default deny as a YAML document.
+pub fn baseline_yaml(p: &weir_cluster::cnp::ClusterPolicy) -> String {
+    use weir_cluster::cnp::{Peer, Subject};
+    let selector = match &p.subject {
+        Subject::Namespaces(s) => serde_json::to_value(s).unwrap_or_default(),
+        Subject::Pods { namespaces, .. } => serde_json::to_value(namespaces).unwrap_or_default(),
+    };
+    let peers = |rule: &weir_cluster::cnp::Rule| -> Vec<serde_json::Value> {
+        rule.peers
+            .iter()
+            .filter_map(|peer| match peer {
+                Peer::Namespaces(s) => Some(serde_json::json!({"namespaces": s})),
+                Peer::Networks(cidrs) => Some(serde_json::json!({
+                    "networks": cidrs.iter().map(ToString::to_string).collect::<Vec<_>>()
+                })),
+                _ => None,
+            })
+            .collect()
+    };
+    let rules = |rules: &[weir_cluster::cnp::Rule], list: &str| -> Vec<serde_json::Value> {
+        rules
+            .iter()
+            .map(|r| serde_json::json!({"name": r.name, "action": r.action.name(), list: peers(r)}))
+            .collect()
+    };
+    let value = serde_json::json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {
+            "name": p.name,
+            "labels": {"app.kubernetes.io/managed-by": "weir"},
+        },
+        "spec": {
+            "tier": p.tier.name(),
+            "priority": p.priority,
+            "subject": {"namespaces": selector},
+            "ingress": rules(&p.ingress, "from"),
+            "egress": rules(&p.egress, "to"),
+        }
+    });
+    let mut out = String::new();
+    out.push_str(
+        "# Baseline tier: in these namespaces, traffic no NetworkPolicy above governs is denied (ingress from pods,\n\
+         # egress to pods and every address). NetworkPolicies override it where they isolate a pod; traffic from\n\
+         # nodes (kubelet probes) and from outside the cluster is not a pod peer and stays as it was.\n",
+    );
+    out.push_str(&weir_cluster::yaml::to_yaml(&value));
     out
 }

@@ -125,7 +125,12 @@ fn check(
     options: &SuggestOptions,
 ) -> Result<(Proof, Vec<WouldDeny>), ProofError> {
     let cluster = set.cluster();
-    let state = cluster.with_policies(policy_objects(suggestion));
+    let mut state = cluster.with_policies(policy_objects(suggestion));
+    if let Some(baseline) = &suggestion.baseline {
+        let mut cluster_policies = cluster.cluster_policies().to_vec();
+        cluster_policies.push(baseline.clone());
+        state = state.with_cluster_policies(cluster_policies);
+    }
     let proven = PolicySet::new(Arc::new(state))?;
     let analysis = Analyzer::new(&proven, &options.cluster_ranges).analyze_sorted(records.to_vec());
     let mut proof = Proof::default();

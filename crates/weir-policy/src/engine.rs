@@ -315,7 +315,11 @@ pub struct Ambiguity {
 #[derive(Debug, Default)]
 pub struct VerdictCache {
     set: u64,
-    verdicts: Map<CacheKey, Verdict>,
+    /// Verdicts by key, as indexes into `distinct`: connections share few distinct verdicts, and a small entry
+    /// keeps the map dense in memory.
+    verdicts: Map<CacheKey, u32>,
+    distinct: Vec<Verdict>,
+    distinct_index: Map<Verdict, u32>,
     grounds: Map<CacheKey, (Verdict, Arc<Grounds>)>,
     external_ips: Map<IpAddr, u32>,
     external: Vec<Identity>,
@@ -977,7 +981,11 @@ impl PolicySet {
             port: port.map_or(u32::MAX, u32::from),
             protocol: protocol.0,
         };
-        let verdict = match cache.verdicts.get(&key) {
+        let hit = cache
+            .verdicts
+            .get(&key)
+            .and_then(|&i| cache.distinct.get(i as usize));
+        let verdict = match hit {
             Some(v) => {
                 cache.stats.hits += 1;
                 *v
@@ -992,9 +1000,20 @@ impl PolicySet {
                 );
                 if cache.verdicts.len() >= MAX_CACHED_VERDICTS {
                     cache.verdicts.clear();
+                    cache.distinct.clear();
+                    cache.distinct_index.clear();
                     cache.stats.resets += 1;
                 }
-                cache.verdicts.insert(key, v);
+                let index = match cache.distinct_index.get(&v) {
+                    Some(&i) => i,
+                    None => {
+                        let i = cache.distinct.len() as u32;
+                        cache.distinct.push(v);
+                        cache.distinct_index.insert(v, i);
+                        i
+                    }
+                };
+                cache.verdicts.insert(key, index);
                 v
             }
         };

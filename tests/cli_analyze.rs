@@ -405,3 +405,104 @@ items:
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The edge book (`--format edges`) and the map carry each direction's deciding tier and decision chain, so a
+/// cluster-wide rule that decided (or passed) shows on the edge itself, and the map's tier filter has its data.
+#[test]
+fn edges_and_the_map_carry_the_decision_chain() {
+    let root = root();
+    let input = root.join("pcaps/demo.pcap");
+    let cluster = root.join(CLUSTER);
+    let tiers = root.join("pcaps/demo.tiers.yaml");
+    let run = |format: &str| {
+        weir(&[
+            "analyze",
+            input.to_str().unwrap(),
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--cluster",
+            tiers.to_str().unwrap(),
+            "--format",
+            format,
+        ])
+    };
+    let book: Value = serde_json::from_str(&run("edges")).unwrap();
+    let edge = |src: &str, dst: &str, port: u64| {
+        book["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e["key"]["src"]["name"] == src
+                    && e["key"]["dst"]["name"] == dst
+                    && e["key"]["port"] == port
+            })
+            .unwrap_or_else(|| panic!("no edge {src} → {dst}:{port}"))
+            .clone()
+    };
+    // Through an Admin Pass to the NetworkPolicies, which decide.
+    let pass = edge("Deployment/frontend", "Deployment/api", 8080);
+    assert_eq!(pass["egress"]["tier"], "networkpolicy", "{pass}");
+    let chain = pass["egress"]["chain"].as_str().unwrap();
+    assert!(
+        chain.starts_with(r#"Admin sec-ops rule #1 "delegate-in-cluster" Pass → NetworkPolicy"#),
+        "{chain}"
+    );
+    assert_eq!(pass["ingress"]["tier"], "networkpolicy", "{pass}");
+    // An Admin Accept decides the ingress before any NetworkPolicy.
+    let accept = edge("StatefulSet/prometheus", "Deployment/api", 9100);
+    assert_eq!(accept["ingress"]["tier"], "admin", "{accept}");
+    assert!(
+        accept["ingress"]["chain"]
+            .as_str()
+            .unwrap()
+            .contains(r#""allow-monitoring" Accept"#),
+        "{accept}"
+    );
+    // An end that is not a pod: the default tier.
+    let outside = edge("203.0.113.10", "Deployment/frontend", 8080);
+    assert_eq!(outside["egress"]["tier"], "default", "{outside}");
+
+    // The map: each edge lists its chains per direction and the tiers that decided, for the tier filter.
+    let html = run("html");
+    let data = html
+        .split(r#"<script type="application/json" id="weir-data">"#)
+        .nth(1)
+        .and_then(|rest| rest.split("</script>").next())
+        .unwrap();
+    let map: Value = serde_json::from_str(data).unwrap();
+    let edges = map["edges"].as_array().unwrap();
+    let decided_by_admin: Vec<&Value> = edges
+        .iter()
+        .filter(|e| {
+            e["tiers"]
+                .as_array()
+                .is_some_and(|t| t.contains(&Value::from("admin")))
+        })
+        .collect();
+    assert!(
+        !decided_by_admin.is_empty(),
+        "no map edge decided by the Admin tier"
+    );
+    assert!(
+        decided_by_admin.iter().any(|e| e["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("ingress: Admin sec-ops"))),
+        "{decided_by_admin:?}"
+    );
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["chains"].as_array().is_some_and(|c| c
+                .iter()
+                .any(|c| c.as_str().unwrap().contains("Pass → NetworkPolicy")))),
+        "no map edge shows a Pass"
+    );
+    assert!(
+        html.contains(r#"data-tiers="admin "#),
+        "no drawn edge carries the admin tier"
+    );
+    assert!(html.contains(r#"<fieldset id="f-tiers">"#));
+}

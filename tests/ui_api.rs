@@ -380,7 +380,12 @@ fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
     let dir = std::env::temp_dir().join(format!("weir-ui-book-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let _scratch = Scratch(dir.clone());
-    let snapshot = root().join("pcaps/demo.cluster.yaml");
+    // The demo cluster with its cluster-wide policies, so the decision chains through the tiers are compared too.
+    let snapshot = dir.join("cluster.yaml");
+    let mut text = std::fs::read_to_string(root().join("pcaps/demo.cluster.yaml")).unwrap();
+    text.push_str("\n---\n");
+    text.push_str(&std::fs::read_to_string(root().join("pcaps/demo.tiers.yaml")).unwrap());
+    std::fs::write(&snapshot, text).unwrap();
     let (_aggregator, port) = reading_aggregator(&dir, &snapshot, TOKEN);
     let capture = root().join("pcaps/demo.pcap");
     let flows = weir()
@@ -420,6 +425,8 @@ fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
         "verdict",
         "not_isolated",
         "policies",
+        "egress",
+        "ingress",
         "services",
         "first_seen",
         "last_seen",
@@ -449,4 +456,14 @@ fn the_offline_analysis_keeps_the_edge_book_the_aggregator_keeps() {
     for (key, counts) in &offline {
         assert_eq!(Some(counts), live.get(key), "{key}: {fields:?}");
     }
+    // The tiers took part: some edge was decided by an Admin rule, and its chain says which.
+    assert!(
+        live.values()
+            .flat_map(|v| [&v[9], &v[10]])
+            .any(|side| side["tier"] == "admin"
+                && side["chain"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("Admin sec-ops rule #"))),
+        "no live edge decided by the Admin tier"
+    );
 }

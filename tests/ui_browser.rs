@@ -127,6 +127,11 @@ async fn the_offline_report_draws_the_map_explains_edges_and_runs_no_markup() {
         text.contains("ingress ") || text.contains("egress "),
         "no deciding policy in {text}"
     );
+    assert!(text.to_lowercase().contains("decision chain"), "{text}");
+    assert!(
+        text.contains(": NetworkPolicy ") && text.contains(" isolates"),
+        "no decision chain in {text}"
+    );
 
     // Filters: only denied edges, then a search.
     for verdict in ["allowed", "not-isolated", "mixed", "unknown"] {
@@ -151,6 +156,38 @@ async fn the_offline_report_draws_the_map_explains_edges_and_runs_no_markup() {
         !visible.is_empty() && visible.iter().all(|v| v == "denied"),
         "{visible:?}"
     );
+    // The tier filter: without the NetworkPolicy tier, only the denied edges another tier also decided (here
+    // the default: an end no policy isolates in that direction) stay.
+    c.find(Locator::Css("#f-tiers input[value='networkpolicy']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let tiers: Value = c
+        .execute(
+            "return [...document.querySelectorAll('path.edge:not(.hidden)')].map(e => e.dataset.tiers);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let tiers = tiers.as_array().unwrap();
+    assert!(
+        tiers.len() < visible.len()
+            && tiers.iter().all(|t| t
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .any(|t| ["admin", "baseline", "default"].contains(&t))),
+        "{tiers:?} of {} denied edges",
+        visible.len()
+    );
+    c.find(Locator::Css("#f-tiers input[value='networkpolicy']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 
     // The frontend: its hostile label shows as text, its suggested policy is there, nothing ran.
     click_svg(&c, "g.node[data-name='Deployment/frontend']").await;

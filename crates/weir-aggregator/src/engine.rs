@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use weir_analysis::{
-    AlertBook, Analysis, Analyzer, Attempt, ConnectionVerdict, EdgeAlertIds, EdgeBook, EdgeKey,
-    EdgeStats, JudgedFlow, Observation, Party, ScanDetector, ScanRule, direction_views,
+    AlertBook, Analysis, Analyzer, Attempt, ConnectionVerdict, Decided, EdgeAlertIds, EdgeBook,
+    EdgeKey, EdgeStats, JudgedFlow, Observation, Party, ScanDetector, ScanRule, direction_views,
     endpoint_key, flow_verdict, policy_names, retain_marked,
 };
 use weir_model::{
@@ -120,6 +120,8 @@ struct Resolved {
     /// Ends, port, verdict and policies, as every flow of this resolution is kept.
     view: Arc<FlowView>,
     not_isolated: bool,
+    /// How each direction was decided (interned).
+    decided: Arc<Decided>,
     reason: Arc<str>,
     /// An end was counted under a prefix of its address.
     folded: bool,
@@ -311,6 +313,7 @@ pub struct Engine {
     spare_caches: Vec<VerdictCache>,
     /// Equal policy lists, verdicts and Service names share one allocation, so an edge sees a change by pointer.
     interned_policies: HashSet<Arc<[String]>>,
+    interned_decided: HashSet<Arc<Decided>>,
     interned_names: HashSet<Arc<str>>,
     /// Flows added to `recent` since the last checkpoint.
     unsaved_flows: usize,
@@ -356,6 +359,7 @@ impl Engine {
             evicted: Vec::new(),
             spare_caches: Vec::new(),
             interned_policies: HashSet::default(),
+            interned_decided: HashSet::default(),
             interned_names: HashSet::default(),
             unsaved_flows: 0,
             next_expiry: 0,
@@ -623,6 +627,15 @@ impl Engine {
         p
     }
 
+    fn intern_decided(&mut self, decided: Decided) -> Arc<Decided> {
+        if let Some(d) = self.interned_decided.get(&decided) {
+            return Arc::clone(d);
+        }
+        let d = Arc::new(decided);
+        self.interned_decided.insert(Arc::clone(&d));
+        d
+    }
+
     fn intern_name(&mut self, name: &str) -> Arc<str> {
         if let Some(n) = self.interned_names.get(name) {
             return Arc::clone(n);
@@ -675,13 +688,17 @@ impl Engine {
         // Where a cluster-wide policy took part, the decision chain (`Admin sec-ops rule #1 Pass → ...`) says
         // more than the policy names.
         let side = |dir: &str, view: &weir_analysis::DirectionView| {
-            if matches!(view.tier, "admin" | "baseline") || view.chain.contains(" Pass → ") {
+            if view.tier.cluster_wide() || view.chain.contains(" Pass → ") {
                 format!("{dir} {}: {}", view.verdict, view.chain)
             } else {
                 format!("{dir} {}{}", view.verdict, bracket(&view.policies))
             }
         };
         let reason = format!("{}; {}", side("egress", &egress), side("ingress", &ingress));
+        let decided = self.intern_decided(Decided {
+            egress: egress.decision(),
+            ingress: ingress.decision(),
+        });
         let edge_key = EdgeKey {
             src: src.clone(),
             dst: dst.clone(),
@@ -698,6 +715,7 @@ impl Engine {
                     verdict,
                     not_isolated,
                     policies: &policies,
+                    decided: &decided,
                     service: None,
                 },
                 baseline,
@@ -739,6 +757,7 @@ impl Engine {
                 policies: self.intern_policies(policies),
             }),
             not_isolated,
+            decided,
             reason: Arc::from(reason),
             folded,
             destination_pod_node,
@@ -832,6 +851,7 @@ impl Engine {
                 let v = &last.view;
                 v.verdict == view.verdict
                     && Arc::ptr_eq(&v.policies, &view.policies)
+                    && Arc::ptr_eq(&last.decided, &res.decided)
                     && match (&v.service, &view.service) {
                         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                         (None, None) => true,
@@ -843,6 +863,7 @@ impl Engine {
                     verdict: view.verdict,
                     not_isolated: res.not_isolated,
                     policies: &view.policies,
+                    decided: &res.decided,
                     service: view.service.as_deref(),
                 });
                 self.edge_resolved[edge] = Some(Arc::clone(&res));

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use weir_analysis::{EdgeKey, EdgeStats};
+use weir_analysis::{Decided, EdgeKey, EdgeStats};
 use weir_model::{FlowRecord, FlowVerdict, Timestamp};
 
 /// An edge row's body.
@@ -21,6 +21,9 @@ pub(crate) struct EdgeRow {
     verdict: FlowVerdict,
     not_isolated: bool,
     policies: Vec<String>,
+    /// How each direction of the last verdict was decided (rows written before it was kept have none).
+    #[serde(default, skip_serializing_if = "Decided::is_unknown")]
+    decided: Decided,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
     nodes: BTreeSet<String>,
@@ -46,6 +49,7 @@ impl From<&EdgeStats> for EdgeRow {
             verdict: e.verdict,
             not_isolated: e.not_isolated,
             policies: e.policies.clone(),
+            decided: e.decided.clone(),
             services: e.services.clone(),
             nodes: e.nodes.clone(),
             delivered: e.delivered,
@@ -72,6 +76,7 @@ impl From<EdgeRow> for EdgeStats {
             verdict: r.verdict,
             not_isolated: r.not_isolated,
             policies: r.policies,
+            decided: r.decided,
             services: r.services,
             nodes: r.nodes,
             delivered: r.delivered,
@@ -101,5 +106,26 @@ pub(crate) mod tests {
         let written = serde_json::to_value(EdgeRow::from(&edge)).unwrap_or_default();
         let stored: serde_json::Value = serde_json::from_str(STORED).unwrap_or_default();
         assert_eq!(written, stored);
+    }
+
+    #[test]
+    fn the_decision_chain_is_kept() {
+        let row: EdgeRow = serde_json::from_str(STORED).unwrap_or_else(|e| panic!("{e}"));
+        let mut edge = EdgeStats::from(row);
+        assert!(edge.decided.is_unknown());
+        edge.decided = Decided {
+            egress: weir_analysis::SideDecision {
+                tier: weir_analysis::SideTier::Admin,
+                chain: "Admin ClusterNetworkPolicy/ops rule #0 \"delegate\" Pass → default".into(),
+            },
+            ingress: weir_analysis::SideDecision {
+                tier: weir_analysis::SideTier::NetworkPolicy,
+                chain: "NetworkPolicy app/db isolates, no rule allows".into(),
+            },
+        };
+        let text = serde_json::to_string(&EdgeRow::from(&edge)).unwrap_or_default();
+        assert!(text.contains(r#""tier":"networkpolicy""#), "{text}");
+        let back: EdgeRow = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(EdgeStats::from(back), edge);
     }
 }

@@ -335,6 +335,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
             for p in &e.policies {
                 push_unique(&mut edge.policies, p);
             }
+            edge.add_decisions([&e.decided], false);
             dropped += e.dropped_in_transit;
             gaps += e.enforcement_gaps;
         }
@@ -514,6 +515,7 @@ fn expand_pods(map: &mut Map, snap: &Snapshot, expand: &BTreeSet<String>) -> Vec
         for key in &e.parents {
             if let Some(parent) = parents.get(key) {
                 edge.new |= parent.new;
+                edge.add_chains_of(parent);
                 for line in &parent.explanation {
                     push_unique(&mut edge.explanation, line);
                 }

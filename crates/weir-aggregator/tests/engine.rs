@@ -554,3 +554,91 @@ fn the_edge_book_stays_under_its_cap_forgetting_the_least_recently_seen() {
     assert_eq!(forgotten.edges.len() as u64, t.evicted_edges);
     assert!(e.take_forgotten().edges.is_empty());
 }
+
+const ADMIN: &str = "
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: sec-ops}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  ingress:
+  - {name: no-web-to-db, action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}}]}
+  - {name: delegate, action: Pass, from: [{namespaces: {}}]}
+";
+
+fn set_with_admin() -> Arc<PolicySet> {
+    let mut loader = SnapshotLoader::default();
+    loader
+        .add_bytes(Path::new("cluster.yaml"), CLUSTER.as_bytes())
+        .unwrap();
+    loader
+        .add_bytes(Path::new("admin.yaml"), ADMIN.as_bytes())
+        .unwrap();
+    Arc::new(PolicySet::new(Arc::new(loader.finish().0)).unwrap())
+}
+
+/// An edge keeps how each direction of its last verdict was decided, and follows the policies in force: an
+/// Admin Deny names its rule; with the cluster-wide policy gone, the NetworkPolicy tier decides the next
+/// connection and the edge says so.
+#[test]
+fn an_edge_carries_its_decision_chain_and_follows_the_tiers() {
+    let t0 = 1_000 * S;
+    let mut e = Engine::new(config(), set_with_admin(), Timestamp(t0));
+    e.apply(
+        vec![
+            record("10.1.1.5", 4000, "10.1.2.6", 5432, t0, None),
+            record("10.1.2.5", 4001, "10.1.2.6", 5432, t0, None),
+        ],
+        Timestamp(t0 + S),
+    );
+    let edge = |e: &Engine, from: &str| {
+        e.edges()
+            .iter()
+            .find(|x| &*x.key.src.name == from && &*x.key.dst.name == "Pod/db")
+            .unwrap_or_else(|| panic!("no edge from {from}: {:?}", e.edges()))
+            .clone()
+    };
+    let denied = edge(&e, "Pod/web");
+    assert_eq!(denied.decided.ingress.tier, weir_analysis::SideTier::Admin);
+    assert!(
+        denied
+            .decided
+            .ingress
+            .chain
+            .contains(r#"rule #0 "no-web-to-db" Deny"#),
+        "{:?}",
+        denied.decided
+    );
+    let passed = edge(&e, "Pod/api");
+    assert_eq!(
+        passed.decided.ingress.tier,
+        weir_analysis::SideTier::NetworkPolicy
+    );
+    assert!(
+        passed
+            .decided
+            .ingress
+            .chain
+            .contains(r#""delegate" Pass → NetworkPolicy app/db isolates, app/db rule #0 allows"#),
+        "{:?}",
+        passed.decided
+    );
+    assert_eq!(passed.decided.egress.tier, weir_analysis::SideTier::Default);
+    // The cluster-wide policy is removed: the next connection is NetworkPolicy's alone.
+    e.set_policy(set());
+    e.apply(
+        vec![record("10.1.1.5", 4002, "10.1.2.6", 5432, t0 + 2 * S, None)],
+        Timestamp(t0 + 3 * S),
+    );
+    let now = edge(&e, "Pod/web");
+    assert_eq!(
+        now.decided.ingress.tier,
+        weir_analysis::SideTier::NetworkPolicy
+    );
+    assert_eq!(
+        now.decided.ingress.chain,
+        "NetworkPolicy app/db isolates, no rule allows"
+    );
+}

@@ -26,6 +26,98 @@ pub struct EdgeKey {
     pub port: Option<u16>,
 }
 
+/// The tier that decided one direction of a verdict, as JSON, the edge book and the maps name it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SideTier {
+    /// An Admin-tier rule of a cluster-wide policy (Accept or Deny).
+    Admin,
+    /// NetworkPolicy: the end is isolated in this direction.
+    NetworkPolicy,
+    /// A Baseline-tier rule of a cluster-wide policy.
+    Baseline,
+    /// No policy of any tier decided: the default (allowed), or the end is not subject to policy.
+    Default,
+    /// A Service's backends were decided by different tiers.
+    Mixed,
+    /// Not judged.
+    #[default]
+    Unknown,
+}
+
+impl SideTier {
+    /// `admin`, `networkpolicy`, `baseline`, `default`, `mixed` or `unknown`: the name in JSON and in the maps.
+    pub fn name(self) -> &'static str {
+        match self {
+            SideTier::Admin => "admin",
+            SideTier::NetworkPolicy => "networkpolicy",
+            SideTier::Baseline => "baseline",
+            SideTier::Default => "default",
+            SideTier::Mixed => "mixed",
+            SideTier::Unknown => "unknown",
+        }
+    }
+
+    /// Whether a cluster-wide policy's rule decided.
+    pub fn cluster_wide(self) -> bool {
+        matches!(self, SideTier::Admin | SideTier::Baseline)
+    }
+}
+
+impl From<weir_policy::DecidingTier> for SideTier {
+    fn from(t: weir_policy::DecidingTier) -> SideTier {
+        match t {
+            weir_policy::DecidingTier::Admin => SideTier::Admin,
+            weir_policy::DecidingTier::NetworkPolicy => SideTier::NetworkPolicy,
+            weir_policy::DecidingTier::Baseline => SideTier::Baseline,
+            weir_policy::DecidingTier::Default => SideTier::Default,
+        }
+    }
+}
+
+impl std::fmt::Display for SideTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How one direction of a connection's verdict was decided: the tier and the decision chain in words
+/// (`Admin ops rule #0 "delegate" Pass → NetworkPolicy shop/api isolates, shop/api rule #1 allows`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SideDecision {
+    /// The deciding tier.
+    pub tier: SideTier,
+    /// The chain; empty where the tier is `mixed` or `unknown`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
+}
+
+/// How both directions of a connection's verdict were decided: the source's egress, the destination's ingress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Decided {
+    /// The source's egress.
+    pub egress: SideDecision,
+    /// The destination's ingress.
+    pub ingress: SideDecision,
+}
+
+impl Decided {
+    /// Whether nothing is known of it (an edge stored before decisions were kept).
+    pub fn is_unknown(&self) -> bool {
+        *self == Decided::default()
+    }
+
+    /// Whether a cluster-wide policy took part in either direction (a rule decided, or an Admin Pass on the
+    /// way).
+    pub fn cluster_wide(&self) -> bool {
+        [&self.egress, &self.ingress]
+            .iter()
+            .any(|s| s.tier.cluster_wide() || s.chain.contains(" Pass → "))
+    }
+}
+
 /// What is known of an edge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeStats {
@@ -49,6 +141,9 @@ pub struct EdgeStats {
     pub not_isolated: bool,
     /// The deciding policies of the last verdict (`egress ns/name`, `ingress ns/name`).
     pub policies: Vec<String>,
+    /// How each direction of the last verdict was decided: tier and decision chain.
+    #[serde(default)]
+    pub decided: Decided,
     /// Services the traffic went through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
@@ -82,6 +177,8 @@ pub struct ConnectionVerdict<'a> {
     pub not_isolated: bool,
     /// The deciding policies.
     pub policies: &'a [String],
+    /// How each direction was decided.
+    pub decided: &'a Decided,
     /// The Service it went through (`namespace/name`).
     pub service: Option<&'a str>,
 }
@@ -105,6 +202,7 @@ impl EdgeStats {
             verdict: verdict.verdict,
             not_isolated: verdict.not_isolated,
             policies: verdict.policies.to_vec(),
+            decided: verdict.decided.clone(),
             services: Vec::new(),
             nodes: BTreeSet::new(),
             delivered: 0,
@@ -167,6 +265,9 @@ impl EdgeStats {
         if self.policies.as_slice() != v.policies {
             self.policies = v.policies.to_vec();
         }
+        if self.decided != *v.decided {
+            self.decided = v.decided.clone();
+        }
         if let Some(s) = v.service
             && !self.services.iter().any(|x| x == s)
         {
@@ -209,6 +310,7 @@ impl EdgeStats {
             self.verdict = other.verdict;
             self.not_isolated = other.not_isolated;
             self.policies = other.policies;
+            self.decided = other.decided;
             self.sample = other.sample;
         }
     }
@@ -407,10 +509,12 @@ mod tests {
     }
 
     fn verdict(v: FlowVerdict, policies: &[String]) -> ConnectionVerdict<'_> {
+        static DECIDED: std::sync::LazyLock<Decided> = std::sync::LazyLock::new(Decided::default);
         ConnectionVerdict {
             verdict: v,
             not_isolated: false,
             policies,
+            decided: &DECIDED,
             service: None,
         }
     }

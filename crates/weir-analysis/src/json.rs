@@ -12,7 +12,7 @@ use weir_policy::{Decision, Direction, Grounds, PolicySet, TierRuleRef, Verdict}
 
 use crate::analyze::{JudgedFlow, Judgement, Unjudged, union};
 use crate::attribute::Party;
-use crate::book::{EdgeKey, EdgeStats};
+use crate::book::{Decided, EdgeKey, EdgeStats, SideDecision, SideTier};
 
 /// How one direction judged a flow, as JSON shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -22,7 +22,7 @@ pub struct DirectionView {
     /// `unknown` (not judged).
     pub verdict: &'static str,
     /// The tier that decided: `admin`, `networkpolicy`, `baseline` or `default`; `mixed` or `unknown` as above.
-    pub tier: &'static str,
+    pub tier: SideTier,
     /// The deciding policies: NetworkPolicies as `namespace/name` (those allowing it, or those isolating the
     /// end when denied), cluster-wide ones as `Kind/name` (an Admin Pass on the way included).
     pub policies: Vec<String>,
@@ -59,7 +59,7 @@ fn side(
     }
     DirectionView {
         verdict: decision_name(decision),
-        tier: decision.tier().name(),
+        tier: decision.tier().into(),
         policies,
         chain: set.chain(direction, verdict, isolating),
     }
@@ -100,7 +100,7 @@ pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView
                                 acc.verdict = "mixed";
                             }
                             if acc.tier != new.tier {
-                                acc.tier = "mixed";
+                                acc.tier = SideTier::Mixed;
                             }
                             if acc.chain != new.chain {
                                 acc.chain.clear();
@@ -120,11 +120,30 @@ pub fn direction_views(set: &PolicySet, judgement: &Judgement) -> (DirectionView
 fn unknown_sides() -> (DirectionView, DirectionView) {
     let unknown = || DirectionView {
         verdict: "unknown",
-        tier: "unknown",
+        tier: SideTier::Unknown,
         policies: Vec::new(),
         chain: String::new(),
     };
     (unknown(), unknown())
+}
+
+impl DirectionView {
+    /// The tier and chain, as an edge keeps them.
+    pub fn decision(&self) -> SideDecision {
+        SideDecision {
+            tier: self.tier,
+            chain: self.chain.clone(),
+        }
+    }
+}
+
+/// How each direction of a judgement was decided, as an edge keeps it.
+pub fn decided(set: &PolicySet, judgement: &Judgement) -> Decided {
+    let (egress, ingress) = direction_views(set, judgement);
+    Decided {
+        egress: egress.decision(),
+        ingress: ingress.decision(),
+    }
 }
 
 /// The deciding policies of a judgement as an edge keeps them: `egress ns/name`, then `ingress ns/name`.
@@ -153,6 +172,8 @@ pub struct EdgeView<'a> {
     verdict: FlowVerdict,
     not_isolated: bool,
     policies: &'a [String],
+    egress: &'a SideDecision,
+    ingress: &'a SideDecision,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     services: &'a [String],
     nodes: &'a BTreeSet<String>,
@@ -178,6 +199,8 @@ impl<'a> From<&'a EdgeStats> for EdgeView<'a> {
             verdict: e.verdict,
             not_isolated: e.not_isolated,
             policies: &e.policies,
+            egress: &e.decided.egress,
+            ingress: &e.decided.ingress,
             services: &e.services,
             nodes: &e.nodes,
             delivered: e.delivered,

@@ -41,13 +41,16 @@ pub use analyze::{
     Single, Unjudged, service_endpoints,
 };
 pub use attribute::{Attributor, Party};
-pub use book::{ConnectionVerdict, EdgeBook, EdgeKey, EdgeStats, retain_marked};
+pub use book::{
+    ConnectionVerdict, Decided, EdgeBook, EdgeKey, EdgeStats, SideDecision, SideTier, retain_marked,
+};
 pub use diff::{
     Change, ConnectivityChange, ConnectivityDiff, ObservedDiff, connectivity_diff, observed_diff,
 };
 pub use group::endpoint_key;
 pub use json::{
-    DirectionView, EdgeView, direction_views, flow_verdict, policy_names, reason, write_flow,
+    DirectionView, EdgeView, decided, direction_views, flow_verdict, policy_names, reason,
+    write_flow,
 };
 pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,

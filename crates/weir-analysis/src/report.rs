@@ -12,9 +12,9 @@ use weir_policy::{Decision, Direction, Grounds, PolicySet};
 
 use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
-use crate::book::{ConnectionVerdict, EdgeKey, EdgeStats};
+use crate::book::{ConnectionVerdict, Decided, EdgeKey, EdgeStats};
 pub use crate::group::Group;
-use crate::json::{flow_verdict, policy_names};
+use crate::json::{decided, flow_verdict, policy_names};
 use crate::scan::{Attempt, ScanDetector, ScanRule};
 
 /// Flows between two groups on one port, with one classification.
@@ -55,6 +55,11 @@ pub struct Edge {
     pub not_isolated: (bool, bool),
     /// For allowed edges no policy rule decided: why they are allowed anyway.
     pub exception: Option<&'static str>,
+    /// How its flows were decided, per direction (tier and decision chain): the distinct ones, sorted, at
+    /// most [`Edge::MAX_DECISIONS`] (the first in that order).
+    pub decided: Vec<Decided>,
+    /// Its flows were decided in more ways than `decided` lists.
+    pub decided_truncated: bool,
 }
 
 /// Sorted protocols and ports, each protocol with its ports: `22,80,443/TCP`, `53/UDP`, `ICMP`.
@@ -79,6 +84,9 @@ pub fn port_summary(ports: &[(Protocol, Option<u16>)]) -> Vec<String> {
 }
 
 impl Edge {
+    /// The most distinct ways of deciding an edge keeps.
+    pub const MAX_DECISIONS: usize = 8;
+
     /// Each protocol with its ports: `22,80,443/TCP`, `53/UDP`, `ICMP`.
     pub fn port_summary(&self) -> Vec<String> {
         port_summary(&self.ports)
@@ -350,13 +358,34 @@ struct EdgeAcc {
     ingress_policies: Vec<u32>,
     not_isolated: (bool, bool),
     exception: Option<&'static str>,
+    /// The distinct ways its flows were decided, sorted, at most [`Edge::MAX_DECISIONS`]: the smallest ones, so
+    /// the list does not depend on the order flows come in.
+    decided: Vec<Arc<Decided>>,
+    decided_truncated: bool,
     /// The grounds and verdict of the last flow added: the flows of an edge mostly share them, and adding the
     /// same ones again changes nothing. (The builder holds every grounds it saw, so the address stays theirs.)
     last_judged: Option<(*const Grounds, weir_policy::Verdict)>,
 }
 
 impl EdgeAcc {
-    fn add(&mut self, flow: &JudgedFlow, class: EdgeVerdict, port: Option<u16>, ok: bool) {
+    fn note_decided(&mut self, d: Arc<Decided>) {
+        if let Err(at) = self.decided.binary_search(&d) {
+            self.decided.insert(at, d);
+            if self.decided.len() > Edge::MAX_DECISIONS {
+                self.decided.pop();
+                self.decided_truncated = true;
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        flow: &JudgedFlow,
+        class: EdgeVerdict,
+        port: Option<u16>,
+        ok: bool,
+        decided: impl FnOnce() -> Arc<Decided>,
+    ) {
         let r = &flow.record;
         if self.ports.last() != Some(&(r.proto, port))
             && let Err(at) = self.ports.binary_search(&(r.proto, port))
@@ -375,6 +404,9 @@ impl EdgeAcc {
                 return;
             }
             self.last_judged = judged;
+        }
+        if !matches!(flow.judgement, Judgement::Unjudged(_)) {
+            self.note_decided(decided());
         }
         let mut denied = |verdict: &weir_policy::Verdict, grounds: &Grounds| {
             if !verdict.egress.allowed() {
@@ -466,6 +498,10 @@ impl EdgeAcc {
         union(&mut self.ingress_policies, other.ingress_policies);
         self.not_isolated.0 |= other.not_isolated.0;
         self.not_isolated.1 |= other.not_isolated.1;
+        self.decided_truncated |= other.decided_truncated;
+        for d in other.decided {
+            self.note_decided(d);
+        }
         if let Some(why) = other.exception
             && self.exception.is_none_or(|e| why < e)
         {
@@ -521,6 +557,8 @@ pub struct ReportBuilder<'a> {
     grounds_seen: HashMap<*const Grounds, Arc<Grounds>>,
     /// The grounds noted last (held in `grounds_seen`, so the address cannot be reused).
     last_grounds: *const Grounds,
+    /// How each judgement seen was decided, by identity (held in `grounds_seen`, so the address stays theirs).
+    decisions: HashMap<(*const Grounds, weir_policy::Verdict), Arc<Decided>>,
     unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)>,
     /// Flows at node addresses a rule (not the node's status) made the node's.
     inferred_nodes: BTreeMap<IpAddr, (NodeId, u64)>,
@@ -550,8 +588,9 @@ struct BookFeed {
     endpoint_ids: HashMap<EndpointKey, u32>,
     /// The endpoint of each group id, once looked up.
     endpoint_of_group: Vec<u32>,
-    /// The deciding policies of each judgement seen, by identity (many edges share one).
-    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), Vec<String>>,
+    /// The deciding policies and how each direction was decided, of each judgement seen, by identity (many
+    /// edges share one).
+    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), (Vec<String>, Decided)>,
 }
 
 /// A judgement by identity: its grounds (held in `grounds_seen`, so the address stays theirs), its verdict and
@@ -570,6 +609,7 @@ impl<'a> ReportBuilder<'a> {
             pods_seen: vec![false; cluster.pods().len()],
             grounds_seen: HashMap::default(),
             last_grounds: std::ptr::null(),
+            decisions: HashMap::default(),
             unknown: BTreeMap::new(),
             inferred_nodes: BTreeMap::new(),
             external: HashMap::default(),
@@ -675,6 +715,7 @@ impl<'a> ReportBuilder<'a> {
             pods_seen,
             grounds_seen,
             last_grounds,
+            decisions,
             unknown,
             inferred_nodes,
             external,
@@ -795,9 +836,18 @@ impl<'a> ReportBuilder<'a> {
                     ingress_policies: Vec::new(),
                     not_isolated: (false, false),
                     exception: None,
+                    decided: Vec::new(),
+                    decided_truncated: false,
                     last_judged: None,
                 })
-                .add(flow, class, port, ok);
+                .add(flow, class, port, ok, || match &flow.judgement {
+                    Judgement::Judged { verdict, grounds } => Arc::clone(
+                        decisions
+                            .entry((Arc::as_ptr(grounds), *verdict))
+                            .or_insert_with(|| Arc::new(decided(set, &flow.judgement))),
+                    ),
+                    _ => Arc::new(decided(set, &flow.judgement)),
+                });
         }
     }
 
@@ -816,6 +866,7 @@ impl<'a> ReportBuilder<'a> {
             fanout,
             scans: mut detector,
             last_grounds: _,
+            decisions: _,
             book,
         } = self;
         detector.settle();
@@ -886,6 +937,8 @@ impl<'a> ReportBuilder<'a> {
                 ingress_policies: keys(&acc.ingress_policies),
                 not_isolated: acc.not_isolated,
                 exception: acc.exception,
+                decided: acc.decided.iter().map(|d| Decided::clone(d)).collect(),
+                decided_truncated: acc.decided_truncated,
             })
             .collect();
 
@@ -1082,6 +1135,7 @@ impl BookFeed {
                     verdict,
                     not_isolated,
                     policies: &[],
+                    decided: &Decided::default(),
                     service: None,
                 };
                 self.edges.push(EdgeStats::new(key, r, first, false));
@@ -1123,12 +1177,16 @@ impl BookFeed {
             let service = service.map(|s| set.cluster().service(s).key());
             if latest {
                 let fresh;
-                let policies = match judged {
-                    Some((grounds, v, _)) => names
-                        .entry((grounds, v))
-                        .or_insert_with(|| policy_names(set, &flow.judgement)),
+                let words = || {
+                    (
+                        policy_names(set, &flow.judgement),
+                        decided(set, &flow.judgement),
+                    )
+                };
+                let (policies, how) = match judged {
+                    Some((grounds, v, _)) => names.entry((grounds, v)).or_insert_with(words),
                     None => {
-                        fresh = policy_names(set, &flow.judgement);
+                        fresh = words();
                         &fresh
                     }
                 };
@@ -1136,6 +1194,7 @@ impl BookFeed {
                     verdict,
                     not_isolated,
                     policies,
+                    decided: how,
                     service: service.as_deref(),
                 });
                 last[i] = judged;

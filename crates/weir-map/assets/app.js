@@ -111,6 +111,9 @@ function portMatches(ports, wanted) {
 function applyFilters() {
   const ns = $("f-namespace").value;
   const verdicts = new Set([...document.querySelectorAll("#f-verdicts input:checked")].map((i) => i.value));
+  const tierBoxes = [...document.querySelectorAll("#f-tiers input")];
+  const tiers = new Set(tierBoxes.filter((i) => i.checked).map((i) => i.value));
+  const tierFiltering = tiers.size < tierBoxes.length;
   const port = $("f-port").value;
   const search = $("f-search").value.trim().toLowerCase();
   const shown = new Set();
@@ -119,14 +122,15 @@ function applyFilters() {
     const from = nodesById.get(path.dataset.from);
     const to = nodesById.get(path.dataset.to);
     const inNs = !ns || (from && from.group === ns) || (to && to.group === ns);
-    const ok = inNs && verdicts.has(path.dataset.verdict) && portMatches(path.dataset.ports, port);
+    const tierOk = !tierFiltering || (path.dataset.tiers || "").split(" ").some((t) => tiers.has(t));
+    const ok = inNs && verdicts.has(path.dataset.verdict) && tierOk && portMatches(path.dataset.ports, port);
     path.classList.toggle("hidden", !ok);
     if (ok) { shown.add(path.dataset.from); shown.add(path.dataset.to); edgesShown++; }
   }
   const groupsShown = new Set();
   for (const g of document.querySelectorAll("g.node")) {
     const node = nodesById.get(g.dataset.node);
-    const edgeFiltering = Boolean(port) || verdicts.size < 5;
+    const edgeFiltering = Boolean(port) || verdicts.size < 5 || tierFiltering;
     const ok = shown.has(g.dataset.node) || (!edgeFiltering && (!ns || g.dataset.group === ns));
     g.classList.toggle("hidden", !ok);
     if (ok) groupsShown.add(g.dataset.group);
@@ -204,6 +208,7 @@ function showEdge(id) {
       ["reported by", e.nodes],
     ]),
     list("Deciding policies", e.policies || []),
+    list("Decision chain", e.chains || []),
     list("Why", e.explanation || []),
     list("Alerts", e.alerts || []),
   );
@@ -373,6 +378,7 @@ function scheduleReload() {
 
 for (const id of ["f-namespace", "f-port", "f-search"]) $(id).addEventListener("input", applyFilters);
 $("f-verdicts").addEventListener("change", applyFilters);
+$("f-tiers").addEventListener("change", applyFilters);
 $("close").addEventListener("click", () => { $("details").hidden = true; selected = null; clearSelection(); });
 
 if (live) {

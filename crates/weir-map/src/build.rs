@@ -72,7 +72,7 @@ fn explanation(edge: &Edge) -> Vec<String> {
     };
     if edge.egress_denied && cluster_wide(&edge.egress_policies) {
         lines.push(format!(
-            "Egress denied by a rule of the cluster-wide {} (Admin or Baseline tier; weir explain shows the chain).",
+            "Egress denied by a rule of the cluster-wide {} (Admin or Baseline tier: the decision chain names the rule).",
             list(&edge.egress_policies)
         ));
     } else if edge.egress_denied {
@@ -88,7 +88,7 @@ fn explanation(edge: &Edge) -> Vec<String> {
     }
     if edge.ingress_denied && cluster_wide(&edge.ingress_policies) {
         lines.push(format!(
-            "Ingress denied by a rule of the cluster-wide {} (Admin or Baseline tier; weir explain shows the chain).",
+            "Ingress denied by a rule of the cluster-wide {} (Admin or Baseline tier: the decision chain names the rule).",
             list(&edge.ingress_policies)
         ));
     } else if edge.ingress_denied {
@@ -361,7 +361,7 @@ pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str)
                 ));
             }
             alerts.extend(scans.get(&from).into_iter().flatten().cloned());
-            MapEdge {
+            let mut drawn = MapEdge {
                 id: format!("e{i}"),
                 to: node_id(&edge.to),
                 from,
@@ -380,9 +380,13 @@ pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str)
                     .map(|p| format!("egress {p}"))
                     .chain(edge.ingress_policies.iter().map(|p| format!("ingress {p}")))
                     .collect(),
+                chains: Vec::new(),
+                tiers: Vec::new(),
                 explanation: explanation(edge),
                 alerts,
-            }
+            };
+            drawn.add_decisions(&edge.decided, edge.decided_truncated);
+            drawn
         })
         .collect();
     Map {

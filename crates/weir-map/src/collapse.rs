@@ -101,6 +101,7 @@ pub fn collapse(map: &Map, open: &BTreeSet<String>) -> Map {
                 nodes.extend(&part.nodes);
                 services.extend(&part.services);
                 policies.extend(&part.policies);
+                edge.add_chains_of(part);
                 alerts.extend(&part.alerts);
                 edge.first = match (edge.first.take(), &part.first) {
                     (Some(a), Some(b)) => Some(a.min(b.clone())),

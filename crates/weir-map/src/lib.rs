@@ -43,7 +43,14 @@ pub enum NodeKind {
     Pod,
 }
 
+pub use weir_analysis::{Decided, SideTier};
 pub use weir_model::EdgeVerdict;
+
+/// The most decision chains an edge lists.
+const MAX_CHAINS: usize = 12;
+/// The line that says an edge was decided in more ways than it lists.
+const MORE_CHAINS: &str =
+    "… decided in more ways than listed here (weir explain shows any one connection).";
 
 /// A node of the map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +140,14 @@ pub struct MapEdge {
     /// The deciding policies (`ingress ns/name`, `egress ns/name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
+    /// How its connections were decided: one decision chain per line and direction
+    /// (`egress: Admin ClusterNetworkPolicy/ops rule #0 "delegate" Pass → NetworkPolicy shop/api isolates, ...`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<String>,
+    /// The tiers that decided either direction (`admin`, `networkpolicy`, `baseline`, `default`), sorted: the
+    /// page's tier filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<SideTier>,
     /// The engine's explanation, a sentence per line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub explanation: Vec<String>,
@@ -158,8 +173,59 @@ impl MapEdge {
             nodes: Vec::new(),
             services: Vec::new(),
             policies: Vec::new(),
+            chains: Vec::new(),
+            tiers: Vec::new(),
             explanation: Vec::new(),
             alerts: Vec::new(),
+        }
+    }
+
+    /// Adds the ways its connections were decided: each direction's chain once, and the deciding tiers.
+    /// `truncated`: the edge was decided in more ways than it kept.
+    pub fn add_decisions<'a>(
+        &mut self,
+        decided: impl IntoIterator<Item = &'a Decided>,
+        truncated: bool,
+    ) {
+        for d in decided {
+            for (dir, side) in [("egress", &d.egress), ("ingress", &d.ingress)] {
+                if matches!(side.tier, SideTier::Mixed | SideTier::Unknown) {
+                    continue;
+                }
+                if let Err(at) = self.tiers.binary_search(&side.tier) {
+                    self.tiers.insert(at, side.tier);
+                }
+                if side.chain.is_empty() || self.chains.len() >= MAX_CHAINS {
+                    continue;
+                }
+                let line = format!("{dir}: {}", side.chain);
+                if !self.chains.contains(&line) {
+                    self.chains.push(line);
+                }
+            }
+        }
+        if truncated && self.chains.last().is_none_or(|l| l != MORE_CHAINS) {
+            self.chains.push(MORE_CHAINS.to_owned());
+        }
+    }
+
+    /// Adds another edge's chains and tiers (edges drawn as one).
+    pub fn add_chains_of(&mut self, other: &MapEdge) {
+        for t in &other.tiers {
+            if let Err(at) = self.tiers.binary_search(t) {
+                self.tiers.insert(at, *t);
+            }
+        }
+        for line in &other.chains {
+            if self.chains.len() >= MAX_CHAINS {
+                if self.chains.last().is_none_or(|l| l != MORE_CHAINS) {
+                    self.chains.push(MORE_CHAINS.to_owned());
+                }
+                break;
+            }
+            if !self.chains.contains(line) {
+                self.chains.push(line.clone());
+            }
         }
     }
 }

@@ -30,6 +30,12 @@ fn body(title: &str, live: bool) -> String {
 <label class="denied"><input type="checkbox" value="denied" checked> denied</label>
 <label class="unknown"><input type="checkbox" value="unknown" checked> unknown</label>
 </fieldset>
+<fieldset id="f-tiers"><legend>Decided by</legend>
+<label title="an Admin-tier rule of a cluster-wide policy"><input type="checkbox" value="admin" checked> admin</label>
+<label title="a NetworkPolicy isolating the end"><input type="checkbox" value="networkpolicy" checked> NetworkPolicy</label>
+<label title="a Baseline-tier rule of a cluster-wide policy"><input type="checkbox" value="baseline" checked> baseline</label>
+<label title="no policy of any tier: allowed by default, or not a pod"><input type="checkbox" value="default" checked> default</label>
+</fieldset>
 <label>Port <input id="f-port" type="search" placeholder="5432, udp, 80/TCP" size="10"></label>
 <label>Search <input id="f-search" type="search" placeholder="name" size="14"></label>
 "#,

@@ -133,12 +133,18 @@ pub fn render_svg(map: &Map, layout: &Layout) -> String {
         );
         let _ = write!(
             out,
-            r#"<path class="edge {v}{new}" data-edge="{id}" data-from="{f}" data-to="{t}" data-verdict="{v}" data-ports="{ports}" d="{d}" stroke-width="{sw:.1}" marker-end="url(#arrow-{v})"><title>{title}</title></path>"#,
+            r#"<path class="edge {v}{new}" data-edge="{id}" data-from="{f}" data-to="{t}" data-verdict="{v}" data-ports="{ports}" data-tiers="{tiers}" d="{d}" stroke-width="{sw:.1}" marker-end="url(#arrow-{v})"><title>{title}</title></path>"#,
             new = if edge.new { " new" } else { "" },
             id = escape(&edge.id),
             f = escape(&edge.from),
             t = escape(&edge.to),
             ports = escape(&edge.ports.join(" ")),
+            tiers = edge
+                .tiers
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(" "),
             sw = width(edge),
             title = escape(&title),
         );

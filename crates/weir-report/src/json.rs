@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use weir_analysis::{Analysis, Edge, Group, Report, write_flow};
+use weir_analysis::{Analysis, Decided, Edge, Group, Report, write_flow};
 use weir_model::Timestamp;
 use weir_policy::PolicySet;
 
@@ -29,6 +29,9 @@ struct GroupEdgeView<'a> {
     ingress_policies: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_because: Option<&'static str>,
+    decided: &'a [Decided],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    decided_truncated: bool,
 }
 
 fn group_view(g: &Group) -> String {
@@ -80,6 +83,8 @@ fn edge_view(e: &Edge) -> GroupEdgeView<'_> {
         egress_policies: &e.egress_policies,
         ingress_policies: &e.ingress_policies,
         allowed_because: e.exception,
+        decided: &e.decided,
+        decided_truncated: e.decided_truncated,
     }
 }
 

@@ -245,7 +245,7 @@ mod tests {
                         verdict: weir_model::FlowVerdict::Allowed,
                         not_isolated: false,
                         policies: &[],
-                        decided: &weir_analysis::Decided::default(),
+                        decided: &std::sync::Arc::default(),
                         service: None,
                     },
                     false,

@@ -49,7 +49,7 @@ impl From<&EdgeStats> for EdgeRow {
             verdict: e.verdict,
             not_isolated: e.not_isolated,
             policies: e.policies.clone(),
-            decided: e.decided.clone(),
+            decided: Decided::clone(&e.decided),
             services: e.services.clone(),
             nodes: e.nodes.clone(),
             delivered: e.delivered,
@@ -76,7 +76,7 @@ impl From<EdgeRow> for EdgeStats {
             verdict: r.verdict,
             not_isolated: r.not_isolated,
             policies: r.policies,
-            decided: r.decided,
+            decided: std::sync::Arc::new(r.decided),
             services: r.services,
             nodes: r.nodes,
             delivered: r.delivered,
@@ -113,7 +113,7 @@ pub(crate) mod tests {
         let row: EdgeRow = serde_json::from_str(STORED).unwrap_or_else(|e| panic!("{e}"));
         let mut edge = EdgeStats::from(row);
         assert!(edge.decided.is_unknown());
-        edge.decided = Decided {
+        edge.decided = std::sync::Arc::new(Decided {
             egress: weir_analysis::SideDecision {
                 tier: weir_analysis::SideTier::Admin,
                 chain: "Admin ClusterNetworkPolicy/ops rule #0 \"delegate\" Pass → default".into(),
@@ -122,7 +122,7 @@ pub(crate) mod tests {
                 tier: weir_analysis::SideTier::NetworkPolicy,
                 chain: "NetworkPolicy app/db isolates, no rule allows".into(),
             },
-        };
+        });
         let text = serde_json::to_string(&EdgeRow::from(&edge)).unwrap_or_default();
         assert!(text.contains(r#""tier":"networkpolicy""#), "{text}");
         let back: EdgeRow = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));

@@ -335,7 +335,7 @@ fn build(snap: &Snapshot, q: &MapQuery) -> LiveMap {
             for p in &e.policies {
                 push_unique(&mut edge.policies, p);
             }
-            edge.add_decisions([&e.decided], false);
+            edge.add_decisions([&*e.decided], false);
             dropped += e.dropped_in_transit;
             gaps += e.enforcement_gaps;
         }

@@ -7,6 +7,7 @@
 //! of it (delivered, dropped, an enforcement gap).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
@@ -143,7 +144,7 @@ pub struct EdgeStats {
     pub policies: Vec<String>,
     /// How each direction of the last verdict was decided: tier and decision chain.
     #[serde(default)]
-    pub decided: Decided,
+    pub decided: Arc<Decided>,
     /// Services the traffic went through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
@@ -177,8 +178,8 @@ pub struct ConnectionVerdict<'a> {
     pub not_isolated: bool,
     /// The deciding policies.
     pub policies: &'a [String],
-    /// How each direction was decided.
-    pub decided: &'a Decided,
+    /// How each direction was decided (shared: many edges are decided alike).
+    pub decided: &'a Arc<Decided>,
     /// The Service it went through (`namespace/name`).
     pub service: Option<&'a str>,
 }
@@ -202,7 +203,7 @@ impl EdgeStats {
             verdict: verdict.verdict,
             not_isolated: verdict.not_isolated,
             policies: verdict.policies.to_vec(),
-            decided: verdict.decided.clone(),
+            decided: Arc::clone(verdict.decided),
             services: Vec::new(),
             nodes: BTreeSet::new(),
             delivered: 0,
@@ -265,8 +266,8 @@ impl EdgeStats {
         if self.policies.as_slice() != v.policies {
             self.policies = v.policies.to_vec();
         }
-        if self.decided != *v.decided {
-            self.decided = v.decided.clone();
+        if !Arc::ptr_eq(&self.decided, v.decided) && self.decided != *v.decided {
+            self.decided = Arc::clone(v.decided);
         }
         if let Some(s) = v.service
             && !self.services.iter().any(|x| x == s)
@@ -509,7 +510,7 @@ mod tests {
     }
 
     fn verdict(v: FlowVerdict, policies: &[String]) -> ConnectionVerdict<'_> {
-        static DECIDED: std::sync::LazyLock<Decided> = std::sync::LazyLock::new(Decided::default);
+        static DECIDED: std::sync::LazyLock<Arc<Decided>> = std::sync::LazyLock::new(Arc::default);
         ConnectionVerdict {
             verdict: v,
             not_isolated: false,

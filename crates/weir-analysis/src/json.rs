@@ -3,7 +3,9 @@
 //! document and `GET /api/v1/edges` both show it ([`EdgeView`]). The whole analysis document is weir-report's.
 
 use std::collections::BTreeSet;
+use std::hash::BuildHasher as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::Serialize;
 use weir_cluster::{ClusterState, ServiceFrontend};
@@ -134,6 +136,57 @@ impl DirectionView {
             tier: self.tier,
             chain: self.chain.clone(),
         }
+    }
+}
+
+/// How judgements were decided, each way computed and held once: the chain of a judgement depends on its
+/// verdict and the isolating policies alone, which far fewer judgements differ in than in their grounds.
+/// Looking one up allocates nothing.
+#[derive(Default)]
+pub struct DecidedMemo {
+    by_key: hashbrown::HashTable<DecidedEntry>,
+    hasher: foldhash::fast::FixedState,
+}
+
+/// A verdict and the policies isolating each end, and how that was decided.
+struct DecidedEntry {
+    verdict: Verdict,
+    egress_isolating: Box<[u32]>,
+    ingress_isolating: Box<[u32]>,
+    decided: Arc<Decided>,
+}
+
+impl DecidedMemo {
+    /// How a judgement was decided.
+    pub fn get(&mut self, set: &PolicySet, judgement: &Judgement) -> Arc<Decided> {
+        let Judgement::Judged { verdict, grounds } = judgement else {
+            return Arc::new(decided(set, judgement));
+        };
+        let (egress, ingress) = (
+            grounds.egress_isolating.as_slice(),
+            grounds.ingress_isolating.as_slice(),
+        );
+        let hash = self.hasher.hash_one((verdict, egress, ingress));
+        let same = |e: &DecidedEntry| {
+            e.verdict == *verdict
+                && *e.egress_isolating == *egress
+                && *e.ingress_isolating == *ingress
+        };
+        if let Some(e) = self.by_key.find(hash, same) {
+            return Arc::clone(&e.decided);
+        }
+        let entry = DecidedEntry {
+            verdict: *verdict,
+            egress_isolating: egress.into(),
+            ingress_isolating: ingress.into(),
+            decided: Arc::new(decided(set, judgement)),
+        };
+        let d = Arc::clone(&entry.decided);
+        let hasher = self.hasher.clone();
+        self.by_key.insert_unique(hash, entry, |e| {
+            hasher.hash_one((&e.verdict, &*e.egress_isolating, &*e.ingress_isolating))
+        });
+        d
     }
 }
 

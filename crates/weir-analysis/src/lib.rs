@@ -49,8 +49,8 @@ pub use diff::{
 };
 pub use group::endpoint_key;
 pub use json::{
-    DirectionView, EdgeView, decided, direction_views, flow_verdict, policy_names, reason,
-    write_flow,
+    DecidedMemo, DirectionView, EdgeView, decided, direction_views, flow_verdict, policy_names,
+    reason, write_flow,
 };
 pub use report::{
     Edge, Group, InferredNodeAddress, Report, ReportBuilder, Scan, Totals, UnattributedAddress,

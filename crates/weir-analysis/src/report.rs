@@ -14,7 +14,7 @@ use crate::analyze::{Analysis, JudgedFlow, Judgement, union};
 use crate::attribute::Party;
 use crate::book::{ConnectionVerdict, Decided, EdgeKey, EdgeStats};
 pub use crate::group::Group;
-use crate::json::{decided, flow_verdict, policy_names};
+use crate::json::{DecidedMemo, flow_verdict, policy_names};
 use crate::scan::{Attempt, ScanDetector, ScanRule};
 
 /// Flows between two groups on one port, with one classification.
@@ -57,7 +57,7 @@ pub struct Edge {
     pub exception: Option<&'static str>,
     /// How its flows were decided, per direction (tier and decision chain): the distinct ones, sorted, at
     /// most [`Edge::MAX_DECISIONS`] (the first in that order).
-    pub decided: Vec<Decided>,
+    pub decided: Vec<Arc<Decided>>,
     /// Its flows were decided in more ways than `decided` lists.
     pub decided_truncated: bool,
 }
@@ -360,7 +360,7 @@ struct EdgeAcc {
     exception: Option<&'static str>,
     /// The distinct ways its flows were decided, sorted, at most [`Edge::MAX_DECISIONS`]: the smallest ones, so
     /// the list does not depend on the order flows come in.
-    decided: Vec<Arc<Decided>>,
+    decided: smallvec::SmallVec<[Arc<Decided>; 1]>,
     decided_truncated: bool,
     /// The grounds and verdict of the last flow added: the flows of an edge mostly share them, and adding the
     /// same ones again changes nothing. (The builder holds every grounds it saw, so the address stays theirs.)
@@ -557,8 +557,8 @@ pub struct ReportBuilder<'a> {
     grounds_seen: HashMap<*const Grounds, Arc<Grounds>>,
     /// The grounds noted last (held in `grounds_seen`, so the address cannot be reused).
     last_grounds: *const Grounds,
-    /// How each judgement seen was decided, by identity (held in `grounds_seen`, so the address stays theirs).
-    decisions: HashMap<(*const Grounds, weir_policy::Verdict), Arc<Decided>>,
+    /// How judgements were decided, each way once.
+    decided_memo: DecidedMemo,
     unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)>,
     /// Flows at node addresses a rule (not the node's status) made the node's.
     inferred_nodes: BTreeMap<IpAddr, (NodeId, u64)>,
@@ -590,8 +590,12 @@ struct BookFeed {
     endpoint_of_group: Vec<u32>,
     /// The deciding policies and how each direction was decided, of each judgement seen, by identity (many
     /// edges share one).
-    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), (Vec<String>, Decided)>,
+    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), EdgeWords>,
+    decided_memo: DecidedMemo,
 }
+
+/// The deciding policies of a judgement, and how each direction was decided, as an edge keeps them.
+type EdgeWords = (Vec<String>, Arc<Decided>);
 
 /// A judgement by identity: its grounds (held in `grounds_seen`, so the address stays theirs), its verdict and
 /// the Service it went through.
@@ -609,7 +613,7 @@ impl<'a> ReportBuilder<'a> {
             pods_seen: vec![false; cluster.pods().len()],
             grounds_seen: HashMap::default(),
             last_grounds: std::ptr::null(),
-            decisions: HashMap::default(),
+            decided_memo: DecidedMemo::default(),
             unknown: BTreeMap::new(),
             inferred_nodes: BTreeMap::new(),
             external: HashMap::default(),
@@ -715,7 +719,7 @@ impl<'a> ReportBuilder<'a> {
             pods_seen,
             grounds_seen,
             last_grounds,
-            decisions,
+            decided_memo,
             unknown,
             inferred_nodes,
             external,
@@ -836,17 +840,12 @@ impl<'a> ReportBuilder<'a> {
                     ingress_policies: Vec::new(),
                     not_isolated: (false, false),
                     exception: None,
-                    decided: Vec::new(),
+                    decided: smallvec::SmallVec::new(),
                     decided_truncated: false,
                     last_judged: None,
                 })
-                .add(flow, class, port, ok, || match &flow.judgement {
-                    Judgement::Judged { verdict, grounds } => Arc::clone(
-                        decisions
-                            .entry((Arc::as_ptr(grounds), *verdict))
-                            .or_insert_with(|| Arc::new(decided(set, &flow.judgement))),
-                    ),
-                    _ => Arc::new(decided(set, &flow.judgement)),
+                .add(flow, class, port, ok, || {
+                    decided_memo.get(set, &flow.judgement)
                 });
         }
     }
@@ -866,7 +865,7 @@ impl<'a> ReportBuilder<'a> {
             fanout,
             scans: mut detector,
             last_grounds: _,
-            decisions: _,
+            decided_memo: _,
             book,
         } = self;
         detector.settle();
@@ -937,7 +936,7 @@ impl<'a> ReportBuilder<'a> {
                 ingress_policies: keys(&acc.ingress_policies),
                 not_isolated: acc.not_isolated,
                 exception: acc.exception,
-                decided: acc.decided.iter().map(|d| Decided::clone(d)).collect(),
+                decided: acc.decided.into_vec(),
                 decided_truncated: acc.decided_truncated,
             })
             .collect();
@@ -1135,7 +1134,7 @@ impl BookFeed {
                     verdict,
                     not_isolated,
                     policies: &[],
-                    decided: &Decided::default(),
+                    decided: &Arc::default(),
                     service: None,
                 };
                 self.edges.push(EdgeStats::new(key, r, first, false));
@@ -1150,6 +1149,7 @@ impl BookFeed {
             edges,
             last,
             policy_names: names,
+            decided_memo,
             ..
         } = self;
         let Some(e) = edges.get_mut(i) else {
@@ -1177,10 +1177,10 @@ impl BookFeed {
             let service = service.map(|s| set.cluster().service(s).key());
             if latest {
                 let fresh;
-                let words = || {
+                let mut words = || {
                     (
                         policy_names(set, &flow.judgement),
-                        decided(set, &flow.judgement),
+                        decided_memo.get(set, &flow.judgement),
                     )
                 };
                 let (policies, how) = match judged {

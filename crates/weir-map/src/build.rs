@@ -385,7 +385,7 @@ pub fn graph(set: &PolicySet, analysis: &Analysis, report: &Report, title: &str)
                 explanation: explanation(edge),
                 alerts,
             };
-            drawn.add_decisions(&edge.decided, edge.decided_truncated);
+            drawn.add_decisions(edge.decided.iter().map(|d| &**d), edge.decided_truncated);
             drawn
         })
         .collect();

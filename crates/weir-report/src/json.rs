@@ -29,7 +29,7 @@ struct GroupEdgeView<'a> {
     ingress_policies: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     allowed_because: Option<&'static str>,
-    decided: &'a [Decided],
+    decided: &'a [std::sync::Arc<Decided>],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     decided_truncated: bool,
 }

@@ -12,7 +12,7 @@ use weir_flow::{ExtractStats, FinishedFlow, FlowConfig};
 use weir_model::{Cidr, FlowRecord};
 use weir_policy::PolicySet;
 
-use crate::pipeline::extract_file_streaming;
+use crate::pipeline::{extract_file_streaming, extract_routed};
 use crate::snapshot::{self, KubeArgs};
 use weir_report::{Format, Rendering, write_report};
 
@@ -186,12 +186,186 @@ pub fn read_records(
     Ok((records, inputs))
 }
 
+/// With several threads: the reading thread frames and routes packets to `threads` flow workers, which turn
+/// the flows they finish into records and route each by its client end to one of `threads` analysis shards
+/// ([`weir_analysis::shard_of`]: both views of a DNAT-ed connection meet on one shard); each shard judges and
+/// counts its records, and the shards' reports and analyses merge into the one a single thread makes.
+fn analyze_sharded(
+    args: &AnalyzeArgs,
+    kube: &KubeArgs,
+) -> Result<(PolicySet, Inputs, Analysis, Report)> {
+    let keep_flows = matches!(args.format, AnalyzeFormat::Json | AnalyzeFormat::Html);
+    let edge_book = matches!(args.format, AnalyzeFormat::Edges);
+    let shards = usize::from(args.threads.max(1));
+    let set_cell: std::sync::OnceLock<PolicySet> = std::sync::OnceLock::new();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<bool>(shards);
+    let mut inboxes = Vec::with_capacity(shards);
+    let mut outboxes = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        // Bounded, so slow judging holds the flow workers (and so the reader) back instead of letting records
+        // pile up.
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<FlowRecord>>(64);
+        outboxes.push(tx);
+        inboxes.push(rx);
+    }
+    let to_records = |flows: Vec<FinishedFlow>| -> Vec<FlowRecord> {
+        // The reports that keep no flows never show a Community ID.
+        if keep_flows {
+            flows.iter().map(FinishedFlow::to_record).collect()
+        } else {
+            flows.iter().map(FinishedFlow::record_without_id).collect()
+        }
+    };
+    std::thread::scope(|scope| {
+        let set_cell = &set_cell;
+        let loader = scope.spawn(move || -> Result<()> {
+            let policies = (!args.policies.is_empty()).then_some(snapshot::PolicyFiles {
+                paths: &args.policies,
+                namespace: args.namespace.as_deref(),
+            });
+            let loaded = snapshot::load_with(&args.cluster, kube, policies);
+            let ok = loaded.is_ok();
+            let result = loaded.map(|set| {
+                let _ = set_cell.set(set);
+            });
+            for _ in 0..shards {
+                let _ = ready_tx.send(ok);
+            }
+            result
+        });
+        let mut workers = Vec::with_capacity(shards);
+        for inbox in inboxes {
+            let ready_rx = ready_rx.clone();
+            workers.push(scope.spawn(move || {
+                let set = match (ready_rx.recv(), set_cell.get()) {
+                    (Ok(true), Some(set)) => set,
+                    // The snapshot did not load: the loader says why; drain so no flow worker waits on us.
+                    _ => {
+                        for _ in inbox {}
+                        return None;
+                    }
+                };
+                let stream = AnalysisStream::new(set, &args.cluster_cidr, keep_flows);
+                let mut stream = if edge_book {
+                    stream.with_edge_book()
+                } else {
+                    stream
+                };
+                for records in inbox {
+                    stream.push_batch(records);
+                }
+                let shard = stream.finish_shard();
+                // The process ends soon: its verdict cache need not be freed entry by entry.
+                std::mem::forget(stream);
+                Some(shard)
+            }));
+        }
+        // Every outbox is dropped once the inputs are read, which tells the shards there is no more.
+        let inputs = {
+            let outboxes = outboxes;
+            let route = |records: Vec<FlowRecord>| {
+                let mut parts: Vec<Vec<FlowRecord>> = vec![Vec::new(); shards];
+                for r in records {
+                    let shard = weir_analysis::shard_of(&r, shards);
+                    parts[shard].push(r);
+                }
+                for (tx, part) in outboxes.iter().zip(parts) {
+                    // A send fails only when the shard has ended early (the snapshot did not load).
+                    if !part.is_empty() {
+                        let _ = tx.send(part);
+                    }
+                }
+            };
+            read_inputs_routed(
+                &args.captures,
+                &args.flows,
+                shards,
+                &|flows| route(to_records(flows)),
+                &route,
+            )
+        };
+        let loaded = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the snapshot loading thread panicked"))?;
+        let mut merged: Option<(Analysis, weir_analysis::ReportBuilder<'_>)> = None;
+        for worker in workers {
+            let shard = worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("an analysis thread panicked"))?;
+            if let Some((analysis, report)) = shard {
+                merged = Some(match merged {
+                    None => (analysis, report),
+                    Some((mut all, mut whole)) => {
+                        all.merge(analysis);
+                        whole.merge(report);
+                        (all, whole)
+                    }
+                });
+            }
+        }
+        loaded?;
+        let inputs = inputs?;
+        let (analysis, report) =
+            merged.ok_or_else(|| anyhow::anyhow!("no analysis shard finished"))?;
+        let report = report.finish();
+        Ok((analysis, report, inputs))
+    })
+    .map(|(analysis, report, inputs)| {
+        let set = set_cell.into_inner();
+        (set, inputs, analysis, report)
+    })
+    .and_then(|(set, inputs, analysis, report)| {
+        let set = set.ok_or_else(|| anyhow::anyhow!("the snapshot was not loaded"))?;
+        Ok((set, inputs, analysis, report))
+    })
+}
+
+/// Reads every capture with `workers` flow workers, handing their flows to `on_flows` on the workers' threads,
+/// and every flow file's records to `on_records` on this one.
+fn read_inputs_routed(
+    captures: &[PathBuf],
+    flow_files: &[PathBuf],
+    workers: usize,
+    on_flows: &(dyn Fn(Vec<FinishedFlow>) + Sync),
+    on_records: &dyn Fn(Vec<FlowRecord>),
+) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
+    let config = FlowConfig::default();
+    for path in captures {
+        let mut source = weir_capture::FileSource::open(path)
+            .with_context(|| format!("cannot read capture {}", path.display()))?;
+        let result = extract_routed(&mut source, &config, workers, on_flows)?;
+        for w in &result.warnings {
+            eprintln!("weir: warning: {w}");
+        }
+        if let Some(e) = &result.error {
+            eprintln!("weir: warning: {e}");
+        }
+        inputs.stats.merge(&result.stats);
+        inputs.names.push(path.display().to_string());
+    }
+    for path in flow_files {
+        inputs.from_flow_files += read_flow_file(path, &mut |chunk| {
+            match chunk {
+                Chunk::Records(records) => on_records(records),
+                Chunk::Flows(flows) => on_flows(flows),
+            }
+            true
+        })?;
+        inputs.names.push(path.display().to_string());
+    }
+    Ok(inputs)
+}
+
 /// Reads the inputs on this thread while another loads the snapshot and then judges flows as they finish, so
 /// attribution and judging run beside decoding.
 fn analyze_inputs(
     args: &AnalyzeArgs,
     kube: &KubeArgs,
 ) -> Result<(PolicySet, Inputs, Analysis, Report)> {
+    if args.threads > 1 {
+        return analyze_sharded(args, kube);
+    }
     let keep_flows = matches!(args.format, AnalyzeFormat::Json | AnalyzeFormat::Html);
     // Bounded, so a slow judge holds the reader back instead of letting finished flows pile up; deep enough to
     // let the reader run on while the snapshot loads.

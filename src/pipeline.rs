@@ -1,8 +1,10 @@
 //! Capture files to finished flows, on one thread or several.
 //!
-//! With several workers, the calling thread reads batches and hands each one (shared, not copied) to every
-//! worker; each worker decodes every packet but keeps only the flows in its hash share, so flow tables are never
-//! shared and the packet path takes no lock. Batches are recycled once every worker has dropped them.
+//! With several workers, the calling thread reads batches and routes each frame to one worker by the symmetric
+//! hash of its address pair (both directions of a connection, and every fragment of a datagram, go to one
+//! worker); each worker is handed the batch (shared, not copied) with the indexes of its own frames, and decodes
+//! only those, so flow tables are never shared and the packet path takes no lock. Batches are recycled once every
+//! worker has dropped them.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use anyhow::Result;
 use crossbeam_channel::bounded;
 use weir_capture::{Batch, CaptureError, CaptureWarning, FileSource, ReaderStats};
 use weir_flow::{ExtractStats, FinishedFlow, FlowConfig, FlowExtractor};
+use weir_model::Timestamp;
 
 /// Formats finished flows on `threads` threads and writes them in order. Work goes in rounds of one block per
 /// thread, so memory stays bounded by `threads` blocks however many flows there are.
@@ -96,8 +99,13 @@ pub fn extract_file_streaming(
     let (stats, error) = if threads <= 1 {
         extract_single(source, config, &mut sink)
     } else {
-        let (flows, stats, error) = extract_parallel(source, config, threads)?;
-        sink(flows);
+        let found = std::sync::Mutex::new(Vec::new());
+        let (stats, error) = extract_parallel(source, config, threads, &|mut flows| {
+            if let Ok(mut all) = found.lock() {
+                all.append(&mut flows);
+            }
+        })?;
+        sink(found.into_inner().unwrap_or_default());
         (stats, error)
     };
     Ok(FileFlows {
@@ -140,31 +148,87 @@ fn extract_single(
     (stats, error)
 }
 
+/// One worker's share of a batch: the batch (shared, not copied), the indexes of its own frames in it, and the
+/// latest time of any frame so far, so its flows time out as one worker's would.
+struct Share {
+    batch: Arc<Batch>,
+    frames: Vec<u32>,
+    clock: Timestamp,
+}
+
+/// Reads one capture with `workers` flow workers, each handing the flows it finishes to `on_flows` on its own
+/// thread as they finish (so what is done with them runs beside the reading, on as many threads).
+pub fn extract_routed(
+    source: &mut FileSource,
+    config: &FlowConfig,
+    workers: usize,
+    on_flows: &(dyn Fn(Vec<FinishedFlow>) + Sync),
+) -> Result<FileFlows> {
+    let (stats, error) = extract_parallel(source, config, workers.max(1), on_flows)?;
+    Ok(FileFlows {
+        flows: Vec::new(),
+        stats,
+        reader: source.stats(),
+        warnings: source.warnings(),
+        error,
+    })
+}
+
 fn extract_parallel(
     source: &mut FileSource,
     config: &FlowConfig,
     workers: usize,
-) -> Result<(Vec<FinishedFlow>, ExtractStats, Option<CaptureError>)> {
-    let hasher = weir_flow::FlowHasher::default();
-    // The reading thread is worker 0 as well, so `workers` threads keep `workers` cores busy.
-    let mut own = FlowExtractor::partitioned(config.clone(), hasher.clone(), 0, workers);
-    let mut senders = Vec::with_capacity(workers - 1);
-    let mut handles = Vec::with_capacity(workers - 1);
-    for worker in 1..workers {
-        let (tx, rx) = bounded::<Arc<Batch>>(4);
-        senders.push(tx);
-        let mut extractor =
-            FlowExtractor::partitioned(config.clone(), hasher.clone(), worker, workers);
-        handles.push(std::thread::spawn(move || {
-            for batch in rx {
-                for p in batch.iter() {
-                    extractor.packet(p.timestamp, p.link, p.data);
+    on_flows: &(dyn Fn(Vec<FinishedFlow>) + Sync),
+) -> Result<(ExtractStats, Option<CaptureError>)> {
+    std::thread::scope(|scope| {
+        let hasher = weir_flow::FlowHasher::default();
+        let mut senders = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = bounded::<Share>(4);
+            senders.push(tx);
+            let mut extractor = FlowExtractor::routed(config.clone(), hasher.clone());
+            handles.push(scope.spawn(move || {
+                for share in rx {
+                    for &i in &share.frames {
+                        if let Some(p) = share.batch.get(i as usize) {
+                            extractor.packet(p.timestamp, p.link, p.data);
+                        }
+                    }
+                    extractor.advance(share.clock);
+                    let finished = extractor.take_finished();
+                    if !finished.is_empty() {
+                        on_flows(finished);
+                    }
                 }
-            }
-            extractor.finish()
-        }));
-    }
+                let (flows, stats) = extractor.finish();
+                on_flows(flows);
+                stats
+            }));
+        }
+        let error = route_batches(source, &hasher, &senders);
+        drop(senders);
+        let mut stats = ExtractStats::default();
+        for handle in handles {
+            let s = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a flow worker thread panicked"))?;
+            stats.merge(&s);
+        }
+        Ok((stats, error))
+    })
+}
+
+/// The reading thread's work: frames packets and routes each to its worker by the symmetric hash of its address
+/// pair; no worker looks at another's frames. Answers the error reading stopped on, if any.
+fn route_batches(
+    source: &mut FileSource,
+    hasher: &weir_flow::FlowHasher,
+    senders: &[crossbeam_channel::Sender<Share>],
+) -> Option<CaptureError> {
+    let workers = senders.len();
     let mut pool: Vec<Arc<Batch>> = Vec::new();
+    let mut clock = Timestamp(i64::MIN);
     let mut error = None;
     loop {
         // Reuse a batch every worker is done with; otherwise allocate (bounded by the channel depth).
@@ -177,12 +241,22 @@ fn extract_parallel(
         };
         match source.next_batch(buf) {
             Ok(true) => {
-                for tx in &senders {
-                    // A worker only hangs up by panicking, which `join` reports below.
-                    let _ = tx.send(Arc::clone(&batch));
+                let mut frames: Vec<Vec<u32>> = (0..workers)
+                    .map(|_| Vec::with_capacity(batch.len() / workers + 16))
+                    .collect();
+                for (i, p) in batch.iter().enumerate() {
+                    clock = clock.max(p.timestamp);
+                    let w = weir_flow::route(hasher, p.link, p.data, workers);
+                    // A batch holds far fewer than 2^32 frames.
+                    frames[w].push(i as u32);
                 }
-                for p in batch.iter() {
-                    own.packet(p.timestamp, p.link, p.data);
+                for (tx, frames) in senders.iter().zip(frames) {
+                    // A worker only hangs up by panicking, which `join` reports below.
+                    let _ = tx.send(Share {
+                        batch: Arc::clone(&batch),
+                        frames,
+                        clock,
+                    });
                 }
                 pool.push(batch);
             }
@@ -193,14 +267,5 @@ fn extract_parallel(
             }
         }
     }
-    drop(senders);
-    let (mut flows, mut stats) = own.finish();
-    for handle in handles {
-        let (mut f, s) = handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("a flow worker thread panicked"))?;
-        flows.append(&mut f);
-        stats.merge(&s);
-    }
-    Ok((flows, stats, error))
+    error
 }

@@ -57,7 +57,7 @@ pub use report::{
     UnusedRule, class_of, port_summary,
 };
 pub use scan::{Attempt, SCAN_PORTS, ScanDetector, ScanHit, ScanRule, ScanWindow};
-pub use stream::AnalysisStream;
+pub use stream::{AnalysisStream, shard_of};
 pub use suggest::{
     Evidence, NoSelector, RulePeer, RulePort, SampleWeight, SuggestOptions, SuggestedPolicy,
     SuggestedRule, Suggestion, Uncovered, Unsuggested, suggest,

@@ -364,7 +364,7 @@ struct EdgeAcc {
     decided_truncated: bool,
     /// The grounds and verdict of the last flow added: the flows of an edge mostly share them, and adding the
     /// same ones again changes nothing. (The builder holds every grounds it saw, so the address stays theirs.)
-    last_judged: Option<(*const Grounds, weir_policy::Verdict)>,
+    last_judged: Option<(GroundsId, weir_policy::Verdict)>,
 }
 
 impl EdgeAcc {
@@ -399,7 +399,7 @@ impl EdgeAcc {
         self.first = self.first.min(r.start);
         self.last = self.last.max(r.end);
         if let Judgement::Judged { verdict, grounds } = &flow.judgement {
-            let judged = Some((Arc::as_ptr(grounds), *verdict));
+            let judged = Some((grounds_id(grounds), *verdict));
             if self.last_judged == judged {
                 return;
             }
@@ -554,9 +554,9 @@ pub struct ReportBuilder<'a> {
     edges: HashMap<GroupEdgeKey, EdgeAcc>,
     pods_seen: Vec<bool>,
     // Grounds are shared between flows with the same verdict: walk each one's rules once.
-    grounds_seen: HashMap<*const Grounds, Arc<Grounds>>,
+    grounds_seen: HashMap<GroundsId, Arc<Grounds>>,
     /// The grounds noted last (held in `grounds_seen`, so the address cannot be reused).
-    last_grounds: *const Grounds,
+    last_grounds: GroundsId,
     /// How judgements were decided, each way once.
     decided_memo: DecidedMemo,
     unknown: BTreeMap<IpAddr, (u64, BTreeSet<u32>)>,
@@ -590,8 +590,17 @@ struct BookFeed {
     endpoint_of_group: Vec<u32>,
     /// The deciding policies and how each direction was decided, of each judgement seen, by identity (many
     /// edges share one).
-    policy_names: HashMap<(*const Grounds, weir_policy::Verdict), EdgeWords>,
+    policy_names: HashMap<(GroundsId, weir_policy::Verdict), EdgeWords>,
     decided_memo: DecidedMemo,
+}
+
+/// A judgement's grounds by identity: the address of the shared grounds, which the builder holds in
+/// `grounds_seen` so it cannot be reused while the builder lives. (An address as a number, not a pointer, so a
+/// builder can be handed from the thread that built it to the one that merges.)
+type GroundsId = usize;
+
+fn grounds_id(g: &Arc<Grounds>) -> GroundsId {
+    Arc::as_ptr(g) as usize
 }
 
 /// The deciding policies of a judgement, and how each direction was decided, as an edge keeps them.
@@ -599,7 +608,7 @@ type EdgeWords = (Vec<String>, Arc<Decided>);
 
 /// A judgement by identity: its grounds (held in `grounds_seen`, so the address stays theirs), its verdict and
 /// the Service it went through.
-type LastJudged = (*const Grounds, weir_policy::Verdict, Option<ServiceId>);
+type LastJudged = (GroundsId, weir_policy::Verdict, Option<ServiceId>);
 
 impl<'a> ReportBuilder<'a> {
     /// An empty report on a policy set's cluster.
@@ -612,7 +621,7 @@ impl<'a> ReportBuilder<'a> {
             edges: HashMap::default(),
             pods_seen: vec![false; cluster.pods().len()],
             grounds_seen: HashMap::default(),
-            last_grounds: std::ptr::null(),
+            last_grounds: 0,
             decided_memo: DecidedMemo::default(),
             unknown: BTreeMap::new(),
             inferred_nodes: BTreeMap::new(),
@@ -753,10 +762,10 @@ impl<'a> ReportBuilder<'a> {
                 }
             }
             let mut note = |g: &Arc<Grounds>| {
-                if Arc::as_ptr(g) != *last_grounds {
-                    *last_grounds = Arc::as_ptr(g);
+                if grounds_id(g) != *last_grounds {
+                    *last_grounds = grounds_id(g);
                     grounds_seen
-                        .entry(Arc::as_ptr(g))
+                        .entry(grounds_id(g))
                         .or_insert_with(|| Arc::clone(g));
                 }
             };
@@ -1169,7 +1178,7 @@ impl BookFeed {
         let service = flow.service.map(|s| s.service);
         let judged = match &flow.judgement {
             Judgement::Judged { verdict, grounds } => {
-                Some((Arc::as_ptr(grounds), *verdict, service))
+                Some((grounds_id(grounds), *verdict, service))
             }
             _ => None,
         };

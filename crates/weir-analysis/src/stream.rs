@@ -149,6 +149,15 @@ impl<'a> AnalysisStream<'a> {
     /// ordered by start, then tuple, then arrival; empty unless kept) and the report. The stream then starts
     /// over, keeping its verdict cache.
     pub fn finish(&mut self) -> (Analysis, Report) {
+        let (analysis, report) = self.finish_shard();
+        (analysis, report.finish())
+    }
+
+    /// As [`AnalysisStream::finish`], with the report not yet finished: the streams of several shards, each
+    /// given every record of the connections it owns (both views of a DNAT-ed connection share their client
+    /// end: [`shard_of`]), merge into the report of one ([`ReportBuilder::merge`]) and their flows, sorted by
+    /// start and tuple, into its analysis ([`Analysis::merge`]).
+    pub fn finish_shard(&mut self) -> (Analysis, ReportBuilder<'a>) {
         let set = self.report.policy_set();
         let fresh = self.builder(set);
         let mut report = std::mem::replace(&mut self.report, fresh);
@@ -204,6 +213,33 @@ impl<'a> AnalysisStream<'a> {
             flows: flows.into_iter().map(|(_, flow)| flow).collect(),
             dnat_joined: joined,
         };
-        (analysis, report.finish())
+        (analysis, report)
+    }
+}
+
+/// Which of `shards` analysis shards owns a record: by its client end (protocol, source address and port), which
+/// the pre- and post-DNAT views of a connection share, so the DNAT join finds both on one shard. A record without
+/// ports goes by protocol and both addresses. The same record goes to the same shard in every run.
+pub fn shard_of(record: &FlowRecord, shards: usize) -> usize {
+    use std::hash::BuildHasher as _;
+    let shards = shards.max(1) as u64;
+    if shards == 1 {
+        return 0;
+    }
+    let hasher = foldhash::fast::FixedState::with_seed(0x7765_6972);
+    let hash = match client_key(record) {
+        Some(client) => hasher.hash_one(client),
+        None => hasher.hash_one((record.proto, record.src, record.dst)),
+    };
+    (((hash >> 32) * shards) >> 32) as usize
+}
+
+impl Analysis {
+    /// Adds the analysis of another shard: flows in the order one analysis of all records gives (start, then
+    /// tuple; shards are taken in order for flows alike in both).
+    pub fn merge(&mut self, other: Analysis) {
+        self.flows.extend(other.flows);
+        self.flows.sort_by_key(|f| f.record.sort_key());
+        self.dnat_joined += other.dnat_joined;
     }
 }

@@ -91,6 +91,23 @@ impl Batch {
         self.packets.is_empty()
     }
 
+    /// The packet at `index` (capture order), if the batch holds that many.
+    #[inline]
+    pub fn get(&self, index: usize) -> Option<Packet<'_>> {
+        let meta = self.packets.get(index)?;
+        Some(Packet {
+            timestamp: meta.ts,
+            link: meta.link,
+            data: self
+                .buf
+                .get(meta.offset..meta.offset + meta.caplen as usize)
+                .unwrap_or(&[]),
+            orig_len: meta.orig_len,
+            interface: meta.interface,
+            direction: meta.direction,
+        })
+    }
+
     /// The packets in capture order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Packet<'_>> + '_ {
         let buf = &self.buf[..self.filled];

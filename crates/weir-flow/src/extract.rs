@@ -123,6 +123,42 @@ impl FragmentTracker {
     }
 }
 
+/// Which of `workers` workers owns a frame, when one reader routes each frame to its worker
+/// ([`FlowExtractor::routed`]): by the hash of its unordered address pair under `hasher` (the same for both
+/// directions, and for every IP fragment of a datagram), found from the link layer alone. A frame whose
+/// addresses cannot be found goes to worker 0, which counts why it was skipped. Workers given frames so own
+/// exactly the flows the workers of [`FlowExtractor::partitioned`] with the same hasher would.
+#[inline]
+pub fn route(
+    hasher: &foldhash::fast::RandomState,
+    link: LinkType,
+    data: &[u8],
+    workers: usize,
+) -> usize {
+    let workers = workers.max(1) as u64;
+    if workers == 1 {
+        return 0;
+    }
+    match address_pair(link, data) {
+        Some((a, b)) => (((pair_hash(hasher, a, b) >> 32) * workers) >> 32) as usize,
+        None => 0,
+    }
+}
+
+/// A hash of the unordered address pair, the same for both directions. Addresses are compared and hashed as
+/// integers: this runs for every packet.
+#[inline]
+fn pair_hash(hasher: &foldhash::fast::RandomState, a: &[u8], b: &[u8]) -> u64 {
+    let int = |x: &[u8]| -> u128 {
+        let mut wide = [0u8; 16];
+        let n = x.len().min(16);
+        wide[..n].copy_from_slice(&x[..n]);
+        u128::from_be_bytes(wide)
+    };
+    let (a, b) = (int(a), int(b));
+    hasher.hash_one((a.min(b), a.max(b)))
+}
+
 /// Which share of the flows a worker owns when several split one packet stream.
 #[derive(Clone, Copy, Debug)]
 struct Partition {
@@ -229,18 +265,15 @@ impl FlowExtractor {
         }
     }
 
-    /// A hash of the unordered address pair, the same for both directions. Addresses are compared and hashed as
-    /// integers: this runs for every packet on every worker.
     #[inline]
     fn pair_hash(&self, a: &[u8], b: &[u8]) -> u64 {
-        let int = |x: &[u8]| -> u128 {
-            let mut wide = [0u8; 16];
-            let n = x.len().min(16);
-            wide[..n].copy_from_slice(&x[..n]);
-            u128::from_be_bytes(wide)
-        };
-        let (a, b) = (int(a), int(b));
-        self.table.hasher().hash_one((a.min(b), a.max(b)))
+        pair_hash(self.table.hasher(), a, b)
+    }
+
+    /// A worker given only its own frames by a reader that routes them ([`route`]): it counts every frame it
+    /// is given, and learns the time of the others' frames from [`FlowExtractor::advance`].
+    pub fn routed(config: FlowConfig, hasher: foldhash::fast::RandomState) -> FlowExtractor {
+        FlowExtractor::partitioned(config, hasher, 0, 1)
     }
 
     #[inline]

@@ -13,7 +13,7 @@ mod extract;
 mod table;
 
 pub use decode::{DecodedPacket, Fragment, SkipReason, address_pair, decode};
-pub use extract::{ExtractStats, FlowExtractor, SkipCounts};
+pub use extract::{ExtractStats, FlowExtractor, SkipCounts, route};
 pub use table::{FinishedFlow, FlowConfig, FlowKey, FlowTable, TableStats, is_service_port};
 
 /// The seeded hasher of flow keys. Tables that split one packet stream must share one (clone it).

@@ -163,3 +163,119 @@ proptest! {
         prop_assert_eq!(per_direction(&records), truth(&packets));
     }
 }
+
+/// The packet as an Ethernet frame, as a capture holds it.
+fn frame(p: &Pkt) -> Vec<u8> {
+    let d = decoded(p);
+    let mut l4 = Vec::new();
+    let proto = match d.proto {
+        Protocol::TCP => {
+            l4.extend_from_slice(&d.src_port.to_be_bytes());
+            l4.extend_from_slice(&d.dst_port.to_be_bytes());
+            l4.extend_from_slice(&[
+                0,
+                0,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0x50,
+                d.tcp_flags,
+                0xff,
+                0xff,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            6
+        }
+        Protocol::UDP => {
+            l4.extend_from_slice(&d.src_port.to_be_bytes());
+            l4.extend_from_slice(&d.dst_port.to_be_bytes());
+            l4.extend_from_slice(&[0, 8, 0, 0]);
+            17
+        }
+        _ => {
+            l4.extend_from_slice(&[d.l4_type, 0, 0, 0]);
+            l4.extend_from_slice(&d.icmp_id.to_be_bytes());
+            l4.extend_from_slice(&[0, 1]);
+            1
+        }
+    };
+    let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX).max(p.len);
+    let mut f = vec![0u8; 12];
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&d.src[..4]);
+    f.extend_from_slice(&d.dst[..4]);
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// A reader routing each frame to one of `workers` workers ([`weir_flow::route`]), in batches of the given
+/// sizes (taken in turn), each worker told the latest time after each batch: as `weir flows --threads` reads.
+fn run_routed(packets: &[Pkt], workers: usize, batches: &[usize]) -> (Vec<FlowRecord>, u64) {
+    let hasher = FlowHasher::default();
+    let link = weir_model::LinkType::ETHERNET;
+    let mut xs: Vec<FlowExtractor> = (0..workers)
+        .map(|_| FlowExtractor::routed(FlowConfig::default(), hasher.clone()))
+        .collect();
+    let frames: Vec<(Timestamp, Vec<u8>)> = {
+        let mut ts = 1_700_000_000_000_000_000i64;
+        packets
+            .iter()
+            .map(|p| {
+                ts += i64::from(p.gap_ms) * 1_000_000;
+                (Timestamp(ts), frame(p))
+            })
+            .collect()
+    };
+    let mut at = 0;
+    let mut sizes = batches.iter().cycle();
+    while at < frames.len() {
+        let n = sizes.next().copied().unwrap_or(1).max(1);
+        let batch = &frames[at..(at + n).min(frames.len())];
+        let mut clock = Timestamp(i64::MIN);
+        for (ts, data) in batch {
+            clock = clock.max(*ts);
+            let w = weir_flow::route(&hasher, link, data, workers);
+            xs[w].packet(*ts, link, data);
+        }
+        for x in &mut xs {
+            x.advance(clock);
+        }
+        at += n;
+    }
+    let mut packets_counted = 0;
+    let mut records = Vec::new();
+    for x in xs {
+        let (flows, stats) = x.finish();
+        packets_counted += stats.packets;
+        records.extend(flows.iter().map(|f| f.to_record()));
+    }
+    records.sort_by_key(|r| r.sort_key());
+    (records, packets_counted)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Frames routed by a reader to workers that see only their own give the flows one extractor gives, for
+    /// any number of workers and any batch boundaries, and every frame is counted once.
+    #[test]
+    fn routing_frames_to_workers_changes_nothing(
+        packets in prop::collection::vec(pkt(), 1..300),
+        workers in 1usize..7,
+        batches in prop::collection::vec(1usize..64, 1..5),
+    ) {
+        let (one, n) = run_routed(&packets, 1, &[usize::MAX]);
+        prop_assert_eq!(n, packets.len() as u64);
+        prop_assert_eq!(per_direction(&one), truth(&packets));
+        let (many, n) = run_routed(&packets, workers, &batches);
+        prop_assert_eq!(n, packets.len() as u64);
+        prop_assert_eq!(one, many);
+    }
+}

@@ -184,7 +184,9 @@ fn extract_parallel(
         let hasher = weir_flow::FlowHasher::default();
         let mut senders = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        // The reading thread is worker 0 as well, so `workers` threads keep `workers` cores busy.
+        let mut own = FlowExtractor::routed(config.clone(), hasher.clone());
+        for _ in 1..workers {
             let (tx, rx) = bounded::<Share>(4);
             senders.push(tx);
             let mut extractor = FlowExtractor::routed(config.clone(), hasher.clone());
@@ -206,9 +208,21 @@ fn extract_parallel(
                 stats
             }));
         }
-        let error = route_batches(source, &hasher, &senders);
+        let error = route_batches(source, &hasher, &senders, &mut |batch, frames, clock| {
+            for &i in frames {
+                if let Some(p) = batch.get(i as usize) {
+                    own.packet(p.timestamp, p.link, p.data);
+                }
+            }
+            own.advance(clock);
+            let finished = own.take_finished();
+            if !finished.is_empty() {
+                on_flows(finished);
+            }
+        });
         drop(senders);
-        let mut stats = ExtractStats::default();
+        let (flows, mut stats) = own.finish();
+        on_flows(flows);
         for handle in handles {
             let s = handle
                 .join()
@@ -225,8 +239,9 @@ fn route_batches(
     source: &mut FileSource,
     hasher: &weir_flow::FlowHasher,
     senders: &[crossbeam_channel::Sender<Share>],
+    own_share: &mut dyn FnMut(&Batch, &[u32], Timestamp),
 ) -> Option<CaptureError> {
-    let workers = senders.len();
+    let workers = senders.len() + 1;
     let mut pool: Vec<Arc<Batch>> = Vec::new();
     let mut clock = Timestamp(i64::MIN);
     let mut error = None;
@@ -250,6 +265,8 @@ fn route_batches(
                     // A batch holds far fewer than 2^32 frames.
                     frames[w].push(i as u32);
                 }
+                let mut frames = frames.into_iter();
+                let own = frames.next().unwrap_or_default();
                 for (tx, frames) in senders.iter().zip(frames) {
                     // A worker only hangs up by panicking, which `join` reports below.
                     let _ = tx.send(Share {
@@ -258,6 +275,7 @@ fn route_batches(
                         clock,
                     });
                 }
+                own_share(&batch, &own, clock);
                 pool.push(batch);
             }
             Ok(false) => break,

@@ -12,7 +12,7 @@ use weir_flow::{ExtractStats, FinishedFlow, FlowConfig};
 use weir_model::{Cidr, FlowRecord};
 use weir_policy::PolicySet;
 
-use crate::pipeline::{extract_file_streaming, extract_routed};
+use crate::pipeline::{FileFlows, extract_file_streaming, extract_routed};
 use crate::snapshot::{self, KubeArgs};
 use weir_report::{Format, Rendering, write_report};
 
@@ -93,6 +93,20 @@ pub struct Inputs {
     pub from_flow_files: u64,
 }
 
+impl Inputs {
+    /// Counts a capture read, and warns of what went wrong in it (the flows before the damage count).
+    fn add_capture(&mut self, path: &Path, result: &FileFlows) {
+        for w in &result.warnings {
+            eprintln!("weir: warning: {w}");
+        }
+        if let Some(e) = &result.error {
+            eprintln!("weir: warning: {e}");
+        }
+        self.stats.merge(&result.stats);
+        self.names.push(path.display().to_string());
+    }
+}
+
 /// Records on their way from the reading thread to the judging one.
 enum Chunk {
     /// Flows a capture finished (turned into records on the judging thread).
@@ -153,14 +167,7 @@ fn read_inputs(
         let result = extract_file_streaming(&mut source, &config, usize::from(threads), |flows| {
             sink(Chunk::Flows(flows))
         })?;
-        for w in &result.warnings {
-            eprintln!("weir: warning: {w}");
-        }
-        if let Some(e) = &result.error {
-            eprintln!("weir: warning: {e}");
-        }
-        inputs.stats.merge(&result.stats);
-        inputs.names.push(path.display().to_string());
+        inputs.add_capture(path, &result);
     }
     for path in flow_files {
         inputs.from_flow_files += read_flow_file(path, &mut sink)?;
@@ -343,14 +350,7 @@ fn read_inputs_routed(
         let mut source = weir_capture::FileSource::open(path)
             .with_context(|| format!("cannot read capture {}", path.display()))?;
         let result = extract_routed(&mut source, &config, workers, on_flows)?;
-        for w in &result.warnings {
-            eprintln!("weir: warning: {w}");
-        }
-        if let Some(e) = &result.error {
-            eprintln!("weir: warning: {e}");
-        }
-        inputs.stats.merge(&result.stats);
-        inputs.names.push(path.display().to_string());
+        inputs.add_capture(path, &result);
     }
     for path in flow_files {
         inputs.from_flow_files += read_flow_file(path, &mut |chunk| {

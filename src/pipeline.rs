@@ -96,25 +96,29 @@ pub fn extract_file_streaming(
     threads: usize,
     mut sink: impl FnMut(Vec<FinishedFlow>) -> bool,
 ) -> Result<FileFlows> {
-    let (stats, error) = if threads <= 1 {
-        extract_single(source, config, &mut sink)
-    } else {
-        let found = std::sync::Mutex::new(Vec::new());
-        let (stats, error) = extract_parallel(source, config, threads, &|mut flows| {
-            if let Ok(mut all) = found.lock() {
-                all.append(&mut flows);
-            }
-        })?;
-        sink(found.into_inner().unwrap_or_default());
-        (stats, error)
-    };
-    Ok(FileFlows {
+    if threads <= 1 {
+        let (stats, error) = extract_single(source, config, &mut sink);
+        return Ok(file_flows(source, stats, error));
+    }
+    let found = std::sync::Mutex::new(Vec::new());
+    let result = extract_routed(source, config, threads, &|mut flows| {
+        if let Ok(mut all) = found.lock() {
+            all.append(&mut flows);
+        }
+    })?;
+    sink(found.into_inner().unwrap_or_default());
+    Ok(result)
+}
+
+/// What reading a capture gave, its flows handed elsewhere.
+fn file_flows(source: &FileSource, stats: ExtractStats, error: Option<CaptureError>) -> FileFlows {
+    FileFlows {
         flows: Vec::new(),
         stats,
         reader: source.stats(),
         warnings: source.warnings(),
         error,
-    })
+    }
 }
 
 fn extract_single(
@@ -165,13 +169,7 @@ pub fn extract_routed(
     on_flows: &(dyn Fn(Vec<FinishedFlow>) + Sync),
 ) -> Result<FileFlows> {
     let (stats, error) = extract_parallel(source, config, workers.max(1), on_flows)?;
-    Ok(FileFlows {
-        flows: Vec::new(),
-        stats,
-        reader: source.stats(),
-        warnings: source.warnings(),
-        error,
-    })
+    Ok(file_flows(source, stats, error))
 }
 
 fn extract_parallel(
